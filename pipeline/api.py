@@ -1,0 +1,60 @@
+"""The Python API: what ``nlpflow run`` and ``nlpflow validate`` do, callable from code.
+
+    from pipeline.api import run
+    results = run(["reviews-sentiment"], config="pipelines.yaml", output="reports")
+    results[0].report["metrics"]["accuracy"]["value"]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from pipeline.cache import PredictionCache, default_cache_dir
+from pipeline.config import DEFAULT_CONFIG, PipelineConfig, ResolvedPipeline, load_config, resolve
+from pipeline.errors import ConfigError, Location, did_you_mean
+from pipeline.plugins import Registry, default_registry
+from pipeline.runner import Runner
+from pipeline.types import RunResult
+
+
+def select(pipelines: dict[str, PipelineConfig], names: Sequence[str], source: Path) -> list[PipelineConfig]:
+    """The named pipelines, or every pipeline marked default when no names are given."""
+    if not names:
+        chosen = [p for p in pipelines.values() if p.default]
+        if not chosen:
+            raise ConfigError("no pipeline is marked default; name one to run. " + did_you_mean("", pipelines), Location(source))
+        return chosen
+    missing = [name for name in names if name not in pipelines]
+    if missing:
+        raise ConfigError(f"no pipeline named {missing[0]!r}. {did_you_mean(missing[0], pipelines)}", Location(source))
+    return [pipelines[name] for name in names]
+
+
+def validate(config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), registry: Registry | None = None) -> list[ResolvedPipeline]:
+    """Load, schema-check and resolve pipelines without running them; raises ConfigError on the first problem."""
+    registry = registry or default_registry()
+    pipelines = load_config(config)
+    return [resolve(p, registry) for p in (select(pipelines, names, Path(config)) if names else pipelines.values())]
+
+
+def run(
+    names: Sequence[str] = (),
+    config: Path | str = DEFAULT_CONFIG,
+    output: Path | str = "reports",
+    cache_dir: Path | str | None = None,
+    use_cache: bool = True,
+    registry: Registry | None = None,
+    disabled_plugins: Iterable[str] = (),
+    interactive: bool | None = None,
+) -> list[RunResult]:
+    """Run pipelines from a pipelines file; every pipeline is resolved before the first one runs."""
+    registry = registry or default_registry(disabled_plugins)
+    pipelines = load_config(config)
+    resolved = [resolve(p, registry) for p in select(pipelines, names, Path(config))]
+    cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
+    try:
+        return [Runner(pipeline, Path(output), cache, interactive).run() for pipeline in resolved]
+    finally:
+        if cache:
+            cache.close()

@@ -1,0 +1,128 @@
+"""The ``nlpflow`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from pipeline import __version__
+from pipeline.errors import NlpflowError
+from pipeline.plugins import DISABLE_ENV, KINDS, load_registry
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nlpflow", description="Run NLP task pipelines declared in pipelines.yaml and report their scores.")
+    parser.add_argument("--version", action="version", version=f"nlpflow {__version__}")
+    parser.add_argument(
+        "--disable-plugin", action="append", default=[], metavar="NAME",
+        help=f"do not load the named plugin (repeatable; also ${DISABLE_ENV}=a,b)",
+    )
+    parser.add_argument("--trace-hooks", action="store_true", help="print every plugin hook call to stderr")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run pipelines (those marked default when none are named)")
+    run.add_argument("pipelines", nargs="*", metavar="PIPELINE")
+    run.add_argument("-c", "--config", type=Path, default=Path("pipelines.yaml"), help="pipelines file (default: pipelines.yaml)")
+    run.add_argument("-o", "--output", type=Path, default=Path("reports"), help="report folder (default: reports/)")
+    run.add_argument("--cache-dir", type=Path, default=None, help="prediction cache folder (default: $NLPFLOW_CACHE_DIR or ~/.cache/nlpflow)")
+    run.add_argument("--no-cache", action="store_true", help="neither read nor write the prediction cache")
+
+    validate = commands.add_parser("validate", help="check a pipelines file without running it")
+    validate.add_argument("pipelines", nargs="*", metavar="PIPELINE")
+    validate.add_argument("-c", "--config", type=Path, default=Path("pipelines.yaml"))
+
+    tasks = commands.add_parser("tasks", help="list tasks, metrics, preprocessors, readers and reporters, with their plugins")
+    tasks.add_argument("--json", action="store_true")
+
+    plugins = commands.add_parser("plugins", help="list installed plugins, their versions and hooks")
+    plugins.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        registry = load_registry(args.disable_plugin, trace=args.trace_hooks or None)
+        for failure in registry.failures:
+            print(f"warning: {failure}", file=sys.stderr)
+        return COMMANDS[args.command](args, registry)
+    except NlpflowError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: predictions made so far are cached; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _run(args, registry) -> int:
+    from pipeline.api import run
+
+    results = run(args.pipelines, args.config, args.output, args.cache_dir, not args.no_cache, registry)
+    for result in results:
+        report = result.report
+        values = ", ".join(
+            f"{name} {entry['value']:.4g}" if entry["value"] is not None else f"{name} n/a" for name, entry in report["metrics"].items()
+        )
+        counts = report["counts"]
+        extra = f", {counts['skipped']} skipped" if counts["skipped"] else ""
+        print(f"{report['pipeline']}: {values} ({counts['scored']} scored{extra}) -> {result.directory}")
+    return 0
+
+
+def _validate(args, registry) -> int:
+    from pipeline.api import validate
+
+    resolved = validate(args.config, args.pipelines, registry)
+    for pipeline in resolved:
+        print(f"{args.config}: pipeline {pipeline.name!r} ok (task {pipeline.task.name}, {len(pipeline.metrics)} metrics)")
+    return 0
+
+
+def _tasks(args, registry) -> int:
+    listing = {
+        kind: [
+            {"name": name, "plugin": registry.provider(kind, name), "description": registry.get(kind, name).description}
+            for name in registry.names(kind)
+        ]
+        for kind, _ in KINDS.values()
+    }
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for kind, rows in listing.items():
+        table = Table(title=f"{kind}s", title_justify="left")
+        for column in ("name", "plugin", "description"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(row["name"], row["plugin"], row["description"])
+        console.print(table)
+    return 0
+
+
+def _plugins(args, registry) -> int:
+    rows = [{"name": p.name, "version": p.version, "hooks": p.hooks} for p in registry.plugins]
+    failures = [{"name": f.plugin, "error": str(f)} for f in registry.failures]
+    if args.json:
+        print(json.dumps({"plugins": rows, "failed": failures}, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['name']} {row['version'] or ''}: {', '.join(row['hooks'])}")
+    for failure in failures:
+        print(f"{failure['name']}: FAILED: {failure['error']}")
+    return 0
+
+
+COMMANDS = {"run": _run, "validate": _validate, "tasks": _tasks, "plugins": _plugins}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The error types the CLI turns into one clear message and a non-zero exit code.
+
+Anything else escaping the runner is a bug in nlpflow or a plugin and is shown
+with its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class NlpflowError(Exception):
+    """Base class: ``str(error)`` is the whole message a user sees."""
+
+    exit_code = 1
+
+
+@dataclass
+class Location:
+    """Where in a file something is: 1-based line and column (column may be unknown)."""
+
+    path: Path | str
+    line: int | None = None
+    column: int | None = None
+
+    def __str__(self) -> str:
+        text = str(self.path)
+        if self.line is not None:
+            text += f":{self.line}"
+            if self.column is not None:
+                text += f":{self.column}"
+        return text
+
+
+class ConfigError(NlpflowError):
+    """A problem in pipelines.yaml: bad syntax, unknown key or name, wrong type, missing file."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, location: Location | None = None, pipeline: str | None = None):
+        self.message = message
+        self.location = location
+        self.pipeline = pipeline
+        prefix = f"{location}: " if location else ""
+        where = f"pipeline {pipeline!r}: " if pipeline else ""
+        super().__init__(f"{prefix}{where}{message}")
+
+
+class DataError(NlpflowError):
+    """A record in a data file that cannot be used, with the file and line."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, path: Path | str, line: int | None = None, pipeline: str | None = None):
+        self.message = message
+        self.path = path
+        self.line = line
+        self.pipeline = pipeline
+        where = f"pipeline {pipeline!r}: " if pipeline else ""
+        super().__init__(f"{Location(path, line)}: {where}{message}")
+
+
+class ModelError(NlpflowError):
+    """A model that cannot be found, loaded, or used for the task."""
+
+    exit_code = 4
+
+
+class PluginError(NlpflowError):
+    """A plugin that failed to import, raised inside a hook, or returned the wrong thing."""
+
+    exit_code = 5
+
+    def __init__(self, message: str, plugin: str | None = None):
+        self.plugin = plugin
+        super().__init__(f"plugin {plugin!r}: {message}" if plugin else message)
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """A sentence listing what is available and the closest match, for unknown-name errors."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    listing = ", ".join(choices) if choices else "(none registered)"
+    return f"Available: {listing}.{hint}"

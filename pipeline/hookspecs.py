@@ -1,0 +1,84 @@
+"""Hook specifications for nlpflow plugins.
+
+Every hook here is a *registration* hook: nlpflow calls it once, right after
+all plugins are loaded, and passes a ``register`` callback. A plugin calls
+``register(...)`` once for each thing it contributes. Registration hooks
+return nothing; their return value is ignored.
+
+Implementations may accept fewer arguments than the spec (pluggy passes only
+the ones named), so new arguments can be added here without breaking plugins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from pipeline.types import Metric, Preprocessor, Reader, Reporter, Task
+
+hookspec = pluggy.HookspecMarker("nlpflow")
+hookimpl = pluggy.HookimplMarker("nlpflow")
+
+
+# --- what a pipeline does -------------------------------------------------
+
+
+@hookspec
+def register_tasks(register: Callable[[type[Task]], None]) -> None:
+    """Register task types.
+
+    Called once when the plugin registry is built. Call ``register(TaskClass)``
+    for each :class:`pipeline.types.Task` subclass the plugin provides; the
+    class's ``name`` is what ``task:`` refers to in ``pipelines.yaml``.
+    Registering a name twice is an error that names both plugins.
+    """
+
+
+@hookspec
+def register_metrics(register: Callable[[type[Metric]], None]) -> None:
+    """Register metric types.
+
+    Called once when the plugin registry is built. Call
+    ``register(MetricClass)`` for each :class:`pipeline.types.Metric`
+    subclass; its ``name`` is what ``metrics:`` refers to.
+    """
+
+
+# --- how records get in and get ready --------------------------------------
+
+
+@hookspec
+def register_readers(register: Callable[[type[Reader]], None]) -> None:
+    """Register data readers.
+
+    Called once when the plugin registry is built. Call
+    ``register(ReaderClass)`` for each :class:`pipeline.types.Reader`
+    subclass; its ``name`` is the ``data.format`` value and its
+    ``extensions`` pick it from a file name.
+    """
+
+
+@hookspec
+def register_preprocessors(register: Callable[[type[Preprocessor]], None]) -> None:
+    """Register preprocessing steps.
+
+    Called once when the plugin registry is built. Call
+    ``register(PreprocessorClass)`` for each
+    :class:`pipeline.types.Preprocessor` subclass; its ``name`` is what a
+    ``preprocess:`` entry refers to.
+    """
+
+
+# --- what comes out --------------------------------------------------------
+
+
+@hookspec
+def register_reporters(register: Callable[[type[Reporter]], None]) -> None:
+    """Register report writers.
+
+    Called once when the plugin registry is built. Call
+    ``register(ReporterClass)`` for each :class:`pipeline.types.Reporter`
+    subclass; its ``name`` is what ``report.formats`` refers to.
+    """

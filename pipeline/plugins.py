@@ -1,0 +1,190 @@
+"""Plugin loading: one function, run once, that builds the registry of everything plugins provide.
+
+Built-in plugins (``plugins/``) and third-party packages are found the same
+way, through the ``nlpflow`` entry-point group. A plugin that fails to import,
+implements an unknown hook, raises inside a registration hook or registers
+something of the wrong type is recorded as a failure with its name and left
+out; the others keep working.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Iterable
+
+import pluggy
+
+from pipeline import hookspecs
+from pipeline.errors import ConfigError, Location, PluginError, did_you_mean
+from pipeline.types import Metric, Preprocessor, Reader, Reporter, Task
+
+PROJECT = "nlpflow"
+#: comma-separated plugin names to block, as ``--disable-plugin`` does
+DISABLE_ENV = "NLPFLOW_DISABLE_PLUGINS"
+#: set to 1 to print every hook call and its result to stderr
+TRACE_ENV = "NLPFLOW_TRACE_HOOKS"
+
+#: registration hook -> (kind shown to users, base class a registered object must subclass)
+KINDS: dict[str, tuple[str, type]] = {
+    "register_tasks": ("task", Task),
+    "register_metrics": ("metric", Metric),
+    "register_preprocessors": ("preprocessor", Preprocessor),
+    "register_readers": ("reader", Reader),
+    "register_reporters": ("reporter", Reporter),
+}
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    version: str | None
+    hooks: list[str]
+
+
+@dataclass
+class Registered:
+    cls: type
+    plugin: str
+
+
+@dataclass
+class Registry:
+    """Everything the loaded plugins registered, by kind and name."""
+
+    plugin_manager: pluggy.PluginManager
+    entries: dict[str, dict[str, Registered]] = field(default_factory=lambda: {kind: {} for kind, _ in KINDS.values()})
+    plugins: list[PluginInfo] = field(default_factory=list)
+    failures: list[PluginError] = field(default_factory=list)
+
+    def get(self, kind: str, name: str, location: Location | None = None, pipeline: str | None = None) -> type:
+        """The class registered as ``name``; a ConfigError listing the choices if there is none."""
+        try:
+            return self.entries[kind][name].cls
+        except KeyError:
+            available = self.entries[kind]
+            raise ConfigError(f"unknown {kind} {name!r}. {did_you_mean(name, available)}", location, pipeline) from None
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def provider(self, kind: str, name: str) -> str:
+        return self.entries[kind][name].plugin
+
+
+def make_plugin_manager() -> pluggy.PluginManager:
+    """A PluginManager with nlpflow's hook specifications and nothing registered."""
+    manager = pluggy.PluginManager(PROJECT)
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+def disabled_from_env() -> list[str]:
+    return [name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()]
+
+
+def load_registry(
+    disabled: Iterable[str] = (),
+    extra_plugins: Iterable[tuple[str, object]] = (),
+    trace: bool | None = None,
+) -> Registry:
+    """Load every ``nlpflow`` entry point (less the disabled ones) plus ``extra_plugins``, and collect registrations.
+
+    ``extra_plugins`` are ``(name, plugin object)`` pairs, for plugins defined
+    in Python (tests, notebooks) rather than installed.
+    """
+    manager = make_plugin_manager()
+    registry = Registry(manager)
+    for name in [*disabled, *disabled_from_env()]:
+        manager.set_blocked(name)
+
+    if trace if trace is not None else os.environ.get(TRACE_ENV) == "1":
+        manager.trace.root.setwriter(lambda message: print(message, end="", file=sys.stderr))
+        manager.enable_tracing()
+
+    versions: dict[str, str | None] = {}
+    for entry_point in entry_points(group=PROJECT):
+        if manager.is_blocked(entry_point.name) or manager.has_plugin(entry_point.name):
+            continue
+        try:
+            plugin = entry_point.load()
+        except Exception as error:  # an import error in one plugin must not stop the others
+            registry.failures.append(PluginError(f'Error importing plugin "{entry_point.name}": {type(error).__name__}: {error}', entry_point.name))
+            continue
+        versions[entry_point.name] = entry_point.dist.version if entry_point.dist else None
+        _register(registry, entry_point.name, plugin)
+
+    for name, plugin in extra_plugins:
+        if not manager.is_blocked(name):
+            _register(registry, name, plugin)
+
+    for hook_name, (kind, base) in KINDS.items():
+        for plugin_name in [p.name for p in registry.plugins]:
+            _collect(registry, plugin_name, hook_name, kind, base)
+
+    for info in registry.plugins:
+        info.version = versions.get(info.name, info.version)
+    return registry
+
+
+def _register(registry: Registry, name: str, plugin: object) -> None:
+    manager = registry.plugin_manager
+    try:
+        manager.register(plugin, name=name)
+        manager.check_pending()
+    except (pluggy.PluginValidationError, ValueError) as error:
+        if manager.has_plugin(name):
+            manager.unregister(name=name)
+        registry.failures.append(PluginError(f"rejected: {error}", name))
+        return
+    hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
+    registry.plugins.append(PluginInfo(name=name, version=None, hooks=hooks))
+
+
+def _collect(registry: Registry, plugin_name: str, hook_name: str, kind: str, base: type) -> None:
+    """Call one plugin's implementation of one registration hook and keep what it registers."""
+    manager = registry.plugin_manager
+    plugin = manager.get_plugin(plugin_name)
+    if plugin is None or hook_name not in {c.name for c in manager.get_hookcallers(plugin) or []}:
+        return
+    others = [p for p in manager.get_plugins() if p is not plugin]
+    caller = manager.subset_hook_caller(hook_name, remove_plugins=others)
+
+    def register(cls: Any) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise PluginError(f"{hook_name} registered {cls!r}, which is not a subclass of {base.__module__}.{base.__name__}", plugin_name)
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{hook_name} registered {cls.__name__} without a 'name'", plugin_name)
+        existing = registry.entries[kind].get(name)
+        if existing is not None:
+            raise PluginError(f"{kind} {name!r} is already registered by plugin {existing.plugin!r}", plugin_name)
+        registry.entries[kind][name] = Registered(cls, plugin_name)
+
+    try:
+        caller(register=register)
+    except PluginError as error:
+        registry.failures.append(error)
+    except Exception as error:  # a plugin's bug must not stop the others
+        registry.failures.append(PluginError(f"raised in {hook_name}: {type(error).__name__}: {error}", plugin_name))
+
+
+_default: Registry | None = None
+
+
+def default_registry(disabled: Iterable[str] = ()) -> Registry:
+    """The registry of installed plugins, loaded once per process (per set of disabled names)."""
+    global _default
+    disabled = tuple(disabled)
+    if _default is None or getattr(_default, "_disabled", None) != disabled:
+        _default = load_registry(disabled)
+        _default._disabled = disabled  # type: ignore[attr-defined]
+    return _default
+
+
+def hook_names() -> list[str]:
+    return sorted(name for name in dir(hookspecs) if name.startswith("register_"))
+
+

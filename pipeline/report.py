@@ -1,0 +1,104 @@
+"""Assembling report.json: metric values with bootstrap confidence intervals, and run metadata.
+
+Writing goes through :func:`write_atomic`, so a crash never leaves a
+half-written report behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from pipeline.types import Metric
+
+VERSIONED_PACKAGES = ("nlpflow", "torch", "transformers", "tokenizers", "spacy", "sacrebleu", "rouge-score", "pluggy")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def package_versions() -> dict[str, str | None]:
+    found = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    found["python"] = platform.python_version()
+    return found
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bootstrap_indices(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """``resamples`` arrays of ``n`` example indices drawn with replacement, reproducible from ``seed``.
+
+    Drawn one resample at a time so memory stays O(n), not O(n x resamples).
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(resamples):
+        yield rng.integers(0, n, size=n)
+
+
+def bootstrap_interval(metric: Metric, stats: np.ndarray, resamples: int, seed: int, confidence: float) -> dict[str, Any] | None:
+    """Percentile bootstrap interval of ``metric`` over examples; None with fewer than two examples."""
+    n = len(stats)
+    if n < 2:
+        return None
+    values = np.array([metric.score(stats[rows]) for rows in bootstrap_indices(n, resamples, seed)], dtype=float)
+    alpha = (1 - confidence) / 2
+    low, high = np.nanquantile(values, [alpha, 1 - alpha])
+    return {
+        "low": float(low),
+        "high": float(high),
+        "confidence": confidence,
+        "method": "percentile bootstrap over examples",
+        "resamples": resamples,
+        "seed": seed,
+    }
+
+
+def metric_entry(metric: Metric, stats: np.ndarray, resamples: int, seed: int, confidence: float) -> dict[str, Any]:
+    """One entry of report.json's ``metrics``: value, interval, scale, signature and details."""
+    value = metric.score(stats) if len(stats) else float("nan")
+    entry: dict[str, Any] = {
+        "value": _finite(value),
+        "ci": bootstrap_interval(metric, stats, resamples, seed, confidence),
+        "scale": metric.scale,
+        "higher_is_better": metric.higher_is_better,
+        "signature": metric.signature(),
+        "n": int(len(stats)),
+    }
+    if len(stats):
+        entry.update(metric.details(stats))
+    return entry
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None

@@ -1,0 +1,409 @@
+"""The runner: reader -> preprocessors -> model stage (or given predictions) -> metrics -> reporters.
+
+Records stream through in chunks of ``chunk_size``: only one chunk of
+examples is in memory at a time, predictions are appended to a temporary
+``predictions.jsonl`` and stored in the cache as each chunk finishes, and
+metrics keep a few numbers per example. The runner knows no task: it calls
+the plugins' objects and wraps their failures with the plugin, pipeline and
+example they concern.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.cache import PredictionCache, example_key
+from pipeline.config import ResolvedPipeline
+from pipeline.errors import DataError, ModelError, NlpflowError, PluginError
+from pipeline.model import ModelStage, cache_key_parameters
+from pipeline.progress import Progress, count_lines
+from pipeline.report import file_sha256, metric_entry, package_versions, write_atomic
+from pipeline.types import Example, ExampleError, Prediction, RawRecord, RunResult
+
+log = logging.getLogger("nlpflow")
+
+PREDICTION_FIELD = "prediction"
+
+
+@dataclass
+class Counts:
+    read: int = 0
+    predicted: int = 0
+    scored: int = 0
+    from_cache: int = 0
+    truncated: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def safe_run_directory(output_dir: Path, pipeline_name: str) -> Path:
+    """``output_dir / pipeline_name``, refusing anything that would land outside ``output_dir``."""
+    root = output_dir.resolve()
+    target = (root / pipeline_name).resolve()
+    if target.parent != root:
+        raise NlpflowError(f"pipeline name {pipeline_name!r} would write outside the output directory {root}")
+    return target
+
+
+class Runner:
+    """Runs one resolved pipeline and writes its run folder."""
+
+    def __init__(self, pipeline: ResolvedPipeline, output_dir: Path, cache: PredictionCache | None = None, interactive: bool | None = None):
+        self.pipeline = pipeline
+        self.config = pipeline.config
+        self.task = pipeline.task
+        self.directory = safe_run_directory(output_dir, pipeline.name)
+        self.cache = cache
+        self.interactive = interactive
+        self.counts = Counts()
+        self.stage_seconds: Counter[str] = Counter()
+        self.metric_stats: list[list[np.ndarray]] = [[] for _ in pipeline.metrics]
+
+    # -- reading ----------------------------------------------------------
+
+    def _fail_or_skip(self, message: str, line: int, index: int | None) -> None:
+        if self.config.data.on_error == "fail":
+            raise DataError(
+                f"{message} (set data.on_error: skip to skip such records)", self.config.data_path, line, self.pipeline.name
+            )
+        self.counts.skipped.append({"line": line, "index": index, "reason": message})
+
+    def examples(self) -> Iterator[Example]:
+        """Examples in file order, with fields mapped and checked by the task; bad records fail or are skipped."""
+        config = self.config
+        task = self.task
+        mapping = {name: config.fields.get(name, name) for name in (*task.input_fields, *task.reference_fields)}
+        prediction_column = config.fields.get(PREDICTION_FIELD, PREDICTION_FIELD)
+        needs_prediction = config.model is None
+        records: Iterable[RawRecord] = self.pipeline.reader.read(config.data_path)
+        if config.data.limit:
+            records = islice(records, config.data.limit)
+        index = -1
+        for record in records:
+            index += 1
+            self.counts.read += 1
+            if record.data is None:
+                self._fail_or_skip(record.error or "unreadable record", record.line, index)
+                continue
+            data = record.data
+            missing = [f"{name!r} (column {column!r})" if column != name else repr(name) for name, column in mapping.items()
+                       if name in task.input_fields and column not in data]
+            if needs_prediction and prediction_column not in data:
+                missing.append(f"{PREDICTION_FIELD!r} (needed because the pipeline has no model)")
+            if missing:
+                self._fail_or_skip(f"missing field {', '.join(missing)}; the record has {', '.join(map(repr, data)) or 'no fields'}", record.line, index)
+                continue
+            fields = {name: data[column] for name, column in mapping.items() if column in data and data[column] is not None}
+            if needs_prediction:
+                fields[PREDICTION_FIELD] = data[prediction_column]
+            example = Example(index=index, line=record.line, fields=fields, columns=data)
+            try:
+                task.check_example(example)
+            except ExampleError as error:
+                self._fail_or_skip(str(error), record.line, index)
+                continue
+            except Exception as error:
+                raise PluginError(
+                    f"task {task.name!r} raised in check_example on record {index} "
+                    f"({config.data_path}:{record.line}): {type(error).__name__}: {error}",
+                    self.pipeline.task_plugin,
+                ) from error
+            yield example
+
+    # -- running ----------------------------------------------------------
+
+    def run(self) -> RunResult:
+        config = self.config
+        started_at = datetime.now(timezone.utc)
+        started = time.perf_counter()
+        self.directory.mkdir(parents=True, exist_ok=True)
+
+        stage = None
+        run_key = None
+        if config.model is not None:
+            timer = time.perf_counter()
+            try:
+                task_model = self.task.load(config.model)
+            except NlpflowError:
+                raise
+            except Exception as error:
+                raise ModelError(
+                    f"pipeline {self.pipeline.name!r}: task {self.task.name!r} could not load model "
+                    f"{config.model.name_or_path!r}: {type(error).__name__}: {error}"
+                ) from error
+            stage = ModelStage(task_model, config.model)
+            run_key = json.dumps(
+                {"task": self.task.name, "options": self.task.options.model_dump(mode="json"), "model": cache_key_parameters(task_model)},
+                sort_keys=True,
+            )
+            self.stage_seconds["load model"] += time.perf_counter() - timer
+
+        total = count_lines(config.data_path) if config.data_path.stat().st_size < (1 << 30) else None
+        if total is not None and config.data.limit:
+            total = min(total, config.data.limit)
+        partial = self.directory / ".predictions.jsonl.partial"
+        progress = Progress(self.pipeline.name, total, self.interactive)
+        with progress.running(), open(partial, "w", encoding="utf-8") as predictions_file:
+            chunks = _chunks(self.examples(), config.chunk_size)
+            while True:
+                timer = time.perf_counter()
+                chunk = next(chunks, None)
+                self.stage_seconds["read"] += time.perf_counter() - timer
+                if chunk is None:
+                    break
+                progress.advance("read", len(chunk))
+                self._preprocess(chunk)
+                progress.advance("preprocess", len(chunk))
+                predictions = self._predict(chunk, stage, run_key)
+                progress.advance("predict", len(chunk))
+                self._score_and_write(chunk, predictions, predictions_file)
+        if self.counts.read == 0:
+            partial.unlink(missing_ok=True)
+            raise DataError("the data file has no records", config.data_path, None, self.pipeline.name)
+        if self.counts.predicted == 0:
+            partial.unlink(missing_ok=True)
+            raise DataError(
+                f"every one of the {self.counts.read} records was skipped; first: line {self.counts.skipped[0]['line']}: "
+                f"{self.counts.skipped[0]['reason']}",
+                config.data_path,
+                None,
+                self.pipeline.name,
+            )
+        partial.replace(self.directory / "predictions.jsonl")
+
+        timer = time.perf_counter()
+        metrics = self._final_metrics()
+        self.stage_seconds["metrics"] += time.perf_counter() - timer
+        finished_at = datetime.now(timezone.utc)
+        wall = time.perf_counter() - started
+        report = self._report(metrics, stage, started_at, finished_at, wall)
+        result = RunResult(report=report, directory=self.directory, config=config)
+        self._write_reports(result)
+        return result
+
+    def _preprocess(self, chunk: list[Example]) -> None:
+        for step in self.pipeline.preprocessors:
+            timer = time.perf_counter()
+            try:
+                step(chunk)
+            except NlpflowError:
+                raise
+            except Exception as error:
+                raise PluginError(
+                    f"preprocessor {step.name!r} raised on records {chunk[0].index}-{chunk[-1].index} of pipeline "
+                    f"{self.pipeline.name!r}: {type(error).__name__}: {error}",
+                    self.pipeline.providers[("preprocessor", step.name)],
+                ) from error
+            self.stage_seconds[f"preprocess:{step.name}"] += time.perf_counter() - timer
+
+    def _predict(self, chunk: list[Example], stage: ModelStage | None, run_key: str | None) -> list[Prediction]:
+        timer = time.perf_counter()
+        if stage is None:
+            predictions = []
+            for example in chunk:
+                try:
+                    predictions.append(self.task.parse_prediction(example.fields[PREDICTION_FIELD]))
+                except ExampleError as error:
+                    raise DataError(f"field 'prediction': {error}", self.config.data_path, example.line, self.pipeline.name) from None
+            self.stage_seconds["predictions given"] += time.perf_counter() - timer
+            return predictions
+
+        keys = [example_key(run_key, {name: example.fields.get(name) for name in self.task.input_fields}) for example in chunk]
+        cached = self.cache.get_many(keys) if self.cache else {}
+        todo = [position for position, key in enumerate(keys) if key not in cached]
+        results: list[Prediction | None] = [None] * len(chunk)
+        for position, key in enumerate(keys):
+            if key in cached:
+                stored = cached[key]
+                results[position] = Prediction(stored["value"], stored["details"])
+                chunk[position].notes.update(stored.get("notes", {}))
+        self.counts.from_cache += len(chunk) - len(todo)
+        if todo:
+            pending = [chunk[p] for p in todo]
+            try:
+                fresh = stage.run(pending)
+            except NlpflowError:
+                raise
+            except Exception as error:
+                raise PluginError(
+                    f"task {self.task.name!r} failed on records {pending[0].index}-{pending[-1].index} "
+                    f"(lines {pending[0].line}-{pending[-1].line} of {self.config.data_path}) in pipeline "
+                    f"{self.pipeline.name!r}: {type(error).__name__}: {error}",
+                    self.pipeline.task_plugin,
+                ) from error
+            for position, prediction in zip(todo, fresh):
+                if not isinstance(prediction, Prediction):
+                    raise PluginError(
+                        f"task {self.task.name!r} returned {type(prediction).__name__} for record {chunk[position].index}, expected Prediction",
+                        self.pipeline.task_plugin,
+                    )
+                prediction.details = _json_ready(prediction.details)
+                results[position] = prediction
+            if self.cache:
+                self.cache.put_many(
+                    {
+                        keys[p]: {"value": _json_ready(results[p].value), "details": results[p].details, "notes": chunk[p].notes}
+                        for p in todo
+                    }
+                )
+        self.stage_seconds["model"] += time.perf_counter() - timer
+        return results  # type: ignore[return-value]
+
+    def _score_and_write(self, chunk: list[Example], predictions: Sequence[Prediction], out) -> None:
+        timer = time.perf_counter()
+        references = [self.task.reference(example) for example in chunk]
+        scored = [position for position, reference in enumerate(references) if reference is not None]
+        per_example: list[dict[str, float]] = [{} for _ in chunk]
+        if scored:
+            scored_predictions = [predictions[p].value for p in scored]
+            scored_references = [references[p] for p in scored]
+            for slot, metric in enumerate(self.pipeline.metrics):
+                try:
+                    stats = np.asarray(metric.example_stats(scored_predictions, scored_references), dtype=float)
+                except Exception as error:
+                    raise PluginError(
+                        f"metric {metric.name!r} raised on records {chunk[scored[0]].index}-{chunk[scored[-1]].index} "
+                        f"of pipeline {self.pipeline.name!r}: {type(error).__name__}: {error}",
+                        self.pipeline.providers[("metric", metric.name)],
+                    ) from error
+                if stats.ndim != 2 or len(stats) != len(scored):
+                    raise PluginError(
+                        f"metric {metric.name!r}: example_stats returned shape {stats.shape}, expected ({len(scored)}, k)",
+                        self.pipeline.providers[("metric", metric.name)],
+                    )
+                self.metric_stats[slot].append(stats)
+                scores = metric.example_scores(stats)
+                if scores is not None:
+                    for p, score in zip(scored, scores):
+                        per_example[p][metric.name] = _round(float(score))
+        self.counts.scored += len(scored)
+        self.counts.predicted += len(chunk)
+        self.counts.truncated += sum(1 for example in chunk if example.notes.get("truncated"))
+        for example, prediction, reference, scores in zip(chunk, predictions, references, per_example):
+            line = {
+                "index": example.index,
+                "line": example.line,
+                "prediction": _json_ready(prediction.value),
+                "reference": _json_ready(reference),
+                "scores": scores,
+            }
+            if prediction.details:
+                line["details"] = prediction.details
+            if example.notes:
+                line["notes"] = _json_ready(example.notes)
+            out.write(json.dumps(line, ensure_ascii=False, sort_keys=False) + "\n")
+        self.stage_seconds["metrics"] += time.perf_counter() - timer
+
+    def _final_metrics(self) -> dict[str, Any]:
+        bootstrap = self.config.report.bootstrap
+        results = {}
+        for metric, parts in zip(self.pipeline.metrics, self.metric_stats):
+            stats = np.concatenate(parts) if parts else np.zeros((0, 1))
+            try:
+                results[metric.name] = metric_entry(metric, stats, bootstrap.resamples, bootstrap.seed, bootstrap.confidence)
+            except Exception as error:
+                raise PluginError(
+                    f"metric {metric.name!r} raised while scoring: {type(error).__name__}: {error}",
+                    self.pipeline.providers[("metric", metric.name)],
+                ) from error
+        return results
+
+    def _report(self, metrics: dict, stage: ModelStage | None, started_at: datetime, finished_at: datetime, wall: float) -> dict[str, Any]:
+        config = self.config
+        counts = self.counts
+        reasons = Counter(item["reason"].split(";")[0] for item in counts.skipped)
+        return {
+            "nlpflow_report": 1,
+            "pipeline": self.pipeline.name,
+            "description": config.description,
+            "task": self.task.name,
+            "task_plugin": self.pipeline.task_plugin,
+            "task_options": self.task.options.model_dump(mode="json"),
+            "config_file": str(config.source),
+            "metrics": metrics,
+            "data": {
+                "path": str(config.data_path),
+                "format": self.pipeline.reader.name,
+                "sha256": file_sha256(config.data_path),
+                "fields": {**{name: config.fields.get(name, name) for name in (*self.task.input_fields, *self.task.reference_fields)}},
+            },
+            "counts": {
+                "read": counts.read,
+                "predicted": counts.predicted,
+                "scored": counts.scored,
+                "skipped": len(counts.skipped),
+                "truncated": counts.truncated,
+                "from_cache": counts.from_cache,
+            },
+            "skipped": counts.skipped,
+            "skipped_reasons": dict(reasons),
+            "preprocess": [step.name for step in self.pipeline.preprocessors],
+            "model": stage.describe() if stage else None,
+            "timing": {
+                "started": started_at.isoformat(timespec="seconds"),
+                "finished": finished_at.isoformat(timespec="seconds"),
+                "wall_seconds": round(wall, 3),
+                "stages_seconds": {name: round(seconds, 3) for name, seconds in self.stage_seconds.items()},
+                "records_per_second": round(counts.predicted / wall, 2) if wall > 0 else None,
+            },
+            "versions": package_versions() | {"nlpflow": __version__},
+        }
+
+    def _write_reports(self, result: RunResult) -> None:
+        errors = []
+        for reporter in self.pipeline.reporters:
+            try:
+                text = reporter.render(result)
+            except Exception as error:  # one broken reporter must not stop the others
+                errors.append(
+                    PluginError(f"reporter {reporter.name!r} raised: {type(error).__name__}: {error}", self.pipeline.providers[("reporter", reporter.name)])
+                )
+                continue
+            if not isinstance(text, str):
+                errors.append(
+                    PluginError(f"reporter {reporter.name!r} returned {type(text).__name__}, expected str", self.pipeline.providers[("reporter", reporter.name)])
+                )
+                continue
+            write_atomic(self.directory / reporter.filename, text)
+        if errors:
+            raise errors[0]
+
+
+def _chunks(items: Iterator[Example], size: int) -> Iterator[list[Example]]:
+    while True:
+        chunk = list(islice(items, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _round(value: float) -> float | None:
+    """Scores rounded so a resumed run (batched differently) writes the same bytes."""
+    return round(value, 6) if math.isfinite(value) else None
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, float):
+        return _round(value)
+    if isinstance(value, (np.floating,)):
+        return _round(float(value))
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return _json_ready(value.tolist())
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value

@@ -1,0 +1,327 @@
+"""The shapes plugins implement: Task, TaskModel, Metric, Preprocessor, Reader, Reporter.
+
+Each is a small abstract class. A plugin subclasses one, sets the class
+attributes, implements the abstract methods, and passes the class to the
+matching ``register`` callback (see :mod:`pipeline.hookspecs`). Options a user
+writes in ``pipelines.yaml`` are validated with the class's ``Options``
+pydantic model before the object is built, so an object never sees bad options.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import torch
+
+    from pipeline.config import ModelConfig, PipelineConfig
+    from pipeline.model import LoadedModel
+
+
+class NoOptions(BaseModel):
+    """Options model for plugins that take none: any key is an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- records -----------------------------------------------------------------
+
+
+@dataclass
+class RawRecord:
+    """One record as a reader produced it.
+
+    ``line`` is the 1-based line (JSON Lines) or row (CSV, header excluded
+    counts as line 1) in the data file. A record the reader could not parse
+    has ``data=None`` and ``error`` set; the runner fails or skips it
+    according to ``on_error``.
+    """
+
+    line: int
+    data: dict[str, Any] | None
+    error: str | None = None
+
+
+@dataclass
+class Example:
+    """A record on its way through a pipeline.
+
+    ``fields`` holds the task's canonical fields (``text``, ``label``, ...)
+    after the pipeline's field mapping; ``columns`` the record as read, for
+    slicing reports. Preprocessors may rewrite ``fields`` and add to
+    ``annotations`` (for instance ``annotations["document.sentences"]``) and
+    ``notes`` (flags the report counts, such as ``notes["truncated"] = True``).
+    """
+
+    index: int
+    line: int
+    fields: dict[str, Any]
+    columns: dict[str, Any] = field(default_factory=dict)
+    annotations: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prediction:
+    """A task's answer for one example.
+
+    ``value`` is what metrics score (a label, a translation, an answer
+    string). ``details`` is JSON-serialisable extra output written next to it
+    in ``predictions.jsonl`` (class scores, answer offsets, ...).
+    """
+
+    value: Any
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Features:
+    """Model inputs for one example, or one window of one.
+
+    ``example`` is the position of the example in the list passed to
+    :meth:`TaskModel.encode`. ``inputs`` maps tokenizer outputs
+    (``input_ids``, ``attention_mask``, ``token_type_ids``, ...) to unpadded
+    lists; the model stage pads, batches and moves them. ``extra`` carries
+    whatever :meth:`TaskModel.decode` needs to map outputs back (offsets, ...).
+    """
+
+    example: int
+    inputs: dict[str, list[int]]
+    extra: Any = None
+
+    @property
+    def length(self) -> int:
+        return len(self.inputs["input_ids"])
+
+
+class ExampleError(ValueError):
+    """Raised by a task when one example's fields are unusable.
+
+    The runner adds the data file, line and pipeline; the message should say
+    which field is wrong and what was expected.
+    """
+
+
+# --- tasks -------------------------------------------------------------------
+
+
+class TaskModel(ABC):
+    """A loaded model, split into the three stages the model stage drives.
+
+    The model stage calls :meth:`encode` on a chunk of examples, groups the
+    resulting features into length-sorted batches under a token budget, calls
+    :meth:`forward` on each padded batch (under ``torch.inference_mode()``, on
+    the model's device), and hands each example's outputs to :meth:`decode`
+    in the original order.
+    """
+
+    #: the loaded model and tokenizer, with device, dtype and weights fingerprint
+    loaded: LoadedModel
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+
+    @abstractmethod
+    def encode(self, examples: Sequence[Example]) -> list[Features]:
+        """Tokenize a chunk of examples (in one batched tokenizer call).
+
+        Returns one or more :class:`Features` per example; an example may
+        produce several (QA windows) but must produce at least one.
+        """
+
+    @abstractmethod
+    def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
+        """Run the model on one padded batch already on the device.
+
+        Returns one output per row, moved off the device (numpy arrays,
+        lists, strings), in row order.
+        """
+
+    @abstractmethod
+    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
+        """Turn the outputs for one example's features into a prediction."""
+
+    def parameters(self) -> dict[str, Any]:
+        """Settings besides the weights that change outputs; part of the cache key."""
+        return {}
+
+
+class Task(ABC):
+    """A kind of NLP work: which fields it reads, how it predicts, what it is scored against.
+
+    Example::
+
+        class Sentiment(Task):
+            name = "sentiment"
+            input_fields = ("text",)
+            reference_fields = ("label",)
+            default_metrics = ("accuracy", "macro_f1")
+
+            def load(self, model):
+                return MyClassifier(load_pretrained(AutoModelForSequenceClassification, model))
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: canonical fields the model reads, in the order a record must supply them
+    input_fields: ClassVar[tuple[str, ...]]
+    #: canonical fields holding the gold answer; may be absent for inference-only runs
+    reference_fields: ClassVar[tuple[str, ...]] = ()
+    default_metrics: ClassVar[tuple[str, ...]] = ()
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel | None = None):
+        self.options = options if options is not None else self.Options()
+
+    def check_example(self, example: Example) -> None:
+        """Validate and normalise ``example.fields`` in place.
+
+        Raise :class:`ExampleError` naming the field when a value is unusable.
+        The default accepts non-empty strings for every input field.
+        """
+        for name in self.input_fields:
+            value = example.fields.get(name)
+            if not isinstance(value, str):
+                raise ExampleError(f"field {name!r} must be a string, got {type(value).__name__}")
+
+    def reference(self, example: Example) -> Any:
+        """The gold answer metrics compare with; ``None`` when the record has none."""
+        if not self.reference_fields:
+            return None
+        return example.fields.get(self.reference_fields[0])
+
+    def parse_prediction(self, value: Any) -> Prediction:
+        """Turn a ``prediction`` value found in the data (another system's output) into a Prediction."""
+        return Prediction(value=value)
+
+    @abstractmethod
+    def load(self, model: ModelConfig) -> TaskModel:
+        """Load the model named in the pipeline and return it ready to run."""
+
+
+# --- metrics -----------------------------------------------------------------
+
+
+class Metric(ABC):
+    """A score over a set of examples, computed from per-example statistics.
+
+    :meth:`example_stats` turns predictions and references into a matrix
+    with one row per example; :meth:`score` turns any set of rows into the
+    metric's value. Corpus-level metrics (BLEU) keep sufficient statistics
+    per row and sum them; averaged metrics keep the per-example score. This
+    split is what lets the report resample examples for confidence intervals
+    and paired significance tests without re-running the metric library.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: task names this metric can score; empty means any task
+    tasks: ClassVar[tuple[str, ...]] = ()
+    #: "0-1" or "0-100", as the reference library reports it
+    scale: ClassVar[str] = "0-1"
+    higher_is_better: ClassVar[bool] = True
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel | None = None):
+        self.options = options if options is not None else self.Options()
+
+    @abstractmethod
+    def example_stats(self, predictions: Sequence[Any], references: Sequence[Any]) -> np.ndarray:
+        """Return a float array of shape ``(len(predictions), k)``."""
+
+    @abstractmethod
+    def score(self, stats: np.ndarray) -> float:
+        """The metric's value over the rows of ``stats`` (possibly a resample)."""
+
+    def example_scores(self, stats: np.ndarray) -> np.ndarray | None:
+        """One score per row, written to ``predictions.jsonl``; ``None`` if the metric has none."""
+        return None
+
+    def details(self, stats: np.ndarray) -> dict[str, Any]:
+        """Extra JSON-serialisable results for the report (per-class scores, confusion matrix)."""
+        return {}
+
+    def signature(self) -> str:
+        """A string that identifies the metric and its settings, stored in the report."""
+        options = ",".join(f"{k}={v}" for k, v in sorted(self.options.model_dump().items()))
+        return f"{self.name}|{options}" if options else self.name
+
+
+# --- preprocessing -----------------------------------------------------------
+
+
+class Preprocessor(ABC):
+    """A step applied to each chunk of examples before the model stage.
+
+    ``fields`` (an option every preprocessor accepts) names the canonical
+    fields it works on; by default the task's text input fields.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel, fields: Sequence[str]):
+        self.options = options
+        self.fields = tuple(fields)
+
+    @abstractmethod
+    def __call__(self, examples: list[Example]) -> None:
+        """Process a chunk of examples in place (batched: use ``nlp.pipe``)."""
+
+
+# --- input and output --------------------------------------------------------
+
+
+class Reader(ABC):
+    """Reads records from a data file, one at a time, without loading it whole."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    extensions: ClassVar[tuple[str, ...]] = ()
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel | None = None):
+        self.options = options if options is not None else self.Options()
+
+    @abstractmethod
+    def read(self, path: Path) -> Iterator[RawRecord]:
+        """Yield records in file order. Unparseable ones come back with ``error`` set, never raise."""
+
+
+class Reporter(ABC):
+    """Writes one report file for a finished pipeline run."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    filename: ClassVar[str]
+
+    @abstractmethod
+    def render(self, run: RunResult) -> str:
+        """Return the file's text; the runner writes it atomically to ``run.directory / filename``."""
+
+
+@dataclass
+class RunResult:
+    """What reporters receive: the report as written to report.json, and where the run's files are."""
+
+    report: dict[str, Any]
+    directory: Path
+    config: PipelineConfig
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.directory / "predictions.jsonl"
+
+    def iter_predictions(self) -> Iterator[dict[str, Any]]:
+        import json
+
+        with open(self.predictions_path, encoding="utf-8") as handle:
+            for line in handle:
+                yield json.loads(line)

@@ -1,0 +1,346 @@
+"""Sentiment and text classification: fine-tuned classifiers or zero-shot with a sentence encoder,
+plus the accuracy and macro-F1 metrics (with per-class scores and the confusion matrix).
+
+Two ways to classify, picked by ``options.mode`` (``auto`` looks at the checkpoint):
+
+- ``sequence-classification``: any ``AutoModelForSequenceClassification``
+  checkpoint. Dataset labels are matched to the model's ``id2label``
+  (case-insensitively, or through ``options.label_map``).
+- ``zero-shot``: a sentence encoder (such as the embedded all-MiniLM-L6-v2)
+  embeds the text and a description of each label; the label whose
+  description is most similar (cosine) wins.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline import hookimpl
+from pipeline.config import ModelConfig
+from pipeline.errors import ModelError
+from pipeline.model import LoadedModel, input_limit, load_pretrained, pretrained_config, tokenize
+from pipeline.types import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel
+
+SENTIMENT_LABELS = {
+    "positive": "A positive review: the writer liked it, was happy and satisfied, and recommends it.",
+    "negative": "A negative review: the writer disliked it, was disappointed and unhappy, and does not recommend it.",
+}
+
+
+class ClassificationOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: dataset labels; for zero-shot, a mapping label -> description (a list uses the label itself)
+    labels: dict[str, str] | list[str] | None = None
+    #: dataset label -> model label (id2label name), when the names differ
+    label_map: dict[str, str] = Field(default_factory=dict)
+    mode: Literal["auto", "sequence-classification", "zero-shot"] = "auto"
+    multi_label: bool = False
+    #: multi-label: a label is predicted when its probability reaches this
+    threshold: float = Field(0.5, ge=0, le=1)
+    #: zero-shot: the label description is put in this template
+    template: str = "{}"
+
+
+class SentimentOptions(ClassificationOptions):
+    labels: dict[str, str] | list[str] | None = Field(default_factory=lambda: dict(SENTIMENT_LABELS))
+
+
+class TextClassification(Task):
+    name = "text-classification"
+    description = "Assign one label (or several, multi_label) to a text"
+    input_fields = ("text",)
+    reference_fields = ("label",)
+    default_metrics = ("accuracy", "macro_f1")
+    Options = ClassificationOptions
+
+    def check_example(self, example: Example) -> None:
+        text = example.fields.get("text")
+        if not isinstance(text, str):
+            raise ExampleError(f"field 'text' must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise ExampleError("field 'text' is empty")
+        label = example.fields.get("label")
+        if label is not None:
+            example.fields["label"] = self._normalise_label(label, "label")
+        if "prediction" in example.fields:
+            example.fields["prediction"] = self._normalise_label(example.fields["prediction"], "prediction")
+
+    def _normalise_label(self, value: Any, field: str) -> Any:
+        if self.options.multi_label:
+            if isinstance(value, str):
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+                raise ExampleError(f"field {field!r} must be a list of labels (or a comma-separated string) for multi_label")
+            return sorted({str(v) for v in value})
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ExampleError(f"field {field!r} must be a label (string or integer), got {type(value).__name__}")
+        value = str(value)
+        if not value.strip():
+            raise ExampleError(f"field {field!r} is empty")
+        return value
+
+    def load(self, model: ModelConfig) -> TaskModel:
+        options = self.options
+        mode = options.mode
+        if mode == "auto":
+            architectures = pretrained_config(model).architectures or []
+            mode = "sequence-classification" if any(a.endswith("ForSequenceClassification") for a in architectures) else "zero-shot"
+        if mode == "zero-shot":
+            from transformers import AutoModel
+
+            if not options.labels:
+                raise ModelError(
+                    f"task {self.name!r}: zero-shot classification with {model.name_or_path!r} needs options.labels "
+                    "(a list of labels, or a mapping from label to a description)"
+                )
+            return ZeroShotClassifier(load_pretrained(AutoModel, model), options)
+        from transformers import AutoModelForSequenceClassification
+
+        return SequenceClassifier(load_pretrained(AutoModelForSequenceClassification, model, "ForSequenceClassification"), options)
+
+
+class Sentiment(TextClassification):
+    name = "sentiment"
+    description = "Polarity of a text (positive/negative by default; any labels the data uses)"
+    Options = SentimentOptions
+
+
+# --- model stages ------------------------------------------------------------
+
+
+class _TextClassifierModel(TaskModel):
+    def __init__(self, loaded: LoadedModel, options: ClassificationOptions):
+        super().__init__(loaded)
+        self.options = options
+        self.max_length = input_limit(loaded)
+
+    def encode(self, examples: Sequence[Example]) -> list[Features]:
+        rows, truncated = tokenize(self.loaded, [e.fields["text"] for e in examples], self.max_length)
+        for example, cut in zip(examples, truncated):
+            if cut:
+                example.notes["truncated"] = True
+        return [Features(position, inputs) for position, inputs in enumerate(rows)]
+
+    def _decide(self, probabilities: np.ndarray, labels: Sequence[str]) -> Prediction:
+        scores = {label: round(float(p), 6) for label, p in zip(labels, probabilities)}
+        if self.options.multi_label:
+            chosen = sorted(label for label, p in zip(labels, probabilities) if p >= self.options.threshold)
+            return Prediction(chosen, {"scores": scores})
+        best = int(np.argmax(probabilities))
+        return Prediction(labels[best], {"score": round(float(probabilities[best]), 6), "scores": scores})
+
+
+class SequenceClassifier(_TextClassifierModel):
+    """A fine-tuned classification head; model labels mapped to the dataset's."""
+
+    def __init__(self, loaded: LoadedModel, options: ClassificationOptions):
+        super().__init__(loaded, options)
+        id2label = {int(k): str(v) for k, v in loaded.model.config.id2label.items()}
+        self.model_labels = [id2label[i] for i in range(len(id2label))]
+        self.labels = self._dataset_labels(loaded.name_or_path, options)
+
+    def _dataset_labels(self, model_name: str, options: ClassificationOptions) -> list[str]:
+        """The dataset label for each model output, from label_map, or by matching names case-insensitively."""
+        model_labels = self.model_labels
+        to_dataset = {model_label: dataset_label for dataset_label, model_label in options.label_map.items()}
+        unknown = [m for m in to_dataset if m not in model_labels]
+        if unknown:
+            raise ModelError(
+                f"model {model_name!r}: label_map names model labels {unknown} it does not have; its labels are {model_labels}"
+            )
+        wanted = list(options.labels) if options.labels else None
+        if wanted is None:
+            return [to_dataset.get(label, label) for label in model_labels]
+        by_lower = {w.lower(): w for w in wanted}
+        mapped = [to_dataset.get(label) or by_lower.get(label.lower(), label) for label in model_labels]
+        missing = [w for w in wanted if w not in mapped]
+        if missing:
+            raise ModelError(
+                f"model {model_name!r}: dataset labels {missing} do not map to any model label. "
+                f"Dataset labels: {wanted}; model labels (id2label): {model_labels}. Add options.label_map "
+                f"(dataset label -> model label), for instance {{{missing[0]!r}: {model_labels[0]!r}}}."
+            )
+        return mapped
+
+    def parameters(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "labels": self.labels, **self.options.model_dump(include={"multi_label", "threshold"})}
+
+    def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
+        logits = self.loaded.model(**batch).logits.float()
+        probabilities = torch.sigmoid(logits) if self.options.multi_label else torch.softmax(logits, dim=-1)
+        return probabilities.cpu().numpy()
+
+    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
+        return self._decide(outputs[0], self.labels)
+
+
+class ZeroShotClassifier(_TextClassifierModel):
+    """Cosine similarity between mean-pooled sentence embeddings of the text and of each label's description."""
+
+    def __init__(self, loaded: LoadedModel, options: ClassificationOptions):
+        super().__init__(loaded, options)
+        labels = options.labels
+        descriptions = dict(labels) if isinstance(labels, dict) else {label: label for label in labels}
+        self.labels = list(descriptions)
+        self.descriptions = [options.template.format(text) for text in descriptions.values()]
+        self.label_embeddings = self._embed_descriptions()
+
+    def _embed_descriptions(self) -> torch.Tensor:
+        rows, _ = tokenize(self.loaded, self.descriptions, self.max_length)
+        width = max(len(r["input_ids"]) for r in rows)
+        pad = self.loaded.tokenizer.pad_token_id or 0
+        batch = {
+            key: torch.tensor([r[key] + [pad if key == "input_ids" else 0] * (width - len(r[key])) for r in rows], device=self.loaded.device)
+            for key in rows[0]
+        }
+        with torch.inference_mode():
+            return self._embed(batch)
+
+    def _embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.loaded.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    def parameters(self) -> dict[str, Any]:
+        return {"max_length": self.max_length, "labels": self.labels, "descriptions": self.descriptions, "zero_shot": True,
+                **self.options.model_dump(include={"multi_label", "threshold"})}
+
+    def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
+        return (self._embed(batch) @ self.label_embeddings.T).cpu().numpy()
+
+    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
+        similarities = outputs[0]
+        if self.options.multi_label:
+            return self._decide((similarities + 1) / 2, self.labels)
+        prediction = self._decide(similarities, self.labels)
+        prediction.details["similarity"] = prediction.details.pop("score")
+        return prediction
+
+
+# --- metrics -----------------------------------------------------------------
+
+
+class _LabelMetric(Metric):
+    """Labels are coded as integers in the order first seen; stats rows are (predicted code, reference code).
+
+    Multi-label rows hold bit masks over those codes instead.
+    """
+
+    tasks = ("sentiment", "text-classification")
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.labels: list[str] = []
+        self._codes: dict[str, int] = {}
+
+    def _code(self, label: str) -> int:
+        if label not in self._codes:
+            self._codes[label] = len(self.labels)
+            self.labels.append(label)
+        return self._codes[label]
+
+    def _mask(self, labels: Sequence[str]) -> float:
+        mask = 0
+        for label in labels:
+            code = self._code(label)
+            if code >= 53:
+                raise ValueError("multi-label metrics support at most 53 distinct labels")
+            mask |= 1 << code
+        return float(mask)
+
+    def example_stats(self, predictions: Sequence[Any], references: Sequence[Any]) -> np.ndarray:
+        if any(isinstance(r, list) for r in references):
+            return np.array([[self._mask(p or []), self._mask(r)] for p, r in zip(predictions, references)], dtype=float).reshape(-1, 2)
+        return np.array([[self._code(str(p)), self._code(str(r))] for p, r in zip(predictions, references)], dtype=float).reshape(-1, 2)
+
+    def _per_class(self, stats: np.ndarray, multi: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per-class true positives, false positives, false negatives, and which classes occur (sklearn's label set)."""
+        k = len(self.labels)
+        if multi:
+            predicted = _bits(stats[:, 0], k)
+            gold = _bits(stats[:, 1], k)
+        else:
+            predicted = np.eye(k, dtype=bool)[stats[:, 0].astype(int)] if len(stats) else np.zeros((0, k), bool)
+            gold = np.eye(k, dtype=bool)[stats[:, 1].astype(int)] if len(stats) else np.zeros((0, k), bool)
+        tp = (predicted & gold).sum(0)
+        fp = (predicted & ~gold).sum(0)
+        fn = (~predicted & gold).sum(0)
+        present = predicted.any(0) | gold.any(0) if not multi else np.ones(k, dtype=bool)
+        return tp, fp, fn, present
+
+
+def _bits(masks: np.ndarray, k: int) -> np.ndarray:
+    values = masks.astype(np.int64)
+    return ((values[:, None] >> np.arange(k)) & 1).astype(bool)
+
+
+def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator, dtype=float), where=denominator > 0)
+
+
+class Accuracy(_LabelMetric):
+    name = "accuracy"
+    description = "Share of examples whose predicted label (or label set) equals the reference"
+
+    def score(self, stats: np.ndarray) -> float:
+        return float(np.mean(stats[:, 0] == stats[:, 1])) if len(stats) else float("nan")
+
+    def example_scores(self, stats: np.ndarray) -> np.ndarray:
+        return (stats[:, 0] == stats[:, 1]).astype(float)
+
+
+class MacroF1(_LabelMetric):
+    name = "macro_f1"
+    description = "Unweighted mean of per-class F1 (as sklearn's f1_score(average='macro')), with per-class scores and confusion matrix"
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self._multi = False
+
+    def example_stats(self, predictions, references):
+        self._multi = self._multi or any(isinstance(r, list) for r in references)
+        return super().example_stats(predictions, references)
+
+    def score(self, stats: np.ndarray) -> float:
+        if not len(stats):
+            return float("nan")
+        tp, fp, fn, present = self._per_class(stats, self._multi)
+        f1 = _safe_divide(2 * tp, 2 * tp + fp + fn)
+        return float(f1[present].mean()) if present.any() else 0.0
+
+    def details(self, stats: np.ndarray) -> dict[str, Any]:
+        tp, fp, fn, present = self._per_class(stats, self._multi)
+        precision = _safe_divide(tp, tp + fp)
+        recall = _safe_divide(tp, tp + fn)
+        f1 = _safe_divide(2 * tp, 2 * tp + fp + fn)
+        order = sorted((i for i in range(len(self.labels)) if present[i]), key=lambda i: self.labels[i])
+        per_class = {
+            self.labels[i]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(tp[i] + fn[i])}
+            for i in order
+        }
+        result: dict[str, Any] = {"per_class": per_class}
+        if not self._multi:
+            matrix = np.zeros((len(order), len(order)), dtype=int)
+            position = {code: row for row, code in enumerate(order)}
+            for predicted, gold in stats.astype(int):
+                matrix[position[gold], position[predicted]] += 1
+            result["confusion_matrix"] = {"labels": [self.labels[i] for i in order], "rows": "reference", "columns": "prediction",
+                                          "matrix": matrix.tolist()}
+        return result
+
+
+@hookimpl
+def register_tasks(register):
+    register(Sentiment)
+    register(TextClassification)
+
+
+@hookimpl
+def register_metrics(register):
+    register(Accuracy)
+    register(MacroF1)

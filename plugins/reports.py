@@ -1,0 +1,80 @@
+"""Built-in reporters: report.json and report.md (report.html lives in plugins/html_report.py)."""
+
+from __future__ import annotations
+
+import json
+
+from pipeline import hookimpl
+from pipeline.types import Reporter, RunResult
+
+
+class JsonReporter(Reporter):
+    name = "json"
+    description = "report.json: metrics with confidence intervals, counts, model and run metadata"
+    filename = "report.json"
+
+    def render(self, run: RunResult) -> str:
+        return json.dumps(run.report, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _format_value(entry: dict) -> str:
+    value = entry.get("value")
+    if value is None:
+        return "n/a"
+    return f"{value:.2f}" if entry.get("scale") == "0-100" else f"{value:.4f}"
+
+
+def _format_ci(entry: dict) -> str:
+    ci = entry.get("ci")
+    if not ci:
+        return ""
+    fmt = "{:.2f}" if entry.get("scale") == "0-100" else "{:.4f}"
+    return f"[{fmt.format(ci['low'])}, {fmt.format(ci['high'])}]"
+
+
+def _cell(text: object) -> str:
+    """Markdown table cell: no newlines, pipes escaped."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+class MarkdownReporter(Reporter):
+    name = "markdown"
+    description = "report.md: a summary for a terminal or a pull request"
+    filename = "report.md"
+
+    def render(self, run: RunResult) -> str:
+        report = run.report
+        counts = report["counts"]
+        model = report.get("model")
+        lines = [f"# {report['pipeline']}", ""]
+        if report.get("description"):
+            lines += [report["description"], ""]
+        lines += [
+            f"- task: `{report['task']}` (plugin `{report['task_plugin']}`)",
+            f"- data: `{report['data']['path']}` ({report['data']['format']}, sha256 `{report['data']['sha256'][:12]}`)",
+            f"- model: `{model['name_or_path']}` on {model['device']} ({model['dtype']}), batch size {model['batch_size_that_worked']}"
+            if model else "- model: none (scored the `prediction` field of each record)",
+            f"- records: {counts['read']} read, {counts['scored']} scored, {counts['skipped']} skipped, "
+            f"{counts['truncated']} truncated, {counts['from_cache']} from cache",
+            f"- time: {report['timing']['wall_seconds']} s ({report['timing']['records_per_second']} records/s)",
+            "",
+            "| metric | value | 95% CI | n |",
+            "|---|---:|---|---:|",
+        ]
+        for name, entry in report["metrics"].items():
+            lines.append(f"| {_cell(name)} | {_format_value(entry)} | {_format_ci(entry)} | {entry.get('n', '')} |")
+        signatures = [(name, entry["signature"]) for name, entry in report["metrics"].items() if entry.get("signature")]
+        if signatures:
+            lines += ["", "Signatures:", ""] + [f"- {name}: `{signature}`" for name, signature in signatures]
+        if report.get("skipped"):
+            lines += ["", f"## Skipped records ({len(report['skipped'])})", "", "| line | reason |", "|---:|---|"]
+            lines += [f"| {item['line']} | {_cell(item['reason'])} |" for item in report["skipped"][:50]]
+            if len(report["skipped"]) > 50:
+                lines.append(f"| … | {len(report['skipped']) - 50} more in report.json |")
+        return "\n".join(lines) + "\n"
+
+
+@hookimpl
+def register_reporters(register):
+    register(JsonReporter)
+    register(MarkdownReporter)
