@@ -41,6 +41,18 @@ def _parser() -> argparse.ArgumentParser:
 
     plugins = commands.add_parser("plugins", help="list installed plugins, their versions and hooks")
     plugins.add_argument("--json", action="store_true")
+
+    compare = commands.add_parser("compare", help="compare runs on the same data: metric table and paired significance tests")
+    compare.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders (with report.json); the first is the baseline")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    compare.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
+    compare.add_argument("--trials", type=int, default=10000, help="approximate randomization trials (default 10000)")
+    compare.add_argument("--seed", type=int, default=12345, help="random seed for both tests (default 12345)")
+
+    board = commands.add_parser("leaderboard", help="table of every run under a folder, grouped by task and data")
+    board.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR")
+    board.add_argument("--format", choices=["markdown", "html"], default="markdown")
+    board.add_argument("-o", "--output", type=Path, default=None, metavar="FILE", help="write to FILE instead of stdout")
     return parser
 
 
@@ -60,9 +72,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _quiet_transformers() -> None:
+    """Our own progress bars and messages replace transformers' per-load bars and notices."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+
+
 def _run(args, registry) -> int:
     from pipeline.api import run
 
+    _quiet_transformers()
     results = run(args.pipelines, args.config, args.output, args.cache_dir, not args.no_cache, registry)
     for result in results:
         report = result.report
@@ -122,7 +143,30 @@ def _plugins(args, registry) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "validate": _validate, "tasks": _tasks, "plugins": _plugins}
+def _compare(args, registry) -> int:
+    from pipeline.compare import CompareError, compare_runs, comparison_markdown
+
+    if args.resamples < 1 or args.trials < 1:
+        raise CompareError("--resamples and --trials must be at least 1")
+    result = compare_runs(args.runs, registry, resamples=args.resamples, seed=args.seed, trials=args.trials)
+    print(json.dumps(result, indent=2) if args.json else comparison_markdown(result), end="" if not args.json else "\n")
+    return 0
+
+
+def _leaderboard(args, registry) -> int:
+    from pipeline.compare import leaderboard, leaderboard_html, leaderboard_markdown
+    from pipeline.report import write_atomic
+
+    groups = leaderboard(args.output_dir)
+    text = leaderboard_html(groups) if args.format == "html" else leaderboard_markdown(groups)
+    if args.output:
+        write_atomic(args.output, text)
+    else:
+        print(text, end="")
+    return 0
+
+
+COMMANDS = {"run": _run, "validate": _validate, "tasks": _tasks, "plugins": _plugins, "compare": _compare, "leaderboard": _leaderboard}
 
 if __name__ == "__main__":
     sys.exit(main())

