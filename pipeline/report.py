@@ -92,6 +92,7 @@ def metric_entry(metric: Metric, stats: np.ndarray, resamples: int, seed: int, c
         "scale": metric.scale,
         "higher_is_better": metric.higher_is_better,
         "signature": metric.signature(),
+        "options": metric.options.model_dump(mode="json"),
         "n": int(len(stats)),
     }
     if len(stats):

@@ -1,0 +1,474 @@
+"""Comparing runs: a table of systems by metric, paired significance tests, and a leaderboard.
+
+``nlpflow compare RUN RUN ...`` loads each run folder's report.json and
+predictions.jsonl, refuses runs that scored different data, prints the
+systems' metric values with their intervals, and tests every system against
+the first (the baseline) with two paired tests over examples:
+
+- **paired bootstrap resampling**, as ``sacrebleu/significance.py`` does it
+  (after Koehn 2004 and Moses' bootstrap-hypothesis-difference-significance):
+  draw example indices with replacement, score both systems on each resample,
+  centre the absolute differences on their mean and count how often they reach
+  the observed absolute difference; ``p = (count + 1) / (resamples + 1)``. The
+  percentile interval of the signed differences is reported too.
+- **approximate randomization** (Noreen 1989; Riezler & Maxwell 2005): swap
+  each example's outputs between the systems with probability 0.5, score the
+  two pseudo-systems, and count trials whose absolute difference reaches the
+  observed one; ``p = (count + 1) / (trials + 1)``.
+
+One deliberate difference from sacrebleu: a resampled statistic that *equals*
+the observed one counts ("reaches", ``>=``, as in Riezler & Maxwell).
+sacrebleu counts only strictly greater ones, which gives two identical systems
+``p = 1 / (R + 1)``, a "significant" difference of exactly zero.
+
+Metrics are recomputed from per-example statistics: the metric class is taken
+from the plugin registry by name, built with the options recorded in
+report.json (its signature must match the one recorded there), and its
+``example_stats`` is called on the stored predictions and references. One
+metric object scores all systems, so label codes and other state are shared.
+
+``nlpflow leaderboard DIR`` finds every run under a folder (each folder with a
+report.json) and tabulates systems by metric, grouped by task and data hash,
+as Markdown or a self-contained HTML page.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from pipeline.errors import NlpflowError
+from pipeline.report import bootstrap_indices
+from pipeline.types import Metric
+
+#: predictions turned into statistics per call of example_stats
+STATS_CHUNK = 1024
+
+
+class CompareError(NlpflowError):
+    """Runs that cannot be compared: missing files, different data, different tasks."""
+
+    exit_code = 6
+
+
+@dataclass
+class Run:
+    """One run folder: its report and where it lives."""
+
+    directory: Path
+    report: dict[str, Any]
+    name: str = ""
+
+    @property
+    def predictions_path(self) -> Path:
+        return self.directory / "predictions.jsonl"
+
+    def iter_predictions(self) -> Iterator[dict[str, Any]]:
+        with open(self.predictions_path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise CompareError(f"{self.predictions_path}:{number}: malformed JSON: {error.msg}") from None
+
+
+def load_run(directory: Path | str) -> Run:
+    directory = Path(directory)
+    path = directory / "report.json"
+    if not path.is_file():
+        raise CompareError(f"{directory}: not a run folder (no report.json)")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CompareError(f"{path}: cannot read report: {error}") from None
+    for key in ("pipeline", "task", "metrics", "data"):
+        if key not in report:
+            raise CompareError(f"{path}: not an nlpflow report (no {key!r})")
+    return Run(directory, report)
+
+
+def _name_runs(runs: list[Run]) -> None:
+    """Systems are named by pipeline; runs of the same pipeline by their folder path instead."""
+    names = [run.report["pipeline"] for run in runs]
+    for run, name in zip(runs, names):
+        run.name = name if names.count(name) == 1 else str(run.directory)
+
+
+# --- the statistical tests ---------------------------------------------------------
+
+
+def paired_bootstrap(
+    score: Callable[[np.ndarray], float], stats_a: np.ndarray, stats_b: np.ndarray, resamples: int = 1000, seed: int = 12345,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Paired bootstrap test of ``score(B) - score(A)`` over examples, sacrebleu-style (see the module doc)."""
+    n = len(stats_a)
+    observed = score(stats_b) - score(stats_a)
+    differences = np.empty(resamples)
+    for position, rows in enumerate(bootstrap_indices(n, resamples, seed)):
+        differences[position] = score(stats_b[rows]) - score(stats_a[rows])
+    differences = differences[np.isfinite(differences)]
+    absolute = np.abs(differences)
+    centred = absolute - absolute.mean()
+    count = int(np.sum(centred >= abs(observed)))
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(differences, [alpha, 1 - alpha])
+    return {
+        "difference": float(observed),
+        "p_value": (count + 1) / (len(differences) + 1),
+        "ci": {"low": float(low), "high": float(high), "confidence": confidence},
+        "resamples": resamples,
+        "seed": seed,
+    }
+
+
+def approximate_randomization(
+    score: Callable[[np.ndarray], float], stats_a: np.ndarray, stats_b: np.ndarray, trials: int = 10000, seed: int = 12345,
+) -> dict[str, Any]:
+    """Paired approximate randomization test: swap each example's outputs with probability 0.5, ``trials`` times."""
+    n = len(stats_a)
+    observed = abs(score(stats_b) - score(stats_a))
+    rng = np.random.default_rng(seed)
+    count = 0
+    done = 0
+    for _ in range(trials):
+        swap = rng.integers(0, 2, size=n).astype(bool)[:, None]
+        difference = abs(score(np.where(swap, stats_a, stats_b)) - score(np.where(swap, stats_b, stats_a)))
+        if math.isfinite(difference):
+            done += 1
+            # a small tolerance so float noise in an equal difference does not decide the count
+            count += difference >= observed - 1e-12
+    return {"p_value": (count + 1) / (done + 1), "trials": trials, "seed": seed}
+
+
+# --- comparing runs ---------------------------------------------------------------------
+
+
+def build_metric(registry, run: Run, name: str) -> tuple[Metric | None, str | None]:
+    """A metric object equal to the one that scored ``run`` (same signature), or None and the reason."""
+    try:
+        cls = registry.get("metric", name)
+    except NlpflowError as error:
+        return None, str(error)
+    entry = run.report["metrics"][name]
+    wanted = entry.get("signature")
+    try:
+        metric = cls(cls.Options.model_validate(entry.get("options") or {}))
+    except ValueError as error:
+        return None, f"cannot rebuild metric {name!r} from the options in report.json: {error}"
+    if wanted is not None and metric.signature() != wanted:
+        return None, f"metric {name!r} now has signature {metric.signature()!r}, the run used {wanted!r} (another library version?)"
+    return metric, None
+
+
+def _scored(run: Run) -> tuple[list[int], list[Any], list[Any]]:
+    indices, predictions, references = [], [], []
+    for line in run.iter_predictions():
+        if line.get("reference") is None:
+            continue
+        indices.append(line["index"])
+        predictions.append(line.get("prediction"))
+        references.append(line["reference"])
+    return indices, predictions, references
+
+
+def _stats(metric: Metric, predictions: list[Any], references: list[Any]) -> np.ndarray:
+    parts = [
+        np.asarray(metric.example_stats(predictions[start:start + STATS_CHUNK], references[start:start + STATS_CHUNK]), dtype=float)
+        for start in range(0, len(predictions), STATS_CHUNK)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, 1))
+
+
+def check_comparable(runs: list[Run], scored: list[tuple[list[int], list[Any], list[Any]]]) -> list[str]:
+    """Refuse runs of different tasks, on different data, or scored on different records; return notes.
+
+    Runs on the same data file (equal sha256) must have scored the same record
+    indices. Prediction-only runs (no model) read each system's outputs from
+    its own data file, so their files differ by construction: they are
+    accepted when they scored the same indices with equal references.
+    """
+    notes = []
+    first, (base_indices, _, base_references) = runs[0], scored[0]
+    for run, (indices, _, references) in zip(runs[1:], scored[1:]):
+        if run.report["task"] != first.report["task"]:
+            raise CompareError(
+                f"runs are of different tasks: {first.directory} is {first.report['task']!r}, {run.directory} is {run.report['task']!r}"
+            )
+        a, b = first.report["data"].get("sha256"), run.report["data"].get("sha256")
+        prediction_only = first.report.get("model") is None and run.report.get("model") is None
+        if a != b and not prediction_only:
+            raise CompareError(
+                f"runs scored different data: {first.directory} read {first.report['data'].get('path')} (sha256 {str(a)[:12]}), "
+                f"{run.directory} read {run.report['data'].get('path')} (sha256 {str(b)[:12]}); paired comparisons need the same examples"
+            )
+        if indices != base_indices:
+            only_a = len(set(base_indices) - set(indices))
+            only_b = len(set(indices) - set(base_indices))
+            raise CompareError(
+                f"runs scored different records: {first.directory} scored {len(base_indices)}, {run.directory} scored "
+                f"{len(indices)} ({only_a} only in the first, {only_b} only in the second; check data.limit and skipped records)"
+            )
+        if a != b:
+            mismatch = next((i for i, (x, y) in enumerate(zip(base_references, references)) if x != y), None)
+            if mismatch is not None:
+                raise CompareError(
+                    f"runs scored different data: {first.directory} ({first.report['data'].get('path')}) and {run.directory} "
+                    f"({run.report['data'].get('path')}) have different references for record {base_indices[mismatch]}"
+                )
+            notes.append(f"{run.name}: prediction-only runs on different files ({first.report['data'].get('path')}, "
+                         f"{run.report['data'].get('path')}); their references match on all {len(indices)} scored records")
+    if not base_indices:
+        raise CompareError(f"{first.directory}: no scored records (no references) to compare")
+    return notes
+
+
+def compare_runs(
+    directories: Iterable[Path | str], registry=None, resamples: int = 1000, seed: int = 12345, trials: int | None = None,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Load runs, check they are comparable, and test each system against the first on every shared metric."""
+    from pipeline.plugins import default_registry
+
+    registry = registry or default_registry()
+    runs = [load_run(d) for d in directories]
+    if len(runs) < 2:
+        raise CompareError("compare needs at least two run folders")
+    _name_runs(runs)
+    metric_names = [name for name in runs[0].report["metrics"] if all(name in run.report["metrics"] for run in runs[1:])]
+    table = {
+        run.name: {
+            "directory": str(run.directory),
+            "model": (run.report.get("model") or {}).get("name_or_path"),
+            "n": run.report.get("counts", {}).get("scored"),
+            "metrics": {name: _brief(entry) for name, entry in run.report["metrics"].items()},
+        }
+        for run in runs
+    }
+    result: dict[str, Any] = {"task": runs[0].report["task"], "data": runs[0].report["data"], "baseline": runs[0].name,
+                              "systems": table, "metrics": metric_names, "comparisons": [], "notes": []}
+
+    scored = [_scored(run) for run in runs]
+    result["notes"] += check_comparable(runs, scored)
+    base_indices = scored[0][0]
+
+    for name in metric_names:
+        metric, problem = build_metric(registry, runs[0], name)
+        if metric is None:
+            result["notes"].append(f"{name}: no significance test: {problem}")
+            continue
+        wanted = runs[0].report["metrics"][name].get("signature")
+        other = [run for run in runs[1:] if run.report["metrics"][name].get("signature") != wanted]
+        if other:
+            result["notes"].append(f"{name}: no significance test: {other[0].name} used a different signature "
+                                   f"({other[0].report['metrics'][name].get('signature')!r} vs {wanted!r})")
+            continue
+        stats = [_stats(metric, predictions, references) for _, predictions, references in scored]
+        for run, system_stats in zip(runs, stats):
+            reported = run.report["metrics"][name].get("value")
+            recomputed = metric.score(system_stats)
+            if reported is not None and not math.isclose(recomputed, reported, rel_tol=1e-6, abs_tol=1e-6):
+                result["notes"].append(f"{name}: recomputed {recomputed:.6g} for {run.name}, report.json says {reported:.6g}")
+        for run, system_stats in zip(runs[1:], stats[1:]):
+            bootstrap = paired_bootstrap(metric.score, stats[0], system_stats, resamples, seed, confidence)
+            randomization = approximate_randomization(metric.score, stats[0], system_stats, trials or 10 * resamples, seed)
+            result["comparisons"].append({
+                "metric": name,
+                "baseline": runs[0].name,
+                "system": run.name,
+                "higher_is_better": metric.higher_is_better,
+                "scale": metric.scale,
+                "n": len(base_indices),
+                "difference": bootstrap["difference"],
+                "bootstrap": bootstrap,
+                "approximate_randomization": randomization,
+            })
+    return result
+
+
+def _brief(entry: dict) -> dict:
+    return {key: entry.get(key) for key in ("value", "ci", "scale", "higher_is_better", "signature", "n")}
+
+
+# --- formatting ---------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, scale: str | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.2f}" if scale == "0-100" else f"{value:.4f}"
+
+
+def _fmt_entry(entry: dict | None) -> str:
+    if not entry:
+        return "—"
+    text = _fmt(entry.get("value"), entry.get("scale"))
+    ci = entry.get("ci")
+    if ci:
+        text += f" [{_fmt(ci['low'], entry.get('scale'))}, {_fmt(ci['high'], entry.get('scale'))}]"
+    return text
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def comparison_markdown(result: dict[str, Any]) -> str:
+    metrics = result["metrics"] or sorted({m for s in result["systems"].values() for m in s["metrics"]})
+    lines = [
+        f"Task `{result['task']}`, data `{result['data'].get('path')}` (sha256 `{str(result['data'].get('sha256'))[:12]}`); "
+        "values with their 95% bootstrap intervals.",
+        "",
+        "| system | n | " + " | ".join(_cell(m) for m in metrics) + " |",
+        "|---|---:|" + "---|" * len(metrics),
+    ]
+    for name, system in result["systems"].items():
+        lines.append(f"| {_cell(name)} | {system['n']} | " + " | ".join(_fmt_entry(system["metrics"].get(m)) for m in metrics) + " |")
+    if result["comparisons"]:
+        lines += [
+            "",
+            f"Paired tests against `{_cell(result['baseline'])}` (difference = system - baseline):",
+            "",
+            "| system | metric | difference | 95% bootstrap CI | p (paired bootstrap) | p (approx. randomization) |",
+            "|---|---|---:|---|---:|---:|",
+        ]
+        for c in result["comparisons"]:
+            ci = c["bootstrap"]["ci"]
+            better = (c["difference"] > 0) == c["higher_is_better"] and c["difference"] != 0
+            mark = " (better)" if better and c["bootstrap"]["p_value"] < 0.05 else " (worse)" if not better and c["difference"] != 0 and c["bootstrap"]["p_value"] < 0.05 else ""
+            lines.append(
+                f"| {_cell(c['system'])} | {_cell(c['metric'])} | {c['difference']:+.4f}{mark} | [{ci['low']:+.4f}, {ci['high']:+.4f}] | "
+                f"{c['bootstrap']['p_value']:.4f} | {c['approximate_randomization']['p_value']:.4f} |"
+            )
+        first = result["comparisons"][0]
+        lines += ["", f"Paired bootstrap: {first['bootstrap']['resamples']} resamples; approximate randomization: "
+                      f"{first['approximate_randomization']['trials']} trials; seed {first['bootstrap']['seed']}."]
+    for note in result["notes"]:
+        lines.append(f"\nNote: {note}")
+    return "\n".join(lines) + "\n"
+
+
+# --- leaderboard -------------------------------------------------------------------------------
+
+
+def find_runs(root: Path | str) -> list[Run]:
+    """Every run folder (one holding report.json) under ``root``, skipping hidden folders and unreadable reports."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CompareError(f"{root}: not a folder")
+    runs = []
+    for path in sorted(root.rglob("report.json")):
+        if any(part.startswith(".") for part in path.relative_to(root).parts[:-1]):
+            continue
+        try:
+            runs.append(load_run(path.parent))
+        except CompareError:
+            continue
+    return runs
+
+
+def leaderboard(root: Path | str) -> list[dict[str, Any]]:
+    """Runs under ``root`` grouped by (task, data sha256), each group's systems sorted by its first metric."""
+    runs = find_runs(root)
+    root = Path(root)
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.report["task"], run.report["data"].get("sha256", "")), []).append(run)
+    result = []
+    for (task, sha), members in sorted(groups.items()):
+        metrics: list[str] = []
+        for run in members:
+            metrics += [m for m in run.report["metrics"] if m not in metrics]
+        first = metrics[0] if metrics else None
+
+        def key(run: Run):
+            entry = run.report["metrics"].get(first) or {}
+            value = entry.get("value")
+            if value is None:
+                return (1, 0.0)
+            return (0, -value if entry.get("higher_is_better", True) else value)
+
+        rows = []
+        for run in sorted(members, key=key):
+            model = run.report.get("model")
+            rows.append({
+                "system": run.report["pipeline"],
+                "model": model.get("name_or_path") if model else "(predictions given)",
+                "run": str(run.directory.relative_to(root)) if run.directory != root else ".",
+                "n": run.report.get("counts", {}).get("scored"),
+                "finished": run.report.get("timing", {}).get("finished", ""),
+                "cells": [_fmt_entry(run.report["metrics"].get(m)) for m in metrics],
+            })
+        data = members[0].report["data"]
+        result.append({"task": task, "sha256": sha, "data": data.get("path", ""), "metrics": metrics,
+                       "sorted_by": first, "rows": rows})
+    return result
+
+
+def leaderboard_markdown(groups: list[dict[str, Any]]) -> str:
+    if not groups:
+        return "No runs found.\n"
+    lines = ["# Leaderboard", ""]
+    for group in groups:
+        lines += [
+            f"## {_cell(group['task'])} · `{_cell(Path(group['data']).name)}` (sha256 `{group['sha256'][:12]}`)",
+            "",
+            f"Sorted by {_cell(group['sorted_by'])}; values with 95% bootstrap intervals.",
+            "",
+            "| # | system | model | n | " + " | ".join(_cell(m) for m in group["metrics"]) + " | run |",
+            "|---:|---|---|---:|" + "---|" * len(group["metrics"]) + "---|",
+        ]
+        for rank, row in enumerate(group["rows"], start=1):
+            lines.append(f"| {rank} | {_cell(row['system'])} | {_cell(row['model'])} | {row['n']} | "
+                         + " | ".join(row["cells"]) + f" | {_cell(row['run'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+LEADERBOARD_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>nlpflow leaderboard</title>
+<style>
+body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2937}
+main{max-width:1180px;margin:0 auto;padding:20px 24px 48px}
+h1{font-size:22px}h2{font-size:17px;margin:28px 0 6px;border-bottom:1px solid #e5e7eb;padding-bottom:4px}
+code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12px}
+table{border-collapse:collapse;font-size:13px}th,td{border-bottom:1px solid #e5e7eb;padding:4px 10px;text-align:left}
+th{background:#f9fafb}td.num{text-align:right;font-variant-numeric:tabular-nums}.muted{color:#6b7280;font-size:12px}
+tr:first-child+tr td{font-weight:600}
+</style>
+</head>
+<body>
+<main>
+<h1>Leaderboard</h1>
+{% if not groups %}<p>No runs found.</p>{% endif %}
+{% for g in groups %}
+<h2>{{ g.task }} · <code>{{ g.data }}</code> <span class="muted">sha256 {{ g.sha256[:12] }}</span></h2>
+<p class="muted">Sorted by {{ g.sorted_by }}; values with 95% bootstrap intervals.</p>
+<table>
+<tr><th>#</th><th>system</th><th>model</th><th>n</th>{% for m in g.metrics %}<th>{{ m }}</th>{% endfor %}<th>run</th><th>finished</th></tr>
+{% for row in g.rows %}
+<tr><td class="num">{{ loop.index }}</td><td>{{ row.system }}</td><td><code>{{ row.model }}</code></td><td class="num">{{ row.n }}</td>
+{% for cell in row.cells %}<td class="num">{{ cell }}</td>{% endfor %}<td><code>{{ row.run }}</code></td><td class="muted">{{ row.finished }}</td></tr>
+{% endfor %}
+</table>
+{% endfor %}
+</main>
+</body>
+</html>
+"""
+
+
+def leaderboard_html(groups: list[dict[str, Any]]) -> str:
+    import jinja2
+
+    environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    return environment.from_string(LEADERBOARD_TEMPLATE).render(groups=groups)

@@ -1,0 +1,446 @@
+"""report.html: one self-contained page (inline CSS and SVG, no scripts, no external requests).
+
+The page shows the run's header (pipeline, task, model, data, counts, timing),
+the metrics with their confidence intervals and signatures, the confusion
+matrix and per-class scores when a metric reports them, the distribution of
+per-example scores, the worst and best examples next to their references,
+mean scores by input length and by the data columns named in
+``report.slice_by``, and the skipped records.
+
+Everything is streamed: predictions.jsonl and the data file are read once, in
+step, keeping only the top-k examples (``heapq``), histogram counts and slice
+sums in memory. Templates are rendered by Jinja2 with autoescaping on; no
+string from the data is ever marked safe, so a record holding
+``<script>...</script>`` shows as text.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections import defaultdict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+import jinja2
+
+from pipeline import hookimpl
+from pipeline.types import Reporter, RunResult
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+#: worst and best examples shown
+TOP_K = 8
+#: characters of an input, prediction or reference shown per example
+MAX_CHARS = 400
+#: histogram bins over a metric's scale
+BINS = 20
+#: lower edges of the input-length buckets, in spaCy tokens (1-2-5 steps)
+LENGTH_EDGES = (0, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+#: distinct values tracked per slice column; the rest are pooled as "(other)"
+MAX_SLICE_VALUES = 200
+#: slice rows shown per column
+SHOWN_SLICE_VALUES = 30
+#: skipped records listed
+SHOWN_SKIPPED = 100
+TOKENIZE_BATCH = 256
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+@lru_cache(maxsize=1)
+def _tokenizer():
+    import spacy
+
+    return spacy.blank("en").tokenizer
+
+
+# --- formatting ----------------------------------------------------------------
+
+
+def format_value(value: float | None, scale: str | None) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.2f}" if scale == "0-100" else f"{value:.4f}"
+
+
+def shown_text(value: Any, limit: int = MAX_CHARS) -> str:
+    """A data value as plain text for the page: strings as they are, anything else as compact JSON, cut at ``limit``."""
+    if value is None:
+        text = "—"
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _scale_top(scale: str | None) -> float:
+    return 100.0 if scale == "0-100" else 1.0
+
+
+# --- charts (geometry here, drawing in the template) -----------------------------------------
+
+
+def interval_bar(entry: dict, width: int = 160) -> dict | None:
+    """Where a metric's value and CI fall on its scale, in pixels of a ``width``-wide strip."""
+    value = entry.get("value")
+    if value is None:
+        return None
+    top = _scale_top(entry.get("scale"))
+
+    def x(v: float) -> float:
+        return round(min(max(v / top, 0.0), 1.0) * width, 1)
+
+    ci = entry.get("ci")
+    return {"width": width, "x": x(value), "low": x(ci["low"]) if ci else None, "high": x(ci["high"]) if ci else None}
+
+
+def heatmap(confusion: dict, cell: int = 44) -> dict:
+    """Cells of a confusion-matrix heatmap: rows are references, columns predictions; colour by row share."""
+    labels = [str(label) for label in confusion["labels"]]
+    matrix = confusion["matrix"]
+    k = len(labels)
+    longest = max((len(label) for label in labels), default=1)
+    margin = min(8 + 7 * min(longest, 18), 140)
+    cells = []
+    for r, row in enumerate(matrix):
+        total = sum(row) or 1
+        for c, count in enumerate(row):
+            share = count / total
+            # white -> blue on the diagonal, white -> red elsewhere
+            if r == c:
+                fill = _mix((255, 255, 255), (37, 99, 235), share)
+            else:
+                fill = _mix((255, 255, 255), (220, 38, 38), share)
+            cells.append({"x": margin + c * cell, "y": margin + r * cell, "count": count, "fill": fill, "dark": share > 0.55,
+                          "title": f"reference {labels[r]}, predicted {labels[c]}: {count} ({share:.0%} of the row)"})
+    return {
+        "labels": [shown_text(label, 18) for label in labels],
+        "cells": cells,
+        "cell": cell,
+        "margin": margin,
+        "width": margin + k * cell + 4,
+        "height": margin + k * cell + 4,
+        "k": k,
+    }
+
+
+def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> str:
+    t = min(max(t, 0.0), 1.0)
+    return "#" + "".join(f"{round(x + (y - x) * t):02x}" for x, y in zip(a, b))
+
+
+def histogram(counts: list[int], top: float, outside: int, width: int = 420, height: int = 120) -> dict:
+    """Bars for a histogram of per-example scores over ``[0, top]``."""
+    peak = max(counts) or 1
+    bar = width / len(counts)
+    bars = []
+    for i, count in enumerate(counts):
+        h = round(count / peak * (height - 4), 1)
+        low, high = top * i / len(counts), top * (i + 1) / len(counts)
+        bars.append({"x": round(i * bar, 1), "w": round(bar - 1, 1), "y": round(height - h, 1), "h": h, "count": count,
+                     "title": f"{low:g}–{high:g}: {count}"})
+    return {"bars": bars, "width": width, "height": height, "top": top, "total": sum(counts), "outside": outside}
+
+
+# --- streaming pass over predictions and data ----------------------------------------------
+
+
+class _TopK:
+    """The k lowest (or highest) scored examples seen, earliest first among ties, in O(k) memory."""
+
+    def __init__(self, k: int, highest: bool):
+        self.k = k
+        self.sign = 1 if highest else -1
+        self.heap: list[tuple[float, int, dict]] = []
+
+    def offer(self, score: float, index: int, make) -> None:
+        # heap root is the entry that leaves first: for "lowest", the highest score (then the latest index)
+        key = (self.sign * score, -index)
+        if len(self.heap) < self.k:
+            heapq.heappush(self.heap, (*key, make()))
+        elif key > self.heap[0][:2]:
+            heapq.heapreplace(self.heap, (*key, make()))
+
+    def items(self) -> list[dict]:
+        return [item for *_, item in sorted(self.heap, key=lambda entry: (-entry[0], -entry[1]))]
+
+
+class _Slice:
+    __slots__ = ("count", "sums", "counts")
+
+    def __init__(self, metrics: list[str]):
+        self.count = 0
+        self.sums = dict.fromkeys(metrics, 0.0)
+        self.counts = dict.fromkeys(metrics, 0)
+
+    def add(self, scores: dict) -> None:
+        self.count += 1
+        for name in self.sums:
+            value = scores.get(name)
+            if value is not None:
+                self.sums[name] += value
+                self.counts[name] += 1
+
+    def means(self) -> dict[str, float | None]:
+        return {name: (self.sums[name] / self.counts[name] if self.counts[name] else None) for name in self.sums}
+
+
+def _length_bucket(tokens: int) -> int:
+    bucket = 0
+    for position, edge in enumerate(LENGTH_EDGES):
+        if tokens >= edge:
+            bucket = position
+    return bucket
+
+
+def _bucket_label(position: int) -> str:
+    low = LENGTH_EDGES[position]
+    if position + 1 < len(LENGTH_EDGES):
+        return f"{low}–{LENGTH_EDGES[position + 1] - 1}"
+    return f"{low}+"
+
+
+def _records(run: RunResult) -> Iterator[tuple[int, dict]] | None:
+    """``(index, record)`` for every record of the run's data file, read with the pipeline's reader; None if unavailable."""
+    from pipeline.config import build_options
+    from pipeline.plugins import default_registry
+
+    config = run.config
+    try:
+        reader_cls = default_registry().get("reader", run.report["data"]["format"])
+        reader = reader_cls(build_options(reader_cls, config.data.options, config, "data", "options"))
+        path = config.data_path
+        if not path.is_file():
+            return None
+    except Exception:
+        return None
+
+    def generate():
+        for index, record in enumerate(reader.read(path)):
+            yield index, (record.data if record.data is not None else {})
+
+    return generate()
+
+
+def _input_fields(run: RunResult) -> list[str]:
+    """The task's canonical input fields, in order (from the registry; else the first mapped field)."""
+    fields = list(run.report.get("data", {}).get("fields", {}))
+    try:
+        from pipeline.plugins import default_registry
+
+        task_cls = default_registry().get("task", run.report["task"])
+        return [f for f in task_cls.input_fields]
+    except Exception:
+        return fields[:1]
+
+
+def collect(run: RunResult) -> dict[str, Any]:
+    """One pass over predictions.jsonl (and the data file, in step) gathering what the page shows."""
+    report = run.report
+    metric_entries = report["metrics"]
+    mapping = report.get("data", {}).get("fields", {})
+    inputs = _input_fields(run)
+    columns = {name: mapping.get(name, name) for name in inputs}
+    slice_by = list(run.config.report.slice_by)
+
+    per_example = [name for name in metric_entries]  # narrowed to those that appear in "scores"
+    seen_metrics: dict[str, None] = {}
+    histograms: dict[str, list[int]] = {}
+    outside: dict[str, int] = defaultdict(int)
+    worst = _TopK(TOP_K, highest=False)
+    best = _TopK(TOP_K, highest=True)
+    lengths: dict[int, _Slice] = {}
+    slices: dict[str, dict[str, _Slice]] = {column: {} for column in slice_by}
+    slice_overflow: dict[str, int] = defaultdict(int)
+    primary: str | None = None
+    lowest = math.inf
+    highest = -math.inf
+
+    records = _records(run)
+    has_text = records is not None
+    current: tuple[int, dict] | None = None
+    pending: list[tuple[str, dict]] = []  # (first input text, scores) waiting to be tokenized
+    tokenizer = _tokenizer()
+
+    def flush_lengths():
+        if not pending:
+            return
+        for doc, (_, scores) in zip(tokenizer.pipe([text for text, _ in pending], batch_size=TOKENIZE_BATCH), pending):
+            bucket = _length_bucket(len(doc))
+            lengths.setdefault(bucket, _Slice(per_example)).add(scores)
+        pending.clear()
+
+    for line in run.iter_predictions():
+        index = line["index"]
+        record: dict = {}
+        if records is not None:
+            while current is None or current[0] < index:
+                current = next(records, None)
+                if current is None:
+                    records = None
+                    break
+            if current is not None and current[0] == index:
+                record = current[1]
+        scores = {name: value for name, value in (line.get("scores") or {}).items() if value is not None}
+        for name in scores:
+            seen_metrics.setdefault(name, None)
+        for name, value in scores.items():
+            entry = metric_entries.get(name, {})
+            top = _scale_top(entry.get("scale"))
+            bins = histograms.setdefault(name, [0] * BINS)
+            if value < 0 or value > top:
+                outside[name] += 1
+                value = min(max(value, 0.0), top)
+            bins[min(int(value / top * BINS), BINS - 1)] += 1
+        if primary is None and scores:
+            primary = next((name for name in metric_entries if name in scores), next(iter(scores)))
+
+        first_text = record.get(columns[inputs[0]]) if inputs else None
+        if isinstance(first_text, str):
+            pending.append((first_text, scores))
+            if len(pending) >= TOKENIZE_BATCH:
+                flush_lengths()
+        for column in slice_by:
+            value = record.get(column)
+            key = shown_text(value, 60) if value is not None else "(missing)"
+            groups = slices[column]
+            group = groups.get(key)
+            if group is None:
+                if len(groups) >= MAX_SLICE_VALUES:
+                    key = "(other)"
+                    slice_overflow[column] += 1
+                group = groups.setdefault(key, _Slice(per_example))
+            group.add(scores)
+
+        if primary is not None and primary in scores:
+            def make(line=line, record=record):
+                return {
+                    "index": line["index"],
+                    "line": line.get("line"),
+                    "score": scores[primary],
+                    "inputs": [(name, shown_text(record.get(columns[name]))) for name in inputs if record.get(columns[name]) is not None],
+                    "prediction": shown_text(line.get("prediction")),
+                    "reference": shown_text(line.get("reference")),
+                }
+
+            lowest = min(lowest, scores[primary])
+            highest = max(highest, scores[primary])
+            worst.offer(scores[primary], index, make)
+            best.offer(scores[primary], index, make)
+    flush_lengths()
+
+    shown_metrics = [name for name in metric_entries if name in seen_metrics]
+    scale_of = {name: metric_entries.get(name, {}).get("scale") for name in shown_metrics}
+
+    def rows(groups: dict[Any, _Slice], label) -> list[dict]:
+        result = []
+        for key, group in groups.items():
+            means = group.means()
+            result.append({"label": label(key), "count": group.count,
+                           "means": [format_value(means[name], scale_of[name]) for name in shown_metrics],
+                           "bar": _bar(means.get(primary), scale_of.get(primary)) if primary else None})
+        return result
+
+    length_rows = rows(dict(sorted(lengths.items())), _bucket_label)
+    slice_tables = []
+    for column in slice_by:
+        ordered = sorted(slices[column].items(), key=lambda item: (-item[1].count, item[0]))
+        slice_tables.append({"column": column, "rows": rows(dict(ordered[:SHOWN_SLICE_VALUES]), str),
+                             "hidden": max(len(ordered) - SHOWN_SLICE_VALUES, 0), "pooled": slice_overflow[column]})
+    return {
+        "primary": primary,
+        "primary_scale": scale_of.get(primary) if primary else None,
+        "slice_metrics": shown_metrics,
+        "histograms": [
+            {"metric": name, "scale": scale_of[name], **histogram(histograms[name], _scale_top(scale_of[name]), outside[name])}
+            for name in shown_metrics
+        ],
+        # an example is "worst" only if some example scored higher, "best" only if some scored lower
+        "worst": [item for item in worst.items() if item["score"] < highest],
+        "best": [item for item in best.items() if item["score"] > lowest],
+        "all_equal": lowest == highest,
+        "lowest": lowest if math.isfinite(lowest) else None,
+        "lengths": length_rows,
+        "length_field": inputs[0] if inputs else None,
+        "slices": slice_tables,
+        "has_text": has_text,
+    }
+
+
+def _bar(value: float | None, scale: str | None, width: int = 120) -> dict | None:
+    if value is None:
+        return None
+    return {"width": width, "w": round(min(max(value / _scale_top(scale), 0.0), 1.0) * width, 1)}
+
+
+# --- the reporter --------------------------------------------------------------------
+
+
+def page_context(run: RunResult) -> dict[str, Any]:
+    report = run.report
+    metrics = []
+    confusion = []
+    per_class = []
+    for name, entry in report["metrics"].items():
+        ci = entry.get("ci")
+        metrics.append({
+            "name": name,
+            "value": format_value(entry.get("value"), entry.get("scale")),
+            "ci": f"{format_value(ci['low'], entry.get('scale'))} – {format_value(ci['high'], entry.get('scale'))}" if ci else "n/a",
+            "ci_note": f"{ci['confidence']:.0%}, {ci['resamples']} resamples, seed {ci['seed']}" if ci else "",
+            "scale": entry.get("scale", ""),
+            "higher": entry.get("higher_is_better", True),
+            "n": entry.get("n", ""),
+            "signature": entry.get("signature", ""),
+            "bar": interval_bar(entry),
+        })
+        if entry.get("confusion_matrix") and entry["confusion_matrix"].get("labels"):
+            confusion.append({"metric": name, **heatmap(entry["confusion_matrix"])})
+        if entry.get("per_class"):
+            per_class.append({"metric": name, "rows": [
+                {"label": shown_text(label, 80), "precision": f"{v['precision']:.4f}", "recall": f"{v['recall']:.4f}", "f1": f"{v['f1']:.4f}",
+                 "support": v.get("support", "")}
+                for label, v in entry["per_class"].items()
+            ]})
+    model = report.get("model")
+    skipped = report.get("skipped") or []
+    confidence = next((e["ci"]["confidence"] for e in report["metrics"].values() if e.get("ci")), 0.95)
+    return {
+        "report": report,
+        "model": model,
+        "metrics": metrics,
+        "confidence": f"{confidence:.0%}",
+        "confusion": confusion[:1],
+        "per_class": per_class[:1],
+        "skipped": [{"line": item.get("line"), "index": item.get("index"), "reason": shown_text(item.get("reason"), 300)} for item in skipped[:SHOWN_SKIPPED]],
+        "skipped_more": max(len(skipped) - SHOWN_SKIPPED, 0),
+        "stages": sorted(report.get("timing", {}).get("stages_seconds", {}).items(), key=lambda item: -item[1]),
+        "versions": [(name, value) for name, value in (report.get("versions") or {}).items() if value],
+        "examples": collect(run),
+    }
+
+
+class HtmlReporter(Reporter):
+    name = "html"
+    description = "report.html: one self-contained page with metrics, intervals, confusion matrix, score distribution, examples and slices"
+    filename = "report.html"
+
+    def render(self, run: RunResult) -> str:
+        return _environment().get_template("report.html.j2").render(page_context(run))
+
+
+@hookimpl
+def register_reporters(register):
+    register(HtmlReporter)

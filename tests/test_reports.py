@@ -1,0 +1,232 @@
+"""report.html (and the JSON report's metric entries): escaping, self-containment, charts, examples and slices.
+
+Runs use the prediction-only path (records carry `prediction`, no model), so
+they take a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from pipeline.api import run
+
+MALICIOUS = "<script>alert(1)</script> and <img src=x onerror=alert(2)>"
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+#: SVG elements written self-closing (<rect .../>)
+SVG_EMPTY = {"rect", "line", "circle", "path", "polyline", "polygon", "stop"}
+
+
+def write_records(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def sentiment_records(n: int = 40) -> list[dict]:
+    records = []
+    for i in range(n):
+        label = "positive" if i % 2 else "negative"
+        wrong = i % 5 == 0
+        prediction = ("negative" if label == "positive" else "positive") if wrong else label
+        words = " ".join(["word"] * (3 + (i * 7) % 60))
+        records.append({"id": f"r{i:03d}", "review": f"Review {i}: {words}.", "stars": label, "prediction": prediction,
+                        "domain": ["movies", "products", "restaurants"][i % 3]})
+    # the malicious record is misclassified so it shows among the worst examples
+    records[0]["review"] = MALICIOUS
+    records[0]["domain"] = "<b>bold</b>"
+    return records
+
+
+PIPELINE = """
+pipelines:
+  scored:
+    task: sentiment
+    data: {{path: {data}, on_error: skip}}
+    fields: {{text: review, label: stars}}
+    metrics: [accuracy, macro_f1]
+    report: {{formats: [json, markdown, html], slice_by: [domain, missing_column], bootstrap: {{resamples: 200}}}}
+"""
+
+
+@pytest.fixture
+def sentiment_run(tmp_path, write_pipelines, cache_dir):
+    records = sentiment_records()
+    data = write_records(tmp_path / "reviews.jsonl", records)
+    with open(data, "a", encoding="utf-8") as handle:
+        handle.write('{"id": "bad", "stars": "positive", "prediction": "positive"}\n')  # no text: skipped
+        handle.write("{not json <script>\n")  # malformed: skipped
+    config = write_pipelines(PIPELINE.format(data=data.name))
+    [result] = run(["scored"], config=config, output=tmp_path / "out", cache_dir=cache_dir)
+    return result
+
+
+class StrictChecker(HTMLParser):
+    """Collects tags, attributes and text; records unbalanced or mis-nested tags as errors."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"unexpected </{tag}> with open {self.stack[-3:]}")
+            return
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(html: str) -> StrictChecker:
+    checker = StrictChecker()
+    checker.feed(html)
+    checker.close()
+    if checker.stack:
+        checker.errors.append(f"unclosed tags: {checker.stack}")
+    return checker
+
+
+def test_html_reporter_is_registered(registry):
+    reporter = registry.get("reporter", "html")
+    assert reporter.filename == "report.html"
+    assert registry.provider("reporter", "html") == "html_report"
+
+
+def test_report_html_escapes_data_and_parses(sentiment_run):
+    html = (sentiment_run.directory / "report.html").read_text(encoding="utf-8")
+    checker = parse(html)
+    assert checker.errors == []
+    assert "<script" not in html.lower()
+    assert "<img" not in html.lower() and "&lt;img src=x onerror=alert(2)&gt;" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    text = "".join(checker.text)
+    assert MALICIOUS in text, "the record must show as text"
+    assert "<b>bold</b>" in text  # slice value from the data, shown as text
+    assert not any(tag in {"script", "img", "iframe", "object", "embed", "link"} for tag, _ in checker.tags)
+
+
+def test_report_html_is_self_contained(sentiment_run):
+    html = (sentiment_run.directory / "report.html").read_text(encoding="utf-8")
+    assert "http://" not in html and "https://" not in html
+    assert "url(" not in html and "@import" not in html
+    checker = parse(html)
+    for tag, attrs in checker.tags:
+        for name in ("src", "href", "srcset", "action", "xlink:href", "poster", "data"):
+            assert name not in attrs, f"<{tag} {name}=...> would load something"
+        assert not any(name.startswith("on") for name in attrs), f"<{tag}> has an event handler"
+
+
+def test_report_html_contents(sentiment_run):
+    report = sentiment_run.report
+    html = (sentiment_run.directory / "report.html").read_text(encoding="utf-8")
+    checker = parse(html)
+    text = " ".join(checker.text)
+    # header
+    assert "scored" in text and "sentiment" in text and report["data"]["sha256"][:16] in html
+    # metrics with intervals and signatures
+    for name, entry in report["metrics"].items():
+        assert f"{entry['value']:.4f}" in text
+        assert f"{entry['ci']['low']:.4f} – {entry['ci']['high']:.4f}" in text
+        assert entry["signature"] in text
+    # confusion matrix heatmap: one rect per cell, counts as text
+    matrix = report["metrics"]["macro_f1"]["confusion_matrix"]
+    svg = re.search(r'<svg class="confusion".*?</svg>', html, re.S)
+    assert svg is not None
+    assert svg.group(0).count("<rect") == len(matrix["labels"]) ** 2
+    for row in matrix["matrix"]:
+        for count in row:
+            assert f">{count}</text>" in svg.group(0)
+    # per-class table
+    for label, scores in report["metrics"]["macro_f1"]["per_class"].items():
+        assert f"{scores['f1']:.4f}" in text
+    # histogram of per-example accuracy: errors at 0, correct at 1
+    histogram = re.search(r'<svg class="histogram".*?</svg>', html, re.S)
+    assert histogram is not None and histogram.group(0).count("<rect") == 2
+    # worst examples are the misclassified ones, with their text
+    worst = html[html.index("<h3>Worst</h3>"):html.index("<h3>Best</h3>")]
+    assert "Review 5:" in worst and "&lt;script&gt;" in worst
+    assert "Review 1:" not in worst  # a correct one
+    # slices: by length (spaCy tokens), by domain, and a missing column
+    assert "By length of text (spaCy tokens)" in text
+    assert "By domain" in text and "restaurants" in text
+    assert "(missing)" in text
+    # skipped records table
+    assert report["counts"]["skipped"] == 2
+    assert "missing field" in text and "malformed JSON" in text
+
+
+def test_report_html_size(sentiment_run):
+    size = (sentiment_run.directory / "report.html").stat().st_size
+    assert size < 100_000, size
+
+
+def test_json_report_metric_entries(sentiment_run):
+    saved = json.loads((sentiment_run.directory / "report.json").read_text(encoding="utf-8"))
+    for entry in saved["metrics"].values():
+        assert {"value", "ci", "scale", "signature", "higher_is_better", "n"} <= set(entry)
+        assert entry["ci"]["resamples"] == 200 and entry["ci"]["seed"] == 12345
+        assert entry["ci"]["low"] <= entry["value"] <= entry["ci"]["high"]
+
+
+def test_length_slices_count_spacy_tokens(sentiment_run):
+    import spacy
+
+    from plugins.html_report import _bucket_label, _length_bucket
+
+    tokenizer = spacy.blank("en").tokenizer
+    expected: dict[str, int] = {}
+    for record in sentiment_records():
+        label = _bucket_label(_length_bucket(len(tokenizer(record["review"]))))
+        expected[label] = expected.get(label, 0) + 1
+    html = (sentiment_run.directory / "report.html").read_text(encoding="utf-8")
+    table = html[html.index("By length of"):]
+    table = table[:table.index("</table>")]
+    found = dict(re.findall(r"<tr><td>([^<]+)</td><td class=\"num\">(\d+)</td>", table))
+    assert {k: int(v) for k, v in found.items()} == expected
+
+
+def test_all_equal_scores_show_no_worst_best(tmp_path, write_pipelines, cache_dir):
+    records = [{"review": f"text {i}", "stars": "positive", "prediction": "positive"} for i in range(6)]
+    write_records(tmp_path / "same.jsonl", records)
+    config = write_pipelines(PIPELINE.format(data="same.jsonl"))
+    [result] = run(["scored"], config=config, output=tmp_path / "out", cache_dir=cache_dir)
+    html = (result.directory / "report.html").read_text(encoding="utf-8")
+    assert "Every example has the same accuracy" in html
+    assert parse(html).errors == []
+
+
+def test_top_k_keeps_extremes_earliest_first():
+    from plugins.html_report import _TopK
+
+    worst, best = _TopK(3, highest=False), _TopK(3, highest=True)
+    scores = [0.5, 0.1, 0.9, 0.1, 0.3, 1.0, 0.9, 0.1]
+    for index, score in enumerate(scores):
+        worst.offer(score, index, lambda index=index, score=score: {"index": index, "score": score})
+        best.offer(score, index, lambda index=index, score=score: {"index": index, "score": score})
+    assert [item["index"] for item in worst.items()] == [1, 3, 7]
+    assert [item["index"] for item in best.items()] == [5, 2, 6]
+
+
+def test_report_without_readable_data_still_renders(sentiment_run):
+    from plugins.html_report import HtmlReporter
+
+    sentiment_run.config.data.path = Path("/nonexistent/file.jsonl")
+    html = HtmlReporter().render(sentiment_run)
+    assert parse(html).errors == []
+    assert "input text unavailable" in html
