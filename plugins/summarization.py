@@ -1,0 +1,246 @@
+"""Summarization: abstractive with a sequence-to-sequence model, or extractive baselines; ROUGE metrics.
+
+``options.method`` picks how a summary is made:
+
+- ``generate`` (default): any ``AutoModelForSeq2SeqLM`` checkpoint (BART, T5,
+  Pegasus, ...) run by :class:`plugins.seq2seq.Seq2SeqModel`. A document longer
+  than the model window keeps its leading whole sentences that fit (spaCy
+  sentencizer) and is counted as truncated.
+- ``centroid``: a sentence encoder (the embedded all-MiniLM-L6-v2 works
+  offline) embeds every sentence of the document; the ``sentences`` closest
+  (cosine) to the mean of the document's sentence embeddings are returned in
+  document order.
+- ``lead``: the first ``sentences`` sentences (lead-3 by default). It runs no
+  model, but still needs a ``model:`` block, because a pipeline without one
+  scores the ``prediction`` already in each record. The checkpoint is loaded
+  (so the run records which one) but never run; naming the embedded MiniLM
+  needs no download.
+
+The metrics are rouge-score's ``RougeScorer`` F-measures (0-1), averaged over
+examples. ``rougeLsum`` gets one sentence per line, split by spaCy's
+sentencizer, as the rouge-score README asks.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, ClassVar, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, PositiveInt
+
+from pipeline import hookimpl
+from pipeline.config import ModelConfig
+from pipeline.model import LoadedModel, input_limit, load_pretrained, tokenize
+from pipeline.types import Example, Features, Metric, Prediction, Task, TaskModel
+from plugins.seq2seq import GenerationOptions, Seq2SeqModel, load_seq2seq
+from plugins.translation import check_references, check_text, parse_text_prediction
+
+
+class SummarizationOptions(GenerationOptions):
+    method: Literal["generate", "lead", "centroid"] = "generate"
+    #: lead and centroid: how many sentences the summary has
+    sentences: PositiveInt = 3
+    #: language of the spaCy sentencizer (spacy.blank) used to split documents
+    lang: str = "en"
+
+
+@lru_cache(maxsize=8)
+def sentencizer(lang: str):
+    from plugins.spacy_steps import load_spacy
+
+    return load_spacy(lang, None, ("senter",))
+
+
+def split_sentences(texts: Sequence[str], lang: str = "en") -> list[list[str]]:
+    """Each text's sentences (stripped, empty ones dropped), by spaCy's rule-based sentencizer."""
+    return [[s.text.strip() for s in doc.sents if s.text.strip()] for doc in sentencizer(lang).pipe(texts)]
+
+
+class Summarization(Task):
+    name = "summarization"
+    description = "Summarize a document (seq2seq generation, or lead/centroid extractive baselines); ROUGE against a reference summary"
+    input_fields = ("document",)
+    reference_fields = ("summary",)
+    default_metrics = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+    Options = SummarizationOptions
+
+    def check_example(self, example: Example) -> None:
+        check_text(example.fields.get("document"), "document")
+        if example.fields.get("summary") is not None:
+            example.fields["summary"] = check_references(example.fields["summary"], "summary")
+        if "prediction" in example.fields and example.fields["prediction"] is not None:
+            check_text(example.fields["prediction"], "prediction", allow_empty=True)
+
+    def parse_prediction(self, value: Any) -> Prediction:
+        return parse_text_prediction(value)
+
+    def load(self, model: ModelConfig) -> TaskModel:
+        options = self.options
+        if options.method == "generate":
+            return Seq2SeqModel(load_seq2seq(model, self.name), options, "document", by_sentences=True, lang=options.lang)
+        from transformers import AutoModel
+
+        # lead never runs the model, so any checkpoint with a tokenizer will do (slow ones too)
+        loaded = load_pretrained(AutoModel, model, require_fast_tokenizer=options.method == "centroid")
+        return ExtractiveSummarizer(loaded, options)
+
+
+class ExtractiveSummarizer(TaskModel):
+    """Picks whole sentences of the document: the first ``k`` (lead) or the ``k`` nearest the centroid.
+
+    Every sentence is one :class:`Features` row, so the model stage batches
+    sentences of many documents together; ``forward`` embeds them (mean pooling
+    over the attention mask, L2-normalised, as sentence-transformers does for
+    all-MiniLM) or, for lead, returns nothing without running the model.
+    """
+
+    def __init__(self, loaded: LoadedModel, options: SummarizationOptions):
+        super().__init__(loaded)
+        self.options = options
+        self.method = options.method
+        self.max_length = input_limit(loaded) if options.method == "centroid" else 512
+
+    def parameters(self) -> dict[str, Any]:
+        return {"method": self.method, "sentences": self.options.sentences, "lang": self.options.lang,
+                "max_length": self.max_length if self.method == "centroid" else None}
+
+    def encode(self, examples: Sequence[Example]) -> list[Features]:
+        documents = split_sentences([example.fields["document"] for example in examples], self.options.lang)
+        flat = [(position, sentence) for position, sentences in enumerate(documents) for sentence in sentences]
+        if self.method == "lead":
+            # lead needs only the sentences; one token-free row per example keeps the model stage's contract
+            return [Features(position, {"input_ids": [0]}, extra=sentences) for position, sentences in enumerate(documents)]
+        rows, truncated = tokenize(self.loaded, [sentence for _, sentence in flat], self.max_length)
+        features = [Features(position, inputs, extra=sentence) for (position, sentence), inputs in zip(flat, rows)]
+        for (position, _), cut in zip(flat, truncated):
+            if cut:
+                examples[position].notes["truncated"] = True
+        return features
+
+    def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
+        if self.method == "lead":
+            return [None] * len(features)
+        hidden = self.loaded.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+
+    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
+        k = self.options.sentences
+        if self.method == "lead":
+            sentences = features[0].extra
+            chosen = list(range(min(k, len(sentences))))
+            return Prediction(" ".join(sentences[:k]), {"sentences": chosen})
+        sentences = [feature.extra for feature in features]
+        embeddings = np.stack(outputs).astype(np.float64)
+        centroid = embeddings.mean(axis=0)
+        norm = np.linalg.norm(centroid)
+        similarity = embeddings @ (centroid / norm if norm > 0 else centroid)
+        # highest similarity first; ties go to the earlier sentence
+        ranked = sorted(range(len(sentences)), key=lambda i: (-similarity[i], i))
+        chosen = sorted(ranked[:k])
+        return Prediction(" ".join(sentences[i] for i in chosen),
+                          {"sentences": chosen, "similarity": [round(float(similarity[i]), 6) for i in chosen]})
+
+
+# --- metrics -----------------------------------------------------------------
+
+
+def _rouge_version() -> str:
+    try:
+        return version("rouge-score")
+    except PackageNotFoundError:  # pragma: no cover
+        return "unknown"
+
+
+class RougeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    use_stemmer: bool = True
+    #: rougeLsum: language of the spaCy sentencizer that puts one sentence per line
+    lang: str = "en"
+
+
+class _Rouge(Metric):
+    """One rouge-score type; stats rows hold the example's F-measure (the best one over several references)."""
+
+    tasks = ("summarization",)
+    scale = "0-1"
+    Options = RougeOptions
+    rouge_type: ClassVar[str]
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        from rouge_score import rouge_scorer
+
+        self.scorer = rouge_scorer.RougeScorer([self.rouge_type], use_stemmer=self.options.use_stemmer)
+
+    def prepare(self, texts: Sequence[str]) -> list[str]:
+        return list(texts)
+
+    def example_stats(self, predictions: Sequence[Any], references: Sequence[Any]) -> np.ndarray:
+        predictions = self.prepare(["" if p is None else str(p) for p in predictions])
+        as_lists = [[r] if isinstance(r, str) else list(r) for r in references]
+        flat = self.prepare([r for refs in as_lists for r in refs])
+        rows, start = [], 0
+        for prediction, refs in zip(predictions, as_lists):
+            targets = flat[start : start + len(refs)]
+            start += len(refs)
+            if len(targets) == 1:
+                result = self.scorer.score(targets[0], prediction)
+            else:
+                result = self.scorer.score_multi(targets, prediction)
+            rows.append([result[self.rouge_type].fmeasure])
+        return np.asarray(rows, dtype=float).reshape(-1, 1)
+
+    def score(self, stats: np.ndarray) -> float:
+        return float(np.mean(stats[:, 0])) if len(stats) else float("nan")
+
+    def example_scores(self, stats: np.ndarray) -> np.ndarray:
+        return stats[:, 0]
+
+    def signature(self) -> str:
+        return f"rouge-score {_rouge_version()}|{self.rouge_type}|stemmer={self.options.use_stemmer}|fmeasure"
+
+
+class Rouge1(_Rouge):
+    name = "rouge1"
+    description = "ROUGE-1 F-measure (rouge-score, Porter stemmer by default), mean over examples"
+    rouge_type = "rouge1"
+
+
+class Rouge2(_Rouge):
+    name = "rouge2"
+    description = "ROUGE-2 F-measure (rouge-score), mean over examples"
+    rouge_type = "rouge2"
+
+
+class RougeL(_Rouge):
+    name = "rougeL"
+    description = "ROUGE-L F-measure (longest common subsequence over the whole text), mean over examples"
+    rouge_type = "rougeL"
+
+
+class RougeLsum(_Rouge):
+    name = "rougeLsum"
+    description = "ROUGE-Lsum F-measure (summary-level LCS, one spaCy sentence per line), mean over examples"
+    rouge_type = "rougeLsum"
+
+    def prepare(self, texts: Sequence[str]) -> list[str]:
+        return ["\n".join(sentences) for sentences in split_sentences(texts, self.options.lang)]
+
+    def signature(self) -> str:
+        return f"{super().signature()}|split=spacy-sentencizer({self.options.lang})"
+
+
+@hookimpl
+def register_tasks(register):
+    register(Summarization)
+
+
+@hookimpl
+def register_metrics(register):
+    for metric in (Rouge1, Rouge2, RougeL, RougeLsum):
+        register(metric)

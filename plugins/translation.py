@@ -1,0 +1,288 @@
+"""Machine translation with any sequence-to-sequence checkpoint, scored with sacreBLEU's BLEU, chrF and TER.
+
+The model is an ``AutoModelForSeq2SeqLM`` (Marian opus-mt, T5, BART, M2M100,
+NLLB, ...) run by :class:`plugins.seq2seq.Seq2SeqModel`. Multilingual models
+take ``source_lang``/``target_lang`` (the tokenizer's ``src_lang`` and the
+forced first token of the output); T5-style models take a ``prefix``.
+
+The metrics keep sacreBLEU's own per-sentence sufficient statistics (from the
+metric's ``_extract_corpus_statistics``, the function ``corpus_score`` itself
+uses), so the sum over any set of rows gives exactly ``corpus_score`` on those
+sentences, and bootstrap resampling needs no re-tokenisation. A reference may
+be one string or a list of strings; examples may have different numbers of
+references (sacreBLEU's ``None`` padding).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from pipeline import hookimpl
+from pipeline.config import ModelConfig
+from pipeline.errors import ModelError
+from pipeline.model import LoadedModel
+from pipeline.types import Example, ExampleError, Metric, Prediction, Task, TaskModel
+from plugins.seq2seq import GenerationOptions, Seq2SeqModel, load_seq2seq
+
+
+class TranslationOptions(GenerationOptions):
+    #: source language code of a multilingual model (M2M100: "en"; NLLB: "eng_Latn"); sets tokenizer.src_lang
+    source_lang: str | None = None
+    #: target language code; its token is forced as the first generated token
+    target_lang: str | None = None
+
+
+def check_text(value: Any, field: str, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ExampleError(f"field {field!r} must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise ExampleError(f"field {field!r} is empty")
+    return value
+
+
+def check_references(value: Any, field: str) -> str | list[str]:
+    """One reference string, or a non-empty list of them."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    if isinstance(value, list) and not value:
+        raise ExampleError(f"field {field!r} is an empty list; give at least one reference")
+    raise ExampleError(f"field {field!r} must be a string or a list of strings, got {type(value).__name__}")
+
+
+def parse_text_prediction(value: Any) -> Prediction:
+    if value is None:
+        return Prediction("")
+    if not isinstance(value, str):
+        raise ExampleError(f"must be a string, got {type(value).__name__}")
+    return Prediction(value)
+
+
+class Translation(Task):
+    name = "translation"
+    description = "Translate a source text with a sequence-to-sequence model; BLEU, chrF and TER against one or more references"
+    input_fields = ("source",)
+    reference_fields = ("reference",)
+    default_metrics = ("bleu", "chrf", "ter")
+    Options = TranslationOptions
+
+    def check_example(self, example: Example) -> None:
+        check_text(example.fields.get("source"), "source")
+        if example.fields.get("reference") is not None:
+            example.fields["reference"] = check_references(example.fields["reference"], "reference")
+        if "prediction" in example.fields and example.fields["prediction"] is not None:
+            check_text(example.fields["prediction"], "prediction", allow_empty=True)
+
+    def parse_prediction(self, value: Any) -> Prediction:
+        return parse_text_prediction(value)
+
+    def load(self, model: ModelConfig) -> TaskModel:
+        loaded = load_seq2seq(model, self.name)
+        forced_bos = set_languages(loaded, self.options.source_lang, self.options.target_lang)
+        return Seq2SeqModel(loaded, self.options, "source", forced_bos_token_id=forced_bos, source_lang=self.options.source_lang)
+
+
+def set_languages(loaded: LoadedModel, source_lang: str | None, target_lang: str | None) -> int | None:
+    """Set the tokenizer's source language and return the target language's token id (None when not set)."""
+    tokenizer = loaded.tokenizer
+    name = loaded.name_or_path
+    if source_lang is not None:
+        if not hasattr(tokenizer, "src_lang"):
+            raise ModelError(
+                f"model {name!r}: options.source_lang is set but its tokenizer ({type(tokenizer).__name__}) has no language codes; "
+                "drop source_lang/target_lang, or use options.prefix for T5-style models"
+            )
+        try:
+            tokenizer.src_lang = source_lang
+        except (KeyError, ValueError) as error:
+            raise ModelError(f"model {name!r}: unknown source_lang {source_lang!r} ({type(error).__name__}: {error})") from None
+    if target_lang is None:
+        return None
+    token_id = None
+    if hasattr(tokenizer, "get_lang_id"):  # M2M100: "de" -> "__de__"
+        try:
+            token_id = tokenizer.get_lang_id(target_lang)
+        except (KeyError, ValueError):
+            token_id = None
+    if token_id is None:
+        token_id = tokenizer.convert_tokens_to_ids(target_lang)  # NLLB, mBART: the code is a token
+        if token_id is None or token_id == tokenizer.unk_token_id:
+            token_id = None
+    if token_id is None:
+        raise ModelError(
+            f"model {name!r}: target_lang {target_lang!r} is not a language code of its tokenizer "
+            f"({type(tokenizer).__name__}); use the model's own codes (M2M100: 'de', NLLB: 'deu_Latn', mBART: 'de_DE')"
+        )
+    return int(token_id)
+
+
+# --- metrics -----------------------------------------------------------------
+
+
+def reference_streams(references: Sequence[Any]) -> list[list[str | None]]:
+    """Per-example references (string or list) as sacreBLEU's streams: one list per reference position,
+    ``None`` where an example has fewer references."""
+    as_lists = [[r] if isinstance(r, str) else list(r) for r in references]
+    width = max((len(r) for r in as_lists), default=0)
+    return [[refs[i] if i < len(refs) else None for refs in as_lists] for i in range(width)]
+
+
+def sum_rows(rows: list[list[float]], as_int: bool) -> list[Any]:
+    """Column sums in row order, as sacrebleu.utils.sum_of_lists adds them (so floats round identically)."""
+    if as_int:
+        rows = [[int(round(v)) for v in row] for row in rows]
+    if len(rows) == 1:
+        return list(rows[0])
+    total = [type(rows[0][0])(0.0)] * len(rows[0])
+    for row in rows:
+        for i, value in enumerate(row):
+            total[i] += value
+    return total
+
+
+class _SacreMetric(Metric):
+    """A sacreBLEU metric with per-sentence sufficient statistics as the stats rows."""
+
+    tasks = ("translation",)
+    scale = "0-100"
+    #: statistics are integer counts (BLEU, chrF) rather than floats (TER)
+    integer_stats: ClassVar[bool] = True
+
+    def __init__(self, options=None):
+        super().__init__(options)
+        self.metric = self.build()
+        self._reference_counts: set[int] = set()
+
+    def build(self):
+        raise NotImplementedError
+
+    def example_stats(self, predictions: Sequence[Any], references: Sequence[Any]) -> np.ndarray:
+        if not len(predictions):
+            return np.zeros((0, 1))
+        hypotheses = ["" if p is None else str(p) for p in predictions]
+        streams = reference_streams(references)
+        self._reference_counts |= {1 if isinstance(r, str) else len(r) for r in references}
+        stats = self.metric._extract_corpus_statistics(hypotheses, streams)
+        return np.asarray(stats, dtype=float)
+
+    def _score_object(self, rows: list[list[float]]):
+        return self.metric._compute_score_from_stats(sum_rows(rows, self.integer_stats))
+
+    def score(self, stats: np.ndarray) -> float:
+        if not len(stats):
+            return float("nan")
+        return float(self._score_object(stats.tolist()).score)
+
+    def example_scores(self, stats: np.ndarray) -> np.ndarray:
+        return np.array([self._sentence_metric()._compute_score_from_stats(sum_rows([row], self.integer_stats)).score
+                         for row in stats.tolist()], dtype=float)
+
+    def _sentence_metric(self):
+        return self.metric
+
+    def signature(self) -> str:
+        counts = self._reference_counts
+        self.metric.num_refs = next(iter(counts)) if len(counts) == 1 else (-1 if counts else 1)
+        return self.metric.get_signature().format()
+
+
+class BleuOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokenize: Literal["none", "zh", "13a", "intl", "char", "ja-mecab", "ko-mecab"] = "13a"
+    lowercase: bool = False
+    smooth_method: Literal["none", "floor", "add-k", "exp"] = "exp"
+    smooth_value: float | None = None
+    max_ngram_order: PositiveInt = 4
+    #: for the corpus score; example_scores always use effective order, as sacrebleu.sentence_bleu does
+    effective_order: bool = False
+
+
+class Bleu(_SacreMetric):
+    """Corpus BLEU; per-example scores are sentence BLEU (sacrebleu.sentence_bleu: effective order, same smoothing)."""
+
+    name = "bleu"
+    description = "sacreBLEU corpus BLEU (13a tokenization, exp smoothing by default); per-example sentence BLEU"
+    Options = BleuOptions
+
+    def build(self):
+        from sacrebleu.metrics import BLEU
+
+        options = self.options
+        self._sentence = BLEU(
+            lowercase=options.lowercase, tokenize=options.tokenize, smooth_method=options.smooth_method,
+            smooth_value=options.smooth_value, max_ngram_order=options.max_ngram_order, effective_order=True,
+        )
+        return BLEU(
+            lowercase=options.lowercase, tokenize=options.tokenize, smooth_method=options.smooth_method,
+            smooth_value=options.smooth_value, max_ngram_order=options.max_ngram_order, effective_order=options.effective_order,
+        )
+
+    def _sentence_metric(self):
+        return self._sentence
+
+    def details(self, stats: np.ndarray) -> dict[str, Any]:
+        if not len(stats):
+            return {}
+        result = self._score_object(stats.tolist())
+        return {"precisions": [float(p) for p in result.precisions], "bp": float(result.bp), "ratio": float(result.ratio),
+                "sys_len": int(result.sys_len), "ref_len": int(result.ref_len)}
+
+
+class ChrfOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    char_order: PositiveInt = 6
+    #: 2 gives chrF++
+    word_order: int = Field(0, ge=0)
+    beta: PositiveInt = 2
+    lowercase: bool = False
+    #: keep whitespace in character n-grams
+    whitespace: bool = False
+    eps_smoothing: bool = False
+
+
+class Chrf(_SacreMetric):
+    name = "chrf"
+    description = "sacreBLEU chrF (word_order: 2 for chrF++); per-example sentence chrF"
+    Options = ChrfOptions
+
+    def build(self):
+        from sacrebleu.metrics import CHRF
+
+        return CHRF(**self.options.model_dump())
+
+
+class TerOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    normalized: bool = False
+    no_punct: bool = False
+    asian_support: bool = False
+    case_sensitive: bool = False
+
+
+class Ter(_SacreMetric):
+    name = "ter"
+    description = "sacreBLEU translation edit rate (lower is better); per-example sentence TER"
+    higher_is_better = False
+    integer_stats = False
+    Options = TerOptions
+
+    def build(self):
+        from sacrebleu.metrics import TER
+
+        return TER(**self.options.model_dump())
+
+
+@hookimpl
+def register_tasks(register):
+    register(Translation)
+
+
+@hookimpl
+def register_metrics(register):
+    register(Bleu)
+    register(Chrf)
+    register(Ter)
