@@ -15,7 +15,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, field_validator, model_validator
 
-from pipeline.errors import ConfigError, Location, did_you_mean
+from pipeline.errors import ConfigError, Location, NlpflowError, PluginError, did_you_mean
 from pipeline.plugins import Registry
 from pipeline.types import Metric, Preprocessor, Reader, Reporter, Task
 
@@ -44,6 +44,8 @@ class StepConfig(_Strict):
             (name, options), = value.items()
             if options is None or isinstance(options, dict):
                 return {"name": name, **(options or {})}
+        if not isinstance(value, dict):
+            raise ValueError("expected a name, or a mapping such as {name: NAME, option: value}")
         return value
 
     @property
@@ -164,35 +166,73 @@ def load_config(path: Path | str = DEFAULT_CONFIG) -> dict[str, PipelineConfig]:
     return parse_config(text, path)
 
 
+#: most YAML nodes a pipelines file may expand to (aliases count each time they are used):
+#: refuses "billion laughs" files that would take minutes to check
+MAX_NODES = 100_000
+
+
 def parse_config(text: str, source: Path | str = DEFAULT_CONFIG) -> dict[str, PipelineConfig]:
+    """Parse pipelines-file text with a safe YAML loader and check it against the schema.
+
+    Raises only :class:`ConfigError`, with the file, line and column of the problem.
+    """
     source = Path(source)
     try:
-        node = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            locations: dict[tuple, tuple[int, int]] = {}
+            if node is not None:
+                _index_positions(node, (), locations, source, set(), [0])
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except ConfigError:
+        raise
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         location = Location(source, mark.line + 1, mark.column + 1) if mark else Location(source)
-        problem = " ".join(filter(None, [error.context, error.problem]))
+        problem = _one_line(" ".join(filter(None, [error.context, error.problem])))
+        if isinstance(error, yaml.constructor.ConstructorError):
+            raise ConfigError(
+                f"YAML error: {problem} (pipelines files are read with a safe loader: only plain mappings, lists, "
+                "strings, numbers, booleans and null)",
+                location,
+            ) from None
         raise ConfigError(f"YAML syntax error: {problem}", location) from None
+    except yaml.reader.ReaderError as error:
+        before = text[: error.position]
+        line = before.count("\n") + 1
+        column = error.position - (before.rfind("\n") + 1) + 1
+        character = error.character if isinstance(error.character, str) else chr(error.character)
+        raise ConfigError(
+            f"YAML error: {_one_line(error.reason)} (character U+{ord(character):04X})", Location(source, line, column)
+        ) from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"YAML error: {error}", Location(source)) from None
+        raise ConfigError(f"YAML error: {_one_line(str(error))}", Location(source)) from None
+    except RecursionError:
+        raise ConfigError("YAML error: the file is nested too deeply to be a pipelines file", Location(source)) from None
 
-    locations: dict[tuple, tuple[int, int]] = {}
-    if node is not None:
-        _index_positions(node, (), locations, source)
     if not isinstance(data, dict):
-        raise ConfigError("expected a mapping with a top-level 'pipelines:' key", Location(source, 1, 1))
+        found = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(
+            f"expected a mapping with a top-level 'pipelines:' key, found {found}", Location(source, *locations.get((), (1, 1)))
+        )
 
     try:
         parsed = PipelinesFile.model_validate(data)
     except ValidationError as error:
-        raise _config_error(error, source, locations) from None
+        raise _config_error(error, source, locations, data) from None
+    except RecursionError:
+        raise ConfigError("the file is nested too deeply to be a pipelines file", Location(source)) from None
 
     for name, pipeline in parsed.pipelines.items():
         where = Location(source, *locations.get(("pipelines", name), (None, None)))
         if not PIPELINE_NAME.fullmatch(name):
             raise ConfigError(
-                f"pipeline name {name!r} may contain only letters, digits, '.', '_' and '-' (it names a report folder)", where
+                f"pipeline name {name!r} may contain only letters, digits, '.', '_' and '-', and must start with a letter "
+                "or digit (it names a report folder)",
+                where,
             )
         pipeline._name = name
         pipeline._source = source
@@ -200,41 +240,81 @@ def parse_config(text: str, source: Path | str = DEFAULT_CONFIG) -> dict[str, Pi
     return parsed.pipelines
 
 
-def _index_positions(node: yaml.Node, path: tuple, out: dict, source: Path) -> None:
-    out[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+_key_constructor = yaml.constructor.SafeConstructor()
+
+
+def _key_of(node: yaml.Node) -> Any:
+    """The Python value of a mapping key node, as the loader will build it (``1:`` is the int 1)."""
+    if isinstance(node, yaml.ScalarNode):
+        try:
+            value = _key_constructor.construct_object(node, deep=True)
+            hash(value)
+            return value
+        except Exception:  # the loader reports bad keys itself, with their position
+            return node.value
+    return f"<{node.id} at line {node.start_mark.line + 1}>"
+
+
+def _index_positions(node: yaml.Node, path: tuple, out: dict, source: Path, ancestors: set[int], counter: list[int]) -> None:
+    """Record the line and column of every key and value; refuse duplicate keys, recursive aliases and alias bombs."""
+    counter[0] += 1
+    if counter[0] > MAX_NODES:
+        raise ConfigError(
+            f"YAML error: the file expands to more than {MAX_NODES} values (through aliases); refusing to read it",
+            Location(source, node.start_mark.line + 1, node.start_mark.column + 1),
+        )
+    if id(node) in ancestors:
+        raise ConfigError(
+            "YAML error: an alias refers to a value that contains it (a recursive structure)",
+            Location(source, node.start_mark.line + 1, node.start_mark.column + 1),
+        )
+    out.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
+        ancestors.add(id(node))
+        seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
-            key = key_node.value
-            if key in seen:
+            key = _key_of(key_node)
+            if key in seen and key != "<<":
                 raise ConfigError(
                     f"duplicate key {key!r} (first defined on line {seen[key]})",
                     Location(source, key_node.start_mark.line + 1, key_node.start_mark.column + 1),
                 )
             seen[key] = key_node.start_mark.line + 1
-            _index_positions(value_node, (*path, key), out, source)
+            _index_positions(value_node, (*path, key), out, source, ancestors, counter)
             # errors about a key point at the key, not its value
             out[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+        ancestors.discard(id(node))
     elif isinstance(node, yaml.SequenceNode):
+        ancestors.add(id(node))
         for index, item in enumerate(node.value):
-            _index_positions(item, (*path, index), out, source)
+            _index_positions(item, (*path, index), out, source, ancestors, counter)
+        ancestors.discard(id(node))
 
 
-def _config_error(error: ValidationError, source: Path, locations: dict) -> ConfigError:
-    first = error.errors()[0]
-    loc = tuple(first["loc"])
-    # pydantic adds union/tag names to loc; keep the parts that exist in the YAML
-    yaml_path = tuple(part for part in loc if not (isinstance(part, str) and ("[" in part or part in {"int", "str", "literal"})))
+def _config_error(error: ValidationError, source: Path, locations: dict, data: Any = None) -> ConfigError:
+    """One ConfigError for pydantic's first problem, located in the YAML and worded for users."""
+    errors = error.errors()
+    # an unknown key usually explains a missing one ("pipeline:" for "pipelines:"), so report it first
+    errors.sort(key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    yaml_path, is_key = _yaml_path(first["loc"], data, first["type"] == "missing", _hashable(first.get("input")))
     position = None
     probe = yaml_path
-    while probe:
+    while True:
         if probe in locations:
             position = locations[probe]
             break
+        if not probe:
+            break
         probe = probe[:-1]
     location = Location(source, *position) if position else Location(source)
-    pipeline = yaml_path[1] if len(yaml_path) > 1 and yaml_path[0] == "pipelines" else None
-    field_path = ".".join(str(p) for p in yaml_path[2:]) if pipeline else ".".join(str(p) for p in yaml_path)
+    pipeline = str(yaml_path[1]) if len(yaml_path) > 1 and yaml_path[0] == "pipelines" else None
+    parts = yaml_path[2:] if pipeline else yaml_path
+    field_path = ".".join(str(p) for p in parts)
     kind = first["type"]
     if kind == "extra_forbidden":
         parent_model = _model_at(yaml_path[:-1])
@@ -242,9 +322,65 @@ def _config_error(error: ValidationError, source: Path, locations: dict) -> Conf
         message = f"unknown key {yaml_path[-1]!r}. {did_you_mean(str(yaml_path[-1]), allowed)}"
     elif kind == "missing":
         message = f"missing required key {field_path!r}"
+    elif is_key:
+        what = "pipeline name" if len(yaml_path) == 2 and yaml_path[0] == "pipelines" else "key"
+        message = f"{what} {first.get('input')!r} must be a string (quote it)"
+        pipeline = None
     else:
-        message = f"{field_path or 'value'}: {first['msg']} (got {first.get('input')!r})"
+        # a union (batch_size: int or "auto") fails once per member: say all of them at once
+        same = [e for e in errors if _yaml_path(e["loc"], data, False, _hashable(e.get("input"))) == (yaml_path, is_key)]
+        reasons = list(dict.fromkeys(_clean_message(e["msg"]) for e in same))
+        if pipeline and not field_path:
+            message = f"a pipeline must be a mapping of settings (task:, data:, ...), got {_short(first.get('input'))}"
+        else:
+            message = f"{field_path or 'value'}: {' or '.join(reasons)} (got {_short(first.get('input'))})"
     return ConfigError(message, location, pipeline)
+
+
+def _yaml_path(loc: tuple, data: Any, missing: bool = False, key_input: Any = None) -> tuple[tuple, bool]:
+    """The part of a pydantic error location that exists in the YAML data, and whether it points at a mapping key.
+
+    Pydantic adds union member names (``constrained-int``, ``literal['auto']``) and
+    ``[key]`` markers to locations; they are not keys in the file.
+    """
+    path: list[Any] = []
+    node = data
+    is_key = False
+    for position, part in enumerate(loc):
+        if part == "[key]":
+            is_key = True
+            if isinstance(node, dict) and key_input in node:
+                path.append(key_input)
+            break
+        if isinstance(node, dict) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(part)
+            node = node[part]
+        elif missing and position == len(loc) - 1:
+            path.append(part)  # the missing key itself
+            node = None
+        # anything else is a union member or tag name: skip it
+    return tuple(path), is_key
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:
+        return None
+    return value
+
+
+def _clean_message(message: str) -> str:
+    message = re.sub(r" or instance of \w+", "", message)
+    return message.replace("Value error, ", "")
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _model_at(path: tuple) -> type[BaseModel] | None:
@@ -303,21 +439,35 @@ def build_options(cls: type, options: dict[str, Any], config: PipelineConfig, *w
     try:
         return cls.Options.model_validate(options)
     except ValidationError as error:
-        first = error.errors()[0]
-        key = first["loc"][0] if first["loc"] else None
-        if first["type"] == "extra_forbidden":
-            message = f"{cls.name}: unknown option {key!r}. {did_you_mean(str(key), cls.Options.model_fields)}"
-        else:
-            message = f"{cls.name}: option {key!r}: {first['msg']} (got {first.get('input')!r})"
-        location = config.location(*where, key) if key is not None else config.location(*where)
-        raise ConfigError(message, location, config.name) from None
+        return _options_error(error, cls, config, *where)
+    except Exception as error:  # a validator that raises something pydantic does not turn into a ValidationError
+        raise ConfigError(f"{cls.name}: invalid options: {type(error).__name__}: {error}", config.location(*where), config.name) from None
+
+
+def _options_error(error: ValidationError, cls: type, config: PipelineConfig, *where: Any) -> BaseModel:
+    errors = error.errors()
+    errors.sort(key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    key = first["loc"][0] if first["loc"] else None
+    if first["type"] == "extra_forbidden":
+        message = f"{cls.name}: unknown option {key!r}. {did_you_mean(str(key), cls.Options.model_fields)}"
+    elif key is None:
+        message = f"{cls.name}: options: {_clean_message(first['msg'])} (got {_short(first.get('input'))})"
+    else:
+        same = [e for e in errors if e["loc"][:1] == (key,)]
+        reasons = " or ".join(dict.fromkeys(_clean_message(e["msg"]) for e in same))
+        message = f"{cls.name}: option {key!r}: {reasons} (got {_short(first.get('input'))})"
+    location = config.location(*where, key) if key is not None else config.location(*where)
+    raise ConfigError(message, location, config.name) from None
 
 
 def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
     """Check every name in a pipeline against the registry and build its plugin objects."""
     name = config.name
-    task_cls = registry.get("task", config.task, config.location("task"), name)
-    task = task_cls(build_options(task_cls, config.options, config, "options"))
+    task_cls = _lookup(registry, "task", config.task, config.location("task"), name)
+    task = _construct(
+        task_cls, (build_options(task_cls, config.options, config, "options"),), config, "options", plugin=registry.provider("task", config.task)
+    )
 
     known_fields = {*task_cls.input_fields, *task_cls.reference_fields, "prediction"}
     for field_name in config.fields:
@@ -330,7 +480,10 @@ def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
 
     data_path = config.data_path
     if not data_path.is_file():
-        raise ConfigError(f"data file not found: {data_path}", config.location("data", "path"), name)
+        problem = "is a directory, not a data file" if data_path.is_dir() else "not found"
+        if problem == "not found":
+            raise ConfigError(f"data file not found: {data_path}", config.location("data", "path"), name)
+        raise ConfigError(f"data.path {data_path} {problem}", config.location("data", "path"), name)
     reader_name = config.data.format or _reader_for(data_path, registry)
     if reader_name is None:
         raise ConfigError(
@@ -338,15 +491,26 @@ def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
             config.location("data", "path"),
             name,
         )
-    reader_cls = registry.get("reader", reader_name, config.location("data", "format"), name)
-    reader = reader_cls(build_options(reader_cls, config.data.options, config, "data", "options"))
+    reader_cls = _lookup(registry, "reader", reader_name, config.location("data", "format"), name)
+    reader = _construct(
+        reader_cls, (build_options(reader_cls, config.data.options, config, "data", "options"),), config, "data",
+        plugin=registry.provider("reader", reader_name),
+    )
 
     text_fields = [f for f in task_cls.input_fields]
     preprocessors = []
     for position, step in enumerate(config.preprocess):
-        step_cls = registry.get("preprocessor", step.name, config.location("preprocess", position), name)
+        step_cls = _lookup(registry, "preprocessor", step.name, config.location("preprocess", position), name)
         options = step.options
         fields = options.pop("fields", None) or text_fields
+        if isinstance(fields, str):
+            fields = [fields]
+        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
+            raise ConfigError(
+                f"preprocessor {step.name!r}: fields must be a list of field names (got {fields!r})",
+                config.location("preprocess", position, "fields"),
+                name,
+            )
         unknown = [f for f in fields if f not in task_cls.input_fields]
         if unknown:
             raise ConfigError(
@@ -355,13 +519,15 @@ def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
                 name,
             )
         step_options = build_options(step_cls, options, config, "preprocess", position)
-        preprocessors.append(_construct(step_cls, (step_options, fields), config, "preprocess", position))
+        preprocessors.append(
+            _construct(step_cls, (step_options, fields), config, "preprocess", position, plugin=registry.provider("preprocessor", step.name))
+        )
 
     metric_steps = config.metrics if config.metrics is not None else [StepConfig(name=m) for m in task_cls.default_metrics]
     metrics = []
     for position, step in enumerate(metric_steps):
         where = config.location("metrics", position) if config.metrics is not None else config.location("task")
-        metric_cls = registry.get("metric", step.name, where, name)
+        metric_cls = _lookup(registry, "metric", step.name, where, name)
         if metric_cls.tasks and task_cls.name not in metric_cls.tasks:
             suitable = [m for m in registry.names("metric") if not registry.get("metric", m).tasks or task_cls.name in registry.get("metric", m).tasks]
             raise ConfigError(
@@ -369,12 +535,13 @@ def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
                 where,
                 name,
             )
-        metrics.append(metric_cls(build_options(metric_cls, step.options, config, "metrics", position)))
+        metric_options = build_options(metric_cls, step.options, config, "metrics", position)
+        metrics.append(_construct(metric_cls, (metric_options,), config, "metrics", position, plugin=registry.provider("metric", step.name)))
 
     reporters = []
     for position, fmt in enumerate(config.report.formats):
-        reporter_cls = registry.get("reporter", fmt, config.location("report", "formats", position), name)
-        reporters.append(reporter_cls())
+        reporter_cls = _lookup(registry, "reporter", fmt, config.location("report", "formats", position), name)
+        reporters.append(_construct(reporter_cls, (), config, "report", "formats", position, plugin=registry.provider("reporter", fmt)))
 
     providers = {
         (kind, item.name): registry.provider(kind, item.name)
@@ -384,14 +551,33 @@ def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
     return ResolvedPipeline(config, task, reader, preprocessors, metrics, reporters, providers)
 
 
-def _construct(cls: type, arguments: tuple, config: PipelineConfig, *where: Any) -> Any:
-    """Build a plugin object; a ConfigError it raises gets this pipeline's YAML location."""
+def _construct(cls: type, arguments: tuple, config: PipelineConfig, *where: Any, plugin: str | None = None) -> Any:
+    """Build a plugin object; a ConfigError it raises gets this pipeline's YAML location, anything else names the plugin."""
     try:
         return cls(*arguments)
     except ConfigError as error:
         if error.location is not None:
             raise
         raise ConfigError(f"{cls.name}: {error.message}", config.location(*where), config.name) from None
+    except NlpflowError:
+        raise
+    except Exception as error:
+        raise PluginError(
+            f"{cls.__name__} ({cls.name!r}) raised while being set up for pipeline {config.name!r} "
+            f"({config.location(*where)}): {type(error).__name__}: {error}",
+            plugin,
+        ) from error
+
+
+def _lookup(registry: Registry, kind: str, name: str, location: Location, pipeline: str) -> type:
+    """``registry.get``, adding to an unknown-name error which plugins failed to load (one may provide the name)."""
+    try:
+        return registry.get(kind, name, location, pipeline)
+    except ConfigError as error:
+        if not registry.failures:
+            raise
+        failed = ", ".join(sorted({repr(f.plugin) for f in registry.failures}))
+        raise ConfigError(f"{error.message} (plugins that failed to load and may provide it: {failed})", location, pipeline) from None
 
 
 def _reader_for(path: Path, registry: Registry) -> str | None:

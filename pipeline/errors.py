@@ -69,6 +69,12 @@ class ModelError(NlpflowError):
     exit_code = 4
 
 
+class CacheError(NlpflowError):
+    """The prediction cache cannot be opened, read or written (the run can go on with ``--no-cache``)."""
+
+    exit_code = 6
+
+
 class PluginError(NlpflowError):
     """A plugin that failed to import, raised inside a hook, or returned the wrong thing."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from pipeline.errors import DataError, ModelError, NlpflowError, PluginError
 from pipeline.model import ModelStage, cache_key_parameters
 from pipeline.progress import Progress, count_lines
 from pipeline.report import file_sha256, metric_entry, package_versions, write_atomic
-from pipeline.types import Example, ExampleError, Prediction, RawRecord, RunResult
+from pipeline.types import Example, ExampleError, Prediction, RawRecord, RunResult, TaskModel
 
 log = logging.getLogger("nlpflow")
 
@@ -86,7 +87,7 @@ class Runner:
         mapping = {name: config.fields.get(name, name) for name in (*task.input_fields, *task.reference_fields)}
         prediction_column = config.fields.get(PREDICTION_FIELD, PREDICTION_FIELD)
         needs_prediction = config.model is None
-        records: Iterable[RawRecord] = self.pipeline.reader.read(config.data_path)
+        records: Iterable[RawRecord] = self._read_records()
         if config.data.limit:
             records = islice(records, config.data.limit)
         index = -1
@@ -121,13 +122,39 @@ class Runner:
                 ) from error
             yield example
 
+    def _read_records(self) -> Iterator[RawRecord]:
+        """The reader's records; a reader that raises (they must not) is reported as its plugin's bug."""
+        reader = self.pipeline.reader
+        provider = self.pipeline.providers.get(("reader", reader.name), "?")
+        last_line = 0
+        try:
+            for record in reader.read(self.config.data_path):
+                if not isinstance(record, RawRecord):
+                    raise PluginError(
+                        f"reader {reader.name!r} yielded {type(record).__name__} after line {last_line} of "
+                        f"{self.config.data_path}, expected RawRecord",
+                        provider,
+                    )
+                last_line = record.line
+                yield record
+        except NlpflowError:
+            raise
+        except Exception as error:
+            raise PluginError(
+                f"reader {reader.name!r} raised after line {last_line} of {self.config.data_path}: {type(error).__name__}: {error}",
+                provider,
+            ) from error
+
     # -- running ----------------------------------------------------------
 
     def run(self) -> RunResult:
         config = self.config
         started_at = datetime.now(timezone.utc)
         started = time.perf_counter()
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise NlpflowError(f"pipeline {self.pipeline.name!r}: cannot create the report folder {self.directory}: {error.strerror or error}") from None
 
         stage = None
         run_key = None
@@ -142,6 +169,11 @@ class Runner:
                     f"pipeline {self.pipeline.name!r}: task {self.task.name!r} could not load model "
                     f"{config.model.name_or_path!r}: {type(error).__name__}: {error}"
                 ) from error
+            if not isinstance(task_model, TaskModel):
+                raise PluginError(
+                    f"task {self.task.name!r}: load() returned {type(task_model).__name__}, expected a TaskModel",
+                    self.pipeline.task_plugin,
+                )
             stage = ModelStage(task_model, config.model)
             run_key = json.dumps(
                 {"task": self.task.name, "options": self.task.options.model_dump(mode="json"), "model": cache_key_parameters(task_model)},
@@ -152,42 +184,52 @@ class Runner:
         total = count_lines(config.data_path) if config.data_path.stat().st_size < (1 << 30) else None
         if total is not None and config.data.limit:
             total = min(total, config.data.limit)
-        partial = self.directory / ".predictions.jsonl.partial"
+        # a name of its own, so two runs writing the same folder never share a partial file; the finished
+        # file replaces predictions.jsonl in one rename, so a killed run never leaves it half-written
+        _remove_stale_partials(self.directory)
+        partial = self.directory / f".predictions.jsonl.{os.getpid()}.{id(self):x}.partial"
         progress = Progress(self.pipeline.name, total, self.interactive)
-        with progress.running(), open(partial, "w", encoding="utf-8") as predictions_file:
-            chunks = _chunks(self.examples(), config.chunk_size)
-            while True:
-                timer = time.perf_counter()
-                chunk = next(chunks, None)
-                self.stage_seconds["read"] += time.perf_counter() - timer
-                if chunk is None:
-                    break
-                progress.advance("read", len(chunk))
-                self._preprocess(chunk)
-                progress.advance("preprocess", len(chunk))
-                predictions = self._predict(chunk, stage, run_key)
-                progress.advance("predict", len(chunk))
-                self._score_and_write(chunk, predictions, predictions_file)
-        if self.counts.read == 0:
-            partial.unlink(missing_ok=True)
-            raise DataError("the data file has no records", config.data_path, None, self.pipeline.name)
-        if self.counts.predicted == 0:
-            partial.unlink(missing_ok=True)
-            raise DataError(
-                f"every one of the {self.counts.read} records was skipped; first: line {self.counts.skipped[0]['line']}: "
-                f"{self.counts.skipped[0]['reason']}",
-                config.data_path,
-                None,
-                self.pipeline.name,
-            )
-        partial.replace(self.directory / "predictions.jsonl")
+        try:
+            with progress.running(), open(partial, "w", encoding="utf-8") as predictions_file:
+                chunks = _chunks(self.examples(), config.chunk_size)
+                while True:
+                    timer = time.perf_counter()
+                    chunk = next(chunks, None)
+                    self.stage_seconds["read"] += time.perf_counter() - timer
+                    if chunk is None:
+                        break
+                    progress.advance("read", len(chunk))
+                    self._preprocess(chunk)
+                    progress.advance("preprocess", len(chunk))
+                    predictions = self._predict(chunk, stage, run_key)
+                    progress.advance("predict", len(chunk))
+                    self._score_and_write(chunk, predictions, predictions_file)
+                predictions_file.flush()
+                os.fsync(predictions_file.fileno())
+            if self.counts.read == 0:
+                raise DataError("the data file has no records", config.data_path, None, self.pipeline.name)
+            if self.counts.predicted == 0:
+                raise DataError(
+                    f"every one of the {self.counts.read} records was skipped; first: line {self.counts.skipped[0]['line']}: "
+                    f"{self.counts.skipped[0]['reason']}",
+                    config.data_path,
+                    None,
+                    self.pipeline.name,
+                )
 
-        timer = time.perf_counter()
-        metrics = self._final_metrics()
-        self.stage_seconds["metrics"] += time.perf_counter() - timer
-        finished_at = datetime.now(timezone.utc)
-        wall = time.perf_counter() - started
-        report = self._report(metrics, stage, started_at, finished_at, wall)
+            timer = time.perf_counter()
+            metrics = self._final_metrics()
+            self.stage_seconds["metrics"] += time.perf_counter() - timer
+            finished_at = datetime.now(timezone.utc)
+            wall = time.perf_counter() - started
+            report = self._report(metrics, stage, started_at, finished_at, wall)
+            # reports from an earlier run go first: a report present next to predictions.jsonl always describes it
+            for reporter in self.pipeline.reporters:
+                (self.directory / reporter.filename).unlink(missing_ok=True)
+            partial.replace(self.directory / "predictions.jsonl")
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         result = RunResult(report=report, directory=self.directory, config=config)
         self._write_reports(result)
         return result
@@ -213,21 +255,31 @@ class Runner:
             predictions = []
             for example in chunk:
                 try:
-                    predictions.append(self.task.parse_prediction(example.fields[PREDICTION_FIELD]))
+                    prediction = self.task.parse_prediction(example.fields[PREDICTION_FIELD])
                 except ExampleError as error:
                     raise DataError(f"field 'prediction': {error}", self.config.data_path, example.line, self.pipeline.name) from None
+                except NlpflowError:
+                    raise
+                except Exception as error:
+                    raise PluginError(
+                        f"task {self.task.name!r} raised in parse_prediction on record {example.index} "
+                        f"({self.config.data_path}:{example.line}): {type(error).__name__}: {error}",
+                        self.pipeline.task_plugin,
+                    ) from error
+                predictions.append(self._checked(prediction, example, "parse_prediction"))
             self.stage_seconds["predictions given"] += time.perf_counter() - timer
             return predictions
 
         keys = [example_key(run_key, {name: example.fields.get(name) for name in self.task.input_fields}) for example in chunk]
-        cached = self.cache.get_many(keys) if self.cache else {}
+        cached = self.cache.get_many(keys) if self.cache is not None else {}
+        cached = {key: value for key, value in cached.items() if isinstance(value, dict) and "value" in value}
         todo = [position for position, key in enumerate(keys) if key not in cached]
         results: list[Prediction | None] = [None] * len(chunk)
         for position, key in enumerate(keys):
             if key in cached:
                 stored = cached[key]
-                results[position] = Prediction(stored["value"], stored["details"])
-                chunk[position].notes.update(stored.get("notes", {}))
+                results[position] = Prediction(stored["value"], stored.get("details") or {})
+                chunk[position].notes.update(stored.get("notes") or {})
         self.counts.from_cache += len(chunk) - len(todo)
         if todo:
             pending = [chunk[p] for p in todo]
@@ -242,15 +294,15 @@ class Runner:
                     f"{self.pipeline.name!r}: {type(error).__name__}: {error}",
                     self.pipeline.task_plugin,
                 ) from error
+            if not isinstance(fresh, list) or len(fresh) != len(pending):
+                raise PluginError(
+                    f"task {self.task.name!r}: the model stage returned {len(fresh) if isinstance(fresh, list) else type(fresh).__name__} "
+                    f"predictions for {len(pending)} records (records {pending[0].index}-{pending[-1].index})",
+                    self.pipeline.task_plugin,
+                )
             for position, prediction in zip(todo, fresh):
-                if not isinstance(prediction, Prediction):
-                    raise PluginError(
-                        f"task {self.task.name!r} returned {type(prediction).__name__} for record {chunk[position].index}, expected Prediction",
-                        self.pipeline.task_plugin,
-                    )
-                prediction.details = _json_ready(prediction.details)
-                results[position] = prediction
-            if self.cache:
+                results[position] = self._checked(prediction, chunk[position], "decode")
+            if self.cache is not None:
                 self.cache.put_many(
                     {
                         keys[p]: {"value": _json_ready(results[p].value), "details": results[p].details, "notes": chunk[p].notes}
@@ -260,9 +312,42 @@ class Runner:
         self.stage_seconds["model"] += time.perf_counter() - timer
         return results  # type: ignore[return-value]
 
+    def _checked(self, prediction: Any, example: Example, method: str) -> Prediction:
+        """A task's prediction, made JSON-ready; anything else is the task plugin's bug, named with the record."""
+        where = f"record {example.index} ({self.config.data_path}:{example.line})"
+        if not isinstance(prediction, Prediction):
+            raise PluginError(
+                f"task {self.task.name!r}: {method} returned {type(prediction).__name__} for {where}, expected Prediction",
+                self.pipeline.task_plugin,
+            )
+        details = prediction.details if prediction.details is not None else {}
+        if not isinstance(details, dict):
+            raise PluginError(
+                f"task {self.task.name!r}: {method} returned details of type {type(details).__name__} for {where}, expected a dict",
+                self.pipeline.task_plugin,
+            )
+        prediction.details = _json_ready(details)
+        try:
+            json.dumps([_json_ready(prediction.value), prediction.details], ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError, UnicodeEncodeError) as error:
+            raise PluginError(
+                f"task {self.task.name!r}: {method} returned a prediction for {where} that cannot be written as JSON: {error}",
+                self.pipeline.task_plugin,
+            ) from None
+        return prediction
+
     def _score_and_write(self, chunk: list[Example], predictions: Sequence[Prediction], out) -> None:
         timer = time.perf_counter()
-        references = [self.task.reference(example) for example in chunk]
+        references = []
+        for example in chunk:
+            try:
+                references.append(self.task.reference(example))
+            except Exception as error:
+                raise PluginError(
+                    f"task {self.task.name!r} raised in reference() on record {example.index} "
+                    f"({self.config.data_path}:{example.line}): {type(error).__name__}: {error}",
+                    self.pipeline.task_plugin,
+                ) from error
         scored = [position for position, reference in enumerate(references) if reference is not None]
         per_example: list[dict[str, float]] = [{} for _ in chunk]
         if scored:
@@ -283,10 +368,19 @@ class Runner:
                         self.pipeline.providers[("metric", metric.name)],
                     )
                 self.metric_stats[slot].append(stats)
-                scores = metric.example_scores(stats)
+                try:
+                    scores = metric.example_scores(stats)
+                    if scores is not None:
+                        scores = [float(score) for score in scores]
+                except Exception as error:
+                    raise PluginError(
+                        f"metric {metric.name!r} raised in example_scores on records {chunk[scored[0]].index}-{chunk[scored[-1]].index} "
+                        f"of pipeline {self.pipeline.name!r}: {type(error).__name__}: {error}",
+                        self.pipeline.providers[("metric", metric.name)],
+                    ) from error
                 if scores is not None:
                     for p, score in zip(scored, scores):
-                        per_example[p][metric.name] = _round(float(score))
+                        per_example[p][metric.name] = _round(score)
         self.counts.scored += len(scored)
         self.counts.predicted += len(chunk)
         self.counts.truncated += sum(1 for example in chunk if example.notes.get("truncated"))
@@ -378,6 +472,24 @@ class Runner:
             write_atomic(self.directory / reporter.filename, text)
         if errors:
             raise errors[0]
+
+
+def _remove_stale_partials(directory: Path) -> None:
+    """Delete partial prediction files left by runs that were killed (their process is gone)."""
+    for path in directory.glob(".predictions.jsonl.*.partial"):
+        parts = path.name.split(".")
+        try:
+            pid = int(parts[3])
+        except (IndexError, ValueError):
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass  # alive, or not ours to ask about: leave it
 
 
 def _chunks(items: Iterator[Example], size: int) -> Iterator[list[Example]]:

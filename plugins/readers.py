@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from pipeline import hookimpl
 from pipeline.types import RawRecord, Reader
@@ -23,32 +23,74 @@ class JsonLinesReader(Reader):
     extensions = (".jsonl", ".ndjson", ".jsonl.txt")
 
     def read(self, path: Path) -> Iterator[RawRecord]:
-        with open(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
+        try:
+            handle = open(path, "rb")
+        except OSError as error:
+            yield RawRecord(1, None, f"cannot open the file: {error.strerror or error}")
+            return
+        with handle:
+            number = 0
+            while True:
                 try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as error:
-                    yield RawRecord(number, None, f"not valid UTF-8 (byte {error.start + 1} of the line)")
-                    continue
-                if number == 1:
-                    text = text.removeprefix("\ufeff")
-                if not text.strip():
-                    continue
-                try:
-                    data = json.loads(text)
-                except json.JSONDecodeError as error:
-                    yield RawRecord(number, None, f"malformed JSON: {error.msg} at column {error.colno}")
-                    continue
-                if not isinstance(data, dict):
-                    yield RawRecord(number, None, f"expected a JSON object, found {type(data).__name__}")
-                    continue
-                yield RawRecord(number, data)
+                    raw = handle.readline()
+                except OSError as error:
+                    yield RawRecord(number + 1, None, f"cannot read the file: {error.strerror or error}")
+                    return
+                if not raw:
+                    return
+                number += 1
+                record = self._parse(number, raw)
+                if record is not None:
+                    yield record
+
+    @staticmethod
+    def _parse(number: int, raw: bytes) -> RawRecord | None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return RawRecord(number, None, f"not valid UTF-8 (byte {error.start + 1} of the line)")
+        if number == 1:
+            text = text.removeprefix("\ufeff")
+        if not text.strip():
+            return None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            return RawRecord(number, None, f"malformed JSON: {error.msg} at column {error.colno}")
+        except RecursionError:
+            return RawRecord(number, None, "malformed JSON: nested too deeply")
+        except ValueError as error:  # e.g. an integer with too many digits
+            return RawRecord(number, None, f"malformed JSON: {error}")
+        if not isinstance(data, dict):
+            return RawRecord(number, None, f"expected a JSON object, found {_json_type(data)}")
+        bad = _unpaired_surrogate(data)
+        if bad is not None:
+            return RawRecord(number, None, f"{bad} contains an unpaired surrogate escape (\\ud800-\\udfff), which is not valid Unicode")
+        return RawRecord(number, data)
 
 
 class DelimitedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     delimiter: str | None = None
     quotechar: str = '"'
+
+    @field_validator("delimiter", "quotechar")
+    @classmethod
+    def _one_character(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) != 1 or value in "\r\n"):
+            raise ValueError("must be a single character other than a line break")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "DelimitedOptions":
+        if self.delimiter is not None and self.delimiter == self.quotechar:
+            raise ValueError("delimiter and quotechar must differ")
+        return self
+
+
+#: longest field a delimited file may hold, in characters (the csv module's default is 131072;
+#: long texts are read whole and truncated by the task's tokenizer instead)
+MAX_FIELD_CHARS = 2**31 - 1
 
 
 class CsvReader(Reader):
@@ -60,18 +102,35 @@ class CsvReader(Reader):
 
     def read(self, path: Path) -> Iterator[RawRecord]:
         delimiter = self.options.delimiter or self.default_delimiter
+        if csv.field_size_limit() < MAX_FIELD_CHARS:
+            csv.field_size_limit(MAX_FIELD_CHARS)
         # surrogateescape keeps going past bad bytes so they can be reported per row
-        with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        try:
+            handle = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        except OSError as error:
+            yield RawRecord(1, None, f"cannot open the file: {error.strerror or error}")
+            return
+        with handle:
             rows = csv.reader(handle, delimiter=delimiter, quotechar=self.options.quotechar, strict=True)
-            try:
-                header = next(rows)
-            except StopIteration:
-                return
-            except csv.Error as error:
-                yield RawRecord(1, None, f"malformed header row: {error}")
-                return
+            header = None
+            while header is None:
+                start = rows.line_num + 1
+                try:
+                    row = next(rows)
+                except StopIteration:
+                    return
+                except (csv.Error, OSError) as error:
+                    yield RawRecord(start, None, f"malformed header row: {error}")
+                    return
+                if row and any(cell.strip() for cell in row):
+                    header = row
+            header_line = start
             if any(_has_bad_bytes(cell) for cell in header):
-                yield RawRecord(1, None, "header row is not valid UTF-8")
+                yield RawRecord(header_line, None, "header row is not valid UTF-8")
+                return
+            duplicates = sorted({name for name in header if header.count(name) > 1})
+            if duplicates:
+                yield RawRecord(header_line, None, f"header row names column(s) {', '.join(map(repr, duplicates))} more than once")
                 return
             width = len(header)
             while True:
@@ -81,8 +140,12 @@ class CsvReader(Reader):
                 except StopIteration:
                     return
                 except csv.Error as error:
+                    # the reader starts afresh on the next line, so the records after this one are still read
                     yield RawRecord(start, None, f"malformed {self.name.upper()} row: {error}")
-                    return  # the csv module cannot resynchronise after a quoting error
+                    continue
+                except OSError as error:
+                    yield RawRecord(start, None, f"cannot read the file: {error.strerror or error}")
+                    return
                 if not row or all(not cell.strip() for cell in row) and len(row) <= 1:
                     continue
                 if len(row) != width:
@@ -103,6 +166,29 @@ class TsvReader(CsvReader):
 
 def _has_bad_bytes(text: str) -> bool:
     return any("\udc80" <= char <= "\udcff" for char in text)
+
+
+def _json_type(value: object) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _unpaired_surrogate(value: object, where: str = "") -> str | None:
+    """Where a lone UTF-16 surrogate is (JSON allows the escape; UTF-8 cannot encode it), or None."""
+    if isinstance(value, str):
+        return (where or "a value") if any("\ud800" <= char <= "\udfff" for char in value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"field {key!r}" if not where else f"{where}.{key}"
+            found = _unpaired_surrogate(key, "a field name") or _unpaired_surrogate(item, name)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for position, item in enumerate(value):
+            found = _unpaired_surrogate(item, f"{where or 'a value'}[{position}]")
+            if found:
+                return found
+    return None
 
 
 @hookimpl

@@ -1,0 +1,215 @@
+"""Bad input gets one clear line on stderr and a non-zero exit code, never a traceback.
+
+The corpus lives in tests/bad_inputs: ``yaml/*.yaml`` are broken pipelines
+files, ``data/*`` broken data files, and ``expected.json`` holds, for each,
+the exact message a user sees (``{yaml}``/``{data}`` stand for the file's
+absolute path). Lists of available names are compared loosely, so adding a
+plugin does not break these tests; everything else is compared exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+CORPUS = Path(__file__).resolve().parent / "bad_inputs"
+EXPECTED = json.loads((CORPUS / "expected.json").read_text(encoding="utf-8"))
+
+
+def _loose(message: str) -> str:
+    return re.sub(r"Available: .*?\.(?= Did you mean|$)", "Available: <names>.", message)
+
+
+def _run_cli(argv, capsys) -> tuple[int, str, list[str]]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    return code, captured.err, errors
+
+
+def _assert_one_clear_line(stderr: str, errors: list[str]) -> str:
+    assert "Traceback" not in stderr
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+def test_corpus_is_complete():
+    assert sorted(EXPECTED["yaml"]) == sorted(p.name for p in (CORPUS / "yaml").glob("*.yaml"))
+    assert sorted(EXPECTED["data"]) == sorted(p.name for p in (CORPUS / "data").iterdir() if p.name != "good.jsonl")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["yaml"]))
+def test_bad_pipelines_file(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a python tag that ran would write pwned.txt here
+    path = CORPUS / "yaml" / name
+    expected = EXPECTED["yaml"][name]
+    code, stderr, errors = _run_cli(["run", "--config", str(path), "--output", str(tmp_path / "out"), "--no-cache"], capsys)
+    line = _assert_one_clear_line(stderr, errors)
+    assert code == expected["exit"] != 0
+    message = expected["message"].replace("{yaml}", str(path)).replace("{yaml_dir}", str(path.parent))
+    assert _loose(line) == _loose(message)
+    assert not (tmp_path / "pwned.txt").exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_validate_reports_the_same_errors(capsys):
+    path = CORPUS / "yaml" / "unknown_metric.yaml"
+    code, stderr, errors = _run_cli(["validate", "--config", str(path)], capsys)
+    line = _assert_one_clear_line(stderr, errors)
+    assert code == 2
+    assert line.startswith(f"error: {path}:5:25: pipeline 't': unknown metric 'macro_f2'.")
+    assert line.endswith("Did you mean 'macro_f1'?")
+
+
+def _data_pipeline(tmp_path: Path, data: Path, on_error: str) -> Path:
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(
+        f"pipelines:\n  t:\n    task: sentiment\n    data: {{path: {json.dumps(str(data))}, on_error: {on_error}}}\n"
+        "    report: {formats: [json]}\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED["data"]))
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_bad_data_file(name, on_error, tmp_path, capsys):
+    data = CORPUS / "data" / name
+    expected = EXPECTED["data"][name][on_error]
+    config = _data_pipeline(tmp_path, data, on_error)
+    out = tmp_path / "out"
+    code, stderr, errors = _run_cli(["run", "t", "--config", str(config), "--output", str(out), "--no-cache"], capsys)
+    assert code == expected["exit"], stderr
+    assert "Traceback" not in stderr
+    if code != 0:
+        line = _assert_one_clear_line(stderr, errors)
+        assert line == expected["message"].replace("{data}", str(data))
+        assert not (out / "t" / "predictions.jsonl").exists()
+        assert not (out / "t" / "report.json").exists()
+        assert not list((out / "t").glob(".*partial")) if (out / "t").exists() else True
+        return
+    assert errors == []
+    report = json.loads((out / "t" / "report.json").read_text(encoding="utf-8"))
+    counts = report["counts"]
+    assert {k: counts[k] for k in ("read", "predicted", "skipped")} == expected["counts"]
+    assert counts["read"] == counts["predicted"] + counts["skipped"]
+    assert [[item["line"], item["reason"]] for item in report["skipped"]] == expected["skipped"]
+    predictions = [json.loads(line) for line in (out / "t" / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(predictions) == counts["predicted"]
+    skipped_lines = {item["line"] for item in report["skipped"]}
+    assert not skipped_lines & {p["line"] for p in predictions}
+
+
+def test_skip_lists_every_bad_record_with_line_and_reason(tmp_path, capsys):
+    lines = [
+        '{"text": "good", "label": "positive", "prediction": "positive"}',
+        '{"text": 3, "label": "negative", "prediction": "negative"}',
+        "not json",
+        "",
+        '{"text": "", "label": "negative", "prediction": "negative"}',
+        '{"label": "negative", "prediction": "negative"}',
+        '{"text": "fine", "label": "negative", "prediction": "negative"}',
+        '{"text": "also fine", "label": "negative", "prediction": ["negative"]}',
+    ]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = _data_pipeline(tmp_path, data, "skip")
+    code, stderr, errors = _run_cli(["run", "t", "--config", str(config), "--output", str(tmp_path / "out"), "--no-cache"], capsys)
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "out" / "t" / "report.json").read_text(encoding="utf-8"))
+    assert report["counts"]["read"] == 7  # the blank line is not a record
+    assert report["counts"]["predicted"] == 2
+    assert report["counts"]["skipped"] == 5
+    assert [(s["line"], s["index"]) for s in report["skipped"]] == [(2, 1), (3, 2), (5, 3), (6, 4), (8, 6)]
+    assert report["skipped"][0]["reason"] == "field 'text' must be a string, got int"
+    assert report["skipped"][1]["reason"].startswith("malformed JSON:")
+    assert report["skipped"][4]["reason"] == "field 'prediction' must be a label (string or integer), got list"
+    assert sum(report["skipped_reasons"].values()) == 5
+    assert "2 skipped" not in stderr  # the summary goes to stdout
+
+
+def test_fail_stops_at_the_first_bad_record_with_its_line(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        '{"text": "good", "label": "positive", "prediction": "positive"}\n'
+        '{"text": "fine", "label": "positive", "prediction": "positive"}\n'
+        '{"text": {"nested": true}, "label": "positive", "prediction": "positive"}\n'
+        "broken\n",
+        encoding="utf-8",
+    )
+    config = _data_pipeline(tmp_path, data, "fail")
+    code, stderr, errors = _run_cli(["run", "t", "--config", str(config), "--output", str(tmp_path / "out"), "--no-cache"], capsys)
+    assert code == 3
+    assert _assert_one_clear_line(stderr, errors) == (
+        f"error: {data}:3: pipeline 't': field 'text' must be a string, got dict (set data.on_error: skip to skip such records)"
+    )
+
+
+def test_long_csv_field_is_read_whole(tmp_path, capsys):
+    """The csv module refuses fields over 131072 characters by default; a long review is not malformed."""
+    text = "word " * 40_000
+    data = tmp_path / "long.csv"
+    data.write_text(f"text,label,prediction\n{text},positive,positive\nshort,negative,negative\n", encoding="utf-8")
+    config = _data_pipeline(tmp_path, data, "fail")
+    code, stderr, _ = _run_cli(["run", "t", "--config", str(config), "--output", str(tmp_path / "out"), "--no-cache"], capsys)
+    assert code == 0, stderr
+    report = json.loads((tmp_path / "out" / "t" / "report.json").read_text(encoding="utf-8"))
+    assert report["counts"]["predicted"] == 2
+
+
+def test_long_texts_are_truncated_and_counted(tmp_path, capsys, bert_classifier):
+    """With a model, texts over the input limit are cut by the tokenizer and counted in counts.truncated."""
+    records = [
+        {"text": "a short review", "label": "positive"},
+        {"text": "terrible " * 3000, "label": "negative"},
+        {"text": "fine", "label": "positive"},
+        {"text": "great " * 600, "label": "positive"},
+        {"text": "", "label": "negative"},
+    ]
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(
+        f"pipelines:\n  t:\n    task: sentiment\n    data: {{path: {data.name}, on_error: skip}}\n"
+        f"    model: {{name_or_path: {json.dumps(str(bert_classifier))}, device: cpu}}\n    report: {{formats: [json]}}\n",
+        encoding="utf-8",
+    )
+    code, stderr, _ = _run_cli(["run", "t", "--config", str(config), "--output", str(tmp_path / "out"), "--no-cache"], capsys)
+    assert code == 0, stderr
+    run_dir = tmp_path / "out" / "t"
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    assert report["counts"]["truncated"] == 2
+    assert report["counts"]["predicted"] == 4
+    assert report["skipped"] == [{"line": 5, "index": 4, "reason": "field 'text' is empty"}]
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [bool(row.get("notes", {}).get("truncated")) for row in rows] == [False, True, False, True]
+
+
+def test_unknown_pipeline_name_on_the_command_line(tmp_path, capsys):
+    config = CORPUS / "yaml" / "unknown_key.yaml"
+    good = tmp_path / "p.yaml"
+    good.write_text(f"pipelines:\n  reviews:\n    task: sentiment\n    data: {{path: {json.dumps(str(CORPUS / 'data' / 'good.jsonl'))}}}\n")
+    code, stderr, errors = _run_cli(["run", "../reviews", "--config", str(good), "--output", str(tmp_path / "out")], capsys)
+    assert code == 2
+    assert _assert_one_clear_line(stderr, errors) == f"error: {good}: no pipeline named '../reviews'. Available: reviews. Did you mean 'reviews'?"
+    assert config.exists()
+
+
+def test_missing_pipelines_file(tmp_path, capsys):
+    path = tmp_path / "nope.yaml"
+    code, stderr, errors = _run_cli(["run", "--config", str(path)], capsys)
+    assert code == 2
+    assert _assert_one_clear_line(stderr, errors) == f"error: {path}: pipelines file not found (looked in {tmp_path})"
+
+
+def test_pipelines_file_not_utf8(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_bytes(b"pipelines:\n  t: {task: caf\xe9}\n")
+    code, stderr, errors = _run_cli(["run", "--config", str(path)], capsys)
+    assert code == 2
+    assert _assert_one_clear_line(stderr, errors).startswith(f"error: {path}: cannot read pipelines file:")

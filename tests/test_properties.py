@@ -1,0 +1,114 @@
+"""Property tests: readers never raise on any bytes; the config loader raises only nlpflow's own errors."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.config import parse_config
+from pipeline.errors import NlpflowError
+from pipeline.types import RawRecord
+from plugins.readers import CsvReader, JsonLinesReader, TsvReader
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# bytes that look like the files the readers see: JSON punctuation, quotes, separators, newlines, bad UTF-8
+_pieces = st.sampled_from(
+    [b"{", b"}", b"[", b"]", b'"', b",", b"\t", b":", b"\n", b"\r\n", b"\r", b" ", b"text", b"label", b"1", b"null",
+     b"\\u", b"\\ud800", b"\xff", b"\xc3", b"\xc3\xa9", b"\xef\xbb\xbf", b"\x00", b"'", b"\\"]
+)
+DATA_BYTES = st.one_of(st.binary(max_size=300), st.lists(_pieces, max_size=60).map(b"".join))
+
+
+def _write(data: bytes, suffix: str) -> Path:
+    handle = tempfile.NamedTemporaryFile("wb", suffix=suffix, delete=False)
+    with handle:
+        handle.write(data)
+    return Path(handle.name)
+
+
+def _check_records(records: list[RawRecord], data: bytes) -> None:
+    last = 0
+    for record in records:
+        assert isinstance(record, RawRecord)
+        assert (record.data is None) != (record.error is None)
+        assert record.line >= max(last, 1)
+        last = record.line
+        if record.data is not None:
+            assert isinstance(record.data, dict)
+            # whatever a reader lets in can be written back out as UTF-8
+            for key, value in record.data.items():
+                assert isinstance(key, str)
+                str(value).encode("utf-8")
+    assert last <= data.count(b"\n") + data.count(b"\r") + 1
+
+
+@pytest.mark.parametrize("reader_cls, suffix", [(JsonLinesReader, ".jsonl"), (CsvReader, ".csv"), (TsvReader, ".tsv")])
+@SETTINGS
+@given(data=DATA_BYTES)
+def test_readers_never_raise(reader_cls, suffix, data):
+    path = _write(data, suffix)
+    try:
+        records = list(reader_cls().read(path))
+    finally:
+        path.unlink()
+    _check_records(records, data)
+
+
+@SETTINGS
+@given(rows=st.lists(st.lists(st.text(max_size=20), min_size=2, max_size=2), min_size=1, max_size=8))
+def test_csv_round_trips_what_csv_writes(rows):
+    import csv
+    import io
+
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["text", "label"])
+    writer.writerows(rows)
+    path = _write(buffer.getvalue().encode("utf-8"), ".csv")
+    try:
+        records = list(CsvReader().read(path))
+    finally:
+        path.unlink()
+    assert all(r.error is None for r in records)
+    assert [[r.data["text"], r.data["label"]] for r in records] == rows
+
+
+@SETTINGS
+@given(text=st.text(max_size=400))
+def test_parse_config_on_any_text_raises_only_nlpflow_errors(text):
+    try:
+        parse_config(text, "fuzz.yaml")
+    except NlpflowError as error:
+        assert str(error)
+        assert "\n" not in str(error)
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=12))
+_keys = st.one_of(
+    st.sampled_from(["pipelines", "t", "task", "data", "path", "model", "name_or_path", "metrics", "fields", "options", "report",
+                     "formats", "preprocess", "chunk_size", "on_error", "limit", "batch_size", "../x", "sentiment"]),
+    st.text(max_size=8),
+    st.integers(),
+)
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=5)), max_leaves=25)
+
+
+@SETTINGS
+@given(document=st.one_of(_values, st.fixed_dictionaries({"pipelines": st.dictionaries(_keys, _values, max_size=3)})))
+def test_parse_config_on_any_structure_raises_only_nlpflow_errors(document):
+    text = yaml.safe_dump(document, allow_unicode=True)
+    try:
+        parsed = parse_config(text, "fuzz.yaml")
+    except NlpflowError as error:
+        message = str(error)
+        assert message.startswith("fuzz.yaml")
+        assert "\n" not in message
+    else:
+        for name, pipeline in parsed.items():
+            assert pipeline.name == name and "/" not in name and not name.startswith(".")

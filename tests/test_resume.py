@@ -1,0 +1,250 @@
+"""Resume and cache: a killed run loses nothing, a restart finishes from the cache with the same bytes.
+
+The runs under test are real ``python -m pipeline.cli run`` subprocesses with
+the tiny BERT classifier and ``chunk_size: 16``. The one that gets killed is
+slowed down (a short sleep before each chunk's model stage, patched in by a
+wrapper script) so the kill reliably lands part-way; the kill itself is a
+SIGKILL once the cache holds some but not all of the chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+RECORDS = 200
+CHUNK = 16
+
+#: runs the CLI with a delay before each chunk's model stage, so a test can kill it part-way
+SLOW_CLI = """
+import sys, time
+import pipeline.model as model
+original = model.ModelStage.run
+def slow_run(self, examples):
+    time.sleep(float(sys.argv[1]))
+    return original(self, examples)
+model.ModelStage.run = slow_run
+from pipeline.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory, bert_classifier):
+    root = tmp_path_factory.mktemp("resume")
+    words = ["good", "bad", "great", "awful", "fine", "meh", "love", "hate", "okay", "broken"]
+    with open(root / "reviews.jsonl", "w", encoding="utf-8") as handle:
+        for i in range(RECORDS):
+            text = " ".join(words[(i * 7 + k * 3) % len(words)] for k in range(5 + i % 23)) + f" #{i}"
+            handle.write(json.dumps({"text": text, "label": "positive" if i % 3 else "negative"}) + "\n")
+    config = root / "pipelines.yaml"
+    config.write_text(
+        "pipelines:\n"
+        "  reviews:\n"
+        "    task: sentiment\n"
+        "    data: {path: reviews.jsonl}\n"
+        f"    model: {{name_or_path: {json.dumps(str(bert_classifier))}, device: cpu}}\n"
+        f"    chunk_size: {CHUNK}\n"
+        "    report: {formats: [json, markdown]}\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+@pytest.fixture(scope="module")
+def baseline(workload, tmp_path_factory):
+    """An uninterrupted run with a fresh cache."""
+    root = tmp_path_factory.mktemp("baseline")
+    assert main(["run", "reviews", "--config", str(workload), "--output", str(root / "out"), "--cache-dir", str(root / "cache")]) == 0
+    run_dir = root / "out" / "reviews"
+    report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
+    assert report["counts"]["predicted"] == RECORDS
+    assert report["counts"]["from_cache"] == 0
+    return run_dir
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["HF_HUB_OFFLINE"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    return env
+
+
+def _cli(config: Path, out: Path, cache: Path | None, delay: float = 0.0, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    arguments = ["run", "reviews", "--config", str(config), "--output", str(out), *extra]
+    arguments += ["--cache-dir", str(cache)] if cache else ["--no-cache"]
+    command = [sys.executable, "-c", SLOW_CLI, str(delay), *arguments] if delay else [sys.executable, "-m", "pipeline.cli", *arguments]
+    return subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _cached_rows(cache: Path) -> int:
+    path = cache / "predictions.sqlite"
+    if not path.exists():
+        return 0
+    connection = sqlite3.connect(path, timeout=5)
+    try:
+        return connection.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+    except sqlite3.OperationalError as error:
+        if "no such table" in str(error):
+            return 0  # not created yet
+        raise
+    finally:
+        connection.close()
+
+
+def _kill_part_way(process: subprocess.Popen, cache: Path) -> int:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        rows = _cached_rows(cache)
+        if rows >= 2 * CHUNK:
+            process.send_signal(signal.SIGKILL)
+            process.wait(30)
+            return _cached_rows(cache)
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before it could be killed: {process.communicate()}")
+        time.sleep(0.02)
+    process.kill()
+    pytest.fail("the run never stored a chunk in the cache")
+
+
+def _finish(process: subprocess.Popen) -> None:
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+
+
+def test_killed_run_resumes_from_the_cache_with_identical_output(workload, baseline, tmp_path):
+    out = tmp_path / "out"
+    cache = tmp_path / "cache"
+    # an earlier, complete run in the same folder: the killed run must leave its files whole
+    shutil.copytree(baseline, out / "reviews")
+    earlier = {name: (out / "reviews" / name).read_bytes() for name in ("predictions.jsonl", "report.json", "report.md")}
+
+    stored = _kill_part_way(_cli(workload, out, cache, delay=0.3), cache)
+    assert 0 < stored < RECORDS
+    assert stored % CHUNK == 0  # chunks are stored whole or not at all
+    for name, content in earlier.items():
+        assert (out / "reviews" / name).read_bytes() == content, f"{name} was touched by the killed run"
+    assert len(list((out / "reviews").glob(".*partial"))) == 1  # what the killed run was writing
+
+    with sqlite3.connect(cache / "predictions.sqlite") as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    _finish(_cli(workload, out, cache))
+    resumed = json.loads((out / "reviews" / "report.json").read_text(encoding="utf-8"))
+    expected = json.loads((baseline / "report.json").read_text(encoding="utf-8"))
+    assert (out / "reviews" / "predictions.jsonl").read_bytes() == (baseline / "predictions.jsonl").read_bytes()
+    assert resumed["metrics"] == expected["metrics"]
+    assert resumed["counts"]["from_cache"] >= stored > 0
+    assert resumed["counts"]["predicted"] == RECORDS
+    assert _cached_rows(cache) == RECORDS
+    assert not list((out / "reviews").glob(".*partial"))  # the stale partial file is cleaned up
+
+
+def test_interrupted_first_run_leaves_no_report_files(workload, tmp_path, monkeypatch, capsys):
+    """Ctrl-C part-way through a first run: no predictions.jsonl, no reports, no partial file; the cache keeps what was done."""
+    import pipeline.model as model
+
+    original = model.ModelStage.run
+    calls = []
+
+    def interrupted(self, examples):
+        calls.append(len(examples))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, examples)
+
+    monkeypatch.setattr(model.ModelStage, "run", interrupted)
+    out = tmp_path / "out"
+    cache = tmp_path / "cache"
+    assert main(["run", "reviews", "--config", str(workload), "--output", str(out), "--cache-dir", str(cache)]) == 130
+    assert "interrupted: predictions made so far are cached" in capsys.readouterr().err
+    run_dir = out / "reviews"
+    assert sorted(p.name for p in run_dir.iterdir()) == []
+    assert _cached_rows(cache) == 2 * CHUNK
+
+
+def test_no_cache_gives_the_same_predictions_and_writes_no_cache(workload, baseline, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NLPFLOW_CACHE_DIR", str(tmp_path / "default-cache"))
+    out = tmp_path / "out"
+    assert main(["run", "reviews", "--config", str(workload), "--output", str(out), "--no-cache"]) == 0
+    assert (out / "reviews" / "predictions.jsonl").read_bytes() == (baseline / "predictions.jsonl").read_bytes()
+    report = json.loads((out / "reviews" / "report.json").read_text(encoding="utf-8"))
+    assert report["counts"]["from_cache"] == 0
+    assert not (tmp_path / "default-cache").exists()
+
+
+def test_second_run_is_served_from_the_cache(workload, baseline, tmp_path):
+    cache = baseline.parent.parent / "cache"
+    out = tmp_path / "out"
+    assert main(["run", "reviews", "--config", str(workload), "--output", str(out), "--cache-dir", str(cache)]) == 0
+    report = json.loads((out / "reviews" / "report.json").read_text(encoding="utf-8"))
+    assert report["counts"]["from_cache"] == RECORDS
+    assert (out / "reviews" / "predictions.jsonl").read_bytes() == (baseline / "predictions.jsonl").read_bytes()
+
+
+def test_cache_key_changes_with_the_model_settings(workload, baseline, tmp_path):
+    """A different max_length changes predictions, so it must not be served from the same cache entries."""
+    cache = baseline.parent.parent / "cache"
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(workload.read_text(encoding="utf-8").replace("device: cpu}", "device: cpu, max_length: 8}"), encoding="utf-8")
+    shutil.copy(workload.parent / "reviews.jsonl", tmp_path / "reviews.jsonl")
+    assert main(["run", "reviews", "--config", str(config), "--output", str(tmp_path / "out"), "--cache-dir", str(cache)]) == 0
+    report = json.loads((tmp_path / "out" / "reviews" / "report.json").read_text(encoding="utf-8"))
+    assert report["counts"]["from_cache"] == 0
+    assert report["counts"]["truncated"] > 0
+
+
+def test_two_runs_sharing_a_cache_at_the_same_time(workload, baseline, tmp_path):
+    cache = tmp_path / "cache"
+    first = _cli(workload, tmp_path / "a", cache, delay=0.02)
+    second = _cli(workload, tmp_path / "b", cache, delay=0.02)
+    _finish(first)
+    _finish(second)
+    expected = (baseline / "predictions.jsonl").read_bytes()
+    baseline_metrics = json.loads((baseline / "report.json").read_text(encoding="utf-8"))["metrics"]
+    for name in ("a", "b"):
+        assert (tmp_path / name / "reviews" / "predictions.jsonl").read_bytes() == expected
+        report = json.loads((tmp_path / name / "reviews" / "report.json").read_text(encoding="utf-8"))
+        assert report["metrics"] == baseline_metrics
+    with sqlite3.connect(cache / "predictions.sqlite") as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert connection.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == RECORDS
+
+
+def test_unusable_cache_is_a_clear_error(workload, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "predictions.sqlite").write_bytes(b"this is not a database" * 100)
+    code = main(["run", "reviews", "--config", str(workload), "--output", str(tmp_path / "out"), "--cache-dir", str(cache)])
+    err = capsys.readouterr().err
+    assert code == 6
+    assert "Traceback" not in err
+    assert f"error: cannot open the prediction cache {cache / 'predictions.sqlite'}: file is not a database." in err
+    assert "--no-cache" in err
+
+
+def test_cache_entries_that_do_not_parse_are_recomputed(tmp_path):
+    from pipeline.cache import PredictionCache
+
+    cache = PredictionCache(tmp_path)
+    cache.put_many({"a": {"value": "x", "details": {"b": 1, "a": 2}}})
+    cache._connection.execute("INSERT INTO predictions VALUES ('broken', '{not json')")
+    assert cache.get_many(["a", "broken", "missing"]) == {"a": {"value": "x", "details": {"b": 1, "a": 2}}}
+    assert list(cache.get_many(["a"])["a"]["details"]) == ["b", "a"]  # key order kept, so bytes round-trip
+    cache.close()
