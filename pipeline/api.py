@@ -56,5 +56,5 @@ def run(
     try:
         return [Runner(pipeline, Path(output), cache, interactive).run() for pipeline in resolved]
     finally:
-        if cache:
+        if cache is not None:
             cache.close()

@@ -42,6 +42,8 @@ class PluginInfo:
     name: str
     version: str | None
     hooks: list[str]
+    #: shipped with nlpflow itself; built-ins register first, so no other plugin can take their names
+    builtin: bool = False
 
 
 @dataclass
@@ -105,6 +107,7 @@ def load_registry(
         manager.enable_tracing()
 
     versions: dict[str, str | None] = {}
+    builtins: set[str] = set()
     for entry_point in entry_points(group=PROJECT):
         if manager.is_blocked(entry_point.name) or manager.has_plugin(entry_point.name):
             continue
@@ -114,18 +117,21 @@ def load_registry(
             registry.failures.append(PluginError(f'Error importing plugin "{entry_point.name}": {type(error).__name__}: {error}', entry_point.name))
             continue
         versions[entry_point.name] = entry_point.dist.version if entry_point.dist else None
+        if entry_point.dist is not None and entry_point.dist.name == PROJECT:
+            builtins.add(entry_point.name)
         _register(registry, entry_point.name, plugin)
 
     for name, plugin in extra_plugins:
         if not manager.is_blocked(name):
             _register(registry, name, plugin)
 
-    for hook_name, (kind, base) in KINDS.items():
-        for plugin_name in [p.name for p in registry.plugins]:
-            _collect(registry, plugin_name, hook_name, kind, base)
-
     for info in registry.plugins:
         info.version = versions.get(info.name, info.version)
+        info.builtin = info.name in builtins
+    collection_order = sorted(registry.plugins, key=lambda info: not info.builtin)  # stable: built-ins first
+    for hook_name, (kind, base) in KINDS.items():
+        for info in collection_order:
+            _collect(registry, info.name, hook_name, kind, base)
     return registry
 
 

@@ -86,7 +86,7 @@ class Runner:
         task = self.task
         mapping = {name: config.fields.get(name, name) for name in (*task.input_fields, *task.reference_fields)}
         prediction_column = config.fields.get(PREDICTION_FIELD, PREDICTION_FIELD)
-        needs_prediction = config.model is None
+        needs_prediction = config.model is None and not task.rule_based
         records: Iterable[RawRecord] = self._read_records()
         if config.data.limit:
             records = islice(records, config.data.limit)
@@ -251,6 +251,19 @@ class Runner:
 
     def _predict(self, chunk: list[Example], stage: ModelStage | None, run_key: str | None) -> list[Prediction]:
         timer = time.perf_counter()
+        if stage is None and self.task.rule_based:
+            try:
+                predictions = self.task.predict_by_rule(chunk)
+            except NlpflowError:
+                raise
+            except Exception as error:
+                raise PluginError(
+                    f"task {self.task.name!r} raised in predict_by_rule on records {chunk[0].index}-{chunk[-1].index} "
+                    f"(lines {chunk[0].line}-{chunk[-1].line} of {self.config.data_path}): {type(error).__name__}: {error}",
+                    self.pipeline.task_plugin,
+                ) from error
+            self.stage_seconds["rule"] += time.perf_counter() - timer
+            return [self._checked(prediction, example, "predict_by_rule") for prediction, example in zip(predictions, chunk)]
         if stage is None:
             predictions = []
             for example in chunk:

@@ -100,6 +100,23 @@ class Features:
         return len(self.inputs["input_ids"])
 
 
+def json_type(value: Any) -> str:
+    """How a value's type reads to someone who wrote JSON or CSV: "null", "a number", "a list", ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
 class ExampleError(ValueError):
     """Raised by a task when one example's fields are unusable.
 
@@ -188,7 +205,7 @@ class Task(ABC):
         for name in self.input_fields:
             value = example.fields.get(name)
             if not isinstance(value, str):
-                raise ExampleError(f"field {name!r} must be a string, got {type(value).__name__}")
+                raise ExampleError(f"field {name!r} must be a string, got {json_type(value)}")
 
     def reference(self, example: Example) -> Any:
         """The gold answer metrics compare with; ``None`` when the record has none."""
@@ -199,6 +216,19 @@ class Task(ABC):
     def parse_prediction(self, value: Any) -> Prediction:
         """Turn a ``prediction`` value found in the data (another system's output) into a Prediction."""
         return Prediction(value=value)
+
+    @property
+    def rule_based(self) -> bool:
+        """True when the task's options pick a method that needs no model (a lead-3 summary, say).
+
+        A pipeline with no ``model:`` then calls :meth:`predict_by_rule` on each
+        chunk instead of scoring the records' own ``prediction`` field.
+        """
+        return False
+
+    def predict_by_rule(self, examples: Sequence[Example]) -> list[Prediction]:
+        """Predictions for a chunk, made without a model; only called when :attr:`rule_based` is true."""
+        raise NotImplementedError(f"task {self.name!r} has no rule-based method")
 
     @abstractmethod
     def load(self, model: ModelConfig) -> TaskModel:

@@ -23,7 +23,7 @@ from pipeline import hookimpl
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.model import LoadedModel, input_limit, load_pretrained, pretrained_config, tokenize
-from pipeline.types import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel
+from pipeline.types import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel, json_type
 
 #: Zero-shot descriptions: each label's embedding is the mean of its descriptions' embeddings
 #: (a prototype), which is steadier than any single phrasing.
@@ -65,7 +65,7 @@ class TextClassification(Task):
     def check_example(self, example: Example) -> None:
         text = example.fields.get("text")
         if not isinstance(text, str):
-            raise ExampleError(f"field 'text' must be a string, got {type(text).__name__}")
+            raise ExampleError(f"field 'text' must be a string, got {json_type(text)}")
         if not text.strip():
             raise ExampleError("field 'text' is empty")
         label = example.fields.get("label")
@@ -82,7 +82,7 @@ class TextClassification(Task):
                 raise ExampleError(f"field {field!r} must be a list of labels (or a comma-separated string) for multi_label")
             return sorted({str(v) for v in value})
         if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise ExampleError(f"field {field!r} must be a label (string or integer), got {type(value).__name__}")
+            raise ExampleError(f"field {field!r} must be a label (string or integer), got {json_type(value)}")
         value = str(value)
         if not value.strip():
             raise ExampleError(f"field {field!r} is empty")

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from pipeline import hookimpl
 from pipeline.config import ModelConfig
 from pipeline.model import LoadedModel, input_limit, load_pretrained, pretrained_config, tokenize
-from pipeline.types import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel
+from pipeline.types import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel, json_type
 
 
 class QuestionAnsweringOptions(BaseModel):
@@ -84,7 +84,7 @@ class QuestionAnswering(Task):
         for name in self.input_fields:
             value = example.fields.get(name)
             if not isinstance(value, str):
-                raise ExampleError(f"field {name!r} must be a string, got {type(value).__name__}")
+                raise ExampleError(f"field {name!r} must be a string, got {json_type(value)}")
             if not value.strip():
                 raise ExampleError(f"field {name!r} is empty")
         if "answers" in example.fields:
@@ -111,7 +111,7 @@ class QuestionAnswering(Task):
         if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
             raise ExampleError(
                 "field 'answers' must be a string, a list of strings, or SQuAD's {\"text\": [...], \"answer_start\": [...]}, "
-                f"got {type(value).__name__}"
+                f"got {json_type(value)}"
             )
         if not answers and not self.options.allow_no_answer:
             raise ExampleError("field 'answers' is empty; set options.allow_no_answer: true for SQuAD 2.0 unanswerable questions")
@@ -139,7 +139,7 @@ def _prediction_text(value: Any) -> str:
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise ExampleError(f"field 'prediction' must be the answer text (a string, or null for no answer), got {type(value).__name__}")
+        raise ExampleError(f"field 'prediction' must be the answer text (a string, or null for no answer), got {json_type(value)}")
     return value
 
 

@@ -10,11 +10,8 @@
   offline) embeds every sentence of the document; the ``sentences`` closest
   (cosine) to the mean of the document's sentence embeddings are returned in
   document order.
-- ``lead``: the first ``sentences`` sentences (lead-3 by default). It runs no
-  model, but still needs a ``model:`` block, because a pipeline without one
-  scores the ``prediction`` already in each record. The checkpoint is loaded
-  (so the run records which one) but never run; naming the embedded MiniLM
-  needs no download.
+- ``lead``: the first ``sentences`` sentences (lead-3 by default), by rule:
+  the pipeline has no ``model:`` block (the task is :attr:`~pipeline.types.Task.rule_based`).
 
 The metrics are rouge-score's ``RougeScorer`` F-measures (0-1), averaged over
 examples. ``rougeLsum`` gets one sentence per line, split by spaCy's
@@ -33,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt
 
 from pipeline import hookimpl
 from pipeline.config import ModelConfig
+from pipeline.errors import ModelError
 from pipeline.model import LoadedModel, input_limit, load_pretrained, tokenize
 from pipeline.types import Example, Features, Metric, Prediction, Task, TaskModel
 from plugins.seq2seq import GenerationOptions, Seq2SeqModel, load_seq2seq
@@ -77,42 +75,47 @@ class Summarization(Task):
     def parse_prediction(self, value: Any) -> Prediction:
         return parse_text_prediction(value)
 
+    @property
+    def rule_based(self) -> bool:
+        return self.options.method == "lead"
+
+    def predict_by_rule(self, examples: Sequence[Example]) -> list[Prediction]:
+        """Lead-k: the first ``sentences`` sentences of each document (spaCy sentencizer)."""
+        k = self.options.sentences
+        documents = split_sentences([example.fields["document"] for example in examples], self.options.lang)
+        return [Prediction(" ".join(sentences[:k]), {"sentences": list(range(min(k, len(sentences))))}) for sentences in documents]
+
     def load(self, model: ModelConfig) -> TaskModel:
         options = self.options
+        if options.method == "lead":
+            raise ModelError(f"task {self.name!r}: method 'lead' runs no model; remove the pipeline's model: block")
         if options.method == "generate":
             return Seq2SeqModel(load_seq2seq(model, self.name), options, "document", by_sentences=True, lang=options.lang)
         from transformers import AutoModel
 
-        # lead never runs the model, so any checkpoint with a tokenizer will do (slow ones too)
-        loaded = load_pretrained(AutoModel, model, require_fast_tokenizer=options.method == "centroid")
-        return ExtractiveSummarizer(loaded, options)
+        return ExtractiveSummarizer(load_pretrained(AutoModel, model), options)
 
 
 class ExtractiveSummarizer(TaskModel):
-    """Picks whole sentences of the document: the first ``k`` (lead) or the ``k`` nearest the centroid.
+    """Centroid: the ``k`` sentences nearest the mean of the document's sentence embeddings, in document order.
 
     Every sentence is one :class:`Features` row, so the model stage batches
     sentences of many documents together; ``forward`` embeds them (mean pooling
     over the attention mask, L2-normalised, as sentence-transformers does for
-    all-MiniLM) or, for lead, returns nothing without running the model.
+    all-MiniLM).
     """
 
     def __init__(self, loaded: LoadedModel, options: SummarizationOptions):
         super().__init__(loaded)
         self.options = options
-        self.method = options.method
-        self.max_length = input_limit(loaded) if options.method == "centroid" else 512
+        self.max_length = input_limit(loaded)
 
     def parameters(self) -> dict[str, Any]:
-        return {"method": self.method, "sentences": self.options.sentences, "lang": self.options.lang,
-                "max_length": self.max_length if self.method == "centroid" else None}
+        return {"method": "centroid", "sentences": self.options.sentences, "lang": self.options.lang, "max_length": self.max_length}
 
     def encode(self, examples: Sequence[Example]) -> list[Features]:
         documents = split_sentences([example.fields["document"] for example in examples], self.options.lang)
         flat = [(position, sentence) for position, sentences in enumerate(documents) for sentence in sentences]
-        if self.method == "lead":
-            # lead needs only the sentences; one token-free row per example keeps the model stage's contract
-            return [Features(position, {"input_ids": [0]}, extra=sentences) for position, sentences in enumerate(documents)]
         rows, truncated = tokenize(self.loaded, [sentence for _, sentence in flat], self.max_length)
         features = [Features(position, inputs, extra=sentence) for (position, sentence), inputs in zip(flat, rows)]
         for (position, _), cut in zip(flat, truncated):
@@ -121,8 +124,6 @@ class ExtractiveSummarizer(TaskModel):
         return features
 
     def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
-        if self.method == "lead":
-            return [None] * len(features)
         hidden = self.loaded.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -130,10 +131,6 @@ class ExtractiveSummarizer(TaskModel):
 
     def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
         k = self.options.sentences
-        if self.method == "lead":
-            sentences = features[0].extra
-            chosen = list(range(min(k, len(sentences))))
-            return Prediction(" ".join(sentences[:k]), {"sentences": chosen})
         sentences = [feature.extra for feature in features]
         embeddings = np.stack(outputs).astype(np.float64)
         centroid = embeddings.mean(axis=0)

@@ -24,7 +24,7 @@ from pipeline import hookimpl
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.model import LoadedModel
-from pipeline.types import Example, ExampleError, Metric, Prediction, Task, TaskModel
+from pipeline.types import Example, ExampleError, Metric, Prediction, Task, TaskModel, json_type
 from plugins.seq2seq import GenerationOptions, Seq2SeqModel, load_seq2seq
 
 
@@ -37,7 +37,7 @@ class TranslationOptions(GenerationOptions):
 
 def check_text(value: Any, field: str, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
-        raise ExampleError(f"field {field!r} must be a string, got {type(value).__name__}")
+        raise ExampleError(f"field {field!r} must be a string, got {json_type(value)}")
     if not allow_empty and not value.strip():
         raise ExampleError(f"field {field!r} is empty")
     return value
@@ -51,14 +51,14 @@ def check_references(value: Any, field: str) -> str | list[str]:
         return value
     if isinstance(value, list) and not value:
         raise ExampleError(f"field {field!r} is an empty list; give at least one reference")
-    raise ExampleError(f"field {field!r} must be a string or a list of strings, got {type(value).__name__}")
+    raise ExampleError(f"field {field!r} must be a string or a list of strings, got {json_type(value)}")
 
 
 def parse_text_prediction(value: Any) -> Prediction:
     if value is None:
         return Prediction("")
     if not isinstance(value, str):
-        raise ExampleError(f"must be a string, got {type(value).__name__}")
+        raise ExampleError(f"must be a string, got {json_type(value)}")
     return Prediction(value)
 
 

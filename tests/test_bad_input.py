@@ -126,9 +126,9 @@ def test_skip_lists_every_bad_record_with_line_and_reason(tmp_path, capsys):
     assert report["counts"]["predicted"] == 2
     assert report["counts"]["skipped"] == 5
     assert [(s["line"], s["index"]) for s in report["skipped"]] == [(2, 1), (3, 2), (5, 3), (6, 4), (8, 6)]
-    assert report["skipped"][0]["reason"] == "field 'text' must be a string, got int"
+    assert report["skipped"][0]["reason"] == "field 'text' must be a string, got a number"
     assert report["skipped"][1]["reason"].startswith("malformed JSON:")
-    assert report["skipped"][4]["reason"] == "field 'prediction' must be a label (string or integer), got list"
+    assert report["skipped"][4]["reason"] == "field 'prediction' must be a label (string or integer), got a list"
     assert sum(report["skipped_reasons"].values()) == 5
     assert "2 skipped" not in stderr  # the summary goes to stdout
 
@@ -146,7 +146,7 @@ def test_fail_stops_at_the_first_bad_record_with_its_line(tmp_path, capsys):
     code, stderr, errors = _run_cli(["run", "t", "--config", str(config), "--output", str(tmp_path / "out"), "--no-cache"], capsys)
     assert code == 3
     assert _assert_one_clear_line(stderr, errors) == (
-        f"error: {data}:3: pipeline 't': field 'text' must be a string, got dict (set data.on_error: skip to skip such records)"
+        f"error: {data}:3: pipeline 't': field 'text' must be a string, got an object (set data.on_error: skip to skip such records)"
     )
 
 

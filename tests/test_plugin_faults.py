@@ -80,11 +80,6 @@ def test_broken_third_party_plugin_is_named_and_sentiment_still_runs(kind, tmp_p
     assert "broken" not in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline/plugins.py collects registrations in entry-point order, so a third-party plugin found first takes "
-    "over a built-in name and the built-in plugin is the one reported as failing; built-ins should be collected first",
-)
 def test_third_party_plugin_cannot_take_over_a_builtin_name(tmp_path, monkeypatch):
     (tmp_path / "site").mkdir()
     source = (

@@ -11,6 +11,7 @@ import spacy
 from rouge_score import rouge_scorer
 
 from pipeline.config import ModelConfig
+from pipeline.errors import ModelError
 from pipeline.model import ModelStage
 from pipeline.types import Example
 from plugins.seq2seq import Seq2SeqModel
@@ -147,9 +148,12 @@ def test_lead_and_centroid_baselines(minilm_path):
     split = [[s.text.strip() for s in nlp(d).sents if s.text.strip()] for d in documents]
     config = ModelConfig(name_or_path="sentence-transformers/all-MiniLM-L6-v2", device="cpu")
 
-    lead = Summarization(SummarizationOptions(method="lead", sentences=3)).load(config)
-    predictions = ModelStage(lead, config).run(examples(documents))
+    lead = Summarization(SummarizationOptions(method="lead", sentences=3))
+    assert lead.rule_based
+    predictions = lead.predict_by_rule(examples(documents))
     assert [p.value for p in predictions] == [" ".join(s[:3]) for s in split]
+    with pytest.raises(ModelError, match="method 'lead' runs no model"):
+        lead.load(config)
 
     centroid = Summarization(SummarizationOptions(method="centroid", sentences=2)).load(config)
     assert centroid.loaded.path == str(minilm_path)
@@ -191,7 +195,6 @@ pipelines:
     task: summarization
     data: {{path: {NEWS}}}
     options: {{method: lead, sentences: 3}}
-    model: {{name_or_path: sentence-transformers/all-MiniLM-L6-v2, device: cpu}}
     report: {{formats: [json], bootstrap: {{resamples: 50}}}}
   bart:
     task: summarization
