@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -103,6 +103,11 @@ def pretrained_config(config: ModelConfig) -> Any:
     try:
         return AutoConfig.from_pretrained(path, **_hub_arguments(config))
     except (OSError, ValueError) as error:
+        if "custom code" in str(error) or "trust_remote_code" in str(error):
+            raise ModelError(
+                f"model {config.name_or_path!r} needs custom code from its repository to load, and nlpflow runs none "
+                "by default. Set model.trust_remote_code: true only if you have read and trust that code."
+            ) from None
         raise ModelError(_not_found_message(config.name_or_path, path, hub_offline(), error)) from None
 
 
@@ -215,6 +220,18 @@ def tokenize(loaded: LoadedModel, texts: Sequence[str], max_length: int, **kwarg
     return rows, truncated
 
 
+def sentence_embeddings(loaded: LoadedModel, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean of the last hidden states over real tokens, L2-normalised, in float32 on the model's device.
+
+    This is sentence-transformers' pooling for all-MiniLM and similar encoders,
+    so a plain ``AutoModel`` checkpoint gives the embeddings those models were trained for.
+    """
+    hidden = loaded.model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+
 def _not_found_message(name: str, path: str, offline: bool, error: Exception) -> str:
     from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -258,6 +275,14 @@ def weights_fingerprint(path: str, model: Any) -> str:
                     digest.update(block)
         _FINGERPRINTS[key] = digest.hexdigest()
     return _FINGERPRINTS[key]
+
+
+class DecodeError(Exception):
+    """A task model's ``decode`` failed; names the example so the runner's error can point at its line."""
+
+    def __init__(self, example: Example, error: Exception):
+        self.example = example
+        super().__init__(f"decode failed on record {example.index} (line {example.line}): {type(error).__name__}: {error}")
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -416,11 +441,13 @@ class ModelStage:
         per_example: list[list[int]] = [[] for _ in examples]
         for index, feature in enumerate(features):
             per_example[feature.example].append(index)
-        decode = self.task_model.decode
-        return [
-            decode(example, [features[i] for i in indices], [outputs[i] for i in indices])
-            for example, indices in zip(examples, per_example)
-        ]
+        predictions = []
+        for example, indices in zip(examples, per_example):
+            try:
+                predictions.append(self.task_model.decode(example, [features[i] for i in indices], [outputs[i] for i in indices]))
+            except Exception as error:
+                raise DecodeError(example, error) from error
+        return predictions
 
     def _back_off(self, indices: Sequence[int], error: BaseException) -> None:
         if not self.auto:

@@ -28,7 +28,7 @@ from pipeline import __version__
 from pipeline.cache import PredictionCache, example_key
 from pipeline.config import ResolvedPipeline
 from pipeline.errors import DataError, ModelError, NlpflowError, PluginError
-from pipeline.model import ModelStage, cache_key_parameters
+from pipeline.model import DecodeError, ModelStage, cache_key_parameters
 from pipeline.progress import Progress, count_lines
 from pipeline.report import file_sha256, metric_entry, package_versions, write_atomic
 from pipeline.types import Example, ExampleError, Prediction, RawRecord, RunResult, TaskModel
@@ -300,6 +300,14 @@ class Runner:
                 fresh = stage.run(pending)
             except NlpflowError:
                 raise
+            except DecodeError as error:
+                example = error.example
+                cause = error.__cause__
+                raise PluginError(
+                    f"task {self.task.name!r} raised in decode on record {example.index} "
+                    f"({self.config.data_path}:{example.line}) in pipeline {self.pipeline.name!r}: {type(cause).__name__}: {cause}",
+                    self.pipeline.task_plugin,
+                ) from cause
             except Exception as error:
                 raise PluginError(
                     f"task {self.task.name!r} failed on records {pending[0].index}-{pending[-1].index} "

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline import hookimpl
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
-from pipeline.model import LoadedModel, input_limit, load_pretrained, pretrained_config, tokenize
+from pipeline.model import LoadedModel, input_limit, load_pretrained, pretrained_config, sentence_embeddings, tokenize
 from pipeline.types import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel, json_type
 
 #: Zero-shot descriptions: each label's embedding is the mean of its descriptions' embeddings
@@ -210,20 +210,14 @@ class ZeroShotClassifier(_TextClassifierModel):
             for key in rows[0]
         }
         with torch.inference_mode():
-            return self._embed(batch)
-
-    def _embed(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.loaded.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+            return sentence_embeddings(self.loaded, batch)
 
     def parameters(self) -> dict[str, Any]:
         return {"max_length": self.max_length, "labels": self.labels, "descriptions": self.descriptions, "zero_shot": True,
                 **self.options.model_dump(include={"multi_label", "threshold"})}
 
     def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
-        return (self._embed(batch) @ self.label_embeddings.T).cpu().numpy()
+        return (sentence_embeddings(self.loaded, batch) @ self.label_embeddings.T).cpu().numpy()
 
     def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
         similarities = outputs[0]

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from pipeline import hookimpl
 from pipeline.config import ModelConfig
-from pipeline.model import LoadedModel, input_limit, load_pretrained, pretrained_config, tokenize
+from pipeline.model import LoadedModel, input_limit, load_pretrained, pretrained_config, sentence_embeddings, tokenize
 from pipeline.types import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel, json_type
 
 
@@ -380,10 +380,7 @@ class SentenceRetriever(TaskModel):
         return [Features(position, inputs, span) for (position, span), inputs in zip(owners, rows)]
 
     def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
-        hidden = self.loaded.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return list(torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy())
+        return list(sentence_embeddings(self.loaded, batch).cpu().numpy())
 
     def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
         question = next(o for f, o in zip(features, outputs) if f.extra is None)

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, PositiveInt
 from pipeline import hookimpl
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
-from pipeline.model import LoadedModel, input_limit, load_pretrained, tokenize
+from pipeline.model import LoadedModel, input_limit, load_pretrained, sentence_embeddings, tokenize
 from pipeline.types import Example, Features, Metric, Prediction, Task, TaskModel
 from plugins.seq2seq import GenerationOptions, Seq2SeqModel, load_seq2seq
 from plugins.translation import check_references, check_text, parse_text_prediction
@@ -124,10 +124,7 @@ class ExtractiveSummarizer(TaskModel):
         return features
 
     def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
-        hidden = self.loaded.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+        return sentence_embeddings(self.loaded, batch).cpu().numpy()
 
     def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
         k = self.options.sentences

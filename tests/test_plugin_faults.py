@@ -235,3 +235,30 @@ def test_task_faults_name_plugin_task_and_record(fault, expected, tmp_path, monk
         assert message.startswith(expected.format(data=data))
     assert not (tmp_path / "out" / "t" / "predictions.jsonl").exists()
     assert not list((tmp_path / "out" / "t").glob(".*partial"))
+
+
+def test_an_exception_in_decode_names_the_record_and_line(bert_classifier, tmp_path, write_pipelines, monkeypatch):
+    from plugins.classification import SequenceClassifier
+
+    original = SequenceClassifier.decode
+
+    def failing_decode(self, example, features, outputs):
+        if example.index == 2:
+            raise KeyError("boom")
+        return original(self, example, features, outputs)
+
+    monkeypatch.setattr(SequenceClassifier, "decode", failing_decode)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"text": "text number {i}", "label": "positive"}}\n' for i in range(5)))
+    config = write_pipelines(
+        f"pipelines:\n  t:\n    task: sentiment\n    data: {{path: d.jsonl}}\n    options: {{labels: [negative, positive]}}\n"
+        f"    model: {{name_or_path: {bert_classifier}}}\n    report: {{formats: [json]}}\n"
+    )
+    from pipeline.api import run
+    from pipeline.errors import PluginError
+
+    with pytest.raises(PluginError) as caught:
+        run(["t"], config, tmp_path / "out", use_cache=False)
+    assert str(caught.value) == (
+        f"plugin 'classification': task 'sentiment' raised in decode on record 2 ({data}:3) in pipeline 't': KeyError: 'boom'"
+    )

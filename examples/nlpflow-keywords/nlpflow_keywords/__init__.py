@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline import hookimpl
-from pipeline.model import input_limit, load_pretrained, tokenize
+from pipeline.model import input_limit, load_pretrained, sentence_embeddings, tokenize
 from pipeline.types import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel
 
 __version__ = "0.1.0"
@@ -88,10 +88,7 @@ class KeywordModel(TaskModel):
         return [Features(owner, inputs, role) for owner, inputs, role in zip(owners, rows, roles)]
 
     def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
-        hidden = self.loaded.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+        return sentence_embeddings(self.loaded, batch).cpu().numpy()
 
     def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
         document = next(o for f, o in zip(features, outputs) if f.extra is None)
