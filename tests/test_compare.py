@@ -277,3 +277,36 @@ def test_leaderboard_sorts_systems_of_one_group(tmp_path):
     [group] = leaderboard(tmp_path)
     assert [row["system"] for row in group["rows"]] == ["high", "mid", "low"]
     assert "<table>" in leaderboard_html([group])
+
+
+def test_compare_two_models_on_the_sentiment_sample(tmp_path, write_pipelines, bert_classifier, capsys):
+    """The issue's acceptance check: two runs of the sentiment sample with different models, compared by the CLI."""
+    reviews = Path(__file__).resolve().parent.parent / "examples" / "data" / "reviews.jsonl"
+    config = write_pipelines(
+        f"""
+pipelines:
+  minilm-zero-shot:
+    task: sentiment
+    data: {{path: {reviews}}}
+    fields: {{text: review, label: stars}}
+    model: {{name_or_path: sentence-transformers/all-MiniLM-L6-v2}}
+    report: {{formats: [json], bootstrap: {{resamples: 200}}}}
+  tiny-bert:
+    task: sentiment
+    data: {{path: {reviews}}}
+    fields: {{text: review, label: stars}}
+    options: {{labels: [negative, positive]}}
+    model: {{name_or_path: {bert_classifier}}}
+    report: {{formats: [json], bootstrap: {{resamples: 200}}}}
+"""
+    )
+    zero_shot, tiny = run(["minilm-zero-shot", "tiny-bert"], config, tmp_path / "out", use_cache=False)
+    assert zero_shot.report["data"]["sha256"] == tiny.report["data"]["sha256"]
+    assert main(["compare", str(zero_shot.directory), str(tiny.directory), "--json", "--resamples", "300", "--trials", "300"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    by = {(c["system"], c["metric"]): c for c in result["comparisons"]}
+    accuracy = by[("tiny-bert", "accuracy")]
+    assert accuracy["difference"] == pytest.approx(tiny.report["metrics"]["accuracy"]["value"] - zero_shot.report["metrics"]["accuracy"]["value"])
+    assert 0 < accuracy["bootstrap"]["p_value"] <= 1 and 0 < accuracy["approximate_randomization"]["p_value"] <= 1
+    low, high = accuracy["bootstrap"]["ci"]["low"], accuracy["bootstrap"]["ci"]["high"]
+    assert low <= accuracy["difference"] <= high
