@@ -56,9 +56,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(verbose: bool) -> None:
+    """Our own messages at INFO on stderr; libraries' loggers (absl via rouge-score, ...) keep their defaults."""
+    logger = logging.getLogger("nlpflow")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+    _configure_logging(args.verbose)
     try:
         registry = load_registry(args.disable_plugin, trace=args.trace_hooks or None)
         for failure in registry.failures:
