@@ -323,7 +323,7 @@ def setup_translation(args, workdir: Path) -> dict[str, Any]:
     from pipeline.config import ModelConfig
     from plugins.translation import Translation
 
-    checkpoint = build_t5(workdir / "t5", seed=args.seed)
+    checkpoint = build_t5(workdir / "t5", seed=args.seed, size=args.t5_size)
     records = data.seq2seq_records(args.records, args.seed)
     sources = [r["source"] for r in records]
     config = ModelConfig(name_or_path=str(checkpoint), device="cpu", batch_size=args.batch_size, max_tokens=args.max_tokens, max_length=MAX_LENGTH)
@@ -362,7 +362,7 @@ def setup_translation(args, workdir: Path) -> dict[str, Any]:
 
     return {"nlpflow": nlpflow, "pipeline": loop, "floor": floor, "compare": compare, "checkpoint": checkpoint,
             "baseline": "pipeline()-style loop (transformers 5.23 has no translation/summarization pipeline)",
-            "what": f"tiny seeded T5 (d_model 32, 2+2 layers, tests/model_factory.build_t5), greedy, max_new_tokens {args.max_new_tokens}",
+            "what": f"seeded T5 of size {args.t5_size!r} (tests/model_factory.T5_SIZES), greedy, max_new_tokens {args.max_new_tokens}",
             "tokens": sum(len(r["input_ids"]) for r in rows)}
 
 
@@ -499,6 +499,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", type=int, default=None, help="default: 2000 (classification), 500 (QA, seq2seq)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32, help="translation: tokens generated per record")
+    parser.add_argument("--t5-size", default="tiny", choices=("tiny", "small"), help="translation: T5 shape (small = t5-small's)")
     parser.add_argument("--max-tokens", type=int, default=None, help="nlpflow token budget (default: the device default)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="records per ModelStage.run call, as the runner's chunk_size")
     parser.add_argument("--seed", type=int, default=0)

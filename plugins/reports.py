@@ -37,6 +37,25 @@ def _cell(text: object) -> str:
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
+def _per_class_lines(name: str, entry: dict) -> list[str]:
+    """Per-class precision/recall/F1 and the confusion matrix, for metrics that report them."""
+    lines: list[str] = []
+    per_class = entry.get("per_class")
+    if per_class:
+        lines += ["", f"Per class ({name}):", "", "| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            f"| {_cell(label)} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |"
+            for label, row in per_class.items()
+        ]
+    matrix = entry.get("confusion_matrix")
+    if matrix:
+        labels = matrix["labels"]
+        lines += ["", "Confusion matrix (rows: reference, columns: prediction):", ""]
+        lines += ["| | " + " | ".join(_cell(label) for label in labels) + " |", "|---|" + "---:|" * len(labels)]
+        lines += [f"| **{_cell(label)}** | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(labels, matrix["matrix"])]
+    return lines
+
+
 class MarkdownReporter(Reporter):
     name = "markdown"
     description = "report.md: a summary for a terminal or a pull request"
@@ -63,6 +82,8 @@ class MarkdownReporter(Reporter):
         ]
         for name, entry in report["metrics"].items():
             lines.append(f"| {_cell(name)} | {_format_value(entry)} | {_format_ci(entry)} | {entry.get('n', '')} |")
+        for name, entry in report["metrics"].items():
+            lines += _per_class_lines(name, entry)
         signatures = [(name, entry["signature"]) for name, entry in report["metrics"].items() if entry.get("signature")]
         if signatures:
             lines += ["", "Signatures:", ""] + [f"- {name}: `{signature}`" for name, signature in signatures]

@@ -463,10 +463,20 @@ def build_sentence_encoder(path, seed: int = 0) -> pathlib.Path:
 _T5_EXTRA_IDS = 10
 
 
-def build_t5(path, seed: int = 0) -> pathlib.Path:
-    """Tiny ``T5ForConditionalGeneration`` (d_model 32, d_ff 64, 2+2 layers, 2 heads, d_kv 16)
-    with a Unigram ``T5Tokenizer`` (fast, tokenizer.json): ``<pad>``=0, ``</s>``=1, ``<unk>``=2,
-    plus 10 ``<extra_id_N>`` sentinels at the end of the vocab (as in real T5)."""
+#: T5 shapes: "tiny" for tests; "small" has t5-small's dimensions (60M parameters with its vocabulary),
+#: for benchmarks that should spend their time as a real checkpoint would.
+T5_SIZES = {
+    "tiny": dict(d_model=32, d_ff=64, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=2,
+                 relative_attention_num_buckets=8, relative_attention_max_distance=32),
+    "small": dict(d_model=512, d_ff=2048, d_kv=64, num_layers=6, num_decoder_layers=6, num_heads=8,
+                  relative_attention_num_buckets=32, relative_attention_max_distance=128),
+}
+
+
+def build_t5(path, seed: int = 0, size: str = "tiny") -> pathlib.Path:
+    """``T5ForConditionalGeneration`` of the given size (see ``T5_SIZES``; tiny: d_model 32, d_ff 64,
+    2+2 layers, 2 heads, d_kv 16) with a Unigram ``T5Tokenizer`` (fast, tokenizer.json): ``<pad>``=0,
+    ``</s>``=1, ``<unk>``=2, plus 10 ``<extra_id_N>`` sentinels at the end of the vocab (as in real T5)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import T5Config, T5ForConditionalGeneration, T5TokenizerFast
 
@@ -492,14 +502,7 @@ def build_t5(path, seed: int = 0) -> pathlib.Path:
 
     config = T5Config(
         vocab_size=len(tokenizer),
-        d_model=32,
-        d_ff=64,
-        d_kv=16,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=2,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=32,
+        **T5_SIZES[size],
         feed_forward_proj="relu",
         dropout_rate=0.0,
         pad_token_id=0,

@@ -230,3 +230,17 @@ def test_report_without_readable_data_still_renders(sentiment_run):
     html = HtmlReporter().render(sentiment_run)
     assert parse(html).errors == []
     assert "input text unavailable" in html
+
+
+def test_markdown_report_has_metrics_per_class_and_confusion_matrix(sentiment_run):
+    text = (sentiment_run.directory / "report.md").read_text(encoding="utf-8")
+    report = sentiment_run.report
+    accuracy = report["metrics"]["accuracy"]
+    assert f"| accuracy | {accuracy['value']:.4f} | [{accuracy['ci']['low']:.4f}, {accuracy['ci']['high']:.4f}] |" in text
+    matrix = report["metrics"]["macro_f1"]["confusion_matrix"]
+    header = "| | " + " | ".join(matrix["labels"]) + " |"
+    assert header in text
+    for label, row in zip(matrix["labels"], matrix["matrix"]):
+        assert f"| **{label}** | " + " | ".join(map(str, row)) + " |" in text
+    assert "## Skipped records (2)" in text
+    assert "<script>" not in text.split("## Skipped records")[0]  # data never reaches the summary above the skip list
