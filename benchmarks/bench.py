@@ -163,7 +163,24 @@ def nlpflow_runner(task, model_config, records: list[dict], fields: dict[str, st
     return task_model, run
 
 
+def torch_dtype(args) -> torch.dtype:
+    """The dtype every contender runs in: nlpflow's resolution of ``--dtype`` for ``--device``."""
+    from pipeline.model import resolve_device, resolve_dtype
+
+    return resolve_dtype(args.dtype, resolve_device(args.device))
+
+
+def on_device(model, args):
+    """A baseline or floor model on the benchmark's device and dtype, in eval mode."""
+    from pipeline.model import resolve_device
+
+    return model.to(device=resolve_device(args.device), dtype=torch_dtype(args)).eval()
+
+
 def floor_runner(model, batches: list[dict[str, torch.Tensor]], step: Callable[[Any, dict], Any]):
+    device = next(model.parameters()).device
+    batches = [{key: value.to(device) for key, value in batch.items()} for batch in batches]  # before the clock
+
     def run(subset=None):
         out = []
         with torch.inference_mode():
@@ -205,22 +222,23 @@ def setup_classification(args, workdir: Path) -> dict[str, Any]:
     records = data.classification_records(args.records, args.seed)
     texts = [r["text"] for r in records]
 
-    config = ModelConfig(name_or_path=str(checkpoint), device="cpu", batch_size=args.batch_size, max_length=MAX_LENGTH,
+    config = ModelConfig(name_or_path=str(checkpoint), device=args.device, dtype=args.dtype, batch_size=args.batch_size, max_length=MAX_LENGTH,
                          max_tokens=args.max_tokens)
     task = TextClassification(TextClassification.Options(mode="sequence-classification"))
     task_model, nlpflow = nlpflow_runner(task, config, records, {"text": "text"}, args.chunk_size)
 
-    classifier = hf_pipeline("text-classification", model=str(checkpoint), tokenizer=str(checkpoint), device="cpu")
+    classifier = hf_pipeline("text-classification", model=str(checkpoint), tokenizer=str(checkpoint), device=args.device,
+                             dtype=torch_dtype(args))
 
     def pipe(subset=None):
         return classifier(texts[:subset], batch_size=args.batch_size, truncation=True, max_length=MAX_LENGTH)
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForSequenceClassification.from_pretrained(checkpoint).eval()
+    model = on_device(AutoModelForSequenceClassification.from_pretrained(checkpoint), args)
     rows = [dict(zip(("input_ids", "token_type_ids", "attention_mask"), values)) for values in zip(
         *(tokenizer(texts, truncation=True, max_length=MAX_LENGTH)[k] for k in ("input_ids", "token_type_ids", "attention_mask")))]
     batches, groups = presorted_batches(tokenizer, rows, args.batch_size, args.chunk_size)
-    floor = floor_runner(model, batches, lambda m, b: torch.softmax(m(**b).logits, -1).numpy())
+    floor = floor_runner(model, batches, lambda m, b: torch.softmax(m(**b).logits.float(), -1).cpu().numpy())
 
     def compare(ours, theirs, bare) -> dict[str, Any]:
         labels_ours = [p.value for p in ours]
@@ -260,13 +278,13 @@ def setup_question_answering(args, workdir: Path) -> dict[str, Any]:
 
     checkpoint = build_minilm_with_head(workdir / "minilm-qa", "qa", args.seed)
     records = data.qa_records(args.records, args.seed)
-    config = ModelConfig(name_or_path=str(checkpoint), device="cpu", batch_size=args.batch_size, max_tokens=args.max_tokens)
+    config = ModelConfig(name_or_path=str(checkpoint), device=args.device, dtype=args.dtype, batch_size=args.batch_size, max_tokens=args.max_tokens)
     task = QuestionAnswering(QuestionAnswering.Options(method="span", max_seq_length=384, doc_stride=128))
     task_model, nlpflow = nlpflow_runner(task, config, records, {"question": "question", "context": "context"}, args.chunk_size)
     from pipeline.types import Example
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    baseline_model = AutoModelForQuestionAnswering.from_pretrained(checkpoint).eval()
+    baseline_model = on_device(AutoModelForQuestionAnswering.from_pretrained(checkpoint), args)
 
     def loop(subset=None):
         """pipeline()-style: per-example preprocessing, unsorted fixed-size batches, per-example postprocessing."""
@@ -277,9 +295,9 @@ def setup_question_answering(args, workdir: Path) -> dict[str, Any]:
         with torch.inference_mode():
             for start in range(0, len(features), args.batch_size):
                 group = features[start : start + args.batch_size]
-                batch = tokenizer.pad([f.inputs for f in group], return_tensors="pt")
+                batch = tokenizer.pad([f.inputs for f in group], return_tensors="pt").to(args.device)
                 out = baseline_model(**batch)
-                starts, ends = out.start_logits.numpy(), out.end_logits.numpy()
+                starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
                 outputs.extend(np.stack([starts[row, : f.length], ends[row, : f.length]]) for row, f in enumerate(group))
         by_example: dict[int, list[int]] = {}
         for position, feature in enumerate(features):
@@ -288,8 +306,8 @@ def setup_question_answering(args, workdir: Path) -> dict[str, Any]:
 
     windows = [f.inputs for f in task_model.encode([Example(index=i, line=i + 1, fields=dict(r)) for i, r in enumerate(records)])]
     batches, _ = presorted_batches(tokenizer, windows, args.batch_size)  # windows: not chunk-aligned
-    floor_model = AutoModelForQuestionAnswering.from_pretrained(checkpoint).eval()
-    floor = floor_runner(floor_model, batches, lambda m, b: m(**b).start_logits)
+    floor_model = on_device(AutoModelForQuestionAnswering.from_pretrained(checkpoint), args)
+    floor = floor_runner(floor_model, batches, lambda m, b: m(**b).start_logits.cpu())
 
     def compare(ours, theirs, bare) -> dict[str, Any]:
         spans_ours = [(p.value, p.details.get("start"), p.details.get("end")) for p in ours]
@@ -326,11 +344,11 @@ def setup_translation(args, workdir: Path) -> dict[str, Any]:
     checkpoint = build_t5(workdir / "t5", seed=args.seed, size=args.t5_size)
     records = data.seq2seq_records(args.records, args.seed)
     sources = [r["source"] for r in records]
-    config = ModelConfig(name_or_path=str(checkpoint), device="cpu", batch_size=args.batch_size, max_tokens=args.max_tokens, max_length=MAX_LENGTH)
+    config = ModelConfig(name_or_path=str(checkpoint), device=args.device, dtype=args.dtype, batch_size=args.batch_size, max_tokens=args.max_tokens, max_length=MAX_LENGTH)
     task = Translation(Translation.Options(max_new_tokens=args.max_new_tokens))
     task_model, nlpflow = nlpflow_runner(task, config, records, {"source": "source"}, args.chunk_size)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    baseline_model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint).eval()
+    baseline_model = on_device(AutoModelForSeq2SeqLM.from_pretrained(checkpoint), args)
     generate = {"do_sample": False, "max_new_tokens": args.max_new_tokens}
 
     def loop(subset=None):
@@ -338,7 +356,8 @@ def setup_translation(args, workdir: Path) -> dict[str, Any]:
         with torch.inference_mode():
             chosen = sources[:subset]
             for start in range(0, len(chosen), args.batch_size):
-                batch = tokenizer(chosen[start : start + args.batch_size], padding=True, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+                batch = tokenizer(chosen[start : start + args.batch_size], padding=True, truncation=True, max_length=MAX_LENGTH,
+                                  return_tensors="pt").to(args.device)
                 sequences = baseline_model.generate(**batch, **generate)
                 out.extend(t.strip() for t in tokenizer.batch_decode(sequences, skip_special_tokens=True, clean_up_tokenization_spaces=True))
         return out
@@ -346,8 +365,8 @@ def setup_translation(args, workdir: Path) -> dict[str, Any]:
     encoded = tokenizer(sources, truncation=True, max_length=MAX_LENGTH)
     rows = [{"input_ids": i, "attention_mask": m} for i, m in zip(encoded["input_ids"], encoded["attention_mask"])]
     batches, groups = presorted_batches(tokenizer, rows, args.batch_size, args.chunk_size)
-    floor_model = AutoModelForSeq2SeqLM.from_pretrained(checkpoint).eval()
-    floor = floor_runner(floor_model, batches, lambda m, b: m.generate(**b, **generate))
+    floor_model = on_device(AutoModelForSeq2SeqLM.from_pretrained(checkpoint), args)
+    floor = floor_runner(floor_model, batches, lambda m, b: m.generate(**b, **generate).cpu())
 
     def compare(ours, theirs, bare) -> dict[str, Any]:
         texts_ours = [p.value for p in ours]
@@ -499,6 +518,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", type=int, default=None, help="default: 2000 (classification), 500 (QA, seq2seq)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32, help="translation: tokens generated per record")
+    parser.add_argument("--device", default="cpu", help="device for all three contenders: cpu, cuda, cuda:N, auto")
+    parser.add_argument("--dtype", default="float32", choices=("auto", "float32", "float16", "bfloat16"),
+                        help="dtype for all three (auto: bfloat16 on GPUs that support it)")
     parser.add_argument("--t5-size", default="tiny", choices=("tiny", "small"), help="translation: T5 shape (small = t5-small's)")
     parser.add_argument("--max-tokens", type=int, default=None, help="nlpflow token budget (default: the device default)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="records per ModelStage.run call, as the runner's chunk_size")
@@ -511,6 +533,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-records", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--memory-child", nargs=2, metavar=("CONFIG", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from pipeline.model import resolve_device
+
+    args.device = str(resolve_device(args.device))  # "auto" -> the concrete device every contender uses
     if args.memory_child:
         memory_child(*args.memory_child)
         return
