@@ -16,6 +16,7 @@ import math
 import os
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import islice
@@ -110,16 +111,11 @@ class Runner:
                 fields[PREDICTION_FIELD] = data[prediction_column]
             example = Example(index=index, line=record.line, fields=fields, columns=data)
             try:
-                task.check_example(example)
+                with blamed_on(self.pipeline.task_plugin, f"task {task.name!r} raised in check_example on record {index} ({config.data_path}:{record.line})"):
+                    task.check_example(example)
             except ExampleError as error:
                 self._fail_or_skip(str(error), record.line, index)
                 continue
-            except Exception as error:
-                raise PluginError(
-                    f"task {task.name!r} raised in check_example on record {index} "
-                    f"({config.data_path}:{record.line}): {type(error).__name__}: {error}",
-                    self.pipeline.task_plugin,
-                ) from error
             yield example
 
     def _read_records(self) -> Iterator[RawRecord]:
@@ -237,48 +233,35 @@ class Runner:
     def _preprocess(self, chunk: list[Example]) -> None:
         for step in self.pipeline.preprocessors:
             timer = time.perf_counter()
-            try:
+            with blamed_on(
+                self.pipeline.providers[("preprocessor", step.name)],
+                f"preprocessor {step.name!r} raised on records {chunk[0].index}-{chunk[-1].index} of pipeline {self.pipeline.name!r}",
+            ):
                 step(chunk)
-            except NlpflowError:
-                raise
-            except Exception as error:
-                raise PluginError(
-                    f"preprocessor {step.name!r} raised on records {chunk[0].index}-{chunk[-1].index} of pipeline "
-                    f"{self.pipeline.name!r}: {type(error).__name__}: {error}",
-                    self.pipeline.providers[("preprocessor", step.name)],
-                ) from error
             self.stage_seconds[f"preprocess:{step.name}"] += time.perf_counter() - timer
 
     def _predict(self, chunk: list[Example], stage: ModelStage | None, run_key: str | None) -> list[Prediction]:
         timer = time.perf_counter()
         if stage is None and self.task.rule_based:
-            try:
+            with blamed_on(
+                self.pipeline.task_plugin,
+                f"task {self.task.name!r} raised in predict_by_rule on records {chunk[0].index}-{chunk[-1].index} "
+                f"(lines {chunk[0].line}-{chunk[-1].line} of {self.config.data_path})",
+            ):
                 predictions = self.task.predict_by_rule(chunk)
-            except NlpflowError:
-                raise
-            except Exception as error:
-                raise PluginError(
-                    f"task {self.task.name!r} raised in predict_by_rule on records {chunk[0].index}-{chunk[-1].index} "
-                    f"(lines {chunk[0].line}-{chunk[-1].line} of {self.config.data_path}): {type(error).__name__}: {error}",
-                    self.pipeline.task_plugin,
-                ) from error
             self.stage_seconds["rule"] += time.perf_counter() - timer
             return [self._checked(prediction, example, "predict_by_rule") for prediction, example in zip(predictions, chunk)]
         if stage is None:
             predictions = []
             for example in chunk:
                 try:
-                    prediction = self.task.parse_prediction(example.fields[PREDICTION_FIELD])
+                    with blamed_on(
+                        self.pipeline.task_plugin,
+                        f"task {self.task.name!r} raised in parse_prediction on record {example.index} ({self.config.data_path}:{example.line})",
+                    ):
+                        prediction = self.task.parse_prediction(example.fields[PREDICTION_FIELD])
                 except ExampleError as error:
                     raise DataError(f"field 'prediction': {error}", self.config.data_path, example.line, self.pipeline.name) from None
-                except NlpflowError:
-                    raise
-                except Exception as error:
-                    raise PluginError(
-                        f"task {self.task.name!r} raised in parse_prediction on record {example.index} "
-                        f"({self.config.data_path}:{example.line}): {type(error).__name__}: {error}",
-                        self.pipeline.task_plugin,
-                    ) from error
                 predictions.append(self._checked(prediction, example, "parse_prediction"))
             self.stage_seconds["predictions given"] += time.perf_counter() - timer
             return predictions
@@ -361,44 +344,31 @@ class Runner:
         timer = time.perf_counter()
         references = []
         for example in chunk:
-            try:
+            with blamed_on(
+                self.pipeline.task_plugin,
+                f"task {self.task.name!r} raised in reference() on record {example.index} ({self.config.data_path}:{example.line})",
+            ):
                 references.append(self.task.reference(example))
-            except Exception as error:
-                raise PluginError(
-                    f"task {self.task.name!r} raised in reference() on record {example.index} "
-                    f"({self.config.data_path}:{example.line}): {type(error).__name__}: {error}",
-                    self.pipeline.task_plugin,
-                ) from error
         scored = [position for position, reference in enumerate(references) if reference is not None]
         per_example: list[dict[str, float]] = [{} for _ in chunk]
         if scored:
             scored_predictions = [predictions[p].value for p in scored]
             scored_references = [references[p] for p in scored]
+            records = f"records {chunk[scored[0]].index}-{chunk[scored[-1]].index} of pipeline {self.pipeline.name!r}"
             for slot, metric in enumerate(self.pipeline.metrics):
-                try:
+                provider = self.pipeline.providers[("metric", metric.name)]
+                with blamed_on(provider, f"metric {metric.name!r} raised on {records}"):
                     stats = np.asarray(metric.example_stats(scored_predictions, scored_references), dtype=float)
-                except Exception as error:
-                    raise PluginError(
-                        f"metric {metric.name!r} raised on records {chunk[scored[0]].index}-{chunk[scored[-1]].index} "
-                        f"of pipeline {self.pipeline.name!r}: {type(error).__name__}: {error}",
-                        self.pipeline.providers[("metric", metric.name)],
-                    ) from error
                 if stats.ndim != 2 or len(stats) != len(scored):
                     raise PluginError(
                         f"metric {metric.name!r}: example_stats returned shape {stats.shape}, expected ({len(scored)}, k)",
                         self.pipeline.providers[("metric", metric.name)],
                     )
                 self.metric_stats[slot].append(stats)
-                try:
+                with blamed_on(provider, f"metric {metric.name!r} raised in example_scores on {records}"):
                     scores = metric.example_scores(stats)
                     if scores is not None:
                         scores = [float(score) for score in scores]
-                except Exception as error:
-                    raise PluginError(
-                        f"metric {metric.name!r} raised in example_scores on records {chunk[scored[0]].index}-{chunk[scored[-1]].index} "
-                        f"of pipeline {self.pipeline.name!r}: {type(error).__name__}: {error}",
-                        self.pipeline.providers[("metric", metric.name)],
-                    ) from error
                 if scores is not None:
                     for p, score in zip(scored, scores):
                         per_example[p][metric.name] = _round(score)
@@ -425,13 +395,8 @@ class Runner:
         results = {}
         for metric, parts in zip(self.pipeline.metrics, self.metric_stats):
             stats = np.concatenate(parts) if parts else np.zeros((0, 1))
-            try:
+            with blamed_on(self.pipeline.providers[("metric", metric.name)], f"metric {metric.name!r} raised while scoring"):
                 results[metric.name] = metric_entry(metric, stats, bootstrap.resamples, bootstrap.seed, bootstrap.confidence)
-            except Exception as error:
-                raise PluginError(
-                    f"metric {metric.name!r} raised while scoring: {type(error).__name__}: {error}",
-                    self.pipeline.providers[("metric", metric.name)],
-                ) from error
         return results
 
     def _report(self, metrics: dict, stage: ModelStage | None, started_at: datetime, finished_at: datetime, wall: float) -> dict[str, Any]:
@@ -511,6 +476,21 @@ def _remove_stale_partials(directory: Path) -> None:
             path.unlink(missing_ok=True)
         except OSError:
             pass  # alive, or not ours to ask about: leave it
+
+
+@contextmanager
+def blamed_on(plugin: str, what: str) -> Iterator[None]:
+    """Turn an unexpected exception in a plugin's code into a PluginError naming the plugin and what it was doing.
+
+    nlpflow's own errors and ExampleError (a task's verdict on a record, which
+    the caller handles) pass through unchanged.
+    """
+    try:
+        yield
+    except (NlpflowError, ExampleError):
+        raise
+    except Exception as error:
+        raise PluginError(f"{what}: {type(error).__name__}: {error}", plugin) from error
 
 
 def _chunks(items: Iterator[Example], size: int) -> Iterator[list[Example]]:
