@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.model import LoadedModel, input_limit, load_pretrained, pretrained_config, tokenize
-from pipeline.types import Example, Features, Prediction, TaskModel
+from pipeline.types import Example, ExampleError, Features, Prediction, Task, TaskModel, json_type
 
 #: option name -> ``generate()`` keyword; only options the pipeline sets are passed
 GENERATION_OPTIONS = ("num_beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size", "early_stopping")
@@ -48,6 +48,52 @@ class GenerationOptions(BaseModel):
     def generation_kwargs(self) -> dict[str, Any]:
         chosen = {name: getattr(self, name) for name in GENERATION_OPTIONS if getattr(self, name) is not None}
         return {**chosen, "do_sample": False}
+
+
+class TextToTextTask(Task):
+    """Field checks shared by tasks that turn one text into another (translation, summarization).
+
+    The single input field must be a non-empty string; the reference a string
+    or a non-empty list of strings; a given ``prediction`` a string (empty is
+    allowed: it scores zero) or null.
+    """
+
+    def check_example(self, example: Example) -> None:
+        (source,) = self.input_fields
+        (reference,) = self.reference_fields
+        check_text(example.fields.get(source), source)
+        if example.fields.get(reference) is not None:
+            example.fields[reference] = check_references(example.fields[reference], reference)
+        if example.fields.get("prediction") is not None:
+            check_text(example.fields["prediction"], "prediction", allow_empty=True)
+
+    def parse_prediction(self, value: Any) -> Prediction:
+        if value is None:
+            return Prediction("")
+        if not isinstance(value, str):
+            raise ExampleError(f"must be a string, got {json_type(value)}")
+        return Prediction(value)
+
+
+def check_text(value: Any, field: str, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ExampleError(f"field {field!r} must be a string, got {json_type(value)}")
+    if not allow_empty and not value.strip():
+        raise ExampleError(f"field {field!r} is empty")
+    return value
+
+
+def check_references(value: Any, field: str) -> str | list[str]:
+    """One reference string, or a non-empty list of them."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    if isinstance(value, list) and not value:
+        raise ExampleError(f"field {field!r} is an empty list; give at least one reference")
+    raise ExampleError(f"field {field!r} must be a string or a list of strings, got {json_type(value)}")
+
+
 
 
 def is_seq2seq_architecture(architecture: str) -> bool:

@@ -32,9 +32,8 @@ from pipeline import hookimpl
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.model import LoadedModel, input_limit, load_pretrained, sentence_embeddings, tokenize
-from pipeline.types import Example, Features, Metric, Prediction, Task, TaskModel
-from plugins.seq2seq import GenerationOptions, Seq2SeqModel, load_seq2seq
-from plugins.translation import check_references, check_text, parse_text_prediction
+from pipeline.types import Example, Features, Metric, Prediction, TaskModel
+from plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, load_seq2seq
 
 
 class SummarizationOptions(GenerationOptions):
@@ -57,23 +56,13 @@ def split_sentences(texts: Sequence[str], lang: str = "en") -> list[list[str]]:
     return [[s.text.strip() for s in doc.sents if s.text.strip()] for doc in sentencizer(lang).pipe(texts)]
 
 
-class Summarization(Task):
+class Summarization(TextToTextTask):
     name = "summarization"
     description = "Summarize a document (seq2seq generation, or lead/centroid extractive baselines); ROUGE against a reference summary"
     input_fields = ("document",)
     reference_fields = ("summary",)
     default_metrics = ("rouge1", "rouge2", "rougeL", "rougeLsum")
     Options = SummarizationOptions
-
-    def check_example(self, example: Example) -> None:
-        check_text(example.fields.get("document"), "document")
-        if example.fields.get("summary") is not None:
-            example.fields["summary"] = check_references(example.fields["summary"], "summary")
-        if "prediction" in example.fields and example.fields["prediction"] is not None:
-            check_text(example.fields["prediction"], "prediction", allow_empty=True)
-
-    def parse_prediction(self, value: Any) -> Prediction:
-        return parse_text_prediction(value)
 
     @property
     def rule_based(self) -> bool:

@@ -24,8 +24,8 @@ from pipeline import hookimpl
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
 from pipeline.model import LoadedModel
-from pipeline.types import Example, ExampleError, Metric, Prediction, Task, TaskModel, json_type
-from plugins.seq2seq import GenerationOptions, Seq2SeqModel, load_seq2seq
+from pipeline.types import Metric, TaskModel
+from plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, load_seq2seq
 
 
 class TranslationOptions(GenerationOptions):
@@ -35,50 +35,15 @@ class TranslationOptions(GenerationOptions):
     target_lang: str | None = None
 
 
-def check_text(value: Any, field: str, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise ExampleError(f"field {field!r} must be a string, got {json_type(value)}")
-    if not allow_empty and not value.strip():
-        raise ExampleError(f"field {field!r} is empty")
-    return value
 
 
-def check_references(value: Any, field: str) -> str | list[str]:
-    """One reference string, or a non-empty list of them."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return value
-    if isinstance(value, list) and not value:
-        raise ExampleError(f"field {field!r} is an empty list; give at least one reference")
-    raise ExampleError(f"field {field!r} must be a string or a list of strings, got {json_type(value)}")
-
-
-def parse_text_prediction(value: Any) -> Prediction:
-    if value is None:
-        return Prediction("")
-    if not isinstance(value, str):
-        raise ExampleError(f"must be a string, got {json_type(value)}")
-    return Prediction(value)
-
-
-class Translation(Task):
+class Translation(TextToTextTask):
     name = "translation"
     description = "Translate a source text with a sequence-to-sequence model; BLEU, chrF and TER against one or more references"
     input_fields = ("source",)
     reference_fields = ("reference",)
     default_metrics = ("bleu", "chrf", "ter")
     Options = TranslationOptions
-
-    def check_example(self, example: Example) -> None:
-        check_text(example.fields.get("source"), "source")
-        if example.fields.get("reference") is not None:
-            example.fields["reference"] = check_references(example.fields["reference"], "reference")
-        if "prediction" in example.fields and example.fields["prediction"] is not None:
-            check_text(example.fields["prediction"], "prediction", allow_empty=True)
-
-    def parse_prediction(self, value: Any) -> Prediction:
-        return parse_text_prediction(value)
 
     def load(self, model: ModelConfig) -> TaskModel:
         loaded = load_seq2seq(model, self.name)
