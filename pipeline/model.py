@@ -18,7 +18,7 @@ import os
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -183,7 +183,7 @@ def load_pretrained(
 
     model.eval()
     model.to(device)
-    return LoadedModel(model, tokenizer, device, dtype, name, path, weights_fingerprint(path, model), config)
+    return LoadedModel(model, tokenizer, device, dtype, name, path, weights_fingerprint(path, model, config), config)
 
 
 def input_limit(loaded: LoadedModel) -> int:
@@ -250,15 +250,27 @@ def _not_found_message(name: str, path: str, offline: bool, error: Exception) ->
 _FINGERPRINTS: dict[tuple, str] = {}
 
 
-def weights_fingerprint(path: str, model: Any) -> str:
-    """sha256 over the checkpoint's weight and config files, or over the parameters when there is no directory."""
+def checkpoint_directory(path: str, config: ModelConfig) -> Path | None:
+    """The folder holding the checkpoint's files: the local path, or its snapshot in the Hugging Face cache."""
     directory = Path(path)
-    if not directory.is_dir():
-        snapshot = getattr(model, "name_or_path", None)
-        directory = Path(snapshot) if snapshot and Path(snapshot).is_dir() else directory
+    if directory.is_dir():
+        return directory
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(path, "config.json", revision=config.revision)
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def weights_fingerprint(path: str, model: Any, config: ModelConfig) -> str:
+    """sha256 over the checkpoint's weight, tokenizer and config files (memoised by size and mtime).
+
+    Only where no folder of files can be found (a model built in memory) are
+    the parameters themselves hashed.
+    """
+    directory = checkpoint_directory(path, config)
     files = sorted(
         p for p in directory.glob("*") if p.is_file() and (p.suffix in {".safetensors", ".bin", ".json", ".model", ".spm", ".txt"})
-    ) if directory.is_dir() else []
+    ) if directory is not None else []
     if not files:
         digest = hashlib.sha256()
         for name, tensor in sorted(model.state_dict().items()):
@@ -302,7 +314,6 @@ class StageStats:
     forward_seconds: float = 0.0
     oom_retries: int = 0
     largest_batch_rows: int = 0
-    batch_sizes_after_backoff: list[int] = field(default_factory=list)
 
 
 class ModelStage:
@@ -466,7 +477,6 @@ class ModelStage:
         self.max_rows = max(1, min(self.max_rows, len(indices) // 2))
         self.max_tokens = max(1, self.max_tokens // 2)
         self.stats.oom_retries += 1
-        self.stats.batch_sizes_after_backoff.append(self.max_rows)
         log.warning("out of memory with %d rows; retrying in smaller batches, at most %d rows from now on", len(indices), self.max_rows)
 
     def describe(self) -> dict[str, Any]:
@@ -491,5 +501,19 @@ class ModelStage:
 
 
 def cache_key_parameters(task_model: TaskModel) -> str:
-    """Model weights and settings that change predictions, as one string for the cache key."""
-    return json.dumps({"fingerprint": task_model.loaded.fingerprint, "parameters": task_model.parameters()}, sort_keys=True, default=str)
+    """Model weights and settings that change predictions, as one string for the cache key.
+
+    The dtype and the kind of device are part of it: bfloat16 and float32, or
+    a GPU and a CPU, give slightly different scores for the same weights.
+    """
+    loaded = task_model.loaded
+    return json.dumps(
+        {
+            "fingerprint": loaded.fingerprint,
+            "dtype": str(loaded.dtype),
+            "device": loaded.device.type,
+            "parameters": task_model.parameters(),
+        },
+        sort_keys=True,
+        default=str,
+    )

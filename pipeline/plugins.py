@@ -188,9 +188,3 @@ def default_registry(disabled: Iterable[str] = ()) -> Registry:
         _default = load_registry(disabled)
         _default._disabled = disabled  # type: ignore[attr-defined]
     return _default
-
-
-def hook_names() -> list[str]:
-    return sorted(name for name in dir(hookspecs) if name.startswith("register_"))
-
-

@@ -96,17 +96,13 @@ def reference_streams(references: Sequence[Any]) -> list[list[str | None]]:
     return [[refs[i] if i < len(refs) else None for refs in as_lists] for i in range(width)]
 
 
-def sum_rows(rows: list[list[float]], as_int: bool) -> list[Any]:
-    """Column sums in row order, as sacrebleu.utils.sum_of_lists adds them (so floats round identically)."""
+def sum_rows(stats: np.ndarray, as_int: bool) -> list[Any]:
+    """Column sums equal to sacrebleu.utils.sum_of_lists: exact integers for counts (BLEU, chrF), and
+    floats added one row after another (np.cumsum is sequential) for TER, so they round identically.
+    Vectorised, because bootstrap intervals and paired tests score thousands of resamples."""
     if as_int:
-        rows = [[int(round(v)) for v in row] for row in rows]
-    if len(rows) == 1:
-        return list(rows[0])
-    total = [type(rows[0][0])(0.0)] * len(rows[0])
-    for row in rows:
-        for i, value in enumerate(row):
-            total[i] += value
-    return total
+        return np.rint(stats).astype(np.int64).sum(axis=0).tolist()
+    return np.cumsum(stats, axis=0)[-1].tolist()
 
 
 class _SacreMetric(Metric):
@@ -134,17 +130,17 @@ class _SacreMetric(Metric):
         stats = self.metric._extract_corpus_statistics(hypotheses, streams)
         return np.asarray(stats, dtype=float)
 
-    def _score_object(self, rows: list[list[float]]):
-        return self.metric._compute_score_from_stats(sum_rows(rows, self.integer_stats))
+    def _score_object(self, stats: np.ndarray):
+        return self.metric._compute_score_from_stats(sum_rows(stats, self.integer_stats))
 
     def score(self, stats: np.ndarray) -> float:
         if not len(stats):
             return float("nan")
-        return float(self._score_object(stats.tolist()).score)
+        return float(self._score_object(stats).score)
 
     def example_scores(self, stats: np.ndarray) -> np.ndarray:
-        return np.array([self._sentence_metric()._compute_score_from_stats(sum_rows([row], self.integer_stats)).score
-                         for row in stats.tolist()], dtype=float)
+        return np.array([self._sentence_metric()._compute_score_from_stats(sum_rows(row[None, :], self.integer_stats)).score
+                         for row in stats], dtype=float)
 
     def _sentence_metric(self):
         return self.metric
@@ -192,7 +188,7 @@ class Bleu(_SacreMetric):
     def details(self, stats: np.ndarray) -> dict[str, Any]:
         if not len(stats):
             return {}
-        result = self._score_object(stats.tolist())
+        result = self._score_object(stats)
         return {"precisions": [float(p) for p in result.precisions], "bp": float(result.bp), "ratio": float(result.ratio),
                 "sys_len": int(result.sys_len), "ref_len": int(result.ref_len)}
 

@@ -210,6 +210,26 @@ def test_cache_key_changes_with_the_model_settings(workload, baseline, tmp_path)
     assert report["counts"]["truncated"] > 0
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(("device: cpu}", "device: cpu, dtype: bfloat16}"), id="dtype"),
+        pytest.param(("task: sentiment", "task: sentiment\n    options: {labels: [negative, positive], threshold: 0.4, multi_label: true}"), id="task-options"),
+    ],
+)
+def test_cache_misses_when_dtype_or_task_options_change(workload, baseline, tmp_path, change):
+    """The same weights in another dtype, or other task options, give other predictions: never served stale."""
+    cache = baseline.parent.parent / "cache"
+    config = tmp_path / "pipelines.yaml"
+    text = workload.read_text(encoding="utf-8")
+    assert change[0] in text
+    config.write_text(text.replace(change[0], change[1], 1), encoding="utf-8")
+    shutil.copy(workload.parent / "reviews.jsonl", tmp_path / "reviews.jsonl")
+    assert main(["run", "reviews", "--config", str(config), "--output", str(tmp_path / "out"), "--cache-dir", str(cache)]) == 0
+    report = json.loads((tmp_path / "out" / "reviews" / "report.json").read_text(encoding="utf-8"))
+    assert report["counts"]["from_cache"] == 0
+
+
 def test_two_runs_sharing_a_cache_at_the_same_time(workload, baseline, tmp_path):
     cache = tmp_path / "cache"
     first = _cli(workload, tmp_path / "a", cache, delay=0.02)
