@@ -318,11 +318,18 @@ def _cell(text: object) -> str:
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
+def _difference_confidence(result: dict[str, Any]) -> str:
+    for comparison in result["comparisons"]:
+        if comparison.get("bootstrap", {}).get("ci"):
+            return f"{comparison['bootstrap']['ci']['confidence'] * 100:g}%"
+    return ""
+
+
 def comparison_markdown(result: dict[str, Any]) -> str:
     metrics = result["metrics"] or sorted({m for s in result["systems"].values() for m in s["metrics"]})
     lines = [
         f"Task `{result['task']}`, data `{result['data'].get('path')}` (sha256 `{str(result['data'].get('sha256'))[:12]}`); "
-        "values with their 95% bootstrap intervals.",
+        "values with the bootstrap intervals recorded in each run.",
         "",
         "| system | n | " + " | ".join(_cell(m) for m in metrics) + " |",
         "|---|---:|" + "---|" * len(metrics),
@@ -334,7 +341,7 @@ def comparison_markdown(result: dict[str, Any]) -> str:
             "",
             f"Paired tests against `{_cell(result['baseline'])}` (difference = system - baseline):",
             "",
-            "| system | metric | difference | 95% bootstrap CI | p (paired bootstrap) | p (approx. randomization) |",
+            f"| system | metric | difference | {_difference_confidence(result)} bootstrap CI | p (paired bootstrap) | p (approx. randomization) |",
             "|---|---|---:|---|---:|---:|",
         ]
         for c in result["comparisons"]:
@@ -418,7 +425,7 @@ def leaderboard_markdown(groups: list[dict[str, Any]]) -> str:
         lines += [
             f"## {_cell(group['task'])} · `{_cell(Path(group['data']).name)}` (sha256 `{group['sha256'][:12]}`)",
             "",
-            f"Sorted by {_cell(group['sorted_by'])}; values with 95% bootstrap intervals.",
+            f"Sorted by {_cell(group['sorted_by'])}; values with the bootstrap intervals recorded in each run.",
             "",
             "| # | system | model | n | " + " | ".join(_cell(m) for m in group["metrics"]) + " | run |",
             "|---:|---|---|---:|" + "---|" * len(group["metrics"]) + "---|",
@@ -452,7 +459,7 @@ tr:first-child+tr td{font-weight:600}
 {% if not groups %}<p>No runs found.</p>{% endif %}
 {% for g in groups %}
 <h2>{{ g.task }} · <code>{{ g.data }}</code> <span class="muted">sha256 {{ g.sha256[:12] }}</span></h2>
-<p class="muted">Sorted by {{ g.sorted_by }}; values with 95% bootstrap intervals.</p>
+<p class="muted">Sorted by {{ g.sorted_by }}; values with the bootstrap intervals recorded in each run.</p>
 <table>
 <tr><th>#</th><th>system</th><th>model</th><th>n</th>{% for m in g.metrics %}<th>{{ m }}</th>{% endfor %}<th>run</th><th>finished</th></tr>
 {% for row in g.rows %}

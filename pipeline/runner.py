@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -28,7 +29,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.cache import PredictionCache, example_key
 from pipeline.config import ResolvedPipeline
-from pipeline.errors import DataError, ModelError, NlpflowError, PluginError
+from pipeline.errors import ConfigError, DataError, ModelError, NlpflowError, PluginError
 from pipeline.model import DecodeError, ModelStage, cache_key_parameters
 from pipeline.progress import Progress, count_lines
 from pipeline.report import file_sha256, metric_entry, package_versions, write_atomic
@@ -156,14 +157,18 @@ class Runner:
         run_key = None
         if config.model is not None:
             timer = time.perf_counter()
+            where = f"{config.location('model')}: pipeline {self.pipeline.name!r}"
             try:
                 task_model = self.task.load(config.model)
+            except ModelError as error:
+                raise ModelError(f"{where}: {error}") from None
+            except ConfigError as error:  # a task option that only shows its problem at load time
+                raise ConfigError(error.message, error.location or config.location("options"), self.pipeline.name) from None
             except NlpflowError:
                 raise
             except Exception as error:
                 raise ModelError(
-                    f"pipeline {self.pipeline.name!r}: task {self.task.name!r} could not load model "
-                    f"{config.model.name_or_path!r}: {type(error).__name__}: {error}"
+                    f"{where}: task {self.task.name!r} could not load model {config.model.name_or_path!r}: {type(error).__name__}: {error}"
                 ) from error
             if not isinstance(task_model, TaskModel):
                 raise PluginError(
@@ -177,14 +182,16 @@ class Runner:
             )
             self.stage_seconds["load model"] += time.perf_counter() - timer
 
-        total = count_lines(config.data_path) if config.data_path.stat().st_size < (1 << 30) else None
+        interactive = sys.stderr.isatty() if self.interactive is None else self.interactive
+        # a bar needs a total; plain log lines do not, and then the file is not read an extra time for it
+        total = count_lines(config.data_path) if interactive and config.data_path.stat().st_size < (1 << 30) else None
         if total is not None and config.data.limit:
             total = min(total, config.data.limit)
         # a name of its own, so two runs writing the same folder never share a partial file; the finished
         # file replaces predictions.jsonl in one rename, so a killed run never leaves it half-written
         _remove_stale_partials(self.directory)
         partial = self.directory / f".predictions.jsonl.{os.getpid()}.{id(self):x}.partial"
-        progress = Progress(self.pipeline.name, total, self.interactive)
+        progress = Progress(self.pipeline.name, total, interactive)
         try:
             with progress.running(), open(partial, "w", encoding="utf-8") as predictions_file:
                 chunks = _chunks(self.examples(), config.chunk_size)
@@ -226,7 +233,7 @@ class Runner:
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        result = RunResult(report=report, directory=self.directory, config=config)
+        result = RunResult(report=report, directory=self.directory, config=config, reader=self.pipeline.reader, task=self.task)
         self._write_reports(result)
         return result
 
@@ -249,6 +256,7 @@ class Runner:
                 f"(lines {chunk[0].line}-{chunk[-1].line} of {self.config.data_path})",
             ):
                 predictions = self.task.predict_by_rule(chunk)
+            self._check_count(predictions, chunk, "predict_by_rule")
             self.stage_seconds["rule"] += time.perf_counter() - timer
             return [self._checked(prediction, example, "predict_by_rule") for prediction, example in zip(predictions, chunk)]
         if stage is None:
@@ -298,12 +306,7 @@ class Runner:
                     f"{self.pipeline.name!r}: {type(error).__name__}: {error}",
                     self.pipeline.task_plugin,
                 ) from error
-            if not isinstance(fresh, list) or len(fresh) != len(pending):
-                raise PluginError(
-                    f"task {self.task.name!r}: the model stage returned {len(fresh) if isinstance(fresh, list) else type(fresh).__name__} "
-                    f"predictions for {len(pending)} records (records {pending[0].index}-{pending[-1].index})",
-                    self.pipeline.task_plugin,
-                )
+            self._check_count(fresh, pending, "the model stage")
             for position, prediction in zip(todo, fresh):
                 results[position] = self._checked(prediction, chunk[position], "decode")
             if self.cache is not None:
@@ -315,6 +318,16 @@ class Runner:
                 )
         self.stage_seconds["model"] += time.perf_counter() - timer
         return results  # type: ignore[return-value]
+
+    def _check_count(self, predictions: Any, examples: list[Example], source: str) -> None:
+        """One prediction per example, or the task plugin is named for returning too few or too many."""
+        if not isinstance(predictions, list) or len(predictions) != len(examples):
+            found = len(predictions) if isinstance(predictions, list) else type(predictions).__name__
+            raise PluginError(
+                f"task {self.task.name!r}: {source} returned {found} predictions for {len(examples)} records "
+                f"(records {examples[0].index}-{examples[-1].index})",
+                self.pipeline.task_plugin,
+            )
 
     def _checked(self, prediction: Any, example: Example, method: str) -> Prediction:
         """A task's prediction, made JSON-ready; anything else is the task plugin's bug, named with the record."""

@@ -111,7 +111,7 @@ def json_type(value: Any) -> str:
     if isinstance(value, str):
         return "a string"
     if isinstance(value, (list, tuple)):
-        return "a list"
+        return "an array"
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
@@ -339,11 +339,14 @@ class Reporter(ABC):
 
 @dataclass
 class RunResult:
-    """What reporters receive: the report as written to report.json, and where the run's files are."""
+    """What reporters receive: the report as written to report.json, where the run's files are, and the
+    pipeline's own reader and task (so a reporter can re-read inputs exactly as the run read them)."""
 
     report: dict[str, Any]
     directory: Path
     config: PipelineConfig
+    reader: Reader | None = None
+    task: Task | None = None
 
     @property
     def predictions_path(self) -> Path:

@@ -213,19 +213,11 @@ def _bucket_label(position: int) -> str:
 
 
 def _records(run: RunResult) -> Iterator[tuple[int, dict]] | None:
-    """``(index, record)`` for every record of the run's data file, read with the pipeline's reader; None if unavailable."""
-    from pipeline.config import build_options
-    from pipeline.plugins import default_registry
-
-    config = run.config
-    try:
-        reader_cls = default_registry().get("reader", run.report["data"]["format"])
-        reader = reader_cls(build_options(reader_cls, config.data.options, config, "data", "options"))
-        path = config.data_path
-        if not path.is_file():
-            return None
-    except Exception:
+    """``(index, record)`` for every record of the run's data file, read with the run's own reader; None if unavailable."""
+    path = run.config.data_path
+    if run.reader is None or not path.is_file():
         return None
+    reader = run.reader
 
     def generate():
         for index, record in enumerate(reader.read(path)):
@@ -235,15 +227,10 @@ def _records(run: RunResult) -> Iterator[tuple[int, dict]] | None:
 
 
 def _input_fields(run: RunResult) -> list[str]:
-    """The task's canonical input fields, in order (from the registry; else the first mapped field)."""
-    fields = list(run.report.get("data", {}).get("fields", {}))
-    try:
-        from pipeline.plugins import default_registry
-
-        task_cls = default_registry().get("task", run.report["task"])
-        return [f for f in task_cls.input_fields]
-    except Exception:
-        return fields[:1]
+    """The task's canonical input fields, in order (else the first mapped field)."""
+    if run.task is not None:
+        return list(run.task.input_fields)
+    return list(run.report.get("data", {}).get("fields", {}))[:1]
 
 
 def collect(run: RunResult) -> dict[str, Any]:

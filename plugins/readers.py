@@ -14,7 +14,7 @@ from typing import Iterator
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from pipeline import hookimpl
-from pipeline.types import RawRecord, Reader
+from pipeline.types import RawRecord, Reader, json_type
 
 
 class JsonLinesReader(Reader):
@@ -62,7 +62,7 @@ class JsonLinesReader(Reader):
         except ValueError as error:  # e.g. an integer with too many digits
             return RawRecord(number, None, f"malformed JSON: {error}")
         if not isinstance(data, dict):
-            return RawRecord(number, None, f"expected a JSON object, found {_json_type(data)}")
+            return RawRecord(number, None, f"expected a JSON object, found {json_type(data)}")
         bad = _unpaired_surrogate(data)
         if bad is not None:
             return RawRecord(number, None, f"{bad} contains an unpaired surrogate escape (\\ud800-\\udfff), which is not valid Unicode")
@@ -166,11 +166,6 @@ class TsvReader(CsvReader):
 
 def _has_bad_bytes(text: str) -> bool:
     return any("\udc80" <= char <= "\udcff" for char in text)
-
-
-def _json_type(value: object) -> str:
-    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
-    return names.get(type(value), type(value).__name__)
 
 
 def _unpaired_surrogate(value: object, where: str = "") -> str | None:

@@ -32,6 +32,14 @@ def _format_ci(entry: dict) -> str:
     return f"[{fmt.format(ci['low'])}, {fmt.format(ci['high'])}]"
 
 
+def _confidence_label(report: dict) -> str:
+    """The interval column's header, from the confidence the run used."""
+    for entry in report["metrics"].values():
+        if entry.get("ci"):
+            return f"{entry['ci']['confidence'] * 100:g}% CI"
+    return "CI"
+
+
 def _cell(text: object) -> str:
     """Markdown table cell: no newlines, pipes escaped."""
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
@@ -77,7 +85,7 @@ class MarkdownReporter(Reporter):
             f"{counts['truncated']} truncated, {counts['from_cache']} from cache",
             f"- time: {report['timing']['wall_seconds']} s ({report['timing']['records_per_second']} records/s)",
             "",
-            "| metric | value | 95% CI | n |",
+            f"| metric | value | {_confidence_label(report)} | n |",
             "|---|---:|---|---:|",
         ]
         for name, entry in report["metrics"].items():

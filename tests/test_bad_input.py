@@ -128,7 +128,7 @@ def test_skip_lists_every_bad_record_with_line_and_reason(tmp_path, capsys):
     assert [(s["line"], s["index"]) for s in report["skipped"]] == [(2, 1), (3, 2), (5, 3), (6, 4), (8, 6)]
     assert report["skipped"][0]["reason"] == "field 'text' must be a string, got a number"
     assert report["skipped"][1]["reason"].startswith("malformed JSON:")
-    assert report["skipped"][4]["reason"] == "field 'prediction' must be a label (string or integer), got a list"
+    assert report["skipped"][4]["reason"] == "field 'prediction' must be a label (string or integer), got an array"
     assert sum(report["skipped_reasons"].values()) == 5
     assert "2 skipped" not in stderr  # the summary goes to stdout
 

@@ -193,7 +193,7 @@ class Same(Metric):
         ("forward", "plugin 'faulty_plugin': task 'faulty' failed on records 0-1 (lines 1-2 of {data}) in pipeline 't': ValueError: shape mismatch"),
         ("decode-type", "plugin 'faulty_plugin': task 'faulty': decode returned str for record 1 ({data}:2), expected Prediction"),
         ("decode-json", "plugin 'faulty_plugin': task 'faulty': decode returned a prediction for record 1 ({data}:2) that cannot be written as JSON"),
-        ("load", "error: pipeline 't': task 'faulty' could not load model 'm': RuntimeError: no weights here"),
+        ("load", "error: {config}:5:5: pipeline 't': task 'faulty' could not load model 'm': RuntimeError: no weights here"),
     ],
 )
 def test_task_faults_name_plugin_task_and_record(fault, expected, tmp_path, monkeypatch, capsys):
@@ -229,7 +229,7 @@ def test_task_faults_name_plugin_task_and_record(fault, expected, tmp_path, monk
         _run(Args, registry)
     message = str(caught.value)
     if fault == "load":
-        assert f"error: {message}" == expected
+        assert f"error: {message}" == expected.format(config=config)
     else:
         assert isinstance(caught.value, PluginError)
         assert message.startswith(expected.format(data=data))

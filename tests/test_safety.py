@@ -115,7 +115,7 @@ def test_pickle_refusal_through_the_cli(pickle_checkpoint, tmp_path, capsys):
     assert main(["run", "--config", str(config), "--output", str(tmp_path / "out"), "--no-cache"]) == 4
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert f"error: model {str(path)!r} has no safetensors weights" in err
+    assert f"error: {config}:5:5: pipeline 't': model {str(path)!r} has no safetensors weights" in err
 
 
 @pytest.mark.parametrize(
