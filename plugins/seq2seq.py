@@ -167,13 +167,10 @@ class Seq2SeqModel(TaskModel):
     # -- encode -------------------------------------------------------------
 
     def encode(self, examples: Sequence[Example]) -> list[Features]:
-        if self.by_sentences:
-            texts, cut = self._fit_sentences(examples)
-        else:
-            texts, cut = [self.options.prefix + example.fields[self.field] for example in examples], [False] * len(examples)
-        rows, truncated = self._tokenize(texts)
-        for example, by_sentence, by_token in zip(examples, cut, truncated):
-            if by_sentence or by_token:
+        texts = [self.options.prefix + example.fields[self.field] for example in examples]
+        rows, truncated = self._tokenize_by_sentences(examples, texts) if self.by_sentences else self._tokenize(texts)
+        for example, cut in zip(examples, truncated):
+            if cut:
                 example.notes["truncated"] = True
         return [Features(position, inputs) for position, inputs in enumerate(rows)]
 
@@ -199,23 +196,25 @@ class Seq2SeqModel(TaskModel):
         encoded = self.loaded.tokenizer(list(texts), add_special_tokens=True, truncation=False, padding=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
-    def _fit_sentences(self, examples: Sequence[Example]) -> tuple[list[str], list[bool]]:
-        """Each input cut to the leading whole sentences that fit the window; and which were cut."""
-        prefix = self.options.prefix
-        documents = [example.fields[self.field] for example in examples]
-        texts = [prefix + document for document in documents]
-        lengths = self._token_counts(texts)
-        cut = [length > self.max_length for length in lengths]
-        long = [i for i, too_long in enumerate(cut) if too_long]
-        if not long:
-            return texts, cut
-        if self._nlp is None:
-            from plugins.spacy_steps import load_spacy
+    def _tokenize_by_sentences(self, examples: Sequence[Example], texts: list[str]) -> tuple[list[dict[str, list[int]]], list[bool]]:
+        """Inputs that fit are tokenized once; longer ones are cut to their leading whole sentences that fit
+        (spaCy sentencizer) and tokenized again, and only those count as truncated."""
+        tokenizer = self.loaded.tokenizer
+        full = tokenizer(texts, truncation=False, padding=False)
+        names = [name for name in tokenizer.model_input_names if name in full]
+        rows = [{name: list(full[name][i]) for name in names} for i in range(len(texts))]
+        truncated = [len(ids) > self.max_length for ids in full["input_ids"]]
+        long = [i for i, cut in enumerate(truncated) if cut]
+        if long:
+            if self._nlp is None:
+                from plugins.spacy_steps import load_spacy
 
-            self._nlp = load_spacy(self.lang, None, ("senter",))
-        for i, doc in zip(long, self._nlp.pipe(documents[i] for i in long)):
-            texts[i] = self._leading_sentences(prefix, doc)
-        return texts, cut
+                self._nlp = load_spacy(self.lang, None, ("senter",))
+            documents = (examples[i].fields[self.field] for i in long)
+            shortened = [self._leading_sentences(self.options.prefix, doc) for doc in self._nlp.pipe(documents)]
+            for i, inputs in zip(long, self._tokenize(shortened)[0]):
+                rows[i] = inputs
+        return rows, truncated
 
     def _leading_sentences(self, prefix: str, doc) -> str:
         """The most leading whole sentences whose tokenization fits the window.
