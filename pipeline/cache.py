@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -50,17 +52,27 @@ class PredictionCache:
     def __init__(self, directory: Path, timeout: float = 60.0):
         self.path = Path(directory) / "predictions.sqlite"
         self._connection: sqlite3.Connection | None = None
-        try:
-            Path(directory).mkdir(parents=True, exist_ok=True)
-            self._connection = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
-            self._connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-            self._connection.execute("PRAGMA journal_mode=WAL")
-            self._connection.execute("PRAGMA synchronous=NORMAL")
-            self._connection.execute(SCHEMA)
-            self._connection.execute("SELECT key, value FROM predictions LIMIT 1").fetchall()
-        except (OSError, sqlite3.Error) as error:
-            self.close()
-            raise self._error("cannot open", error) from None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                Path(directory).mkdir(parents=True, exist_ok=True)
+                self._connection = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+                self._connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+                self._connection.execute("PRAGMA journal_mode=WAL")
+                self._connection.execute("PRAGMA synchronous=NORMAL")
+                self._connection.execute(SCHEMA)
+                self._connection.execute("SELECT key, value FROM predictions LIMIT 1").fetchall()
+                return
+            except sqlite3.OperationalError as error:
+                self.close()
+                # Two runs creating the same new cache race to switch it to WAL; SQLite reports "locked"
+                # at once there instead of waiting on the busy timeout, so wait and try again.
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise self._error("cannot open", error) from None
+                time.sleep(random.uniform(0.02, 0.1))
+            except (OSError, sqlite3.Error) as error:
+                self.close()
+                raise self._error("cannot open", error) from None
 
     def _error(self, action: str, error: BaseException) -> CacheError:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)

@@ -268,3 +268,34 @@ def test_cache_entries_that_do_not_parse_are_recomputed(tmp_path):
     assert cache.get_many(["a", "broken", "missing"]) == {"a": {"value": "x", "details": {"b": 1, "a": 2}}}
     assert list(cache.get_many(["a"])["a"]["details"]) == ["b", "a"]  # key order kept, so bytes round-trip
     cache.close()
+
+
+OPEN_AND_WRITE = """
+import sys, time
+from pathlib import Path
+from pipeline.cache import PredictionCache
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+cache = PredictionCache(Path(sys.argv[1]))
+for i in range(10):
+    cache.put_many({f"{sys.argv[3]}-{i}-{j}": {"value": j} for j in range(16)})
+cache.close()
+"""
+
+
+def test_two_processes_creating_the_same_new_cache_both_succeed(tmp_path):
+    """SQLite answers 'database is locked' at once when two connections switch a new file to WAL together."""
+    for attempt in range(6):
+        directory = tmp_path / f"cache{attempt}"
+        start = str(time.time() + 0.5)
+        processes = [
+            subprocess.Popen([sys.executable, "-c", OPEN_AND_WRITE, str(directory), start, name], cwd=REPO, env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name in ("a", "b")
+        ]
+        for process in processes:
+            _, stderr = process.communicate(timeout=120)
+            assert process.returncode == 0, stderr
+        with sqlite3.connect(directory / "predictions.sqlite") as connection:
+            assert connection.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 2 * 10 * 16
