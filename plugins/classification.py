@@ -203,12 +203,7 @@ class ZeroShotClassifier(_TextClassifierModel):
 
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
         rows, _ = tokenize(self.loaded, texts, self.max_length)
-        width = max(len(r["input_ids"]) for r in rows)
-        pad = self.loaded.tokenizer.pad_token_id or 0
-        batch = {
-            key: torch.tensor([r[key] + [pad if key == "input_ids" else 0] * (width - len(r[key])) for r in rows], device=self.loaded.device)
-            for key in rows[0]
-        }
+        batch = self.loaded.tokenizer.pad(rows, return_tensors="pt").to(self.loaded.device)
         with torch.inference_mode():
             return sentence_embeddings(self.loaded, batch)
 
