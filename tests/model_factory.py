@@ -473,6 +473,14 @@ T5_SIZES = {
 }
 
 
+#: the shape shared by the tiny BART and Marian models (both are BART-style encoder-decoders)
+TINY_BART_LIKE = dict(
+    d_model=32, encoder_layers=2, decoder_layers=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+    encoder_attention_heads=2, decoder_attention_heads=2, max_position_embeddings=512,
+    dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
+)
+
+
 def build_t5(path, seed: int = 0, size: str = "tiny") -> pathlib.Path:
     """``T5ForConditionalGeneration`` of the given size (see ``T5_SIZES``; tiny: d_model 32, d_ff 64,
     2+2 layers, 2 heads, d_kv 16) with a Unigram ``T5Tokenizer`` (fast, tokenizer.json): ``<pad>``=0,
@@ -551,17 +559,7 @@ def build_bart(path, seed: int = 0) -> pathlib.Path:
 
     config = BartConfig(
         vocab_size=len(tokenizer),
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        max_position_embeddings=512,
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
+        **TINY_BART_LIKE,
         bos_token_id=0,
         pad_token_id=1,
         eos_token_id=2,
@@ -641,17 +639,7 @@ def build_marian(path, seed: int = 0, source_lang: str = "en", target_lang: str 
 
     config = MarianConfig(
         vocab_size=len(vocab),
-        d_model=32,
-        encoder_layers=2,
-        decoder_layers=2,
-        encoder_ffn_dim=64,
-        decoder_ffn_dim=64,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        max_position_embeddings=512,
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
+        **TINY_BART_LIKE,
         pad_token_id=pad_id,
         eos_token_id=0,
         decoder_start_token_id=pad_id,
