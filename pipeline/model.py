@@ -111,6 +111,11 @@ def pretrained_config(config: ModelConfig) -> Any:
         raise ModelError(_not_found_message(config.name_or_path, path, hub_offline(), error)) from None
 
 
+def has_head(model_config: Any, head: str) -> bool:
+    """Whether the checkpoint was saved with a task head, e.g. ``has_head(config, "ForQuestionAnswering")``."""
+    return any(architecture.endswith(head) for architecture in getattr(model_config, "architectures", None) or [])
+
+
 def _hub_arguments(config: ModelConfig) -> dict[str, Any]:
     arguments: dict[str, Any] = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
     if hub_offline():
@@ -140,7 +145,7 @@ def load_pretrained(
     common = _hub_arguments(config)
     model_config = pretrained_config(config)
     architectures = list(getattr(model_config, "architectures", None) or [])
-    if require_head and not any(arch.endswith(require_head) for arch in architectures):
+    if require_head and not has_head(model_config, require_head):
         found = ", ".join(architectures) or f"no trained head (model_type {model_config.model_type!r})"
         raise ModelError(
             f"model {name!r} has the wrong task head: expected a *{require_head} checkpoint, found {found}. "

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline import hookimpl
 from pipeline.config import ModelConfig
 from pipeline.errors import ModelError
-from pipeline.model import LoadedModel, input_limit, load_pretrained, pretrained_config, sentence_embeddings, tokenize
+from pipeline.model import LoadedModel, has_head, input_limit, load_pretrained, pretrained_config, sentence_embeddings, tokenize
 from pipeline.types import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel, json_type
 
 #: Zero-shot descriptions: each label's embedding is the mean of its descriptions' embeddings
@@ -92,8 +92,7 @@ class TextClassification(Task):
         options = self.options
         mode = options.mode
         if mode == "auto":
-            architectures = pretrained_config(model).architectures or []
-            mode = "sequence-classification" if any(a.endswith("ForSequenceClassification") for a in architectures) else "zero-shot"
+            mode = "sequence-classification" if has_head(pretrained_config(model), "ForSequenceClassification") else "zero-shot"
         if mode == "zero-shot":
             from transformers import AutoModel
 

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from pipeline import hookimpl
 from pipeline.config import ModelConfig
-from pipeline.model import LoadedModel, input_limit, load_pretrained, pretrained_config, sentence_embeddings, tokenize
+from pipeline.model import LoadedModel, has_head, input_limit, load_pretrained, pretrained_config, sentence_embeddings, tokenize
 from pipeline.types import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel, json_type
 
 
@@ -124,8 +124,7 @@ class QuestionAnswering(Task):
         options = self.options
         method = options.method
         if method == "auto":
-            architectures = pretrained_config(model).architectures or []
-            method = "span" if any(a.endswith("ForQuestionAnswering") for a in architectures) else "sentence-retrieval"
+            method = "span" if has_head(pretrained_config(model), "ForQuestionAnswering") else "sentence-retrieval"
         if method == "sentence-retrieval":
             from transformers import AutoModel
 

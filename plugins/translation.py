@@ -172,15 +172,9 @@ class Bleu(_SacreMetric):
     def build(self):
         from sacrebleu.metrics import BLEU
 
-        options = self.options
-        self._sentence = BLEU(
-            lowercase=options.lowercase, tokenize=options.tokenize, smooth_method=options.smooth_method,
-            smooth_value=options.smooth_value, max_ngram_order=options.max_ngram_order, effective_order=True,
-        )
-        return BLEU(
-            lowercase=options.lowercase, tokenize=options.tokenize, smooth_method=options.smooth_method,
-            smooth_value=options.smooth_value, max_ngram_order=options.max_ngram_order, effective_order=options.effective_order,
-        )
+        settings = self.options.model_dump(exclude={"effective_order"})
+        self._sentence = BLEU(**settings, effective_order=True)
+        return BLEU(**settings, effective_order=self.options.effective_order)
 
     def _sentence_metric(self):
         return self._sentence
