@@ -153,34 +153,7 @@ class Runner:
         except OSError as error:
             raise NlpflowError(f"pipeline {self.pipeline.name!r}: cannot create the report folder {self.directory}: {error.strerror or error}") from None
 
-        stage = None
-        run_key = None
-        if config.model is not None:
-            timer = time.perf_counter()
-            where = f"{config.location('model')}: pipeline {self.pipeline.name!r}"
-            try:
-                task_model = self.task.load(config.model)
-            except ModelError as error:
-                raise ModelError(f"{where}: {error}") from None
-            except ConfigError as error:  # a task option that only shows its problem at load time
-                raise ConfigError(error.message, error.location or config.location("options"), self.pipeline.name) from None
-            except NlpflowError:
-                raise
-            except Exception as error:
-                raise ModelError(
-                    f"{where}: task {self.task.name!r} could not load model {config.model.name_or_path!r}: {type(error).__name__}: {error}"
-                ) from error
-            if not isinstance(task_model, TaskModel):
-                raise PluginError(
-                    f"task {self.task.name!r}: load() returned {type(task_model).__name__}, expected a TaskModel",
-                    self.pipeline.task_plugin,
-                )
-            stage = ModelStage(task_model, config.model)
-            run_key = json.dumps(
-                {"task": self.task.name, "options": self.task.options.model_dump(mode="json"), "model": cache_key_parameters(task_model)},
-                sort_keys=True,
-            )
-            self.stage_seconds["load model"] += time.perf_counter() - timer
+        stage, run_key = self._load_model() if config.model is not None else (None, None)
 
         interactive = sys.stderr.isatty() if self.interactive is None else self.interactive
         # a bar needs a total; plain log lines do not, and then the file is not read an extra time for it
@@ -236,6 +209,35 @@ class Runner:
         result = RunResult(report=report, directory=self.directory, config=config, reader=self.pipeline.reader, task=self.task)
         self._write_reports(result)
         return result
+
+    def _load_model(self) -> tuple[ModelStage, str]:
+        """The task's model in its model stage, and the cache key part shared by every record of this run."""
+        config = self.config
+        timer = time.perf_counter()
+        where = f"{config.location('model')}: pipeline {self.pipeline.name!r}"
+        try:
+            task_model = self.task.load(config.model)
+        except ModelError as error:
+            raise ModelError(f"{where}: {error}") from None
+        except ConfigError as error:  # a task option that only shows its problem at load time
+            raise ConfigError(error.message, error.location or config.location("options"), self.pipeline.name) from None
+        except NlpflowError:
+            raise
+        except Exception as error:
+            raise ModelError(
+                f"{where}: task {self.task.name!r} could not load model {config.model.name_or_path!r}: {type(error).__name__}: {error}"
+            ) from error
+        if not isinstance(task_model, TaskModel):
+            raise PluginError(
+                f"task {self.task.name!r}: load() returned {type(task_model).__name__}, expected a TaskModel",
+                self.pipeline.task_plugin,
+            )
+        run_key = json.dumps(
+            {"task": self.task.name, "options": self.task.options.model_dump(mode="json"), "model": cache_key_parameters(task_model)},
+            sort_keys=True,
+        )
+        self.stage_seconds["load model"] += time.perf_counter() - timer
+        return ModelStage(task_model, config.model), run_key
 
     def _preprocess(self, chunk: list[Example]) -> None:
         for step in self.pipeline.preprocessors:
