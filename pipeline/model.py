@@ -429,9 +429,9 @@ class ModelStage:
                 except Exception as error:
                     if not _is_out_of_memory(error):
                         raise
-                    if prepared is not None:
-                        prepared.cancel() or prepared.exception()  # let an in-flight collate finish before re-planning
-                        prepared = None
+                    if prepared is not None and not prepared.cancel():
+                        prepared.exception()  # already running: let it finish (without raising) before re-planning
+                    prepared = None
                     del batch
                     on_device = None
                     self._back_off(indices, error)
