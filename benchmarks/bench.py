@@ -6,7 +6,7 @@
 In one process, for the same checkpoint (loaded from the same directory on
 disk), the same records and the same batch size, it times
 
-- ``nlpflow``: the task plugin's TaskModel driven by ``pipeline.model.ModelStage``
+- ``nlpflow``: the task plugin's TaskModel driven by ``nlpflow.model.ModelStage``
   (tokenize, plan, collate, forward, decode), in chunks as the runner feeds it;
 - ``pipeline()``: ``transformers.pipeline(task, model=..., tokenizer=..., device="cpu")``
   called on the whole list with ``batch_size``;
@@ -18,7 +18,7 @@ records/second (best and median of ``--repeat`` runs, interleaved so that noise
 from other processes hits all three alike), the ratio nlpflow/pipeline() and
 nlpflow's overhead over the floor.
 
-``--memory`` runs whole pipelines (``pipeline.api.run``, prediction cache off)
+``--memory`` runs whole pipelines (``nlpflow.api.run``, prediction cache off)
 over 10k and 100k generated records, each in a fresh subprocess, and reports
 the peak resident memory of each.
 """
@@ -142,10 +142,10 @@ def machine() -> dict[str, Any]:
 
 def nlpflow_runner(task, model_config, records: list[dict], fields: dict[str, str], chunk_size: int):
     """Load the task's model once; return (ModelStage, a function that predicts every record in chunks)."""
-    from pipeline.model import ModelStage
-    from pipeline.types import Example
+    from nlpflow.model import ModelStage
+    from nlpflow.types import Example
 
-    task_model = task.load(model_config)
+    task_model = task.load(model_config, TorchBackend())
 
     def run(subset=None):
         stage = ModelStage(task_model, model_config)
@@ -165,14 +165,14 @@ def nlpflow_runner(task, model_config, records: list[dict], fields: dict[str, st
 
 def torch_dtype(args) -> torch.dtype:
     """The dtype every contender runs in: nlpflow's resolution of ``--dtype`` for ``--device``."""
-    from pipeline.model import resolve_device, resolve_dtype
+    from nlpflow.plugins.torch_backend import resolve_device, resolve_dtype
 
     return resolve_dtype(args.dtype, resolve_device(args.device))
 
 
 def on_device(model, args):
     """A baseline or floor model on the benchmark's device and dtype, in eval mode."""
-    from pipeline.model import resolve_device
+    from nlpflow.plugins.torch_backend import resolve_device
 
     return model.to(device=resolve_device(args.device), dtype=torch_dtype(args)).eval()
 
@@ -215,8 +215,8 @@ def setup_classification(args, workdir: Path) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers import pipeline as hf_pipeline
 
-    from pipeline.config import ModelConfig
-    from plugins.classification import TextClassification
+    from nlpflow.config import ModelConfig
+    from nlpflow.plugins.classification import TextClassification
 
     checkpoint = build_minilm_with_head(workdir / "minilm-classifier", "classification", args.seed)
     records = data.classification_records(args.records, args.seed)
@@ -273,15 +273,15 @@ def setup_question_answering(args, workdir: Path) -> dict[str, Any]:
     """
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from pipeline.config import ModelConfig
-    from plugins.question_answering import QuestionAnswering
+    from nlpflow.config import ModelConfig
+    from nlpflow.plugins.question_answering import QuestionAnswering
 
     checkpoint = build_minilm_with_head(workdir / "minilm-qa", "qa", args.seed)
     records = data.qa_records(args.records, args.seed)
     config = ModelConfig(name_or_path=str(checkpoint), device=args.device, dtype=args.dtype, batch_size=args.batch_size, max_tokens=args.max_tokens)
     task = QuestionAnswering(QuestionAnswering.Options(method="span", max_seq_length=384, doc_stride=128))
     task_model, nlpflow = nlpflow_runner(task, config, records, {"question": "question", "context": "context"}, args.chunk_size)
-    from pipeline.types import Example
+    from nlpflow.types import Example
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     baseline_model = on_device(AutoModelForQuestionAnswering.from_pretrained(checkpoint), args)
@@ -338,8 +338,8 @@ def setup_translation(args, workdir: Path) -> dict[str, Any]:
     from tests.model_factory import build_t5
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from pipeline.config import ModelConfig
-    from plugins.translation import Translation
+    from nlpflow.config import ModelConfig
+    from nlpflow.plugins.translation import Translation
 
     checkpoint = build_t5(workdir / "t5", seed=args.seed, size=args.t5_size)
     records = data.seq2seq_records(args.records, args.seed)
@@ -391,13 +391,13 @@ SETUPS = {"text-classification": setup_classification}
 def optional_setups() -> None:
     """Register the QA and seq2seq benchmarks when their plugins import."""
     try:
-        import plugins.question_answering  # noqa: F401
+        import nlpflow.plugins.question_answering  # noqa: F401
 
         SETUPS["question-answering"] = setup_question_answering
     except ImportError as error:
         print(f"question-answering benchmark unavailable: {error}", file=sys.stderr)
     try:
-        import plugins.translation  # noqa: F401
+        import nlpflow.plugins.translation  # noqa: F401
 
         SETUPS["translation"] = setup_translation
     except ImportError as error:
@@ -472,7 +472,7 @@ pipelines:
 
 def memory_child(config: str, output: str) -> None:
     """In a fresh process: run one pipeline, print peak RSS as JSON."""
-    from pipeline.api import run
+    from nlpflow.api import run
 
     started = time.perf_counter()
     results = run(["bench-memory"], config=config, output=output, use_cache=False, interactive=False)
@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-records", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--memory-child", nargs=2, metavar=("CONFIG", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from pipeline.model import resolve_device
+    from nlpflow.plugins.torch_backend import resolve_device
 
     args.device = str(resolve_device(args.device))  # "auto" -> the concrete device every contender uses
     if args.memory_child:

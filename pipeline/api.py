@@ -1,6 +1,6 @@
 """The Python API: what ``nlpflow run`` and ``nlpflow validate`` do, callable from code.
 
-    from pipeline.api import run
+    from nlpflow.api import run
     results = run(["reviews-sentiment"], config="pipelines.yaml", output="reports")
     results[0].report["metrics"]["accuracy"]["value"]
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from pipeline.cache import PredictionCache, default_cache_dir
-from pipeline.config import DEFAULT_CONFIG, PipelineConfig, ResolvedPipeline, load_config, resolve
-from pipeline.errors import ConfigError, Location, did_you_mean
-from pipeline.plugins import Registry, default_registry
-from pipeline.runner import Runner
-from pipeline.types import RunResult
+from nlpflow.cache import PredictionCache, default_cache_dir
+from nlpflow.config import DEFAULT_CONFIG, PipelineConfig, ResolvedPipeline, load_config, resolve
+from nlpflow.errors import ConfigError, Location, did_you_mean
+from nlpflow.registry import Registry, default_registry
+from nlpflow.runner import Runner
+from nlpflow.types import RunResult
 
 
 def select(pipelines: dict[str, PipelineConfig], names: Sequence[str], source: Path) -> list[PipelineConfig]:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from pipeline.errors import CacheError
+from nlpflow.errors import CacheError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (

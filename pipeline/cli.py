@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pipeline import __version__
-from pipeline.errors import NlpflowError
-from pipeline.plugins import DISABLE_ENV, KINDS, load_registry
+from nlpflow import __version__
+from nlpflow.errors import NlpflowError
+from nlpflow.registry import DISABLE_ENV, KINDS, load_registry
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,7 +104,7 @@ def _quiet_transformers() -> None:
 
 
 def _run(args, registry) -> int:
-    from pipeline.api import run
+    from nlpflow.api import run
 
     _quiet_transformers()
     results = run(args.pipelines, args.config, args.output, args.cache_dir, not args.no_cache, registry)
@@ -120,7 +120,7 @@ def _run(args, registry) -> int:
 
 
 def _validate(args, registry) -> int:
-    from pipeline.api import validate
+    from nlpflow.api import validate
 
     resolved = validate(args.config, args.pipelines, registry)
     for pipeline in resolved:
@@ -167,7 +167,7 @@ def _plugins(args, registry) -> int:
 
 
 def _compare(args, registry) -> int:
-    from pipeline.compare import CompareError, compare_runs, comparison_markdown
+    from nlpflow.compare import CompareError, compare_runs, comparison_markdown
 
     if args.resamples < 1 or args.trials < 1:
         raise CompareError("--resamples and --trials must be at least 1")
@@ -177,8 +177,8 @@ def _compare(args, registry) -> int:
 
 
 def _leaderboard(args, registry) -> int:
-    from pipeline.compare import leaderboard, leaderboard_html, leaderboard_markdown
-    from pipeline.report import write_atomic
+    from nlpflow.compare import leaderboard, leaderboard_html, leaderboard_markdown
+    from nlpflow.report import write_atomic
 
     groups = leaderboard(args.output_dir)
     text = leaderboard_html(groups) if args.format == "html" else leaderboard_markdown(groups)

@@ -42,9 +42,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from pipeline.errors import NlpflowError
-from pipeline.report import bootstrap_indices
-from pipeline.types import Metric
+from nlpflow.errors import NlpflowError
+from nlpflow.report import bootstrap_indices
+from nlpflow.types import Metric
 
 #: predictions turned into statistics per call of example_stats
 STATS_CHUNK = 1024
@@ -233,7 +233,7 @@ def compare_runs(
     confidence: float = 0.95,
 ) -> dict[str, Any]:
     """Load runs, check they are comparable, and test each system against the first on every shared metric."""
-    from pipeline.plugins import default_registry
+    from nlpflow.registry import default_registry
 
     registry = registry or default_registry()
     runs = [load_run(d) for d in directories]

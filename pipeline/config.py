@@ -15,9 +15,9 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, field_validator, model_validator
 
-from pipeline.errors import ConfigError, Location, NlpflowError, PluginError, did_you_mean
-from pipeline.plugins import Registry
-from pipeline.types import Metric, Preprocessor, Reader, Reporter, Task
+from nlpflow.errors import ConfigError, Location, NlpflowError, PluginError, did_you_mean
+from nlpflow.registry import Registry
+from nlpflow.types import Backend, Metric, ModelConfig, Preprocessor, Reader, Reporter, Task
 
 DEFAULT_CONFIG = Path("pipelines.yaml")
 PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -64,29 +64,6 @@ class DataConfig(_Strict):
     limit: PositiveInt | None = None
 
 
-class ModelConfig(_Strict):
-    name_or_path: str
-    revision: str | None = None
-    device: str = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    #: rows per batch at most; "auto" starts from the token budget and halves on out-of-memory
-    batch_size: Union[PositiveInt, Literal["auto"]] = "auto"
-    #: padded tokens per batch (rows x longest row); default depends on the device
-    max_tokens: PositiveInt | None = None
-    #: input truncation in tokens; default is the tokenizer's model_max_length
-    max_length: PositiveInt | None = None
-    trust_remote_code: bool = False
-    #: allow pickle-based weight files (.bin); off so only safetensors load
-    allow_pickle: bool = False
-
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
-            raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
-        return value
-
-
 class BootstrapConfig(_Strict):
     resamples: PositiveInt = 1000
     seed: int = 12345
@@ -94,8 +71,9 @@ class BootstrapConfig(_Strict):
 
 
 class ReportConfig(_Strict):
-    formats: list[str] = Field(default_factory=lambda: ["json", "markdown", "html"])
-    #: data columns to break scores down by
+    #: reporter names, optionally with options: ``[json, {html: {slice_by: [domain]}}]``
+    formats: list[StepConfig] = Field(default_factory=lambda: [StepConfig(name=n) for n in ("json", "markdown", "html")])
+    #: data columns to break scores down by; a shortcut for the ``slice_by`` option of every reporter that has one
     slice_by: list[str] = Field(default_factory=list)
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
 
@@ -199,6 +177,8 @@ def parse_config(text: str, source: Path | str = DEFAULT_CONFIG) -> dict[str, Pi
                 "strings, numbers, booleans and null)",
                 location,
             ) from None
+        if "nesting depth" in problem:  # libyaml's own limit on flow nesting
+            raise ConfigError("YAML error: the file is nested too deeply to be a pipelines file", location) from None
         raise ConfigError(f"YAML syntax error: {problem}", location) from None
     except yaml.reader.ReaderError as error:
         before = text[: error.position]
@@ -422,6 +402,8 @@ class ResolvedPipeline:
     preprocessors: list[Preprocessor]
     metrics: list[Metric]
     reporters: list[Reporter]
+    #: runs the model; None for a pipeline with no model
+    backend: Backend | None
     #: (kind, name) -> the plugin that registered it, for error messages
     providers: dict[tuple[str, str], str]
 
@@ -539,16 +521,30 @@ def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
         metrics.append(_construct(metric_cls, (metric_options,), config, "metrics", position, plugin=registry.provider("metric", step.name)))
 
     reporters = []
-    for position, fmt in enumerate(config.report.formats):
-        reporter_cls = _lookup(registry, "reporter", fmt, config.location("report", "formats", position), name)
-        reporters.append(_construct(reporter_cls, (), config, "report", "formats", position, plugin=registry.provider("reporter", fmt)))
+    for position, step in enumerate(config.report.formats):
+        reporter_cls = _lookup(registry, "reporter", step.name, config.location("report", "formats", position), name)
+        options = step.options
+        if config.report.slice_by and "slice_by" in reporter_cls.Options.model_fields:
+            options.setdefault("slice_by", list(config.report.slice_by))
+        reporter_options = build_options(reporter_cls, options, config, "report", "formats", position)
+        reporters.append(
+            _construct(reporter_cls, (reporter_options,), config, "report", "formats", position, plugin=registry.provider("reporter", step.name))
+        )
+
+    backend = None
+    if config.model is not None:
+        backend_cls = _lookup(registry, "backend", config.model.backend, config.location("model", "backend"), name)
+        backend = _construct(backend_cls, (), config, "model", "backend", plugin=registry.provider("backend", config.model.backend))
 
     providers = {
         (kind, item.name): registry.provider(kind, item.name)
-        for kind, items in (("task", [task]), ("reader", [reader]), ("preprocessor", preprocessors), ("metric", metrics), ("reporter", reporters))
+        for kind, items in (
+            ("task", [task]), ("reader", [reader]), ("preprocessor", preprocessors), ("metric", metrics), ("reporter", reporters),
+            ("backend", [backend] if backend else []),
+        )
         for item in items
     }
-    return ResolvedPipeline(config, task, reader, preprocessors, metrics, reporters, providers)
+    return ResolvedPipeline(config, task, reader, preprocessors, metrics, reporters, backend, providers)
 
 
 def _construct(cls: type, arguments: tuple, config: PipelineConfig, *where: Any, plugin: str | None = None) -> Any:

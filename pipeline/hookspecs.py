@@ -11,12 +11,11 @@ the ones named), so new arguments can be added here without breaking plugins.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import pluggy
 
-if TYPE_CHECKING:
-    from pipeline.types import Metric, Preprocessor, Reader, Reporter, Task
+from nlpflow.types import Backend, Metric, Preprocessor, Reader, Reporter, Task
 
 hookspec = pluggy.HookspecMarker("nlpflow")
 hookimpl = pluggy.HookimplMarker("nlpflow")
@@ -30,7 +29,7 @@ def register_tasks(register: Callable[[type[Task]], None]) -> None:
     """Register task types.
 
     Called once when the plugin registry is built. Call ``register(TaskClass)``
-    for each :class:`pipeline.types.Task` subclass the plugin provides; the
+    for each :class:`nlpflow.Task` subclass the plugin provides; the
     class's ``name`` is what ``task:`` refers to in ``pipelines.yaml``.
     Registering a name twice is an error that names both plugins.
     """
@@ -41,7 +40,7 @@ def register_metrics(register: Callable[[type[Metric]], None]) -> None:
     """Register metric types.
 
     Called once when the plugin registry is built. Call
-    ``register(MetricClass)`` for each :class:`pipeline.types.Metric`
+    ``register(MetricClass)`` for each :class:`nlpflow.Metric`
     subclass; its ``name`` is what ``metrics:`` refers to.
     """
 
@@ -54,7 +53,7 @@ def register_readers(register: Callable[[type[Reader]], None]) -> None:
     """Register data readers.
 
     Called once when the plugin registry is built. Call
-    ``register(ReaderClass)`` for each :class:`pipeline.types.Reader`
+    ``register(ReaderClass)`` for each :class:`nlpflow.Reader`
     subclass; its ``name`` is the ``data.format`` value and its
     ``extensions`` pick it from a file name.
     """
@@ -66,7 +65,7 @@ def register_preprocessors(register: Callable[[type[Preprocessor]], None]) -> No
 
     Called once when the plugin registry is built. Call
     ``register(PreprocessorClass)`` for each
-    :class:`pipeline.types.Preprocessor` subclass; its ``name`` is what a
+    :class:`nlpflow.Preprocessor` subclass; its ``name`` is what a
     ``preprocess:`` entry refers to.
     """
 
@@ -79,6 +78,30 @@ def register_reporters(register: Callable[[type[Reporter]], None]) -> None:
     """Register report writers.
 
     Called once when the plugin registry is built. Call
-    ``register(ReporterClass)`` for each :class:`pipeline.types.Reporter`
+    ``register(ReporterClass)`` for each :class:`nlpflow.Reporter`
     subclass; its ``name`` is what ``report.formats`` refers to.
+    """
+
+
+# --- how models run -----------------------------------------------------------
+
+
+@hookspec
+def register_backends(register: Callable[[type[Backend]], None]) -> None:
+    """Register model backends.
+
+    Called once when the plugin registry is built. Call
+    ``register(BackendClass)`` for each :class:`nlpflow.Backend` subclass;
+    its ``name`` is what ``model.backend`` refers to (``torch`` by default).
+    """
+
+
+@hookspec
+def register_embedded_models(register: Callable[[str, Callable[[], str]], None]) -> None:
+    """Register models whose files ship inside an installed package, so they load with no network.
+
+    Called once when the plugin registry is built. Call
+    ``register(hub_name, locate)`` where ``locate()`` returns the local folder
+    of the checkpoint (it may raise ImportError when its package is missing;
+    the hub name is then looked up in the Hugging Face cache as usual).
     """

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipeline.types import Metric
+from nlpflow.types import Metric
 
 VERSIONED_PACKAGES = ("nlpflow", "torch", "transformers", "tokenizers", "spacy", "sacrebleu", "rouge-score", "pluggy")
 

@@ -26,14 +26,14 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from pipeline import __version__
-from pipeline.cache import PredictionCache, example_key
-from pipeline.config import ResolvedPipeline
-from pipeline.errors import ConfigError, DataError, ModelError, NlpflowError, PluginError
-from pipeline.model import DecodeError, ModelStage, cache_key_parameters
-from pipeline.progress import Progress, count_lines
-from pipeline.report import file_sha256, metric_entry, package_versions, write_atomic
-from pipeline.types import Example, ExampleError, Prediction, RawRecord, RunResult, TaskModel
+from nlpflow import __version__
+from nlpflow.cache import PredictionCache, example_key
+from nlpflow.config import ResolvedPipeline
+from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, PluginError
+from nlpflow.model import DecodeError, ModelStage, cache_key_parameters
+from nlpflow.progress import Progress, count_lines
+from nlpflow.report import file_sha256, metric_entry, package_versions, write_atomic
+from nlpflow.types import Example, ExampleError, Prediction, RawRecord, RunResult, TaskModel
 
 log = logging.getLogger("nlpflow")
 
@@ -206,7 +206,7 @@ class Runner:
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        result = RunResult(report=report, directory=self.directory, config=config, reader=self.pipeline.reader, task=self.task)
+        result = RunResult(report=report, directory=self.directory, data_path=config.data_path, reader=self.pipeline.reader, task=self.task)
         self._write_reports(result)
         return result
 
@@ -216,7 +216,7 @@ class Runner:
         timer = time.perf_counter()
         where = f"{config.location('model')}: pipeline {self.pipeline.name!r}"
         try:
-            task_model = self.task.load(config.model)
+            task_model = self.task.load(config.model, self.pipeline.backend)
         except ModelError as error:
             raise ModelError(f"{where}: {error}") from None
         except ConfigError as error:  # a task option that only shows its problem at load time

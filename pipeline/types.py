@@ -1,10 +1,15 @@
-"""The shapes plugins implement: Task, TaskModel, Metric, Preprocessor, Reader, Reporter.
+"""The plugin contract: the shapes plugins implement and the records that pass between them.
 
-Each is a small abstract class. A plugin subclasses one, sets the class
-attributes, implements the abstract methods, and passes the class to the
-matching ``register`` callback (see :mod:`pipeline.hookspecs`). Options a user
-writes in ``pipelines.yaml`` are validated with the class's ``Options``
-pydantic model before the object is built, so an object never sees bad options.
+Task, TaskModel, Metric, Preprocessor, Reader, Reporter and Backend are small
+abstract classes. A plugin subclasses one, sets the class attributes,
+implements the abstract methods, and passes the class to the matching
+``register`` callback (see :mod:`nlpflow.hookspecs`). Options a user writes in
+``pipelines.yaml`` are validated with the class's ``Options`` pydantic model
+before the object is built, so an object never sees bad options.
+
+This module is a leaf: it imports nothing from the runner, the config loader
+or the model stage, so it can be read (and a plugin written) on its own.
+Plugins import these names from :mod:`nlpflow`.
 """
 
 from __future__ import annotations
@@ -12,16 +17,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Mapping, Sequence
+import re
+from typing import Any, ClassVar, Iterator, Literal, Mapping, Sequence, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator
 
-if TYPE_CHECKING:
-    import torch
-
-    from pipeline.config import ModelConfig, PipelineConfig
-    from pipeline.model import LoadedModel
+from nlpflow.errors import ModelError
 
 
 class NoOptions(BaseModel):
@@ -128,14 +130,172 @@ class ExampleError(ValueError):
 # --- tasks -------------------------------------------------------------------
 
 
+# --- models and backends -----------------------------------------------------
+
+
+class ModelConfig(BaseModel):
+    """The ``model:`` section of a pipeline, as :meth:`Task.load` and :meth:`Backend.load` receive it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name_or_path: str
+    #: which registered backend runs the model (``nlpflow tasks`` lists them)
+    backend: str = "torch"
+    revision: str | None = None
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    #: rows per batch at most; "auto" starts from the token budget and halves on out-of-memory
+    batch_size: Union[PositiveInt, Literal["auto"]] = "auto"
+    #: padded tokens per batch (rows x longest row); default depends on the device
+    max_tokens: PositiveInt | None = None
+    #: input truncation in tokens; default is the tokenizer's model_max_length
+    max_length: PositiveInt | None = None
+    trust_remote_code: bool = False
+    #: allow pickle-based weight files (.bin); off so only safetensors load
+    allow_pickle: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError("must be auto, cpu, mps, cuda or cuda:N")
+        return value
+
+
+@dataclass(frozen=True)
+class Head:
+    """What a task asks a backend to compute, and the outputs it gets back.
+
+    ``outputs`` maps each output name to its shape per batch: ``"row"`` is one
+    vector per row (``(rows, k)``), ``"token"`` one value per input token
+    (``(rows, width)``; the model stage cuts each row to its own length), and
+    ``"ids"`` a list of token ids per row (generation).
+    """
+
+    name: str
+    outputs: Mapping[str, str]
+    description: str
+
+
+#: The heads every backend is asked for by name. A backend says which it runs in ``Backend.heads``.
+HEADS: dict[str, Head] = {
+    head.name: head
+    for head in (
+        Head("sequence-classification", {"logits": "row"},
+             "a *ForSequenceClassification checkpoint: float32 logits (rows, labels)"),
+        Head("embedding", {"embedding": "row"},
+             "a plain encoder (AutoModel): mean of the last hidden states over real tokens, L2-normalised, float32 (rows, dim)"),
+        Head("question-answering", {"start_logits": "token", "end_logits": "token"},
+             "a *ForQuestionAnswering checkpoint: float32 start and end logits per token"),
+        Head("generation", {"sequences": "ids"},
+             "a sequence-to-sequence checkpoint (AutoModelForSeq2SeqLM): generated token ids per row; "
+             "TaskModel.head_options() are generate() keyword arguments"),
+    )
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run on its backend, with what identifies it.
+
+    A task reads ``tokenizer`` (a transformers tokenizer), ``checkpoint``
+    (the checkpoint's transformers config: ``id2label``, ``architectures``,
+    ``max_position_embeddings``, ...), ``config`` (the pipeline's ``model:``
+    section) and ``device``/``dtype`` (as strings, e.g. ``"cuda:0"``,
+    ``"bfloat16"``). ``handle`` is the backend's own object (a torch module,
+    an onnxruntime session): only the backend touches it.
+    """
+
+    tokenizer: Any
+    checkpoint: Any
+    config: ModelConfig
+    head: str
+    backend: Backend
+    handle: Any
+    name_or_path: str
+    path: str
+    fingerprint: str
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def run(self, batch: Mapping[str, np.ndarray], **options: Any) -> dict[str, Any]:
+        """Run one padded batch (int64 arrays by input name) through the backend; outputs as :data:`HEADS` says.
+
+        The model stage calls this for every batch; a task may call it on a few
+        inputs of its own (label descriptions, say) when it is built.
+        """
+        return self.backend.run(self, self.backend.prepare(self, batch), **options)
+
+
+class Backend(ABC):
+    """Runs models for tasks: loads a checkpoint for a :class:`Head` and computes it on padded batches.
+
+    The model stage (batching, length sorting, out-of-memory back-off) is the
+    same for every backend; a backend only loads, moves and computes.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: the :data:`HEADS` it can compute
+    heads: ClassVar[tuple[str, ...]] = ()
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel | None = None):
+        self.options = options if options is not None else self.Options()
+
+    def load(self, model: ModelConfig, head: str, *, require_fast_tokenizer: bool = True) -> LoadedModel:
+        """What a task calls: the model loaded for ``head``, or a ModelError saying this backend cannot compute it.
+
+        Generation tasks may pass ``require_fast_tokenizer=False`` (they need no character offsets).
+        """
+        if head not in HEADS:
+            raise ModelError(f"there is no head {head!r}. Heads: {', '.join(HEADS)}")
+        if head not in self.heads:
+            able = ", ".join(name for name in HEADS if name in self.heads) or "none"
+            raise ModelError(
+                f"backend {self.name!r} cannot compute a {head!r} head, which this task needs (it computes: {able}); "
+                "use model.backend: torch for this pipeline"
+            )
+        return self.load_head(model, head, require_fast_tokenizer=require_fast_tokenizer)
+
+    @abstractmethod
+    def load_head(self, model: ModelConfig, head: str, *, require_fast_tokenizer: bool = True) -> LoadedModel:
+        """Load tokenizer and model for ``head`` (one of :attr:`heads`); a ModelError naming the model when it cannot."""
+
+    def checkpoint_config(self, model: ModelConfig) -> Any:
+        """The checkpoint's transformers config, read without loading weights (for picking a mode)."""
+        raise NotImplementedError(f"backend {self.name!r} cannot read checkpoint configs")
+
+    def prepare(self, loaded: LoadedModel, batch: Mapping[str, np.ndarray]) -> Any:
+        """Make a padded numpy batch ready for :meth:`run` (e.g. pinned tensors). May run on a worker thread."""
+        return batch
+
+    @abstractmethod
+    def run(self, loaded: LoadedModel, prepared: Any, **options: Any) -> dict[str, Any]:
+        """Compute the head on one prepared batch; numpy arrays (or lists for ``"ids"``), off the device."""
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        """Whether ``error`` means the batch did not fit on the device (the model stage then halves it)."""
+        return False
+
+    def release_memory(self, loaded: LoadedModel) -> None:
+        """Give back cached device memory after an out-of-memory error."""
+
+    def cache_identity(self, loaded: LoadedModel) -> dict[str, Any]:
+        """What besides weights and task settings changes outputs on this backend; part of the cache key."""
+        return {"backend": self.name, "dtype": loaded.dtype, "device": loaded.device.split(":")[0]}
+
+
+# --- tasks -------------------------------------------------------------------
+
+
 class TaskModel(ABC):
-    """A loaded model, split into the three stages the model stage drives.
+    """A task's side of a loaded model: inputs in, predictions out; the backend computes in between.
 
     The model stage calls :meth:`encode` on a chunk of examples, groups the
-    resulting features into length-sorted batches under a token budget, calls
-    :meth:`forward` on each padded batch (under ``torch.inference_mode()``, on
-    the model's device), and hands each example's outputs to :meth:`decode`
-    in the original order.
+    resulting features into length-sorted batches under a token budget, has
+    the backend compute :attr:`loaded`'s head on each padded batch, and hands
+    each example's features and per-feature outputs to :meth:`decode` in the
+    original order. A task model never imports torch.
     """
 
     #: the loaded model and tokenizer, with device, dtype and weights fingerprint
@@ -153,16 +313,18 @@ class TaskModel(ABC):
         """
 
     @abstractmethod
-    def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
-        """Run the model on one padded batch already on the device.
+    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Mapping[str, Any]]) -> Prediction:
+        """Turn one example's outputs into a prediction.
 
-        Returns one output per row, moved off the device (numpy arrays,
-        lists, strings), in row order.
+        ``features`` are the example's own features in the order :meth:`encode`
+        returned them; ``outputs[i]`` holds the head's outputs for
+        ``features[i]`` by name (``outputs[i]["logits"]``), "token" outputs cut
+        to that feature's length.
         """
 
-    @abstractmethod
-    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
-        """Turn the outputs for one example's features into a prediction."""
+    def head_options(self) -> dict[str, Any]:
+        """Keyword arguments for the backend's head on every batch (generate() settings for generation)."""
+        return {}
 
     def parameters(self) -> dict[str, Any]:
         """Settings besides the weights that change outputs; part of the cache key."""
@@ -180,8 +342,8 @@ class Task(ABC):
             reference_fields = ("label",)
             default_metrics = ("accuracy", "macro_f1")
 
-            def load(self, model):
-                return MyClassifier(load_pretrained(AutoModelForSequenceClassification, model))
+            def load(self, model, backend):
+                return MyClassifier(backend.load(model, "sequence-classification"))
     """
 
     name: ClassVar[str]
@@ -231,8 +393,8 @@ class Task(ABC):
         raise NotImplementedError(f"task {self.name!r} has no rule-based method")
 
     @abstractmethod
-    def load(self, model: ModelConfig) -> TaskModel:
-        """Load the model named in the pipeline and return it ready to run."""
+    def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
+        """Load the model named in the pipeline with ``backend.load(model, HEAD)`` and return it ready to run."""
 
 
 # --- metrics -----------------------------------------------------------------
@@ -331,6 +493,10 @@ class Reporter(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     filename: ClassVar[str]
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel | None = None):
+        self.options = options if options is not None else self.Options()
 
     @abstractmethod
     def render(self, run: RunResult) -> str:
@@ -339,12 +505,13 @@ class Reporter(ABC):
 
 @dataclass
 class RunResult:
-    """What reporters receive: the report as written to report.json, where the run's files are, and the
-    pipeline's own reader and task (so a reporter can re-read inputs exactly as the run read them)."""
+    """What reporters receive: the report as written to report.json, where the run's files are, the
+    data file, and the pipeline's own reader and task (so a reporter can re-read inputs exactly as
+    the run read them)."""
 
     report: dict[str, Any]
     directory: Path
-    config: PipelineConfig
+    data_path: Path
     reader: Reader | None = None
     task: Task | None = None
 

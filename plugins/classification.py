@@ -16,14 +16,12 @@ from __future__ import annotations
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline import hookimpl
-from pipeline.config import ModelConfig
-from pipeline.errors import ModelError
-from pipeline.model import LoadedModel, has_head, input_limit, load_pretrained, pretrained_config, sentence_embeddings, tokenize
-from pipeline.types import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel, json_type
+from nlpflow import (
+    Backend, Example, ExampleError, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, Task, TaskModel,
+    has_head, hookimpl, input_limit, json_type, tokenize,
+)
 
 #: Zero-shot descriptions: each label's embedding is the mean of its descriptions' embeddings
 #: (a prototype), which is steadier than any single phrasing.
@@ -88,23 +86,19 @@ class TextClassification(Task):
             raise ExampleError(f"field {field!r} is empty")
         return value
 
-    def load(self, model: ModelConfig) -> TaskModel:
+    def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         options = self.options
         mode = options.mode
         if mode == "auto":
-            mode = "sequence-classification" if has_head(pretrained_config(model), "ForSequenceClassification") else "zero-shot"
+            mode = "sequence-classification" if has_head(backend.checkpoint_config(model), "ForSequenceClassification") else "zero-shot"
         if mode == "zero-shot":
-            from transformers import AutoModel
-
             if not options.labels:
                 raise ModelError(
                     f"task {self.name!r}: zero-shot classification with {model.name_or_path!r} needs options.labels "
                     "(a list of labels, or a mapping from label to a description)"
                 )
-            return ZeroShotClassifier(load_pretrained(AutoModel, model), options)
-        from transformers import AutoModelForSequenceClassification
-
-        return SequenceClassifier(load_pretrained(AutoModelForSequenceClassification, model, "ForSequenceClassification"), options)
+            return ZeroShotClassifier(backend.load(model, "embedding"), options)
+        return SequenceClassifier(backend.load(model, "sequence-classification"), options)
 
 
 class Sentiment(TextClassification):
@@ -143,7 +137,7 @@ class SequenceClassifier(_TextClassifierModel):
 
     def __init__(self, loaded: LoadedModel, options: ClassificationOptions):
         super().__init__(loaded, options)
-        id2label = {int(k): str(v) for k, v in loaded.model.config.id2label.items()}
+        id2label = {int(k): str(v) for k, v in loaded.checkpoint.id2label.items()}
         self.model_labels = [id2label[i] for i in range(len(id2label))]
         self.labels = self._dataset_labels(loaded.name_or_path, options)
 
@@ -173,13 +167,14 @@ class SequenceClassifier(_TextClassifierModel):
     def parameters(self) -> dict[str, Any]:
         return {"max_length": self.max_length, "labels": self.labels, **self.options.model_dump(include={"multi_label", "threshold"})}
 
-    def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
-        logits = self.loaded.model(**batch).logits.float()
-        probabilities = torch.sigmoid(logits) if self.options.multi_label else torch.softmax(logits, dim=-1)
-        return probabilities.cpu().numpy()
-
-    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
-        return self._decide(outputs[0], self.labels)
+    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Mapping[str, Any]]) -> Prediction:
+        logits = np.asarray(outputs[0]["logits"], dtype=np.float32)
+        if self.options.multi_label:
+            probabilities = 1 / (1 + np.exp(-logits))
+        else:
+            exponentials = np.exp(logits - logits.max())
+            probabilities = exponentials / exponentials.sum()
+        return self._decide(probabilities, self.labels)
 
 
 class ZeroShotClassifier(_TextClassifierModel):
@@ -196,25 +191,20 @@ class ZeroShotClassifier(_TextClassifierModel):
         }
         if not all(self.descriptions.values()):
             raise ModelError(f"zero-shot labels need at least one description each; got {descriptions}")
-        self.label_embeddings = torch.nn.functional.normalize(
-            torch.stack([self._embed_texts(texts).mean(0) for texts in self.descriptions.values()]), dim=-1
-        )
+        prototypes = np.stack([self._embed_texts(texts).mean(0) for texts in self.descriptions.values()])
+        self.label_embeddings = (prototypes / np.linalg.norm(prototypes, axis=1, keepdims=True)).astype(np.float32)
 
-    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
         rows, _ = tokenize(self.loaded, texts, self.max_length)
-        batch = self.loaded.tokenizer.pad(rows, return_tensors="pt").to(self.loaded.device)
-        with torch.inference_mode():
-            return sentence_embeddings(self.loaded, batch)
+        padded = self.loaded.tokenizer.pad(rows, return_tensors="np")
+        return self.loaded.run({name: np.asarray(padded[name], dtype=np.int64) for name in rows[0]})["embedding"]
 
     def parameters(self) -> dict[str, Any]:
         return {"max_length": self.max_length, "labels": self.labels, "descriptions": self.descriptions, "zero_shot": True,
                 **self.options.model_dump(include={"multi_label", "threshold"})}
 
-    def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
-        return (sentence_embeddings(self.loaded, batch) @ self.label_embeddings.T).cpu().numpy()
-
-    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
-        similarities = outputs[0]
+    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Mapping[str, Any]]) -> Prediction:
+        similarities = self.label_embeddings @ outputs[0]["embedding"]
         if self.options.multi_label:
             return self._decide((similarities + 1) / 2, self.labels)
         prediction = self._decide(similarities, self.labels)

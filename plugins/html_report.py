@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import jinja2
+from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline import hookimpl
-from pipeline.types import Reporter, RunResult
+from nlpflow import Reporter, RunResult, hookimpl
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: worst and best examples shown
@@ -214,7 +214,7 @@ def _bucket_label(position: int) -> str:
 
 def _records(run: RunResult) -> Iterator[tuple[int, dict]] | None:
     """``(index, record)`` for every record of the run's data file, read with the run's own reader; None if unavailable."""
-    path = run.config.data_path
+    path = run.data_path
     if run.reader is None or not path.is_file():
         return None
     reader = run.reader
@@ -233,14 +233,13 @@ def _input_fields(run: RunResult) -> list[str]:
     return list(run.report.get("data", {}).get("fields", {}))[:1]
 
 
-def collect(run: RunResult) -> dict[str, Any]:
+def collect(run: RunResult, slice_by: list[str]) -> dict[str, Any]:
     """One pass over predictions.jsonl (and the data file, in step) gathering what the page shows."""
     report = run.report
     metric_entries = report["metrics"]
     mapping = report.get("data", {}).get("fields", {})
     inputs = _input_fields(run)
     columns = {name: mapping.get(name, name) for name in inputs}
-    slice_by = list(run.config.report.slice_by)
 
     per_example = [name for name in metric_entries]  # narrowed to those that appear in "scores"
     seen_metrics: dict[str, None] = {}
@@ -375,7 +374,7 @@ def _bar(value: float | None, scale: str | None, width: int = 120) -> dict | Non
 # --- the reporter --------------------------------------------------------------------
 
 
-def page_context(run: RunResult) -> dict[str, Any]:
+def page_context(run: RunResult, slice_by: list[str]) -> dict[str, Any]:
     report = run.report
     metrics = []
     confusion = []
@@ -415,17 +414,23 @@ def page_context(run: RunResult) -> dict[str, Any]:
         "skipped_more": max(len(skipped) - SHOWN_SKIPPED, 0),
         "stages": sorted(report.get("timing", {}).get("stages_seconds", {}).items(), key=lambda item: -item[1]),
         "versions": [(name, value) for name, value in (report.get("versions") or {}).items() if value],
-        "examples": collect(run),
+        "examples": collect(run, slice_by),
     }
+
+
+class HtmlOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    slice_by: list[str] = Field(default_factory=list, description="data columns to break scores down by (report.slice_by sets it too)")
 
 
 class HtmlReporter(Reporter):
     name = "html"
     description = "report.html: one self-contained page with metrics, intervals, confusion matrix, score distribution, examples and slices"
     filename = "report.html"
+    Options = HtmlOptions
 
     def render(self, run: RunResult) -> str:
-        return _environment().get_template("report.html.j2").render(page_context(run))
+        return _environment().get_template("report.html.j2").render(page_context(run, list(self.options.slice_by)))
 
 
 @hookimpl

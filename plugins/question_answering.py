@@ -34,13 +34,12 @@ from collections import Counter
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from pipeline import hookimpl
-from pipeline.config import ModelConfig
-from pipeline.model import LoadedModel, has_head, input_limit, load_pretrained, pretrained_config, sentence_embeddings, tokenize
-from pipeline.types import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel, json_type
+from nlpflow import (
+    Backend, Example, ExampleError, Features, LoadedModel, Metric, ModelConfig, Prediction, Task, TaskModel,
+    has_head, hookimpl, input_limit, json_type, tokenize,
+)
 
 
 class QuestionAnsweringOptions(BaseModel):
@@ -120,18 +119,14 @@ class QuestionAnswering(Task):
     def parse_prediction(self, value: Any) -> Prediction:
         return Prediction(_prediction_text(value))
 
-    def load(self, model: ModelConfig) -> TaskModel:
+    def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         options = self.options
         method = options.method
         if method == "auto":
-            method = "span" if has_head(pretrained_config(model), "ForQuestionAnswering") else "sentence-retrieval"
+            method = "span" if has_head(backend.checkpoint_config(model), "ForQuestionAnswering") else "sentence-retrieval"
         if method == "sentence-retrieval":
-            from transformers import AutoModel
-
-            return SentenceRetriever(load_pretrained(AutoModel, model), options)
-        from transformers import AutoModelForQuestionAnswering
-
-        return SpanExtractor(load_pretrained(AutoModelForQuestionAnswering, model, "ForQuestionAnswering"), options)
+            return SentenceRetriever(backend.load(model, "embedding"), options)
+        return SpanExtractor(backend.load(model, "question-answering"), options)
 
 
 def _prediction_text(value: Any) -> str:
@@ -231,21 +226,15 @@ class SpanExtractor(TaskModel):
         features.sort(key=lambda f: (f.example, f.extra["window"]))
         return features
 
-    def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
-        output = self.loaded.model(**batch)
-        start = output.start_logits.float().cpu().numpy()
-        end = output.end_logits.float().cpu().numpy()
-        return [np.stack([start[row, : f.length], end[row, : f.length]]) for row, f in enumerate(features)]
-
-    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
+    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Mapping[str, Any]]) -> Prediction:
         options = self.options
         context = example.fields["context"]
         candidates: list[dict[str, Any]] = []  # in discovery order, so sorting (stable) keeps the earliest of equals
         by_text: dict[str, dict[str, Any]] = {}
         null_score, null_window = float("inf"), 0
-        for feature, logits in zip(features, outputs):
+        for feature, output in zip(features, outputs):
             extra = feature.extra
-            logits = np.asarray(logits, dtype=np.float32)
+            logits = np.stack([output["start_logits"], output["end_logits"]]).astype(np.float32, copy=False)
             cls = extra["cls"][0] if extra["cls"] else 0
             window_null = float(logits[0][cls]) + float(logits[1][cls])
             if window_null < null_score:
@@ -339,7 +328,7 @@ class SentenceRetriever(TaskModel):
 
     def __init__(self, loaded: LoadedModel, options: QuestionAnsweringOptions):
         super().__init__(loaded)
-        from plugins.spacy_steps import load_spacy
+        from nlpflow.plugins.spacy_steps import load_spacy
 
         self.options = options
         self.max_length = input_limit(loaded)
@@ -378,12 +367,9 @@ class SentenceRetriever(TaskModel):
                 examples[position].notes["truncated"] = True
         return [Features(position, inputs, span) for (position, span), inputs in zip(owners, rows)]
 
-    def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
-        return list(sentence_embeddings(self.loaded, batch).cpu().numpy())
-
-    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
-        question = next(o for f, o in zip(features, outputs) if f.extra is None)
-        sentences = [(f.extra, o) for f, o in zip(features, outputs) if f.extra is not None]
+    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Mapping[str, Any]]) -> Prediction:
+        question = next(o["embedding"] for f, o in zip(features, outputs) if f.extra is None)
+        sentences = [(f.extra, o["embedding"]) for f, o in zip(features, outputs) if f.extra is not None]
         similarities = [float(np.dot(question, embedding)) for _, embedding in sentences]
         best = int(np.argmax(similarities))
         start, end = sentences[best][0]

@@ -13,8 +13,8 @@ from typing import Iterator
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from pipeline import hookimpl
-from pipeline.types import RawRecord, Reader, json_type
+from nlpflow import hookimpl
+from nlpflow.types import RawRecord, Reader, json_type
 
 
 class JsonLinesReader(Reader):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from pipeline import hookimpl
-from pipeline.types import Reporter, RunResult
+from nlpflow import hookimpl
+from nlpflow.types import Reporter, RunResult
 
 
 class JsonReporter(Reporter):

@@ -1,7 +1,7 @@
 """The sequence-to-sequence model shared by translation and summarization: encode, generate, decode.
 
-Not a plugin (it registers nothing): :mod:`plugins.translation` and
-:mod:`plugins.summarization` build a :class:`Seq2SeqModel` in their ``load``.
+Not a plugin (it registers nothing): :mod:`nlpflow.plugins.translation` and
+:mod:`nlpflow.plugins.summarization` build a :class:`Seq2SeqModel` in their ``load``.
 Generation is deterministic (greedy or beam search; sampling is refused), so a
 prediction depends only on the weights, the input and :meth:`Seq2SeqModel.parameters`,
 which is what the prediction cache keys on.
@@ -19,13 +19,11 @@ from __future__ import annotations
 
 from typing import Any, Literal, Mapping, Sequence
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
-from pipeline.config import ModelConfig
-from pipeline.errors import ModelError
-from pipeline.model import LoadedModel, input_limit, load_pretrained, pretrained_config, tokenize
-from pipeline.types import Example, ExampleError, Features, Prediction, Task, TaskModel, json_type
+from nlpflow import (
+    Backend, Example, ExampleError, Features, LoadedModel, ModelConfig, ModelError, Prediction, Task, TaskModel, input_limit, json_type, tokenize,
+)
 
 #: option name -> ``generate()`` keyword; only options the pipeline sets are passed
 GENERATION_OPTIONS = ("num_beams", "max_new_tokens", "length_penalty", "no_repeat_ngram_size", "early_stopping")
@@ -108,11 +106,9 @@ def is_seq2seq_architecture(architecture: str) -> bool:
     )
 
 
-def load_seq2seq(model: ModelConfig, task: str) -> LoadedModel:
-    """An ``AutoModelForSeq2SeqLM`` checkpoint, refused with a ModelError when it has no generation head."""
-    from transformers import AutoModelForSeq2SeqLM
-
-    architectures = list(pretrained_config(model).architectures or [])
+def load_seq2seq(model: ModelConfig, backend: Backend, task: str) -> LoadedModel:
+    """A generation checkpoint on ``backend``, refused with a ModelError when it has no generation head."""
+    architectures = list(backend.checkpoint_config(model).architectures or [])
     if not any(is_seq2seq_architecture(a) for a in architectures):
         found = ", ".join(architectures) or "no architectures in config.json"
         raise ModelError(
@@ -120,11 +116,11 @@ def load_seq2seq(model: ModelConfig, task: str) -> LoadedModel:
             f"(expected *ForConditionalGeneration or *MTModel, found {found})"
         )
     # generation needs no character offsets, so python tokenizers (MarianTokenizer) are fine
-    return load_pretrained(AutoModelForSeq2SeqLM, model, require_fast_tokenizer=False)
+    return backend.load(model, "generation", require_fast_tokenizer=False)
 
 
 class Seq2SeqModel(TaskModel):
-    """Encodes one text field (with ``prefix``), runs ``model.generate`` on each batch, decodes the text.
+    """Encodes one text field (with ``prefix``), has the backend generate on each batch, decodes the text.
 
     ``field`` is the example field to read; ``by_sentences`` switches input
     truncation from tokens to whole leading sentences (spaCy sentencizer,
@@ -207,7 +203,7 @@ class Seq2SeqModel(TaskModel):
         long = [i for i, cut in enumerate(truncated) if cut]
         if long:
             if self._nlp is None:
-                from plugins.spacy_steps import load_spacy
+                from nlpflow.plugins.spacy_steps import load_spacy
 
                 self._nlp = load_spacy(self.lang, None, ("senter",))
             documents = (examples[i].fields[self.field] for i in long)
@@ -252,10 +248,9 @@ class Seq2SeqModel(TaskModel):
 
     # -- forward and decode ----------------------------------------------------
 
-    def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
-        sequences = self.loaded.model.generate(**batch, **self.generate_kwargs)
-        texts = self.loaded.tokenizer.batch_decode(sequences, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-        return [text.strip() for text in texts]
+    def head_options(self) -> dict[str, Any]:
+        return self.generate_kwargs
 
-    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
-        return Prediction(outputs[0])
+    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Mapping[str, Any]]) -> Prediction:
+        text = self.loaded.tokenizer.decode(outputs[0]["sequences"], skip_special_tokens=True, clean_up_tokenization_spaces=True)
+        return Prediction(text.strip())

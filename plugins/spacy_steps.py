@@ -16,9 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from pipeline import hookimpl
-from pipeline.errors import ConfigError
-from pipeline.types import Example, Preprocessor
+from nlpflow import hookimpl
+from nlpflow.errors import ConfigError
+from nlpflow.types import Example, Preprocessor
 
 _SPACES = re.compile(r"\s+")
 

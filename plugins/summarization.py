@@ -25,15 +25,10 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, PositiveInt
 
-from pipeline import hookimpl
-from pipeline.config import ModelConfig
-from pipeline.errors import ModelError
-from pipeline.model import LoadedModel, input_limit, load_pretrained, sentence_embeddings, tokenize
-from pipeline.types import Example, Features, Metric, Prediction, TaskModel
-from plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, load_seq2seq
+from nlpflow import Backend, Example, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, TaskModel, hookimpl, input_limit, tokenize
+from nlpflow.plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, load_seq2seq
 
 
 class SummarizationOptions(GenerationOptions):
@@ -46,7 +41,7 @@ class SummarizationOptions(GenerationOptions):
 
 @lru_cache(maxsize=8)
 def sentencizer(lang: str):
-    from plugins.spacy_steps import load_spacy
+    from nlpflow.plugins.spacy_steps import load_spacy
 
     return load_spacy(lang, None, ("senter",))
 
@@ -74,22 +69,20 @@ class Summarization(TextToTextTask):
         documents = split_sentences([example.fields["document"] for example in examples], self.options.lang)
         return [Prediction(" ".join(sentences[:k]), {"sentences": list(range(min(k, len(sentences))))}) for sentences in documents]
 
-    def load(self, model: ModelConfig) -> TaskModel:
+    def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         options = self.options
         if options.method == "lead":
             raise ModelError(f"task {self.name!r}: method 'lead' runs no model; remove the pipeline's model: block")
         if options.method == "generate":
-            return Seq2SeqModel(load_seq2seq(model, self.name), options, "document", by_sentences=True, lang=options.lang)
-        from transformers import AutoModel
-
-        return ExtractiveSummarizer(load_pretrained(AutoModel, model), options)
+            return Seq2SeqModel(load_seq2seq(model, backend, self.name), options, "document", by_sentences=True, lang=options.lang)
+        return ExtractiveSummarizer(backend.load(model, "embedding"), options)
 
 
 class ExtractiveSummarizer(TaskModel):
     """Centroid: the ``k`` sentences nearest the mean of the document's sentence embeddings, in document order.
 
     Every sentence is one :class:`Features` row, so the model stage batches
-    sentences of many documents together; ``forward`` embeds them (mean pooling
+    sentences of many documents together; the backend embeds them (mean pooling
     over the attention mask, L2-normalised, as sentence-transformers does for
     all-MiniLM).
     """
@@ -112,13 +105,10 @@ class ExtractiveSummarizer(TaskModel):
                 examples[position].notes["truncated"] = True
         return features
 
-    def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
-        return sentence_embeddings(self.loaded, batch).cpu().numpy()
-
-    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
+    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Mapping[str, Any]]) -> Prediction:
         k = self.options.sentences
         sentences = [feature.extra for feature in features]
-        embeddings = np.stack(outputs).astype(np.float64)
+        embeddings = np.stack([output["embedding"] for output in outputs]).astype(np.float64)
         centroid = embeddings.mean(axis=0)
         norm = np.linalg.norm(centroid)
         similarity = embeddings @ (centroid / norm if norm > 0 else centroid)

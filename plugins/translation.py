@@ -20,12 +20,8 @@ from typing import Any, ClassVar, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from pipeline import hookimpl
-from pipeline.config import ModelConfig
-from pipeline.errors import ModelError
-from pipeline.model import LoadedModel
-from pipeline.types import Metric, TaskModel
-from plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, load_seq2seq
+from nlpflow import Backend, LoadedModel, Metric, ModelConfig, ModelError, TaskModel, hookimpl
+from nlpflow.plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, load_seq2seq
 
 
 class TranslationOptions(GenerationOptions):
@@ -45,8 +41,8 @@ class Translation(TextToTextTask):
     default_metrics = ("bleu", "chrf", "ter")
     Options = TranslationOptions
 
-    def load(self, model: ModelConfig) -> TaskModel:
-        loaded = load_seq2seq(model, self.name)
+    def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
+        loaded = load_seq2seq(model, backend, self.name)
         forced_bos = set_languages(loaded, self.options.source_lang, self.options.target_lang)
         return Seq2SeqModel(loaded, self.options, "source", forced_bos_token_id=forced_bos, source_lang=self.options.source_lang)
 

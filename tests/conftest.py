@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def pm():
     """A fresh PluginManager with nlpflow's hook specifications added and no plugins."""
-    from pipeline.plugins import make_plugin_manager
+    from nlpflow.registry import make_plugin_manager
 
     return make_plugin_manager()
 
@@ -26,7 +26,7 @@ def pm():
 @pytest.fixture(scope="session")
 def registry():
     """The registry of installed plugins (built-ins and any installed third-party ones)."""
-    from pipeline.plugins import load_registry
+    from nlpflow.registry import load_registry
 
     return load_registry()
 

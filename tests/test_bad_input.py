@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from nlpflow.cli import main
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
 EXPECTED = json.loads((CORPUS / "expected.json").read_text(encoding="utf-8"))

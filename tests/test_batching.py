@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from benchmarks.data import texts as generated_texts
-from pipeline.config import ModelConfig
-from pipeline.errors import ModelError
-from pipeline.model import ModelStage
-from pipeline.types import Example
-from plugins.classification import TextClassification
+from nlpflow.plugins.torch_backend import TorchBackend
+from nlpflow.config import ModelConfig
+from nlpflow.errors import ModelError
+from nlpflow.model import ModelStage
+from nlpflow.types import Example
+from nlpflow.plugins.classification import TextClassification
 
 #: heavy-tailed lengths (1 to ~20 sentences), a few very long texts that get truncated, and one-word texts
 TEXTS = (
@@ -37,14 +38,14 @@ def _examples(texts):
 def one_at_a_time(task_model, texts):
     """The reference: each example encoded, run and decoded alone, with no padding and no ModelStage."""
     predictions = []
-    with torch.inference_mode():
-        for example in _examples(texts):
-            features = task_model.encode([example])
-            outputs = []
-            for feature in features:
-                batch = {key: torch.tensor([values]) for key, values in feature.inputs.items()}
-                outputs.extend(task_model.forward(batch, [feature]))
-            predictions.append(task_model.decode(example, features, outputs))
+    for example in _examples(texts):
+        features = task_model.encode([example])
+        outputs = []
+        for feature in features:
+            batch = {key: np.asarray([values], dtype=np.int64) for key, values in feature.inputs.items()}
+            result = task_model.loaded.run(batch, **task_model.head_options())
+            outputs.append({name: value[0] for name, value in result.items()})
+        predictions.append(task_model.decode(example, features, outputs))
     return predictions
 
 
@@ -70,7 +71,7 @@ def assert_same(batched, reference, atol=1e-5):
 
 def load(path, **options):
     task = TextClassification(TextClassification.Options(**options))
-    return task.load(ModelConfig(name_or_path=str(path), device="cpu"))
+    return task.load(ModelConfig(name_or_path=str(path), device="cpu"), TorchBackend())
 
 
 @pytest.fixture(scope="module")
@@ -168,32 +169,31 @@ def test_collate_pads_like_the_tokenizer(classifier):
     stage = ModelStage(classifier, ModelConfig(name_or_path="x", device="cpu"))
     indices = [3, 0, 5]
     batch = stage.collate(features, indices)
-    expected = classifier.loaded.tokenizer.pad([features[i].inputs for i in indices], return_tensors="pt")
+    expected = classifier.loaded.tokenizer.pad([features[i].inputs for i in indices], return_tensors="np")
     assert batch.keys() == set(features[0].inputs)
     for key in batch:
-        assert batch[key].dtype == torch.int64
-        assert torch.equal(batch[key], expected[key].to(torch.int64)), key
+        assert batch[key].dtype == np.int64
+        assert np.array_equal(batch[key], expected[key].astype(np.int64)), key
 
 
 # --- out of memory ------------------------------------------------------------------
 
 
 class OutOfMemoryAbove:
-    """Wraps a task model's forward: a batch with more than ``limit`` rows raises CUDA's out-of-memory error."""
+    """Wraps a backend's run: a batch with more than ``limit`` rows raises CUDA's out-of-memory error."""
 
     def __init__(self, task_model, limit, error=torch.cuda.OutOfMemoryError):
-        self.task_model = task_model
         self.limit = limit
         self.error = error
-        self.original = task_model.forward
+        self.original = task_model.loaded.backend.run
         self.attempts: list[int] = []
 
-    def __call__(self, batch, features):
-        rows = batch["input_ids"].shape[0]
+    def __call__(self, loaded, prepared, **options):
+        rows = prepared["input_ids"].shape[0]
         self.attempts.append(rows)
         if rows > self.limit:
             raise self.error(f"CUDA out of memory. Tried to allocate 2.00 GiB (batch of {rows} rows)")
-        return self.original(batch, features)
+        return self.original(loaded, prepared, **options)
 
 
 @pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, lambda message: RuntimeError(f"DefaultCPUAllocator: {message.lower()}")])
@@ -201,7 +201,7 @@ def test_auto_batch_size_backs_off_on_out_of_memory_and_predicts_every_example(
     bert_classifier, classifier, classifier_reference, monkeypatch, error
 ):
     wrapper = OutOfMemoryAbove(classifier, limit=5, error=error)
-    monkeypatch.setattr(classifier, "forward", wrapper)
+    monkeypatch.setattr(classifier.loaded.backend, "run", wrapper)
     predictions, stage = staged(classifier, ModelConfig(name_or_path=str(bert_classifier), device="cpu", batch_size="auto"), TEXTS, 20)
     assert_same(predictions, classifier_reference)  # none skipped, same answers, input order
     described = stage.describe()
@@ -217,7 +217,7 @@ def test_auto_batch_size_backs_off_on_out_of_memory_and_predicts_every_example(
 
 
 def test_fixed_batch_size_out_of_memory_raises_a_helpful_model_error(bert_classifier, classifier, monkeypatch):
-    monkeypatch.setattr(classifier, "forward", OutOfMemoryAbove(classifier, limit=2))
+    monkeypatch.setattr(classifier.loaded.backend, "run", OutOfMemoryAbove(classifier, limit=2))
     with pytest.raises(ModelError) as caught:
         staged(classifier, ModelConfig(name_or_path=str(bert_classifier), device="cpu", batch_size=8), TEXTS)
     message = str(caught.value)
@@ -228,7 +228,7 @@ def test_fixed_batch_size_out_of_memory_raises_a_helpful_model_error(bert_classi
 
 
 def test_out_of_memory_on_a_single_example_is_a_model_error(bert_classifier, classifier, monkeypatch):
-    monkeypatch.setattr(classifier, "forward", OutOfMemoryAbove(classifier, limit=0))
+    monkeypatch.setattr(classifier.loaded.backend, "run", OutOfMemoryAbove(classifier, limit=0))
     with pytest.raises(ModelError, match="single example"):
         staged(classifier, ModelConfig(name_or_path=str(bert_classifier), device="cpu", batch_size="auto"), TEXTS[:4])
 
@@ -236,20 +236,20 @@ def test_out_of_memory_on_a_single_example_is_a_model_error(bert_classifier, cla
 def test_other_errors_in_forward_are_not_retried(bert_classifier, classifier, monkeypatch):
     calls = []
 
-    def broken(batch, features):
-        calls.append(len(features))
+    def broken(loaded, prepared, **options):
+        calls.append(len(prepared["input_ids"]))
         raise ValueError("shape mismatch in the head")
 
-    monkeypatch.setattr(classifier, "forward", broken)
+    monkeypatch.setattr(classifier.loaded.backend, "run", broken)
     with pytest.raises(ValueError, match="shape mismatch"):
         staged(classifier, ModelConfig(name_or_path=str(bert_classifier), device="cpu", batch_size="auto"), TEXTS)
     assert len(calls) == 1
 
 
 def test_forward_returning_the_wrong_number_of_rows_is_a_model_error(bert_classifier, classifier, monkeypatch):
-    original = classifier.forward
-    monkeypatch.setattr(classifier, "forward", lambda batch, features: original(batch, features)[:-1])
-    with pytest.raises(ModelError, match="returned 2 outputs for a batch of 3 rows"):
+    original = classifier.loaded.backend.run
+    monkeypatch.setattr(classifier.loaded.backend, "run", lambda loaded, prepared, **options: {"logits": original(loaded, prepared)["logits"][:-1]})
+    with pytest.raises(ModelError, match="returned 2 rows of 'logits' for a batch of 3"):
         staged(classifier, ModelConfig(name_or_path=str(bert_classifier), device="cpu", batch_size=3), TEXTS[:3])
 
 

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from pipeline.api import run
-from pipeline.config import ModelConfig
-from pipeline.errors import ModelError
-from pipeline.model import ModelStage
-from pipeline.types import Example
-from plugins.classification import Accuracy, ClassificationOptions, MacroF1, Sentiment, TextClassification
+from nlpflow.plugins.torch_backend import TorchBackend
+from nlpflow.api import run
+from nlpflow.config import ModelConfig
+from nlpflow.errors import ModelError
+from nlpflow.model import ModelStage
+from nlpflow.types import Example
+from nlpflow.plugins.classification import Accuracy, ClassificationOptions, MacroF1, Sentiment, TextClassification
 
 from tests.conftest import REPO
 
@@ -40,7 +41,7 @@ def test_sequence_classifier_matches_direct_model_calls(bert_classifier):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     task = Sentiment(ClassificationOptions(labels=["negative", "positive"]))
-    task_model = task.load(ModelConfig(name_or_path=str(bert_classifier)))
+    task_model = task.load(ModelConfig(name_or_path=str(bert_classifier)), TorchBackend())
     texts = ["a fine film", "terrible food and slow service " * 5, "ok", "I loved every minute of it, truly"]
     predictions = ModelStage(task_model, ModelConfig(name_or_path=str(bert_classifier), batch_size=2)).run(_examples(texts))
 
@@ -55,31 +56,31 @@ def test_sequence_classifier_matches_direct_model_calls(bert_classifier):
 
 def test_label_map_translates_model_labels(bert_classifier):
     options = ClassificationOptions(labels=["bad", "good"], label_map={"bad": "negative", "good": "positive"})
-    task_model = TextClassification(options).load(ModelConfig(name_or_path=str(bert_classifier)))
+    task_model = TextClassification(options).load(ModelConfig(name_or_path=str(bert_classifier)), TorchBackend())
     assert task_model.labels == ["bad", "good"]
 
 
 def test_unmappable_labels_name_both_sides(bert_classifier):
     options = ClassificationOptions(labels=["1 star", "5 stars"])
     with pytest.raises(ModelError) as caught:
-        TextClassification(options).load(ModelConfig(name_or_path=str(bert_classifier)))
+        TextClassification(options).load(ModelConfig(name_or_path=str(bert_classifier)), TorchBackend())
     message = str(caught.value)
     assert "['1 star', '5 stars']" in message and "['negative', 'positive']" in message and "label_map" in message
 
 
 def test_wrong_head_is_refused(bert_qa):
     with pytest.raises(ModelError, match="wrong task head: expected a \\*ForSequenceClassification checkpoint, found BertForQuestionAnswering"):
-        TextClassification(ClassificationOptions(mode="sequence-classification")).load(ModelConfig(name_or_path=str(bert_qa)))
+        TextClassification(ClassificationOptions(mode="sequence-classification")).load(ModelConfig(name_or_path=str(bert_qa)), TorchBackend())
 
 
 def test_zero_shot_without_labels_is_a_clear_error(minilm_path):
     with pytest.raises(ModelError, match="needs options.labels"):
-        TextClassification().load(ModelConfig(name_or_path=str(minilm_path)))
+        TextClassification().load(ModelConfig(name_or_path=str(minilm_path)), TorchBackend())
 
 
 def test_multi_label_threshold(bert_classifier):
     options = ClassificationOptions(multi_label=True, threshold=0.0)
-    task_model = TextClassification(options).load(ModelConfig(name_or_path=str(bert_classifier)))
+    task_model = TextClassification(options).load(ModelConfig(name_or_path=str(bert_classifier)), TorchBackend())
     [prediction] = ModelStage(task_model, ModelConfig(name_or_path=str(bert_classifier))).run(_examples(["anything"]))
     assert prediction.value == ["negative", "positive"]  # every sigmoid probability is >= 0
 

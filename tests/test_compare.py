@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.api import run
-from pipeline.cli import main
-from pipeline.compare import CompareError, approximate_randomization, compare_runs, leaderboard, leaderboard_html, paired_bootstrap
-from pipeline.report import bootstrap_indices, bootstrap_interval
-from plugins.classification import Accuracy, MacroF1
+from nlpflow.api import run
+from nlpflow.cli import main
+from nlpflow.compare import CompareError, approximate_randomization, compare_runs, leaderboard, leaderboard_html, paired_bootstrap
+from nlpflow.report import bootstrap_indices, bootstrap_interval
+from nlpflow.plugins.classification import Accuracy, MacroF1
 
 LABELS = ("negative", "positive")
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from pipeline.config import MAX_NODES, load_config, parse_config, resolve
-from pipeline.errors import ConfigError, PluginError
+from nlpflow.config import MAX_NODES, load_config, parse_config, resolve
+from nlpflow.errors import ConfigError, PluginError
 
 GOOD = "pipelines:\n  reviews:\n    task: sentiment\n    data: {path: d.jsonl}\n"
 
@@ -123,15 +123,15 @@ def test_reader_options_are_checked(delimiter, tmp_path, registry):
 
 
 def test_plugin_constructor_that_raises_names_the_plugin(tmp_path):
-    from pipeline import hookimpl
-    from pipeline.plugins import load_registry
-    from pipeline.types import Reporter
+    from nlpflow import hookimpl
+    from nlpflow.registry import load_registry
+    from nlpflow.types import Reporter
 
     class Exploding(Reporter):
         name = "exploding"
         filename = "x.txt"
 
-        def __init__(self):
+        def __init__(self, options=None):
             raise RuntimeError("no template")
 
         def render(self, run):

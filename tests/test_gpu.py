@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import ModelConfig
-from pipeline.model import ModelStage, resolve_device, resolve_dtype
-from pipeline.types import Example
-from plugins.classification import ClassificationOptions, Sentiment
+from nlpflow.plugins.torch_backend import TorchBackend
+from nlpflow.config import ModelConfig
+from nlpflow.model import ModelStage
+from nlpflow.plugins.torch_backend import resolve_device, resolve_dtype
+from nlpflow.types import Example
+from nlpflow.plugins.classification import ClassificationOptions, Sentiment
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -31,9 +33,9 @@ def test_classifier_on_gpu_matches_cpu_labels(bert_classifier):
     examples = _examples(64)
     gpu_config = ModelConfig(name_or_path=str(bert_classifier), dtype="float32")
     cpu_config = ModelConfig(name_or_path=str(bert_classifier), device="cpu")
-    gpu_stage = ModelStage(task.load(gpu_config), gpu_config)
+    gpu_stage = ModelStage(task.load(gpu_config, TorchBackend()), gpu_config)
     gpu = gpu_stage.run(examples)
-    cpu = ModelStage(task.load(cpu_config), cpu_config).run(examples)
+    cpu = ModelStage(task.load(cpu_config, TorchBackend()), cpu_config).run(examples)
     assert [p.value for p in gpu] == [p.value for p in cpu]
     assert gpu_stage.pad_multiple == 8
     assert gpu_stage.describe()["device"].startswith("cuda")
@@ -43,7 +45,7 @@ def test_out_of_memory_backs_off_under_a_forced_small_budget(minilm_path):
     """Cap this process's CUDA memory, ask for huge batches, and check every example is still predicted."""
     task = Sentiment()
     config = ModelConfig(name_or_path=str(minilm_path), batch_size="auto", max_tokens=4_000_000, dtype="float32")
-    task_model = task.load(config)
+    task_model = task.load(config, TorchBackend())
     stage = ModelStage(task_model, config)
     stage.max_rows = 4096
     examples = _examples(4096, words=200)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.api import run
+from nlpflow.api import run
 
 CHROMIUM = os.environ.get("NLPFLOW_CHROMIUM", "/usr/bin/chromium")
 PAYLOAD = "<script>document.title='PWNED'</script>"

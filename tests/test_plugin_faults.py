@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import hookimpl
-from pipeline.cli import main
-from pipeline.errors import PluginError
-from pipeline.plugins import load_registry
+from nlpflow import hookimpl
+from nlpflow.cli import main
+from nlpflow.errors import PluginError
+from nlpflow.registry import load_registry
 import numpy as np
 
-from pipeline.types import Example, Features, Metric, Prediction, Task, TaskModel
+from nlpflow import Backend, Example, Features, LoadedModel, Metric, Prediction, Task, TaskModel
 
 DATA = '{"text": "good", "label": "positive", "prediction": "positive"}\n{"text": "bad", "label": "negative", "prediction": "negative"}\n'
 
@@ -40,15 +40,15 @@ def _sentiment_config(tmp_path: Path, extra: str = "") -> Path:
 BROKEN_PLUGINS = {
     "import_error": ("import nonexistent_module_xyz\n", 'Error importing plugin "broken": ModuleNotFoundError: No module named \'nonexistent_module_xyz\''),
     "raises_in_hook": (
-        "from pipeline import hookimpl\n@hookimpl\ndef register_tasks(register):\n    raise RuntimeError('boom')\n",
+        "from nlpflow import hookimpl\n@hookimpl\ndef register_tasks(register):\n    raise RuntimeError('boom')\n",
         "plugin 'broken': raised in register_tasks: RuntimeError: boom",
     ),
     "wrong_type": (
-        "from pipeline import hookimpl\n@hookimpl\ndef register_metrics(register):\n    register(object)\n",
-        "plugin 'broken': register_metrics registered <class 'object'>, which is not a subclass of pipeline.types.Metric",
+        "from nlpflow import hookimpl\n@hookimpl\ndef register_metrics(register):\n    register(object)\n",
+        "plugin 'broken': register_metrics registered <class 'object'>, which is not a subclass of nlpflow.Metric",
     ),
     "misspelled_hook": (
-        "from pipeline import hookimpl\n@hookimpl\ndef register_taskz(register):\n    pass\n",
+        "from nlpflow import hookimpl\n@hookimpl\ndef register_taskz(register):\n    pass\n",
         "plugin 'broken': rejected: unknown hook 'register_taskz'",
     ),
 }
@@ -83,7 +83,7 @@ def test_broken_third_party_plugin_is_named_and_sentiment_still_runs(kind, tmp_p
 def test_third_party_plugin_cannot_take_over_a_builtin_name(tmp_path, monkeypatch):
     (tmp_path / "site").mkdir()
     source = (
-        "from pipeline import hookimpl\nfrom plugins.classification import Sentiment\n"
+        "from nlpflow import hookimpl\nfrom plugins.classification import Sentiment\n"
         "class Again(Sentiment):\n    pass\n@hookimpl\ndef register_tasks(register):\n    register(Again)\n"
     )
     _install_plugin(tmp_path / "site", monkeypatch, "broken", "nlpflow_broken_duplicate", source)
@@ -118,19 +118,14 @@ def test_disabling_a_builtin_plugin(tmp_path, capsys):
 
 
 class FakeModel(TaskModel):
-    def __init__(self, fault: str):
-        self.loaded = None
+    def __init__(self, loaded, fault: str):
+        super().__init__(loaded)
         self.fault = fault
 
     def encode(self, examples):
         if self.fault == "encode":
             raise RuntimeError("tokenizer exploded")
         return [Features(i, {"input_ids": [1, 2, 3], "attention_mask": [1, 1, 1]}) for i, _ in enumerate(examples)]
-
-    def forward(self, batch, features):
-        if self.fault == "forward":
-            raise ValueError("shape mismatch")
-        return [0] * len(features)
 
     def decode(self, example, features, outputs):
         if self.fault == "decode-type" and example.index == 1:
@@ -140,22 +135,23 @@ class FakeModel(TaskModel):
         return Prediction("positive")
 
 
-class FakeStage:
-    """ModelStage without torch: encode, forward on all rows, decode, as the real stage calls them."""
+def _faulty_plugin(fault: str) -> tuple[type[Task], type[Backend]]:
+    """A task and a backend (no torch, no checkpoint) that fail at the step named by ``fault``."""
 
-    def __init__(self, task_model, config):
-        self.task_model = task_model
+    class FakeBackend(Backend):
+        name = "fake"
+        heads = ("sequence-classification",)
 
-    def run(self, examples):
-        features = self.task_model.encode(examples)
-        outputs = self.task_model.forward({}, features)
-        return [self.task_model.decode(e, [features[i]], [outputs[i]]) for i, e in enumerate(examples)]
+        def load_head(self, model, head, *, require_fast_tokenizer=True):
+            tokenizer = type("Tokenizer", (), {"pad_token_id": 0, "model_max_length": 8})()
+            return LoadedModel(tokenizer=tokenizer, checkpoint=None, config=model, head=head, backend=self, handle=None,
+                               name_or_path=model.name_or_path, path=model.name_or_path, fingerprint="fake")
 
-    def describe(self):
-        return {}
+        def run(self, loaded, prepared, **options):
+            if fault == "forward":
+                raise ValueError("shape mismatch")
+            return {"logits": np.zeros((len(prepared["input_ids"]), 2), dtype=np.float32)}
 
-
-def _faulty_task(fault: str) -> type[Task]:
     class Faulty(Task):
         name = "faulty"
         input_fields = ("text",)
@@ -167,12 +163,12 @@ def _faulty_task(fault: str) -> type[Task]:
                 raise KeyError("oops")
             super().check_example(example)
 
-        def load(self, model):
+        def load(self, model, backend):
             if fault == "load":
                 raise RuntimeError("no weights here")
-            return FakeModel(fault)
+            return FakeModel(backend.load(model, "sequence-classification"), fault)
 
-    return Faulty
+    return Faulty, FakeBackend
 
 
 class Same(Metric):
@@ -197,15 +193,16 @@ class Same(Metric):
     ],
 )
 def test_task_faults_name_plugin_task_and_record(fault, expected, tmp_path, monkeypatch, capsys):
-    import pipeline.runner as runner
-
-    monkeypatch.setattr(runner, "ModelStage", FakeStage)
-    monkeypatch.setattr(runner, "cache_key_parameters", lambda task_model: "fake")
+    task, backend = _faulty_plugin(fault)
 
     class Plugin:
         @hookimpl
         def register_tasks(self, register):
-            register(_faulty_task(fault))
+            register(task)
+
+        @hookimpl
+        def register_backends(self, register):
+            register(backend)
 
         @hookimpl
         def register_metrics(self, register):
@@ -215,8 +212,8 @@ def test_task_faults_name_plugin_task_and_record(fault, expected, tmp_path, monk
     data = tmp_path / "d.jsonl"
     data.write_text(DATA)
     config = tmp_path / "p.yaml"
-    config.write_text("pipelines:\n  t:\n    task: faulty\n    data: {path: d.jsonl}\n    model: {name_or_path: m}\n    report: {formats: [json]}\n")
-    from pipeline.cli import _run
+    config.write_text("pipelines:\n  t:\n    task: faulty\n    data: {path: d.jsonl}\n    model: {name_or_path: m, backend: fake}\n    report: {formats: [json]}\n")
+    from nlpflow.cli import _run
 
     class Args:
         pipelines = ["t"]
@@ -238,7 +235,7 @@ def test_task_faults_name_plugin_task_and_record(fault, expected, tmp_path, monk
 
 
 def test_an_exception_in_decode_names_the_record_and_line(bert_classifier, tmp_path, write_pipelines, monkeypatch):
-    from plugins.classification import SequenceClassifier
+    from nlpflow.plugins.classification import SequenceClassifier
 
     original = SequenceClassifier.decode
 
@@ -254,8 +251,8 @@ def test_an_exception_in_decode_names_the_record_and_line(bert_classifier, tmp_p
         f"pipelines:\n  t:\n    task: sentiment\n    data: {{path: d.jsonl}}\n    options: {{labels: [negative, positive]}}\n"
         f"    model: {{name_or_path: {bert_classifier}}}\n    report: {{formats: [json]}}\n"
     )
-    from pipeline.api import run
-    from pipeline.errors import PluginError
+    from nlpflow.api import run
+    from nlpflow.errors import PluginError
 
     with pytest.raises(PluginError) as caught:
         run(["t"], config, tmp_path / "out", use_cache=False)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import hookimpl, hookspecs
-from pipeline.errors import ConfigError
-from pipeline.plugins import KINDS, load_registry
-from pipeline.types import Metric, Task
+from nlpflow import hookimpl, hookspecs
+from nlpflow.errors import ConfigError
+from nlpflow.registry import KINDS, load_registry
+from nlpflow.types import Metric, Task
 
 from tests.conftest import REPO
 
@@ -23,7 +23,7 @@ BUILTIN_PLUGINS = {"readers", "reports", "spacy_steps", "classification", "trans
 
 def test_every_hookspec_has_a_docstring_and_a_kind(pm):
     specs = [name for name in dir(hookspecs) if name.startswith("register_")]
-    assert set(specs) == set(KINDS)
+    assert set(specs) == set(KINDS) | {"register_embedded_models"}
     for name in specs:
         doc = getattr(hookspecs, name).__doc__
         assert doc and "Called" in doc, f"{name} needs a docstring saying when it is called"
@@ -61,7 +61,7 @@ class Echo(Task):
     reference_fields = ("label",)
     default_metrics = ("exact",)
 
-    def load(self, model):  # pragma: no cover - echo is only scored from given predictions
+    def load(self, model, backend):  # pragma: no cover - echo is only scored from given predictions
         raise NotImplementedError
 
 
@@ -95,7 +95,7 @@ def test_inline_plugin_registers_and_runs(tmp_path, write_pipelines):
     data = tmp_path / "d.jsonl"
     data.write_text('{"text": "a", "label": "x", "prediction": "x"}\n{"text": "b", "label": "y", "prediction": "z"}\n')
     config = write_pipelines("pipelines:\n  p:\n    task: echo\n    data: {path: d.jsonl}\n    report: {formats: [json]}\n")
-    from pipeline.api import run
+    from nlpflow.api import run
 
     [result] = run(["p"], config, tmp_path / "out", registry=registry, use_cache=False)
     assert result.report["metrics"]["exact"]["value"] == 0.5
@@ -152,7 +152,7 @@ def test_disable_plugin_by_argument_and_environment(monkeypatch):
 def test_unknown_task_suggests_the_closest(registry, write_pipelines, tmp_path):
     (tmp_path / "d.jsonl").write_text('{"text": "a"}\n')
     config = write_pipelines("pipelines:\n  p:\n    task: sentimnet\n    data: {path: d.jsonl}\n")
-    from pipeline.api import validate
+    from nlpflow.api import validate
 
     with pytest.raises(ConfigError) as caught:
         validate(config, registry=registry)
@@ -161,7 +161,7 @@ def test_unknown_task_suggests_the_closest(registry, write_pipelines, tmp_path):
 
 
 def test_cli_plugins_and_tasks_json(capsys):
-    from pipeline.cli import main
+    from nlpflow.cli import main
 
     assert main(["plugins", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
@@ -185,7 +185,7 @@ def keywords_installed():
 
 def _nlpflow(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "nlpflow.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_example_plugin_is_discovered_listed_and_runs_from_yaml(keywords_installed, tmp_path):

@@ -10,10 +10,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import parse_config
-from pipeline.errors import NlpflowError
-from pipeline.types import RawRecord
-from plugins.readers import CsvReader, JsonLinesReader, TsvReader
+from nlpflow.config import parse_config
+from nlpflow.errors import NlpflowError
+from nlpflow.types import RawRecord
+from nlpflow.plugins.readers import CsvReader, JsonLinesReader, TsvReader
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -11,12 +11,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipeline.api import run
-from pipeline.config import ModelConfig
-from pipeline.errors import ModelError
-from pipeline.model import ModelStage
-from pipeline.types import Example, ExampleError
-from plugins.question_answering import F1, ExactMatch, QuestionAnswering, SentenceRetriever, SpanExtractor
+from nlpflow.plugins.torch_backend import TorchBackend
+from nlpflow.api import run
+from nlpflow.config import ModelConfig
+from nlpflow.errors import ModelError
+from nlpflow.model import ModelStage
+from nlpflow.types import Example, ExampleError
+from nlpflow.plugins.question_answering import F1, ExactMatch, QuestionAnswering, SentenceRetriever, SpanExtractor
 
 from tests.conftest import REPO
 
@@ -83,7 +84,7 @@ def _examples(rows):
 
 def _span_model(path, **options):
     task = QuestionAnswering(QuestionAnswering.Options(**options))
-    return task.load(ModelConfig(name_or_path=str(path)))
+    return task.load(ModelConfig(name_or_path=str(path)), TorchBackend())
 
 
 def _predict(task_model, rows, **model_config):
@@ -148,7 +149,7 @@ def test_squad_sample_answers_are_accepted():
 def test_loads_a_qa_head_through_load_pretrained(bert_qa):
     task_model = _span_model(bert_qa)
     assert isinstance(task_model, SpanExtractor)
-    assert type(task_model.loaded.model).__name__ == "BertForQuestionAnswering"
+    assert type(task_model.loaded.handle).__name__ == "BertForQuestionAnswering"
     assert task_model.max_length == 128  # the tokenizer's model_max_length
     assert task_model.doc_stride == 64 and task_model.question_first
 
@@ -227,10 +228,15 @@ def _window_2_case(bert_qa, **options):
     return task_model, example, features, outputs, context, target_start, target_end
 
 
+def _head_outputs(logits):
+    """Per-window (2, length) start/end logit arrays as the question-answering head's outputs."""
+    return [{"start_logits": window[0], "end_logits": window[1]} for window in logits]
+
+
 @pytest.mark.parametrize("ranking", ["probability", "logits"])
 def test_best_span_in_a_later_window_maps_back_to_the_context(bert_qa, ranking):
     task_model, example, features, outputs, context, start, end = _window_2_case(bert_qa, span_ranking=ranking)
-    prediction = task_model.decode(example, features, outputs)
+    prediction = task_model.decode(example, features, _head_outputs(outputs))
     assert prediction.value == context[start:end] == "Runnymede near Windsor"
     assert prediction.details["window"] == 2
     assert (prediction.details["start"], prediction.details["end"]) == (start, end)
@@ -239,18 +245,18 @@ def test_best_span_in_a_later_window_maps_back_to_the_context(bert_qa, ranking):
 
 def test_max_answer_length_and_no_answer(bert_qa):
     task_model, example, features, outputs, context, start, end = _window_2_case(bert_qa, max_answer_length=2)
-    prediction = task_model.decode(example, features, outputs)
+    prediction = task_model.decode(example, features, _head_outputs(outputs))
     assert prediction.value != "Runnymede near Windsor"  # 3 tokens: too long
     assert len(prediction.value.split()) <= 2 and context[prediction.details["start"] : prediction.details["end"]] == prediction.value
 
     task_model, example, features, outputs, *_ = _window_2_case(bert_qa, allow_no_answer=True)
-    assert task_model.decode(example, features, outputs).value == "Runnymede near Windsor"
+    assert task_model.decode(example, features, _head_outputs(outputs)).value == "Runnymede near Windsor"
     for logits in outputs:
         logits[:, 0] = 7.0  # CLS: the null score 14 beats the best span's 12
-    prediction = task_model.decode(example, features, outputs)
+    prediction = task_model.decode(example, features, _head_outputs(outputs))
     assert prediction.value == "" and prediction.details["no_answer"] is True
     task_model, *_ = _window_2_case(bert_qa, allow_no_answer=True, null_threshold=2.5)
-    assert task_model.decode(example, features, outputs).value == "Runnymede near Windsor"
+    assert task_model.decode(example, features, _head_outputs(outputs)).value == "Runnymede near Windsor"
 
 
 def test_words_split_into_pieces_are_answered_whole(bert_qa):
@@ -265,8 +271,8 @@ def test_words_split_into_pieces_are_answered_whole(bert_qa):
     logits[:, middle] = 5.0
     word = [o for o, w in zip(feature.extra["offsets"], words) if w == words[middle]]
     expected = context[word[0][0] : word[-1][1]]
-    assert task_model.decode(example, [feature], [logits]).value == expected
-    unaligned = _span_model(bert_qa, align_to_words=False).decode(example, [feature], [logits])
+    assert task_model.decode(example, [feature], _head_outputs([logits])).value == expected
+    unaligned = _span_model(bert_qa, align_to_words=False).decode(example, [feature], _head_outputs([logits]))
     assert unaligned.value == context[slice(*feature.extra["offsets"][middle])] != expected
 
 

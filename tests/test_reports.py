@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.api import run
+from nlpflow.api import run
 
 MALICIOUS = "<script>alert(1)</script> and <img src=x onerror=alert(2)>"
 
@@ -187,7 +187,7 @@ def test_json_report_metric_entries(sentiment_run):
 def test_length_slices_count_spacy_tokens(sentiment_run):
     import spacy
 
-    from plugins.html_report import _bucket_label, _length_bucket
+    from nlpflow.plugins.html_report import _bucket_label, _length_bucket
 
     tokenizer = spacy.blank("en").tokenizer
     expected: dict[str, int] = {}
@@ -212,7 +212,7 @@ def test_all_equal_scores_show_no_worst_best(tmp_path, write_pipelines, cache_di
 
 
 def test_top_k_keeps_extremes_earliest_first():
-    from plugins.html_report import _TopK
+    from nlpflow.plugins.html_report import _TopK
 
     worst, best = _TopK(3, highest=False), _TopK(3, highest=True)
     scores = [0.5, 0.1, 0.9, 0.1, 0.3, 1.0, 0.9, 0.1]
@@ -224,9 +224,9 @@ def test_top_k_keeps_extremes_earliest_first():
 
 
 def test_report_without_readable_data_still_renders(sentiment_run):
-    from plugins.html_report import HtmlReporter
+    from nlpflow.plugins.html_report import HtmlReporter
 
-    sentiment_run.config.data.path = Path("/nonexistent/file.jsonl")
+    sentiment_run.data_path = Path("/nonexistent/file.jsonl")
     html = HtmlReporter().render(sentiment_run)
     assert parse(html).errors == []
     assert "input text unavailable" in html

@@ -1,6 +1,6 @@
 """Resume and cache: a killed run loses nothing, a restart finishes from the cache with the same bytes.
 
-The runs under test are real ``python -m pipeline.cli run`` subprocesses with
+The runs under test are real ``python -m nlpflow.cli run`` subprocesses with
 the tiny BERT classifier and ``chunk_size: 16``. The one that gets killed is
 slowed down (a short sleep before each chunk's model stage, patched in by a
 wrapper script) so the kill reliably lands part-way; the kill itself is a
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from nlpflow.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
 RECORDS = 200
@@ -30,13 +30,13 @@ CHUNK = 16
 #: runs the CLI with a delay before each chunk's model stage, so a test can kill it part-way
 SLOW_CLI = """
 import sys, time
-import pipeline.model as model
+import nlpflow.model as model
 original = model.ModelStage.run
 def slow_run(self, examples):
     time.sleep(float(sys.argv[1]))
     return original(self, examples)
 model.ModelStage.run = slow_run
-from pipeline.cli import main
+from nlpflow.cli import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -88,7 +88,7 @@ def _env() -> dict[str, str]:
 def _cli(config: Path, out: Path, cache: Path | None, delay: float = 0.0, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     arguments = ["run", "reviews", "--config", str(config), "--output", str(out), *extra]
     arguments += ["--cache-dir", str(cache)] if cache else ["--no-cache"]
-    command = [sys.executable, "-c", SLOW_CLI, str(delay), *arguments] if delay else [sys.executable, "-m", "pipeline.cli", *arguments]
+    command = [sys.executable, "-c", SLOW_CLI, str(delay), *arguments] if delay else [sys.executable, "-m", "nlpflow.cli", *arguments]
     return subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -158,7 +158,7 @@ def test_killed_run_resumes_from_the_cache_with_identical_output(workload, basel
 
 def test_interrupted_first_run_leaves_no_report_files(workload, tmp_path, monkeypatch, capsys):
     """Ctrl-C part-way through a first run: no predictions.jsonl, no reports, no partial file; the cache keeps what was done."""
-    import pipeline.model as model
+    import nlpflow.model as model
 
     original = model.ModelStage.run
     calls = []
@@ -260,7 +260,7 @@ def test_unusable_cache_is_a_clear_error(workload, tmp_path, capsys):
 
 
 def test_cache_entries_that_do_not_parse_are_recomputed(tmp_path):
-    from pipeline.cache import PredictionCache
+    from nlpflow.cache import PredictionCache
 
     cache = PredictionCache(tmp_path)
     cache.put_many({"a": {"value": "x", "details": {"b": 1, "a": 2}}})
@@ -273,7 +273,7 @@ def test_cache_entries_that_do_not_parse_are_recomputed(tmp_path):
 OPEN_AND_WRITE = """
 import sys, time
 from pathlib import Path
-from pipeline.cache import PredictionCache
+from nlpflow.cache import PredictionCache
 start = float(sys.argv[2])
 while time.time() < start:
     pass

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ModelConfig, parse_config
-from pipeline.errors import ConfigError, ModelError, NlpflowError
-from pipeline.runner import safe_run_directory
+from nlpflow.config import ModelConfig, parse_config
+from nlpflow.errors import ConfigError, ModelError, NlpflowError
+from nlpflow.runner import safe_run_directory
 
 
 def test_trust_remote_code_is_off_unless_set(monkeypatch, bert_classifier):
     import transformers
 
-    from pipeline import model
+    from nlpflow.plugins.torch_backend import TorchBackend
 
     seen: list[tuple[str, dict]] = []
     for cls_name in ("AutoConfig", "AutoTokenizer", "AutoModelForSequenceClassification"):
@@ -29,7 +29,7 @@ def test_trust_remote_code_is_off_unless_set(monkeypatch, bert_classifier):
             return _original(cls, *args, **kwargs)
 
         monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
-    model.load_pretrained(transformers.AutoModelForSequenceClassification, ModelConfig(name_or_path=str(bert_classifier), device="cpu"))
+    TorchBackend().load(ModelConfig(name_or_path=str(bert_classifier), device="cpu"), "sequence-classification")
     assert {name for name, _ in seen} == {"AutoConfig", "AutoTokenizer", "AutoModelForSequenceClassification"}
     for name, kwargs in seen:
         assert kwargs.get("trust_remote_code") is False, name
@@ -37,17 +37,12 @@ def test_trust_remote_code_is_off_unless_set(monkeypatch, bert_classifier):
     assert weights["use_safetensors"] is True
 
     seen.clear()
-    model.load_pretrained(
-        transformers.AutoModelForSequenceClassification,
-        ModelConfig(name_or_path=str(bert_classifier), device="cpu", trust_remote_code=True),
-    )
+    TorchBackend().load(ModelConfig(name_or_path=str(bert_classifier), device="cpu", trust_remote_code=True), "sequence-classification")
     assert all(kwargs.get("trust_remote_code") is True for _, kwargs in seen)
 
 
 def test_checkpoint_with_custom_code_is_refused(tmp_path, bert_classifier):
-    from transformers import AutoModelForSequenceClassification
-
-    from pipeline.model import load_pretrained
+    from nlpflow.plugins.torch_backend import TorchBackend
 
     checkpoint = tmp_path / "remote"
     shutil.copytree(bert_classifier, checkpoint)
@@ -58,7 +53,7 @@ def test_checkpoint_with_custom_code_is_refused(tmp_path, bert_classifier):
     marker = tmp_path / "executed"
     (checkpoint / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
     with pytest.raises(ModelError) as caught:
-        load_pretrained(AutoModelForSequenceClassification, ModelConfig(name_or_path=str(checkpoint), device="cpu"))
+        TorchBackend().load(ModelConfig(name_or_path=str(checkpoint), device="cpu"), "sequence-classification")
     assert "custom code" in str(caught.value)
     assert not marker.exists()
 
@@ -79,34 +74,30 @@ def pickle_checkpoint(tmp_path_factory, bert_classifier):
 
 
 def test_pickle_weights_refused_by_default(pickle_checkpoint):
-    from transformers import AutoModelForSequenceClassification
-
-    from pipeline.model import load_pretrained
+    from nlpflow.plugins.torch_backend import TorchBackend
 
     path, _ = pickle_checkpoint
     assert not list(path.glob("*.safetensors"))
     with pytest.raises(ModelError) as caught:
-        load_pretrained(AutoModelForSequenceClassification, ModelConfig(name_or_path=str(path), device="cpu"))
+        TorchBackend().load(ModelConfig(name_or_path=str(path), device="cpu"), "sequence-classification")
     message = str(caught.value)
     assert "no safetensors weights" in message and "allow_pickle: true" in message
 
 
 def test_pickle_weights_load_with_allow_pickle_and_a_warning(pickle_checkpoint):
     import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from pipeline.model import load_pretrained
+    from nlpflow.plugins.torch_backend import TorchBackend
 
     path, original = pickle_checkpoint
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        loaded = load_pretrained(AutoModelForSequenceClassification, ModelConfig(name_or_path=str(path), device="cpu", allow_pickle=True))
+        loaded = TorchBackend().load(ModelConfig(name_or_path=str(path), device="cpu", allow_pickle=True), "sequence-classification")
     assert any("allow_pickle" in str(w.message) for w in caught)
-    assert torch.equal(loaded.model.classifier.weight, original.classifier.weight)
+    assert torch.equal(loaded.handle.classifier.weight, original.classifier.weight)
 
 
 def test_pickle_refusal_through_the_cli(pickle_checkpoint, tmp_path, capsys):
-    from pipeline.cli import main
+    from nlpflow.cli import main
 
     path, _ = pickle_checkpoint
     (tmp_path / "d.jsonl").write_text('{"text": "good", "label": "positive"}\n')

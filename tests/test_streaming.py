@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import hookimpl
-from pipeline.api import run
-from pipeline.plugins import load_registry
-from pipeline.types import Preprocessor, RawRecord, Reader
+from nlpflow import hookimpl
+from nlpflow.api import run
+from nlpflow.registry import load_registry
+from nlpflow.types import Preprocessor, RawRecord, Reader
 
 
 class CountingReader(Reader):

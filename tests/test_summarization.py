@@ -10,12 +10,13 @@ import pytest
 import spacy
 from rouge_score import rouge_scorer
 
-from pipeline.config import ModelConfig
-from pipeline.errors import ModelError
-from pipeline.model import ModelStage
-from pipeline.types import Example
-from plugins.seq2seq import Seq2SeqModel
-from plugins.summarization import RougeLsum, Rouge1, Rouge2, RougeL, Summarization, SummarizationOptions
+from nlpflow.plugins.torch_backend import TorchBackend
+from nlpflow.config import ModelConfig
+from nlpflow.errors import ModelError
+from nlpflow.model import ModelStage
+from nlpflow.types import Example
+from nlpflow.plugins.seq2seq import Seq2SeqModel
+from nlpflow.plugins.summarization import RougeLsum, Rouge1, Rouge2, RougeL, Summarization, SummarizationOptions
 from tests.conftest import REPO
 
 NEWS = REPO / "examples/data/news_summaries.jsonl"
@@ -86,7 +87,7 @@ def examples(documents):
 def test_long_documents_keep_whole_leading_sentences(bart_model):
     limit = 96
     task = Summarization(SummarizationOptions(max_new_tokens=6))
-    task_model = task.load(ModelConfig(name_or_path=str(bart_model), device="cpu", max_length=limit))
+    task_model = task.load(ModelConfig(name_or_path=str(bart_model), device="cpu", max_length=limit), TorchBackend())
     assert isinstance(task_model, Seq2SeqModel)
     documents = [row["document"] for row in news(6)] + ["Short text. Two sentences."]
     batch = examples(documents)
@@ -119,7 +120,7 @@ def test_long_documents_keep_whole_leading_sentences(bart_model):
 def test_generated_summaries_equal_generate_and_do_not_depend_on_batching(bart_model):
     task = Summarization(SummarizationOptions(max_new_tokens=6, num_beams=2))
     config = ModelConfig(name_or_path=str(bart_model), device="cpu", max_length=64)
-    task_model = task.load(config)
+    task_model = task.load(config, TorchBackend())
     documents = [row["document"] for row in news(5)] + ["A short one. Two sentences."]
     batched = ModelStage(task_model, config).run(examples(documents))
     single = ModelStage(task_model, config.model_copy(update={"batch_size": 1})).run(examples(documents))
@@ -127,7 +128,7 @@ def test_generated_summaries_equal_generate_and_do_not_depend_on_batching(bart_m
 
     inputs_text = [task_model.loaded.tokenizer.decode(f.inputs["input_ids"], skip_special_tokens=True)
                    for f in task_model.encode(examples(documents))]
-    model, tokenizer = task_model.loaded.model, task_model.loaded.tokenizer
+    model, tokenizer = task_model.loaded.handle, task_model.loaded.tokenizer
     expected = []
     for text in inputs_text:
         output = model.generate(**tokenizer([text], return_tensors="pt"), max_new_tokens=6, num_beams=2, do_sample=False)
@@ -153,9 +154,9 @@ def test_lead_and_centroid_baselines(minilm_path):
     predictions = lead.predict_by_rule(examples(documents))
     assert [p.value for p in predictions] == [" ".join(s[:3]) for s in split]
     with pytest.raises(ModelError, match="method 'lead' runs no model"):
-        lead.load(config)
+        lead.load(config, TorchBackend())
 
-    centroid = Summarization(SummarizationOptions(method="centroid", sentences=2)).load(config)
+    centroid = Summarization(SummarizationOptions(method="centroid", sentences=2)).load(config, TorchBackend())
     assert centroid.loaded.path == str(minilm_path)
     chosen = ModelStage(centroid, config).run(examples(documents[:6]))
     single = ModelStage(centroid, config.model_copy(update={"batch_size": 1})).run(examples(documents[:6]))
@@ -180,7 +181,7 @@ def test_lead_and_centroid_baselines(minilm_path):
 
 
 def test_baseline_and_prediction_only_pipelines(tmp_path, write_pipelines, bart_model):
-    from pipeline.api import run
+    from nlpflow.api import run
 
     scored = tmp_path / "scored.jsonl"
     rows = news(6)

@@ -11,12 +11,13 @@ import pytest
 import sacrebleu
 from pydantic import ValidationError
 
-from pipeline.config import ModelConfig
-from pipeline.errors import ModelError
-from pipeline.model import ModelStage
-from pipeline.types import Example
-from plugins.seq2seq import Seq2SeqModel
-from plugins.translation import Bleu, Chrf, Ter, Translation, TranslationOptions, reference_streams
+from nlpflow.plugins.torch_backend import TorchBackend
+from nlpflow.config import ModelConfig
+from nlpflow.errors import ModelError
+from nlpflow.model import ModelStage
+from nlpflow.types import Example
+from nlpflow.plugins.seq2seq import Seq2SeqModel
+from nlpflow.plugins.translation import Bleu, Chrf, Ter, Translation, TranslationOptions, reference_streams
 
 SOURCES = [
     "The weather is very nice today.",
@@ -62,7 +63,7 @@ def examples(texts):
 
 
 def load(path, **options) -> Seq2SeqModel:
-    return Translation(TranslationOptions(**options)).load(ModelConfig(name_or_path=str(path), device="cpu"))
+    return Translation(TranslationOptions(**options)).load(ModelConfig(name_or_path=str(path), device="cpu"), TorchBackend())
 
 
 # --- model -------------------------------------------------------------------
@@ -82,7 +83,7 @@ def test_seq2seq_checkpoints_load_and_batching_does_not_change_outputs(fixture, 
     assert all(isinstance(p.value, str) and p.value for p in batched)
 
     # the same text model.generate gives for each input alone
-    model, tokenizer = task_model.loaded.model, task_model.loaded.tokenizer
+    model, tokenizer = task_model.loaded.handle, task_model.loaded.tokenizer
     expected = []
     for text in SOURCES:
         inputs = tokenizer([text], return_tensors="pt")
@@ -97,7 +98,7 @@ def test_generation_options_reach_generate_and_the_cache_key(t5_model):
     assert parameters["generate"] == {"do_sample": False, "max_new_tokens": 5, "no_repeat_ngram_size": 2, "num_beams": 3}
     assert parameters["prefix"] == "translate English to German: "
     prediction = ModelStage(task_model, ModelConfig(name_or_path=str(t5_model), device="cpu")).run(examples(SOURCES[:2]))
-    tokenizer, model = task_model.loaded.tokenizer, task_model.loaded.model
+    tokenizer, model = task_model.loaded.tokenizer, task_model.loaded.handle
     inputs = tokenizer(["translate English to German: " + SOURCES[0]], return_tensors="pt")
     output = model.generate(**inputs, num_beams=3, max_new_tokens=5, no_repeat_ngram_size=2, do_sample=False)
     assert prediction[0].value == tokenizer.batch_decode(output, skip_special_tokens=True)[0].strip()
@@ -113,7 +114,7 @@ def test_sampling_is_refused():
 
 def test_long_sources_are_truncated_and_counted(t5_model, marian_model):
     for path in (t5_model, marian_model):
-        task_model = Translation().load(ModelConfig(name_or_path=str(path), device="cpu", max_length=8))
+        task_model = Translation().load(ModelConfig(name_or_path=str(path), device="cpu", max_length=8), TorchBackend())
         batch = examples([SOURCES[3], SOURCES[4]])
         features = task_model.encode(batch)
         assert [len(f.inputs["input_ids"]) <= 8 for f in features] == [True, True]
@@ -123,7 +124,7 @@ def test_long_sources_are_truncated_and_counted(t5_model, marian_model):
 
 def test_wrong_head_and_unknown_languages_are_model_errors(bert_classifier, t5_model):
     with pytest.raises(ModelError, match="not a sequence-to-sequence"):
-        Translation().load(ModelConfig(name_or_path=str(bert_classifier), device="cpu"))
+        Translation().load(ModelConfig(name_or_path=str(bert_classifier), device="cpu"), TorchBackend())
     with pytest.raises(ModelError, match="source_lang"):
         load(t5_model, source_lang="en", target_lang="de")
     with pytest.raises(ModelError, match="target_lang 'xx_YY'"):
@@ -133,7 +134,7 @@ def test_wrong_head_and_unknown_languages_are_model_errors(bert_classifier, t5_m
 def test_hub_model_not_available_offline_names_model_and_fetch_command(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelError) as error:
-        Translation().load(ModelConfig(name_or_path="Helsinki-NLP/opus-mt-en-de", device="cpu"))
+        Translation().load(ModelConfig(name_or_path="Helsinki-NLP/opus-mt-en-de", device="cpu"), TorchBackend())
     message = str(error.value)
     assert "Helsinki-NLP/opus-mt-en-de" in message
     assert "hf download Helsinki-NLP/opus-mt-en-de" in message
@@ -192,7 +193,7 @@ def test_signature_counts_references():
 
 
 def test_references_are_checked():
-    from pipeline.types import ExampleError
+    from nlpflow.types import ExampleError
 
     task = Translation()
     for bad in ([], [1, 2], 3):
@@ -206,7 +207,7 @@ def test_references_are_checked():
 
 
 def test_yaml_pipeline_with_local_model_and_prediction_only(tmp_path, write_pipelines, t5_model):
-    from pipeline.api import run
+    from nlpflow.api import run
     from tests.conftest import REPO
 
     records = [json.loads(line) for line in (REPO / "examples/data/en_de.jsonl").read_text(encoding="utf-8").splitlines()[:8]]

@@ -2,7 +2,7 @@
 
 nlpflow finds it through the entry point in this package's pyproject.toml; it
 uses nothing but nlpflow's public plugin API (``pipeline.hookimpl``,
-``pipeline.types``, ``pipeline.model``).
+``nlpflow.types``, ``nlpflow.model``).
 """
 
 from __future__ import annotations
@@ -10,12 +10,9 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline import hookimpl
-from pipeline.model import input_limit, load_pretrained, sentence_embeddings, tokenize
-from pipeline.types import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel
+from nlpflow import Example, ExampleError, Features, Metric, Prediction, Task, TaskModel, hookimpl, input_limit, tokenize
 
 __version__ = "0.1.0"
 
@@ -46,10 +43,8 @@ class Keywords(Task):
         if isinstance(example.fields.get("prediction"), str):
             example.fields["prediction"] = [k.strip() for k in example.fields["prediction"].split(",") if k.strip()]
 
-    def load(self, model):
-        from transformers import AutoModel
-
-        return KeywordModel(load_pretrained(AutoModel, model), self.options)
+    def load(self, model, backend):
+        return KeywordModel(backend.load(model, "embedding"), self.options)
 
 
 class KeywordModel(TaskModel):
@@ -87,13 +82,10 @@ class KeywordModel(TaskModel):
         rows, _ = tokenize(self.loaded, texts, self.max_length)
         return [Features(owner, inputs, role) for owner, inputs, role in zip(owners, rows, roles)]
 
-    def forward(self, batch: Mapping[str, torch.Tensor], features: Sequence[Features]) -> Sequence[Any]:
-        return sentence_embeddings(self.loaded, batch).cpu().numpy()
-
-    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Any]) -> Prediction:
-        document = next(o for f, o in zip(features, outputs) if f.extra is None)
+    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Mapping[str, Any]]) -> Prediction:
+        document = next(o["embedding"] for f, o in zip(features, outputs) if f.extra is None)
         scored = sorted(
-            ((float(np.dot(document, o)), f.extra) for f, o in zip(features, outputs) if f.extra is not None),
+            ((float(np.dot(document, o["embedding"])), f.extra) for f, o in zip(features, outputs) if f.extra is not None),
             key=lambda pair: (-pair[0], pair[1]),
         )
         top = scored[: self.options.top_k]

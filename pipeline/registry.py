@@ -17,9 +17,10 @@ from typing import Any, Iterable
 
 import pluggy
 
-from pipeline import hookspecs
-from pipeline.errors import ConfigError, Location, PluginError, did_you_mean
-from pipeline.types import Metric, Preprocessor, Reader, Reporter, Task
+from nlpflow import hookspecs
+from nlpflow.errors import ConfigError, Location, PluginError, did_you_mean
+from nlpflow import hub
+from nlpflow.types import Backend, Metric, Preprocessor, Reader, Reporter, Task
 
 PROJECT = "nlpflow"
 #: comma-separated plugin names to block, as ``--disable-plugin`` does
@@ -34,6 +35,7 @@ KINDS: dict[str, tuple[str, type]] = {
     "register_preprocessors": ("preprocessor", Preprocessor),
     "register_readers": ("reader", Reader),
     "register_reporters": ("reporter", Reporter),
+    "register_backends": ("backend", Backend),
 }
 
 
@@ -60,6 +62,8 @@ class Registry:
     entries: dict[str, dict[str, Registered]] = field(default_factory=lambda: {kind: {} for kind, _ in KINDS.values()})
     plugins: list[PluginInfo] = field(default_factory=list)
     failures: list[PluginError] = field(default_factory=list)
+    #: hub name -> function returning the folder of a copy shipped in a package
+    embedded_models: dict[str, Any] = field(default_factory=dict)
 
     def get(self, kind: str, name: str, location: Location | None = None, pipeline: str | None = None) -> type:
         """The class registered as ``name``; a ConfigError listing the choices if there is none."""
@@ -132,6 +136,10 @@ def load_registry(
     for hook_name, (kind, base) in KINDS.items():
         for info in collection_order:
             _collect(registry, info.name, hook_name, kind, base)
+    for info in collection_order:
+        _collect_embedded_models(registry, info.name)
+    hub.EMBEDDED_MODELS.clear()
+    hub.EMBEDDED_MODELS.update(registry.embedded_models)
     return registry
 
 
@@ -160,7 +168,7 @@ def _collect(registry: Registry, plugin_name: str, hook_name: str, kind: str, ba
 
     def register(cls: Any) -> None:
         if not (isinstance(cls, type) and issubclass(cls, base)):
-            raise PluginError(f"{hook_name} registered {cls!r}, which is not a subclass of {base.__module__}.{base.__name__}", plugin_name)
+            raise PluginError(f"{hook_name} registered {cls!r}, which is not a subclass of nlpflow.{base.__name__}", plugin_name)
         name = getattr(cls, "name", None)
         if not isinstance(name, str) or not name:
             raise PluginError(f"{hook_name} registered {cls.__name__} without a 'name'", plugin_name)
@@ -175,6 +183,26 @@ def _collect(registry: Registry, plugin_name: str, hook_name: str, kind: str, ba
         registry.failures.append(error)
     except Exception as error:  # a plugin's bug must not stop the others
         registry.failures.append(PluginError(f"raised in {hook_name}: {type(error).__name__}: {error}", plugin_name))
+
+
+def _collect_embedded_models(registry: Registry, plugin_name: str) -> None:
+    manager = registry.plugin_manager
+    plugin = manager.get_plugin(plugin_name)
+    if plugin is None or "register_embedded_models" not in {c.name for c in manager.get_hookcallers(plugin) or []}:
+        return
+    caller = manager.subset_hook_caller("register_embedded_models", remove_plugins=[p for p in manager.get_plugins() if p is not plugin])
+
+    def register(hub_name: Any, locate: Any) -> None:
+        if not isinstance(hub_name, str) or not callable(locate):
+            raise PluginError(f"register_embedded_models expects register(hub_name: str, locate: callable), got {hub_name!r}, {locate!r}", plugin_name)
+        registry.embedded_models.setdefault(hub_name, locate)
+
+    try:
+        caller(register=register)
+    except PluginError as error:
+        registry.failures.append(error)
+    except Exception as error:
+        registry.failures.append(PluginError(f"raised in register_embedded_models: {type(error).__name__}: {error}", plugin_name))
 
 
 _default: Registry | None = None

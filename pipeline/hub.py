@@ -1,0 +1,177 @@
+"""Finding checkpoints and their tokenizers: local folders, embedded models, the Hugging Face cache, the hub.
+
+Every backend loads through these functions, so ``HF_HUB_OFFLINE``, the
+safe-by-default rules (no remote code unless asked) and the "not available"
+message are the same whichever backend runs the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from nlpflow.errors import ModelError
+from nlpflow.types import LoadedModel, ModelConfig
+
+#: hub name -> function returning the folder of a copy shipped inside a package, so it loads with no
+#: network. Filled by the ``register_embedded_models`` hook when plugins load.
+EMBEDDED_MODELS: dict[str, Callable[[], str]] = {}
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local directory as given, an embedded model's packaged directory, or the hub name unchanged."""
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        return str(local)
+    locate = EMBEDDED_MODELS.get(name_or_path)
+    if locate is not None:
+        try:
+            return str(locate())
+        except ImportError:
+            pass  # the package is gone: fall back to the cache and the hub
+    return name_or_path
+
+
+def hub_arguments(config: ModelConfig) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments every load shares: revision, remote code, offline mode."""
+    arguments: dict[str, Any] = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    if hub_offline():
+        arguments["local_files_only"] = True
+    return arguments
+
+
+def checkpoint_config(config: ModelConfig) -> Any:
+    """The checkpoint's ``config.json`` (AutoConfig), or a ModelError saying where it was looked for."""
+    from transformers import AutoConfig
+
+    path = resolve_model_path(config.name_or_path)
+    try:
+        return AutoConfig.from_pretrained(path, **hub_arguments(config))
+    except (OSError, ValueError) as error:
+        if "custom code" in str(error) or "trust_remote_code" in str(error):
+            raise ModelError(
+                f"model {config.name_or_path!r} needs custom code from its repository to load, and nlpflow runs none "
+                "by default. Set model.trust_remote_code: true only if you have read and trust that code."
+            ) from None
+        raise ModelError(not_found_message(config.name_or_path, path, hub_offline(), error)) from None
+
+
+def has_head(checkpoint: Any, head: str) -> bool:
+    """Whether the checkpoint was saved with a task head, e.g. ``has_head(config, "ForQuestionAnswering")``."""
+    return any(architecture.endswith(head) for architecture in getattr(checkpoint, "architectures", None) or [])
+
+
+def require_head(config: ModelConfig, checkpoint: Any, head: str | None) -> None:
+    """Refuse a checkpoint trained with another head (transformers would load it with a random one)."""
+    if head and not has_head(checkpoint, head):
+        architectures = list(getattr(checkpoint, "architectures", None) or [])
+        found = ", ".join(architectures) or f"no trained head (model_type {checkpoint.model_type!r})"
+        raise ModelError(
+            f"model {config.name_or_path!r} has the wrong task head: expected a *{head} checkpoint, found {found}. "
+            "Pick a checkpoint fine-tuned for this task."
+        )
+
+
+def load_tokenizer(config: ModelConfig, require_fast: bool = True) -> Any:
+    """The checkpoint's tokenizer; tasks that need character offsets keep ``require_fast``."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(config.name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **hub_arguments(config))
+    except (OSError, ValueError) as error:
+        raise ModelError(f"model {config.name_or_path!r}: cannot load its tokenizer from {path}: {error}") from None
+    if require_fast and not getattr(tokenizer, "is_fast", False):
+        raise ModelError(f"model {config.name_or_path!r}: nlpflow needs a fast (Rust) tokenizer; {type(tokenizer).__name__} is not one")
+    return tokenizer
+
+
+def not_found_message(name: str, path: str, offline: bool, error: Exception) -> str:
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    local = Path(name).expanduser()
+    looked = [f"local path {local.resolve()} (not a directory)" if not local.is_dir() else f"local directory {local.resolve()}"]
+    looked.append(f"the Hugging Face cache {HF_HUB_CACHE}")
+    looked.append("the hub (skipped: HF_HUB_OFFLINE=1)" if offline else "the hub (unreachable or no such repository)")
+    return (
+        f"model {name!r} is not available. Looked in: {'; '.join(looked)}. "
+        f"To fetch it, on a machine with network run `hf download {name}` (or "
+        f"`huggingface-cli download {name}`) and copy the cache, or set model.name_or_path to a local directory "
+        f"saved with save_pretrained. ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+    )
+
+
+def checkpoint_directory(path: str, config: ModelConfig) -> Path | None:
+    """The folder holding the checkpoint's files: the local path, or its snapshot in the Hugging Face cache."""
+    directory = Path(path)
+    if directory.is_dir():
+        return directory
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(path, "config.json", revision=config.revision)
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+FINGERPRINTED_SUFFIXES = {".safetensors", ".bin", ".json", ".model", ".spm", ".txt"}
+
+
+def files_fingerprint(path: str, config: ModelConfig) -> str | None:
+    """sha256 over the checkpoint's weight, tokenizer and config files (memoised by size and mtime).
+
+    None where no folder of files can be found (a model built in memory); the
+    backend then hashes the weights it holds.
+    """
+    directory = checkpoint_directory(path, config)
+    files = sorted(p for p in directory.glob("*") if p.is_file() and p.suffix in FINGERPRINTED_SUFFIXES) if directory is not None else []
+    if not files:
+        return None
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    if key not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(file.name.encode())
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+        _FINGERPRINTS[key] = digest.hexdigest()
+    return _FINGERPRINTS[key]
+
+
+def input_limit(loaded: LoadedModel) -> int:
+    """Longest input in tokens: model.max_length, else the smaller of the tokenizer's and the checkpoint's limits."""
+    if loaded.config.max_length:
+        return loaded.config.max_length
+    limits = [getattr(loaded.tokenizer, "model_max_length", None)]
+    for attribute in ("max_position_embeddings", "n_positions", "max_source_positions"):
+        limits.append(getattr(loaded.checkpoint, attribute, None))
+    usable = [int(limit) for limit in limits if isinstance(limit, int) and 0 < limit < 1_000_000]
+    return min(usable) if usable else 512
+
+
+def tokenize(loaded: LoadedModel, texts: list[str] | tuple[str, ...], max_length: int, **kwargs: Any) -> tuple[list[dict[str, list[int]]], list[bool]]:
+    """Tokenize texts in one batched call, truncated to ``max_length``; also says which were truncated.
+
+    Returns unpadded inputs limited to the names the model accepts.
+    """
+    tokenizer = loaded.tokenizer
+    encoded = tokenizer(
+        list(texts), truncation=True, max_length=max_length, return_overflowing_tokens=True, stride=0, padding=False, **kwargs
+    )
+    names = [name for name in tokenizer.model_input_names if name in encoded]
+    mapping = encoded.pop("overflow_to_sample_mapping", None)
+    rows: list[dict[str, list[int]]] = []
+    truncated = [False] * len(texts)
+    for row in range(len(encoded["input_ids"])):
+        sample = mapping[row] if mapping is not None else row
+        if sample < len(rows):
+            truncated[sample] = True  # an overflow window: the text did not fit
+            continue
+        rows.append({name: encoded[name][row] for name in names})
+    return rows, truncated

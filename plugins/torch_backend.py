@@ -1,0 +1,164 @@
+"""The torch backend: transformers checkpoints on CPU, CUDA or MPS, under ``torch.inference_mode()``.
+
+Heads map to Auto classes (sequence classification, a plain encoder with
+mean pooling, question answering, seq2seq generation). Loading is safe by
+default: remote code only when the pipeline sets ``trust_remote_code``, and
+safetensors weights only unless ``allow_pickle: true``. On CUDA, batches are
+pinned on the collating thread and copied without blocking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from nlpflow import Backend, LoadedModel, ModelConfig, ModelError, hookimpl
+from nlpflow.hub import checkpoint_config, files_fingerprint, hub_arguments, hub_offline, load_tokenizer, not_found_message, require_head, resolve_model_path
+
+#: head -> (transformers Auto class name, the architecture suffix the checkpoint must have)
+AUTO_CLASSES = {
+    "sequence-classification": ("AutoModelForSequenceClassification", "ForSequenceClassification"),
+    "embedding": ("AutoModel", None),
+    "question-answering": ("AutoModelForQuestionAnswering", "ForQuestionAnswering"),
+    "generation": ("AutoModelForSeq2SeqLM", None),
+}
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {spec!r} was asked for but CUDA is not available (torch {torch.__version__}); use device: auto or cpu")
+    return device
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    if spec != "auto":
+        return getattr(torch, spec)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_module(auto_class_name: str, config: ModelConfig, checkpoint: Any, dtype: torch.dtype, **model_kwargs: Any) -> torch.nn.Module:
+    """``AutoX.from_pretrained`` with nlpflow's safety rules, every failure a ModelError naming the model."""
+    import transformers
+
+    auto_class = getattr(transformers, auto_class_name)
+    name = config.name_or_path
+    path = resolve_model_path(name)
+    if config.allow_pickle:
+        warnings.warn(
+            f"model {name!r}: allow_pickle is set, so pickle weight files (.bin) may be loaded; "
+            "they can run arbitrary code. Prefer a safetensors checkpoint.",
+            stacklevel=3,
+        )
+    architectures = list(getattr(checkpoint, "architectures", None) or [])
+    try:
+        return auto_class.from_pretrained(
+            path, config=checkpoint, dtype=dtype, use_safetensors=None if config.allow_pickle else True, **hub_arguments(config), **model_kwargs
+        )
+    except ValueError as error:
+        text = str(error)
+        if "Unrecognized configuration class" in text:
+            raise ModelError(
+                f"model {name!r} cannot be loaded with {auto_class_name}: found {', '.join(architectures) or checkpoint.model_type}"
+            ) from None
+        raise ModelError(f"model {name!r}: {text}") from None
+    except OSError as error:
+        text = str(error)
+        if "safetensors" in text.lower() and not config.allow_pickle:
+            raise ModelError(
+                f"model {name!r} has no safetensors weights in {path}; only safetensors load by default. "
+                "Convert it, or set model.allow_pickle: true if you trust the files."
+            ) from None
+        raise ModelError(not_found_message(name, path, hub_offline(), error)) from None
+
+
+def parameters_fingerprint(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of hidden states over real tokens, L2-normalised, in float32.
+
+    This is sentence-transformers' pooling for all-MiniLM and similar encoders,
+    so a plain ``AutoModel`` checkpoint gives the embeddings those models were trained for.
+    """
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    description = "transformers models in torch, on CPU, CUDA or MPS (the default)"
+    heads = tuple(AUTO_CLASSES)
+
+    def checkpoint_config(self, model: ModelConfig) -> Any:
+        return checkpoint_config(model)
+
+    def load_head(self, model: ModelConfig, head: str, *, require_fast_tokenizer: bool = True) -> LoadedModel:
+        auto_class_name, required = AUTO_CLASSES[head]
+        checkpoint = checkpoint_config(model)
+        require_head(model, checkpoint, required)
+        tokenizer = load_tokenizer(model, require_fast_tokenizer)
+        device = resolve_device(model.device)
+        dtype = resolve_dtype(model.dtype, device)
+        module = load_module(auto_class_name, model, checkpoint, dtype)
+        module.eval()
+        module.to(device)
+        path = resolve_model_path(model.name_or_path)
+        fingerprint = files_fingerprint(path, model) or parameters_fingerprint(module)
+        return LoadedModel(
+            tokenizer=tokenizer, checkpoint=module.config, config=model, head=head, backend=self, handle=module,
+            name_or_path=model.name_or_path, path=path, fingerprint=fingerprint,
+            device=str(device), dtype=str(dtype).replace("torch.", ""),
+        )
+
+    def prepare(self, loaded: LoadedModel, batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        tensors = {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in batch.items()}
+        if loaded.device.startswith("cuda"):
+            tensors = {name: tensor.pin_memory() for name, tensor in tensors.items()}
+        return tensors
+
+    def run(self, loaded: LoadedModel, prepared: Mapping[str, torch.Tensor], **options: Any) -> dict[str, Any]:
+        module = loaded.handle
+        with torch.inference_mode():
+            if loaded.device != "cpu":
+                prepared = {name: tensor.to(loaded.device, non_blocking=True) for name, tensor in prepared.items()}
+            head = loaded.head
+            if head == "generation":
+                sequences = module.generate(**prepared, **options)
+                return {"sequences": sequences.cpu().tolist()}
+            output = module(**prepared)
+            if head == "sequence-classification":
+                return {"logits": output.logits.float().cpu().numpy()}
+            if head == "embedding":
+                return {"embedding": mean_pooled(output.last_hidden_state, prepared["attention_mask"]).cpu().numpy()}
+            if head == "question-answering":
+                return {"start_logits": output.start_logits.float().cpu().numpy(), "end_logits": output.end_logits.float().cpu().numpy()}
+        raise ModelError(f"backend 'torch' has no head {head!r}")
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        if isinstance(error, torch.cuda.OutOfMemoryError):
+            return True
+        return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+    def release_memory(self, loaded: LoadedModel) -> None:
+        if loaded.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+@hookimpl
+def register_backends(register):
+    register(TorchBackend)
