@@ -143,6 +143,7 @@ def machine() -> dict[str, Any]:
 def nlpflow_runner(task, model_config, records: list[dict], fields: dict[str, str], chunk_size: int):
     """Load the task's model once; return (ModelStage, a function that predicts every record in chunks)."""
     from nlpflow.model import ModelStage
+    from nlpflow.plugins.torch_backend import TorchBackend
     from nlpflow.types import Example
 
     task_model = task.load(model_config, TorchBackend())
@@ -298,7 +299,7 @@ def setup_question_answering(args, workdir: Path) -> dict[str, Any]:
                 batch = tokenizer.pad([f.inputs for f in group], return_tensors="pt").to(args.device)
                 out = baseline_model(**batch)
                 starts, ends = out.start_logits.float().cpu().numpy(), out.end_logits.float().cpu().numpy()
-                outputs.extend(np.stack([starts[row, : f.length], ends[row, : f.length]]) for row, f in enumerate(group))
+                outputs.extend({"start_logits": starts[row, : f.length], "end_logits": ends[row, : f.length]} for row, f in enumerate(group))
         by_example: dict[int, list[int]] = {}
         for position, feature in enumerate(features):
             by_example.setdefault(feature.example, []).append(position)
