@@ -138,9 +138,10 @@ def export_graph(model: ModelConfig, checkpoint: Any, tokenizer: Any, head: str,
             # the tracer warns about Python conditions it freezes (mask padding that is always 0 here: the
             # model stage pads the mask with the ids); they are noise for the user who only asked for a run
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            # the TorchScript exporter (dynamo=False): about 2 s on MiniLM against 11 s for dynamo=True, and it
-            # matches torch to ~1e-7 on the heads here; these encoders have no data-dependent control flow
-            # that would need dynamo's tracing
+            # the TorchScript exporter (dynamo=False): about 2-4 s on MiniLM against ~11 s for dynamo=True, and it
+            # matches torch to ~1.6e-7 there. dynamo=True also needs dynamic_shapes that pass torch.export's
+            # shape checks (plain Dim("rows"), Dim("tokens") per input failed validation on MiniLM with torch
+            # 2.13). torch warns that this exporter is deprecated; when it is removed, switch here.
             torch.onnx.export(
                 wrapper, arguments, temporary, input_names=input_names, output_names=output_names,
                 dynamic_axes=axes, opset_version=17, dynamo=False,
