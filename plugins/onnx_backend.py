@@ -227,6 +227,12 @@ class OnnxRuntimeBackend(Backend):
         values = session.run(list(names), feeds)
         return {names[graph_name]: np.asarray(value, dtype=np.float32) for graph_name, value in zip(names, values)}
 
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        # onnxruntime raises its generic RuntimeException/Fail for everything, so the message is the only
+        # signal: the arena allocator's (BFCArena, CPU and CUDA) and a failed cudaMalloc
+        text = str(error)
+        return "Failed to allocate memory for requested buffer" in text or "CUDA failure 2: out of memory" in text
+
 
 @hookimpl
 def register_backends(register):

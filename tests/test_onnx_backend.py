@@ -195,3 +195,16 @@ def test_cuda_without_the_cuda_provider_says_what_to_install(bert_classifier):
 def test_backend_is_registered_through_its_entry_point(registry):
     assert registry.get("backend", "onnxruntime") is OnnxRuntimeBackend
     assert registry.provider("backend", "onnxruntime") == "onnx_backend"
+
+
+def test_allocation_failures_count_as_out_of_memory_and_other_onnxruntime_errors_do_not(bert_classifier):
+    backend = OnnxRuntimeBackend()
+    loaded = backend.load(ModelConfig(name_or_path=str(bert_classifier), device="cpu"), "sequence-classification")
+    with pytest.raises(Exception) as raised:  # a real onnxruntime error: an input of the wrong rank
+        loaded.handle.run(None, {"input_ids": np.zeros((2,), dtype=np.int64), "attention_mask": np.zeros((2,), dtype=np.int64),
+                                 "token_type_ids": np.zeros((2,), dtype=np.int64)})
+    assert not backend.is_out_of_memory(raised.value)
+    # the message onnxruntime's arena allocator throws (its own BFCArena tests match this text)
+    arena = RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : onnxruntime::BFCArena::AllocateRawInternal "
+                         "Failed to allocate memory for requested buffer of size 4294967296")
+    assert backend.is_out_of_memory(arena)
