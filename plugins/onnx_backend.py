@@ -16,6 +16,7 @@ imported only when a model loads, so this plugin registers without it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -62,6 +63,14 @@ def cached_graph_path(fingerprint: str, head: str) -> Path:
     from nlpflow.cache import default_cache_dir
 
     return default_cache_dir() / "onnx" / f"{fingerprint}-{head}.onnx"
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def open_session(onnxruntime: Any, model: ModelConfig, graph: Path, chosen: list[Any]) -> Any:
@@ -199,7 +208,10 @@ class OnnxRuntimeBackend(Backend):
             raise ModelError(f"model {model.name_or_path!r}: no checkpoint files found at {path}; the onnxruntime backend exports from a folder of files")
         chosen, device = providers(onnxruntime, model.device)
         session, graph = shipped_session(onnxruntime, model, path, head, chosen)
-        if session is None:
+        if session is not None:
+            # the shipped graph holds its own copy of the weights, so it is part of what the outputs depend on
+            fingerprint = hashlib.sha256(f"{fingerprint}\x00{file_digest(graph)}".encode()).hexdigest()
+        else:
             graph = cached_graph_path(fingerprint, head)
             if not graph.is_file():
                 export_graph(model, checkpoint, tokenizer, head, graph)

@@ -86,9 +86,11 @@ def test_a_model_onnx_in_the_checkpoint_is_used_when_it_has_the_heads_outputs(be
     source = OnnxRuntimeBackend().load(ModelConfig(name_or_path=str(bert_classifier), device="cpu"), "sequence-classification")
     shutil.copy(cached_graph_path(source.fingerprint, "sequence-classification"), checkpoint / "model.onnx")
     monkeypatch.setattr(onnx_backend, "export_graph", lambda *a, **k: pytest.fail("exported although model.onnx has logits"))
-    _, shipped = _classify(checkpoint, OnnxRuntimeBackend())
+    shipped_model, shipped = _classify(checkpoint, OnnxRuntimeBackend())
     _, torch_predictions = _classify(bert_classifier, TorchBackend())
     assert [p.value for p in shipped] == [p.value for p in torch_predictions]
+    # the shipped graph is part of the fingerprint (and so of the prediction cache key)
+    assert shipped_model.loaded.fingerprint != source.fingerprint
     # the same file has no sentence_embedding output, so for the embedding head it is passed over and the head exported
     exported = []
 
