@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench --task text-classification --records 2000 --batch-size 32 --seed 0
     python -m benchmarks.bench --memory
+    python -m benchmarks.bench --backends --task text-classification [--zero-shot] --records 1000
 
 In one process, for the same checkpoint (loaded from the same directory on
 disk), the same records and the same batch size, it times
@@ -21,6 +22,10 @@ nlpflow's overhead over the floor.
 ``--memory`` runs whole pipelines (``nlpflow.api.run``, prediction cache off)
 over 10k and 100k generated records, each in a fresh subprocess, and reports
 the peak resident memory of each.
+
+``--backends`` runs the task plugin through the same ModelStage settings on the
+torch and the onnxruntime backend, interleaved, and reports records/second of
+each, their median ratio and how often their predictions agree.
 """
 
 from __future__ import annotations
