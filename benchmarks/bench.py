@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench --task text-classification --records 2000 --batch-size 32 --seed 0
     python -m benchmarks.bench --memory
+    python -m benchmarks.bench --backends --task text-classification [--zero-shot] --records 1000
 
 In one process, for the same checkpoint (loaded from the same directory on
 disk), the same records and the same batch size, it times
@@ -21,6 +22,10 @@ nlpflow's overhead over the floor.
 ``--memory`` runs whole pipelines (``nlpflow.api.run``, prediction cache off)
 over 10k and 100k generated records, each in a fresh subprocess, and reports
 the peak resident memory of each.
+
+``--backends`` runs the task plugin through the same ModelStage settings on the
+torch and the onnxruntime backend, interleaved, and reports records/second of
+each, their median ratio and how often their predictions agree.
 """
 
 from __future__ import annotations
@@ -140,13 +145,14 @@ def machine() -> dict[str, Any]:
 # --- nlpflow -----------------------------------------------------------------
 
 
-def nlpflow_runner(task, model_config, records: list[dict], fields: dict[str, str], chunk_size: int):
-    """Load the task's model once; return (ModelStage, a function that predicts every record in chunks)."""
+def nlpflow_runner(task, model_config, records: list[dict], fields: dict[str, str], chunk_size: int, backend=None):
+    """Load the task's model once (on the torch backend unless ``backend`` is given); return (TaskModel, a
+    function that predicts every record in chunks)."""
     from nlpflow.model import ModelStage
     from nlpflow.plugins.torch_backend import TorchBackend
     from nlpflow.types import Example
 
-    task_model = task.load(model_config, TorchBackend())
+    task_model = task.load(model_config, backend or TorchBackend())
 
     def run(subset=None):
         stage = ModelStage(task_model, model_config)
@@ -448,6 +454,100 @@ def bench(args) -> dict[str, Any]:
     }
 
 
+# --- backends ----------------------------------------------------------------
+
+
+def backends(args) -> dict[str, Any]:
+    """The same records, task and batch plan (one ModelConfig, so the same ModelStage settings) through the
+    torch and onnxruntime backends in one process, timed interleaved; the agreement between their outputs.
+
+    ``--task text-classification``: MiniLM with a seeded 2-label head (sequence-classification), or with
+    ``--zero-shot`` the plain MiniLM encoder zero-shot (the sentiment label descriptions, embedding head).
+    ``--task question-answering``: MiniLM with a seeded QA head, span extraction.
+    """
+    from nlpflow.config import ModelConfig
+    from nlpflow.plugins.classification import SENTIMENT_LABELS, TextClassification
+    from nlpflow.plugins.onnx_backend import OnnxRuntimeBackend
+    from nlpflow.plugins.torch_backend import TorchBackend
+
+    with tempfile.TemporaryDirectory(prefix="nlpflow-backends-") as tmp:
+        workdir = Path(tmp)
+        # a fresh cache, so the export is timed here and not read from an earlier run
+        os.environ["NLPFLOW_CACHE_DIR"] = str(workdir / "cache")
+        if args.task == "text-classification":
+            records, fields, extra = data.classification_records(args.records, args.seed), {"text": "text"}, {"max_length": MAX_LENGTH}
+            if args.zero_shot:
+                checkpoint, what = minilm_path(), "all-MiniLM-L6-v2 zero-shot (embedding head, sentiment label descriptions)"
+                task = TextClassification(TextClassification.Options(mode="zero-shot", labels=dict(SENTIMENT_LABELS)))
+            else:
+                checkpoint = build_minilm_with_head(workdir / "minilm-classifier", "classification", args.seed)
+                what = "all-MiniLM-L6-v2 encoder + seeded random 2-label head (sequence-classification head)"
+                task = TextClassification(TextClassification.Options(mode="sequence-classification"))
+        elif args.task == "question-answering":
+            from nlpflow.plugins.question_answering import QuestionAnswering
+
+            records, fields, extra = data.qa_records(args.records, args.seed), {"question": "question", "context": "context"}, {}
+            checkpoint = build_minilm_with_head(workdir / "minilm-qa", "qa", args.seed)
+            what = "all-MiniLM-L6-v2 encoder + seeded random QA head (question-answering head), span extraction"
+            task = QuestionAnswering(QuestionAnswering.Options(method="span", max_seq_length=384, doc_stride=128))
+        else:
+            raise SystemExit(f"--backends runs text-classification or question-answering (the onnxruntime heads), not {args.task!r}")
+        config = ModelConfig(name_or_path=str(checkpoint), device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                             max_tokens=args.max_tokens, **extra)
+        contenders, load_seconds = [], {}
+        for backend in (TorchBackend(), OnnxRuntimeBackend()):
+            started = time.perf_counter()
+            _, runner = nlpflow_runner(task, config, records, fields, args.chunk_size, backend)
+            load_seconds[backend.name] = round(time.perf_counter() - started, 2)  # onnxruntime: includes the export
+            contenders.append(Contender(backend.name, runner))
+        if not args.no_warmup:
+            for contender in contenders:
+                contender.run(args.batch_size * 2)
+        for repetition in range(args.repeat):
+            order = contenders if repetition % 2 == 0 else contenders[::-1]
+            for contender in order:
+                contender.time_once()
+                print(f"  run {repetition}: {contender.name:11s} {contender.seconds[-1]:8.2f} s", file=sys.stderr, flush=True)
+        torch_out, onnx_out = contenders[0].result, contenders[1].result
+        if args.task == "question-answering":
+            key = lambda p: (p.value, p.details.get("start"), p.details.get("end"))  # noqa: E731
+        else:
+            key = lambda p: p.value  # noqa: E731
+        identical = sum(key(a) == key(b) for a, b in zip(torch_out, onnx_out))
+        plans = {c.name: {k: c.run.stage.describe()[k] for k in ("device", "dtype", "batch_size", "max_tokens", "batches", "padding_ratio")}
+                 for c in contenders}
+    n = args.records
+    median = {c.name: statistics.median(c.seconds) for c in contenders}
+    return {
+        "mode": "backends", "task": args.task, "model": what, "records": n, "batch_size": args.batch_size, "seed": args.seed,
+        "repeat": args.repeat, "machine": machine(),
+        "speed": {c.name: {"median_rps": round(n / median[c.name], 2), "best_rps": round(n / min(c.seconds), 2),
+                           "seconds": [round(s, 3) for s in c.seconds]} for c in contenders},
+        "ratio_onnxruntime_over_torch_median": round(median["torch"] / median["onnxruntime"], 2),
+        "load_seconds": load_seconds,
+        "agreement": {"identical": identical, "of": n,
+                      "max_abs_score_diff": max(score_difference(a, b) for a, b in zip(torch_out, onnx_out))},
+        "batch_plan": plans,
+    }
+
+
+def score_difference(a, b) -> float:
+    """Largest difference between two predictions' scores: every class's (classification) or the span's (QA)."""
+    if "scores" in a.details:
+        return float(max(abs(a.details["scores"][label] - b.details["scores"][label]) for label in a.details["scores"]))
+    return float(abs(a.details.get("score", 0.0) - b.details.get("score", 0.0)))
+
+
+def print_backends(result: dict[str, Any]) -> None:
+    print(f"\n{result['task']} on torch vs onnxruntime: {result['records']} records, batch_size {result['batch_size']}, {result['model']}")
+    for name, speed in result["speed"].items():
+        print(f"  {name:11s} median {speed['median_rps']:9.1f} rec/s   best {speed['best_rps']:9.1f} rec/s   runs {speed['seconds']}")
+    print(f"  onnxruntime / torch (median records/s): {result['ratio_onnxruntime_over_torch_median']}")
+    print(f"  load seconds (onnxruntime includes the export): {result['load_seconds']}")
+    print(f"  agreement: {result['agreement']}")
+    print(f"  batch plan: {result['batch_plan']}")
+
+
 def print_table(result: dict[str, Any]) -> None:
     print(f"\n{result['task']}: {result['records']} records, batch_size {result['batch_size']}, {result['model']}")
     for name, speed in result["speed"].items():
@@ -532,6 +632,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write the result here")
     parser.add_argument("--memory", action="store_true", help="peak RSS of whole runs on 10k and 100k records")
     parser.add_argument("--memory-records", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--backends", action="store_true", help="torch vs onnxruntime backend on the same records and batch plan")
+    parser.add_argument("--zero-shot", action="store_true", help="--backends text-classification: plain MiniLM zero-shot")
     parser.add_argument("--memory-child", nargs=2, metavar=("CONFIG", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     from nlpflow.plugins.torch_backend import resolve_device
@@ -548,8 +650,12 @@ def main(argv: list[str] | None = None) -> None:
             torch.set_num_threads(args.threads)
         if args.records is None:
             args.records = 2000 if args.task == "text-classification" else 500
-        result = bench(args)
-        print_table(result)
+        if args.backends:
+            result = backends(args)
+            print_backends(result)
+        else:
+            result = bench(args)
+            print_table(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
