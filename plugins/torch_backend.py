@@ -5,16 +5,21 @@ mean pooling, question answering, seq2seq generation). Loading is safe by
 default: remote code only when the pipeline sets ``trust_remote_code``, and
 safetensors weights only unless ``allow_pickle: true``. On CUDA, batches are
 pinned on the collating thread and copied without blocking.
+
+torch is imported when a model loads, not when the plugin registers, so
+``nlpflow tasks``, ``validate`` and ``--help`` start without it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import warnings
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # annotations only: torch itself is imported on first use
+    import torch
 
 from nlpflow import Backend, LoadedModel, ModelConfig, ModelError, hookimpl
 from nlpflow.hub import checkpoint_config, files_fingerprint, hub_arguments, hub_offline, load_tokenizer, not_found_message, require_head, resolve_model_path
@@ -29,6 +34,8 @@ AUTO_CLASSES = {
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
+    import torch
+
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
@@ -38,6 +45,8 @@ def resolve_device(spec: str = "auto") -> torch.device:
 
 
 def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    import torch
+
     if spec != "auto":
         return getattr(torch, spec)
     if device.type == "cuda":
@@ -81,6 +90,8 @@ def load_module(auto_class_name: str, config: ModelConfig, checkpoint: Any, dtyp
 
 
 def parameters_fingerprint(module: torch.nn.Module) -> str:
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
@@ -94,6 +105,8 @@ def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     This is sentence-transformers' pooling for all-MiniLM and similar encoders,
     so a plain ``AutoModel`` checkpoint gives the embeddings those models were trained for.
     """
+    import torch
+
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
     return torch.nn.functional.normalize(pooled.float(), dim=-1)
@@ -126,12 +139,16 @@ class TorchBackend(Backend):
         )
 
     def prepare(self, loaded: LoadedModel, batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        import torch
+
         tensors = {name: torch.from_numpy(np.ascontiguousarray(array)) for name, array in batch.items()}
         if loaded.device.startswith("cuda"):
             tensors = {name: tensor.pin_memory() for name, tensor in tensors.items()}
         return tensors
 
     def run(self, loaded: LoadedModel, prepared: Mapping[str, torch.Tensor], **options: Any) -> dict[str, Any]:
+        import torch
+
         module = loaded.handle
         with torch.inference_mode():
             if loaded.device != "cpu":
@@ -150,11 +167,15 @@ class TorchBackend(Backend):
         raise ModelError(f"backend 'torch' has no head {head!r}")
 
     def is_out_of_memory(self, error: BaseException) -> bool:
+        import torch
+
         if isinstance(error, torch.cuda.OutOfMemoryError):
             return True
         return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
     def release_memory(self, loaded: LoadedModel) -> None:
+        import torch
+
         if loaded.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
