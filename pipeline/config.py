@@ -148,6 +148,11 @@ def load_config(path: Path | str = DEFAULT_CONFIG) -> dict[str, PipelineConfig]:
 #: refuses "billion laughs" files that would take minutes to check
 MAX_NODES = 100_000
 
+#: deepest nesting of mappings and lists a pipelines file may have (real ones stay under 10); checked on the
+#: parser's event stream before composing, because composing recurses once per level and a file nested tens of
+#: thousands deep crashes the C loader instead of raising
+MAX_DEPTH = 100
+
 
 def parse_config(text: str, source: Path | str = DEFAULT_CONFIG) -> dict[str, PipelineConfig]:
     """Parse pipelines-file text with a safe YAML loader and check it against the schema.
@@ -156,6 +161,7 @@ def parse_config(text: str, source: Path | str = DEFAULT_CONFIG) -> dict[str, Pi
     """
     source = Path(source)
     try:
+        _check_depth(text, source)
         loader = _Loader(text)
         try:
             node = loader.get_single_node()
@@ -218,6 +224,27 @@ def parse_config(text: str, source: Path | str = DEFAULT_CONFIG) -> dict[str, Pi
         pipeline._source = source
         pipeline._locations = locations
     return parsed.pipelines
+
+
+def _check_depth(text: str, source: Path) -> None:
+    """Refuse a file nested deeper than MAX_DEPTH, at the first value past the limit (the parser itself is iterative)."""
+    loader = _Loader(text)
+    try:
+        depth = 0
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ConfigError(
+                        f"YAML error: the file is nested more than {MAX_DEPTH} levels deep; a pipelines file never needs "
+                        "that many, so it is refused",
+                        Location(source, event.start_mark.line + 1, event.start_mark.column + 1),
+                    )
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    finally:
+        loader.dispose()
 
 
 def _one_line(text: str) -> str:
