@@ -156,6 +156,27 @@ def test_killed_run_resumes_from_the_cache_with_identical_output(workload, basel
     assert not list((out / "reviews").glob(".*partial"))  # the stale partial file is cleaned up
 
 
+def test_sigterm_is_handled_like_ctrl_c(workload, baseline, tmp_path):
+    """``kill PID`` part-way: a message, exit 143, no partial file left, the earlier run's files untouched."""
+    out = tmp_path / "out"
+    cache = tmp_path / "cache"
+    shutil.copytree(baseline, out / "reviews")
+    earlier = {path.name: path.read_bytes() for path in (out / "reviews").iterdir()}
+    process = _cli(workload, out, cache, delay=0.3)
+    deadline = time.monotonic() + 120
+    while _cached_rows(cache) < 2 * CHUNK:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the run ended or stalled before it could be terminated: {process.communicate()}")
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "terminated (SIGTERM): predictions made so far are cached" in stderr
+    assert "Traceback" not in stderr
+    assert {path.name: path.read_bytes() for path in (out / "reviews").iterdir()} == earlier  # no partial file either
+
+
 def test_interrupted_first_run_leaves_no_report_files(workload, tmp_path, monkeypatch, capsys):
     """Ctrl-C part-way through a first run: no predictions.jsonl, no reports, no partial file; the cache keeps what was done."""
     import nlpflow.model as model
