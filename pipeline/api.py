@@ -47,12 +47,13 @@ def run(
     registry: Registry | None = None,
     disabled_plugins: Iterable[str] = (),
     interactive: bool | None = None,
+    cache_optional: bool = False,
 ) -> list[RunResult]:
     """Run pipelines from a pipelines file; every pipeline is resolved before the first one runs."""
     registry = registry or default_registry(disabled_plugins)
     pipelines = load_config(config)
     resolved = [resolve(p, registry) for p in select(pipelines, names, Path(config))]
-    cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
+    cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir(), optional=cache_optional) if use_cache else None
     try:
         return [Runner(pipeline, Path(output), cache, interactive).run() for pipeline in resolved]
     finally:

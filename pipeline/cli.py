@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", type=Path, default=Path("reports"), help="report folder (default: reports/)")
     run.add_argument("--cache-dir", type=Path, default=None, help="prediction cache folder (default: $NLPFLOW_CACHE_DIR or ~/.cache/nlpflow)")
     run.add_argument("--no-cache", action="store_true", help="neither read nor write the prediction cache")
+    run.add_argument(
+        "--cache-optional", action="store_true",
+        help="if the prediction cache cannot be opened, read or written (read-only folder, damaged file), warn once and run without it",
+    )
 
     validate = commands.add_parser("validate", help="check a pipelines file without running it")
     validate.add_argument("pipelines", nargs="*", metavar="PIPELINE")
@@ -134,7 +138,7 @@ def _run(args, registry) -> int:
     from nlpflow.api import run
 
     _quiet_transformers()
-    results = run(args.pipelines, args.config, args.output, args.cache_dir, not args.no_cache, registry)
+    results = run(args.pipelines, args.config, args.output, args.cache_dir, not args.no_cache, registry, cache_optional=args.cache_optional)
     for result in results:
         report = result.report
         values = ", ".join(
