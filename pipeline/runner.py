@@ -33,6 +33,7 @@ from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, Plu
 from nlpflow.model import DecodeError, ModelStage, cache_key_parameters
 from nlpflow.progress import Progress, count_lines
 from nlpflow.report import file_sha256, metric_entry, package_versions, write_atomic
+from nlpflow.run_folder import record_run_files, remove_previous_run
 from nlpflow.types import Example, ExampleError, Prediction, RawRecord, RunResult, TaskModel
 
 log = logging.getLogger("nlpflow")
@@ -199,9 +200,9 @@ class Runner:
             finished_at = datetime.now(timezone.utc)
             wall = time.perf_counter() - started
             report = self._report(metrics, stage, started_at, finished_at, wall)
-            # reports from an earlier run go first: a report present next to predictions.jsonl always describes it
-            for reporter in self.pipeline.reporters:
-                (self.directory / reporter.filename).unlink(missing_ok=True)
+            # reports from an earlier run go first (those of formats no longer configured too): a report present next
+            # to predictions.jsonl always describes it
+            remove_previous_run(self.directory, [reporter.filename for reporter in self.pipeline.reporters])
             partial.replace(self.directory / "predictions.jsonl")
         except BaseException:
             partial.unlink(missing_ok=True)
@@ -457,6 +458,7 @@ class Runner:
 
     def _write_reports(self, result: RunResult) -> None:
         errors = []
+        written = ["predictions.jsonl"]
         for reporter in self.pipeline.reporters:
             try:
                 text = reporter.render(result)
@@ -471,6 +473,8 @@ class Runner:
                 )
                 continue
             write_atomic(self.directory / reporter.filename, text)
+            written.append(reporter.filename)
+        record_run_files(self.directory, written)
         if errors:
             raise errors[0]
 

@@ -1,0 +1,88 @@
+"""A run folder holds the files of exactly one finished run: one run writes it at a time, and nothing stale stays."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nlpflow import run_folder
+from nlpflow.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _pipeline(tmp_path: Path, formats: str, description: str = "") -> Path:
+    data = tmp_path / "data.jsonl"
+    if not data.exists():
+        data.write_text(
+            "".join(json.dumps({"text": f"t{i}", "label": "pos" if i % 2 else "neg", "prediction": "pos"}) + "\n" for i in range(20)),
+            encoding="utf-8",
+        )
+    config = tmp_path / f"pipelines-{formats.replace(',', '-').replace(' ', '')}.yaml"
+    config.write_text(
+        f"pipelines:\n  p:\n    task: sentiment\n    description: {json.dumps(description)}\n    data: {{path: data.jsonl}}\n"
+        f"    report: {{formats: [{formats}], bootstrap: {{resamples: 20}}}}\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+def _run(config: Path, out: Path) -> int:
+    return main(["run", "p", "--config", str(config), "--output", str(out), "--no-cache"])
+
+
+def test_a_format_no_longer_configured_is_removed_and_user_files_are_kept(tmp_path):
+    out = tmp_path / "out"
+    assert _run(_pipeline(tmp_path, "json, markdown"), out) == 0
+    folder = out / "p"
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    (folder / ".report.md.abc123.tmp").write_text("left by a killed run", encoding="utf-8")
+    assert _run(_pipeline(tmp_path, "json"), out) == 0
+    assert sorted(path.name for path in folder.iterdir()) == [".nlpflow-files.json", "notes.txt", "predictions.jsonl", "report.json"]
+    assert json.loads((folder / ".nlpflow-files.json").read_text(encoding="utf-8"))["files"] == ["predictions.jsonl", "report.json"]
+
+
+def test_a_second_run_into_the_same_folder_waits_for_the_first(tmp_path):
+    """Deterministic interleaving: this test holds the folder's lock as a first run would, then lets go."""
+    out = tmp_path / "out"
+    config = _pipeline(tmp_path, "json, markdown", description="second")
+    (out / "p").mkdir(parents=True)
+    with open(run_folder.lock_path(out / "p"), "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        lock.write("4242\n")
+        lock.flush()
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+        log = tmp_path / "second.log"
+        with open(log, "w") as stderr_file:
+            second = subprocess.Popen(
+                [sys.executable, "-m", "nlpflow.cli", "run", "p", "--config", str(config), "--output", str(out), "--no-cache"],
+                env=env, stdout=subprocess.DEVNULL, stderr=stderr_file, text=True,
+            )
+        deadline = time.monotonic() + 60
+        while "waiting for another run (pid 4242)" not in log.read_text() and second.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)  # it would write its predictions and reports in this time if it did not wait
+        assert second.poll() is None, log.read_text()
+        assert list((out / "p").iterdir()) == []
+    second.wait(timeout=120)
+    assert second.returncode == 0, log.read_text()
+    assert json.loads((out / "p" / "report.json").read_text(encoding="utf-8"))["description"] == "second"
+
+
+def test_a_folder_locked_too_long_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run_folder, "LOCK_WAIT_SECONDS", 0.3)
+    out = tmp_path / "out"
+    (out / "p").mkdir(parents=True)
+    with open(run_folder.lock_path(out / "p"), "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        assert _run(_pipeline(tmp_path, "json"), out) == 7
+    err = capsys.readouterr().err
+    assert f"is still being written by another run" in err and str(out / "p") in err
+    assert list((out / "p").iterdir()) == []
