@@ -10,6 +10,7 @@ example they concern.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ from nlpflow.config import ResolvedPipeline
 from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, PluginError
 from nlpflow.model import DecodeError, ModelStage, cache_key_parameters
 from nlpflow.progress import Progress, count_lines
-from nlpflow.report import file_sha256, metric_entry, package_versions, write_atomic
+from nlpflow.report import metric_entry, package_versions, write_atomic
 from nlpflow.run_folder import record_run_files, remove_previous_run
 from nlpflow.types import Example, ExampleError, Prediction, RawRecord, RunResult, TaskModel
 
@@ -125,6 +126,7 @@ class Runner:
         reader = self.pipeline.reader
         provider = self.pipeline.providers.get(("reader", reader.name), "?")
         last_line = 0
+        self._hold_data_file()
         try:
             for record in reader.read(self.config.data_path):
                 if not isinstance(record, RawRecord):
@@ -142,6 +144,44 @@ class Runner:
                 f"reader {reader.name!r} raised after line {last_line} of {self.config.data_path}: {type(error).__name__}: {error}",
                 provider,
             ) from error
+
+    def _hold_data_file(self) -> None:
+        """Open the data file as the reader starts, so the report hashes the very file that was read (a file
+        replaced by path, ``mv new data.jsonl``, is noticed rather than hashed in its place)."""
+        path = self.config.data_path
+        try:
+            self._data_file = open(path, "rb")
+            self._data_identity = _identity(os.fstat(self._data_file.fileno()))
+        except OSError:
+            self._data_file = None  # the reader reports why the file cannot be read, with its line
+
+    def _data_sha256(self) -> str:
+        """sha256 of the data file that was read, after checking it is still the same, unchanged file."""
+        path = self.config.data_path
+        handle = getattr(self, "_data_file", None)
+        if handle is None:
+            raise DataError("the data file could not be opened again to fingerprint it", path, None, self.pipeline.name)
+        with handle:
+            try:
+                now_at_path = _identity(os.stat(path))
+            except FileNotFoundError:
+                raise DataError(
+                    "the data file was deleted while it was being read; the records read may not be all of it, so no "
+                    "report is written", path, None, self.pipeline.name,
+                ) from None
+            except OSError as error:
+                raise DataError(f"cannot check the data file after reading it: {error.strerror or error}", path, None, self.pipeline.name) from None
+            if _identity(os.fstat(handle.fileno())) != self._data_identity or now_at_path[:2] != self._data_identity[:2]:
+                raise DataError(
+                    "the data file changed while it was being read (it was modified, or replaced by another file); the "
+                    "records read do not come from one version of it, so no report is written. Run again once the file "
+                    "stays as it is",
+                    path, None, self.pipeline.name,
+                )
+            digest = hashlib.sha256()
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     # -- running ----------------------------------------------------------
 
@@ -431,7 +471,7 @@ class Runner:
             "data": {
                 "path": str(config.data_path),
                 "format": self.pipeline.reader.name,
-                "sha256": file_sha256(config.data_path),
+                "sha256": self._data_sha256(),
                 "fields": {**{name: config.fields.get(name, name) for name in (*self.task.input_fields, *self.task.reference_fields)}},
             },
             "counts": {
@@ -477,6 +517,11 @@ class Runner:
         record_run_files(self.directory, written)
         if errors:
             raise errors[0]
+
+
+def _identity(status: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one file version from another: device and inode (a replaced file), size and mtime (an edited one)."""
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 def _remove_stale_partials(directory: Path) -> None:

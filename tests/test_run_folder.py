@@ -86,3 +86,45 @@ def test_a_folder_locked_too_long_is_a_clear_error(tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert f"is still being written by another run" in err and str(out / "p") in err
     assert list((out / "p").iterdir()) == []
+
+
+def _many_records_pipeline(tmp_path: Path) -> tuple[Path, Path]:
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": f"t{i}", "label": "pos", "prediction": "pos"}) + "\n" for i in range(100)), encoding="utf-8")
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(
+        "pipelines:\n  p:\n    task: sentiment\n    data: {path: data.jsonl}\n    chunk_size: 10\n"
+        "    report: {formats: [json], bootstrap: {resamples: 20}}\n",
+        encoding="utf-8",
+    )
+    return config, data
+
+
+@pytest.mark.parametrize("change", ["replaced", "deleted"])
+def test_data_file_replaced_or_deleted_during_the_run_is_a_clear_error(tmp_path, monkeypatch, capsys, change):
+    """Chosen behaviour: refuse (exit 3, no report) rather than report a hash of a file that was not the one read."""
+    from nlpflow.runner import Runner
+
+    config, data = _many_records_pipeline(tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", "p", "--config", str(config), "--output", str(out), "--no-cache"]) == 0
+    earlier = (out / "p" / "report.json").read_bytes()
+    original = Runner._preprocess
+
+    def change_after_the_first_chunk(self, chunk):
+        if chunk[0].index == 0:
+            if change == "replaced":
+                replacement = tmp_path / "new.jsonl"
+                replacement.write_text(json.dumps({"text": "other", "label": "neg", "prediction": "pos"}) + "\n", encoding="utf-8")
+                os.replace(replacement, data)  # what `mv new.jsonl data.jsonl` does
+            else:
+                data.unlink()
+        return original(self, chunk)
+
+    monkeypatch.setattr(Runner, "_preprocess", change_after_the_first_chunk)
+    assert main(["run", "p", "--config", str(config), "--output", str(out), "--no-cache"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    expected = "changed while it was being read" if change == "replaced" else "was deleted while it was being read"
+    assert f"error: {data}: pipeline 'p': the data file {expected}" in err
+    assert (out / "p" / "report.json").read_bytes() == earlier  # the previous run is intact
