@@ -84,13 +84,15 @@ def previous_files(directory: Path) -> list[str]:
     return [name for name in names if isinstance(name, str) and name and Path(name).name == name and not name.startswith(".")]
 
 
-def remove_previous_run(directory: Path, names: Iterable[str]) -> None:
+def remove_previous_run(directory: Path, names: Iterable[str], keep: Iterable[Path] = ()) -> None:
     """Remove the last run's files and ``names`` (what this run is about to write), and temporary files left by a
-    killed run that was writing any of them."""
+    killed run that was writing any of them (but not this run's own, in ``keep``)."""
+    keep = {Path(path).name for path in keep}
     for name in {*previous_files(directory), *names}:
         (directory / name).unlink(missing_ok=True)
         for leftover in directory.glob(f".{name}.*.tmp"):
-            leftover.unlink(missing_ok=True)
+            if leftover.name not in keep:
+                leftover.unlink(missing_ok=True)
 
 
 def record_run_files(directory: Path, names: Iterable[str]) -> None:

@@ -30,10 +30,10 @@ import numpy as np
 from nlpflow import __version__
 from nlpflow.cache import PredictionCache, example_key
 from nlpflow.config import ResolvedPipeline
-from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, PluginError
+from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, PluginError
 from nlpflow.model import DecodeError, ModelStage, cache_key_parameters
 from nlpflow.progress import Progress, count_lines
-from nlpflow.report import metric_entry, package_versions, write_atomic
+from nlpflow.report import metric_entry, package_versions, stage_file
 from nlpflow.run_folder import record_run_files, remove_previous_run
 from nlpflow.types import Example, ExampleError, Prediction, RawRecord, RunResult, TaskModel
 
@@ -240,15 +240,33 @@ class Runner:
             finished_at = datetime.now(timezone.utc)
             wall = time.perf_counter() - started
             report = self._report(metrics, stage, started_at, finished_at, wall)
-            # reports from an earlier run go first (those of formats no longer configured too): a report present next
-            # to predictions.jsonl always describes it
-            remove_previous_run(self.directory, [reporter.filename for reporter in self.pipeline.reporters])
-            partial.replace(self.directory / "predictions.jsonl")
+            result = RunResult(report=report, directory=self.directory, data_path=config.data_path, reader=self.pipeline.reader, task=self.task)
+            # every report is rendered and written to a temporary file before the previous run's files are touched,
+            # so a full disk or a failing write leaves the previous run whole
+            staged, failures = self._stage_reports(result)
+            try:
+                # reports from an earlier run go first (those of formats no longer configured too): a report present
+                # next to predictions.jsonl always describes it
+                remove_previous_run(self.directory, [reporter.filename for reporter in self.pipeline.reporters], keep=staged.values())
+                partial.replace(self.directory / "predictions.jsonl")
+                for name, temporary in staged.items():
+                    os.replace(temporary, self.directory / name)
+            finally:
+                for temporary in staged.values():
+                    temporary.unlink(missing_ok=True)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            # writing the predictions file, or renaming files into place (reports raise OutputError themselves)
+            raise OutputError(
+                f"pipeline {self.pipeline.name!r}: cannot write the run's files in {self.directory} (predictions of "
+                f"{self.counts.read} records so far, in {partial.name}): {error.strerror or error}"
+            ) from None
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        result = RunResult(report=report, directory=self.directory, data_path=config.data_path, reader=self.pipeline.reader, task=self.task)
-        self._write_reports(result)
+        record_run_files(self.directory, ["predictions.jsonl", *staged])
+        if failures:
+            raise failures[0]
         return result
 
     def _load_model(self) -> tuple[ModelStage, str]:
@@ -496,27 +514,31 @@ class Runner:
             "versions": package_versions() | {"nlpflow": __version__},
         }
 
-    def _write_reports(self, result: RunResult) -> None:
+    def _stage_reports(self, result: RunResult) -> tuple[dict[str, Path], list[PluginError]]:
+        """Each reporter's file written to a temporary file (by final name), and the reporters that failed: one broken
+        reporter must not stop the others."""
         errors = []
-        written = ["predictions.jsonl"]
-        for reporter in self.pipeline.reporters:
-            try:
-                text = reporter.render(result)
-            except Exception as error:  # one broken reporter must not stop the others
-                errors.append(
-                    PluginError(f"reporter {reporter.name!r} raised: {type(error).__name__}: {error}", self.pipeline.providers[("reporter", reporter.name)])
-                )
-                continue
-            if not isinstance(text, str):
-                errors.append(
-                    PluginError(f"reporter {reporter.name!r} returned {type(text).__name__}, expected str", self.pipeline.providers[("reporter", reporter.name)])
-                )
-                continue
-            write_atomic(self.directory / reporter.filename, text)
-            written.append(reporter.filename)
-        record_run_files(self.directory, written)
-        if errors:
-            raise errors[0]
+        staged: dict[str, Path] = {}
+        try:
+            for reporter in self.pipeline.reporters:
+                try:
+                    text = reporter.render(result)
+                except Exception as error:
+                    errors.append(
+                        PluginError(f"reporter {reporter.name!r} raised: {type(error).__name__}: {error}", self.pipeline.providers[("reporter", reporter.name)])
+                    )
+                    continue
+                if not isinstance(text, str):
+                    errors.append(
+                        PluginError(f"reporter {reporter.name!r} returned {type(text).__name__}, expected str", self.pipeline.providers[("reporter", reporter.name)])
+                    )
+                    continue
+                staged[reporter.filename] = stage_file(self.directory / reporter.filename, text)
+        except BaseException:
+            for temporary in staged.values():
+                temporary.unlink(missing_ok=True)
+            raise
+        return staged, errors
 
 
 def _identity(status: os.stat_result) -> tuple[int, int, int, int]:

@@ -128,3 +128,56 @@ def test_data_file_replaced_or_deleted_during_the_run_is_a_clear_error(tmp_path,
     expected = "changed while it was being read" if change == "replaced" else "was deleted while it was being read"
     assert f"error: {data}: pipeline 'p': the data file {expected}" in err
     assert (out / "p" / "report.json").read_bytes() == earlier  # the previous run is intact
+
+
+FILE_SIZE_LIMITED_CLI = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so a write past the limit fails with EFBIG instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+from nlpflow.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_full_disk_while_writing_predictions_names_the_file_and_keeps_the_previous_run(tmp_path):
+    config, _ = _many_records_pipeline(tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", "p", "--config", str(config), "--output", str(out), "--no-cache"]) == 0
+    earlier = {path.name: path.read_bytes() for path in (out / "p").iterdir()}
+    assert len(earlier["predictions.jsonl"]) > 2000
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMITED_CLI, "2000", "run", "p", "--config", str(config), "--output", str(out), "--no-cache"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 7, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"error: pipeline 'p': cannot write the run's files in {out / 'p'}" in done.stderr
+    assert "File too large" in done.stderr
+    assert {path.name: path.read_bytes() for path in (out / "p").iterdir()} == earlier
+
+
+def test_a_full_disk_while_writing_a_report_names_it_and_keeps_the_previous_run(tmp_path, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    config = _pipeline(tmp_path, "json, markdown")
+    out = tmp_path / "out"
+    assert _run(config, out) == 0
+    earlier = {path.name: path.read_bytes() for path in (out / "p").iterdir()}
+    real = tempfile.NamedTemporaryFile
+
+    def disk_full_for_report_md(*args, **kwargs):
+        handle = real(*args, **kwargs)
+        if kwargs.get("prefix", "").startswith(".report.md."):
+            def write(_data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            handle.write = write
+        return handle
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", disk_full_for_report_md)
+    assert _run(config, out) == 7
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"error: cannot write {out / 'p' / 'report.md'} (" in err and "bytes): No space left on device; free some space" in err
+    assert {path.name: path.read_bytes() for path in (out / "p").iterdir()} == earlier
