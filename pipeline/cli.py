@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         registry = load_registry(args.disable_plugin, trace=args.trace_hooks or None)
-        for failure in registry.failures:
+        for failure in [*registry.failures, *registry.warnings]:
             print(f"warning: {failure}", file=sys.stderr)
         return COMMANDS[args.command](args, registry)
     except NlpflowError as error:
