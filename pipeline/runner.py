@@ -94,6 +94,9 @@ class Runner:
         records: Iterable[RawRecord] = self._read_records()
         if config.data.limit:
             records = islice(records, config.data.limit)
+        label_fields = [mapping[name] for name in task.reference_fields] + ([prediction_column] if needs_prediction else [])
+        #: label with case and surrounding spaces folded -> the spellings seen, to warn about look-alike labels
+        spellings: dict[str, set[str]] = {}
         index = -1
         for record in records:
             index += 1
@@ -109,6 +112,11 @@ class Runner:
             if missing:
                 self._fail_or_skip(f"missing field {', '.join(missing)}; the record has {', '.join(map(repr, data)) or 'no fields'}", record.line, index)
                 continue
+            for column in label_fields:
+                values = data.get(column)
+                for value in values if isinstance(values, list) else [values]:
+                    if isinstance(value, str):
+                        spellings.setdefault(value.strip().casefold(), set()).add(value)
             fields = {name: data[column] for name, column in mapping.items() if column in data and data[column] is not None}
             if needs_prediction:
                 fields[PREDICTION_FIELD] = data[prediction_column]
@@ -120,6 +128,13 @@ class Runner:
                 self._fail_or_skip(str(error), record.line, index)
                 continue
             yield example
+        look_alikes = sorted(sorted(group) for group in spellings.values() if len(group) > 1)
+        if look_alikes:
+            log.warning(
+                "warning: pipeline %r: %s has labels that differ only in case or surrounding spaces, so they count as "
+                "different classes: %s",
+                self.pipeline.name, config.data_path, "; ".join(" vs ".join(map(repr, group)) for group in look_alikes[:20]),
+            )
 
     def _read_records(self) -> Iterator[RawRecord]:
         """The reader's records; a reader that raises (they must not) is reported as its plugin's bug."""

@@ -62,7 +62,9 @@ class JsonLinesReader(Reader):
         if not text.strip():
             return None
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        except DuplicateKey as error:
+            return RawRecord(number, None, f"the JSON object has the key {error.args[0]!r} twice; which value is meant is unclear")
         except json.JSONDecodeError as error:
             # some messages end in "at" themselves ("Unterminated string starting at")
             at = "" if error.msg.endswith(" at") else " at"
@@ -77,6 +79,18 @@ class JsonLinesReader(Reader):
         if bad is not None:
             return RawRecord(number, None, f"{bad} contains an unpaired surrogate escape (\\ud800-\\udfff), which is not valid Unicode")
         return RawRecord(number, data)
+
+
+class DuplicateKey(ValueError):
+    """A JSON object with a key twice: json.loads would silently keep the last value."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        raise DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return data
 
 
 class DelimitedOptions(BaseModel):

@@ -278,3 +278,36 @@ def test_json_lines_messages_say_where_and_what(tmp_path, capsys, content, reaso
     code, stderr, errors = _run_cli(["run", "t", "--config", str(config), "--output", str(tmp_path / "out"), "--no-cache"], capsys)
     assert code == 3
     assert _assert_one_clear_line(stderr, errors) == f"error: {data}:1: pipeline 't': {reason} (set data.on_error: skip to skip such records)"
+
+
+def test_a_json_object_with_a_key_twice_is_reported(tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        '{"text": "a", "label": "positive", "prediction": "positive"}\n'
+        '{"text": "b", "label": "negative", "label": "positive", "prediction": "positive"}\n',
+        encoding="utf-8",
+    )
+    config = _data_pipeline(tmp_path, data, "fail")
+    code, stderr, errors = _run_cli(["run", "t", "--config", str(config), "--output", str(tmp_path / "out"), "--no-cache"], capsys)
+    assert code == 3
+    assert _assert_one_clear_line(stderr, errors) == (
+        f"error: {data}:2: pipeline 't': the JSON object has the key 'label' twice; which value is meant is unclear "
+        "(set data.on_error: skip to skip such records)"
+    )
+
+
+def test_labels_that_differ_only_in_case_or_spaces_are_warned_about_once(tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    labels = ["positive", "Positive", "negative", " negative", "positive", "Positive", "negative"]
+    data.write_text(
+        "".join(json.dumps({"text": f"t{i}", "label": label, "prediction": "positive"}) + "\n" for i, label in enumerate(labels)),
+        encoding="utf-8",
+    )
+    config = _data_pipeline(tmp_path, data, "fail")
+    code, stderr, errors = _run_cli(["run", "t", "--config", str(config), "--output", str(tmp_path / "out"), "--no-cache"], capsys)
+    assert code == 0, stderr
+    warnings = [line for line in stderr.splitlines() if "differ only in case" in line]
+    assert warnings == [
+        f"warning: pipeline 't': {data} has labels that differ only in case or surrounding spaces, so they count as "
+        "different classes: ' negative' vs 'negative'; 'Positive' vs 'positive'"
+    ]
