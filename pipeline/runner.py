@@ -40,6 +40,10 @@ from nlpflow.types import Example, ExampleError, Prediction, RawRecord, RunResul
 log = logging.getLogger("nlpflow")
 
 PREDICTION_FIELD = "prediction"
+#: every skipped record (line, index, reason), one JSON object a line, in the run folder
+SKIPPED_FILE = "skipped.jsonl"
+#: skipped records listed in report.json itself
+SKIPPED_IN_REPORT = 20
 
 
 @dataclass
@@ -255,15 +259,24 @@ class Runner:
             finished_at = datetime.now(timezone.utc)
             wall = time.perf_counter() - started
             report = self._report(metrics, stage, started_at, finished_at, wall)
-            result = RunResult(report=report, directory=self.directory, data_path=config.data_path, reader=self.pipeline.reader, task=self.task)
+            result = RunResult(
+                report=report, directory=self.directory, data_path=config.data_path, reader=self.pipeline.reader, task=self.task,
+                predictions_file=partial,
+            )
             # every report is rendered and written to a temporary file before the previous run's files are touched,
             # so a full disk or a failing write leaves the previous run whole
             staged, failures = self._stage_reports(result)
             try:
+                if self.counts.skipped:
+                    staged[SKIPPED_FILE] = stage_file(
+                        self.directory / SKIPPED_FILE,
+                        "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in self.counts.skipped),
+                    )
                 # reports from an earlier run go first (those of formats no longer configured too): a report present
                 # next to predictions.jsonl always describes it
                 remove_previous_run(self.directory, [reporter.filename for reporter in self.pipeline.reporters], keep=staged.values())
                 partial.replace(self.directory / "predictions.jsonl")
+                result.predictions_file = None
                 for name, temporary in staged.items():
                     os.replace(temporary, self.directory / name)
             finally:
@@ -515,8 +528,10 @@ class Runner:
                 "truncated": counts.truncated,
                 "from_cache": counts.from_cache,
             },
-            "skipped": counts.skipped,
+            # the first few, for a glance; every one is in skipped.jsonl next to the report
+            "skipped": counts.skipped[:SKIPPED_IN_REPORT],
             "skipped_reasons": dict(reasons),
+            "skipped_file": SKIPPED_FILE if counts.skipped else None,
             "preprocess": [step.name for step in self.pipeline.preprocessors],
             "model": stage.describe() if stage else None,
             "timing": {

@@ -125,10 +125,10 @@ class MarkdownReporter(Reporter):
         if signatures:
             lines += ["", "Signatures:", ""] + [f"- {_inline(name)}: {_code(signature)}" for name, signature in signatures]
         if report.get("skipped"):
-            lines += ["", f"## Skipped records ({len(report['skipped'])})", "", "| line | reason |", "|---:|---|"]
-            lines += [f"| {item['line']} | {_cell(item['reason'])} |" for item in report["skipped"][:50]]
-            if len(report["skipped"]) > 50:
-                lines.append(f"| … | {len(report['skipped']) - 50} more in report.json |")
+            lines += ["", f"## Skipped records ({counts['skipped']})", "", "| line | reason |", "|---:|---|"]
+            lines += [f"| {item['line']} | {_cell(item['reason'])} |" for item in report["skipped"]]
+            if counts["skipped"] > len(report["skipped"]):
+                lines.append(f"| … | {counts['skipped'] - len(report['skipped'])} more in {_inline(report.get('skipped_file'))} |")
         return "\n".join(lines) + "\n"
 
 

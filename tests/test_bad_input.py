@@ -311,3 +311,28 @@ def test_labels_that_differ_only_in_case_or_spaces_are_warned_about_once(tmp_pat
         f"warning: pipeline 't': {data} has labels that differ only in case or surrounding spaces, so they count as "
         "different classes: ' negative' vs 'negative'; 'Positive' vs 'positive'"
     ]
+
+
+def test_every_skipped_record_is_in_skipped_jsonl_and_report_json_has_a_summary(tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    lines = [json.dumps({"text": f"t{i}", "label": "positive", "prediction": "positive"}) for i in range(5)]
+    lines += ["{not json"] * 30 + [json.dumps({"label": "positive", "prediction": "positive"})] * 5
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = _data_pipeline(tmp_path, data, "skip")
+    out = tmp_path / "out"
+    code, stderr, _ = _run_cli(["run", "t", "--config", str(config), "--output", str(out), "--no-cache"], capsys)
+    assert code == 0, stderr
+    skipped = [json.loads(line) for line in (out / "t" / "skipped.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [item["line"] for item in skipped] == list(range(6, 41))
+    report = json.loads((out / "t" / "report.json").read_text(encoding="utf-8"))
+    assert report["counts"]["skipped"] == 35
+    assert report["skipped"] == skipped[:20]
+    assert report["skipped_file"] == "skipped.jsonl"
+    assert sum(report["skipped_reasons"].values()) == 35
+
+    # a later run with nothing to skip leaves no skipped.jsonl behind
+    data.write_text("\n".join(lines[:5]) + "\n", encoding="utf-8")
+    code, stderr, _ = _run_cli(["run", "t", "--config", str(config), "--output", str(out), "--no-cache"], capsys)
+    assert code == 0, stderr
+    assert not (out / "t" / "skipped.jsonl").exists()
+    assert json.loads((out / "t" / "report.json").read_text(encoding="utf-8"))["skipped_file"] is None
