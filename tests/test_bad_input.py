@@ -329,6 +329,14 @@ def test_every_skipped_record_is_in_skipped_jsonl_and_report_json_has_a_summary(
     assert report["skipped"] == skipped[:20]
     assert report["skipped_file"] == "skipped.jsonl"
     assert sum(report["skipped_reasons"].values()) == 35
+    from types import SimpleNamespace
+
+    from nlpflow.plugins.html_report import HtmlReporter
+
+    run = SimpleNamespace(report=report, directory=out / "t", data_path=data, reader=None, task=None,
+                          predictions_path=out / "t" / "predictions.jsonl")
+    run.iter_predictions = lambda: (json.loads(line) for line in run.predictions_path.read_text(encoding="utf-8").splitlines())
+    assert "15 more in skipped.jsonl." in HtmlReporter().render(run)
 
     # a later run with nothing to skip leaves no skipped.jsonl behind
     data.write_text("\n".join(lines[:5]) + "\n", encoding="utf-8")
