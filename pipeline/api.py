@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from nlpflow import run_folder
 from nlpflow.cache import PredictionCache, default_cache_dir
 from nlpflow.config import DEFAULT_CONFIG, PipelineConfig, ResolvedPipeline, load_config, resolve
 from nlpflow.errors import ConfigError, Location, did_you_mean
@@ -47,14 +48,20 @@ def run(
     registry: Registry | None = None,
     disabled_plugins: Iterable[str] = (),
     interactive: bool | None = None,
+    cache_optional: bool = False,
 ) -> list[RunResult]:
     """Run pipelines from a pipelines file; every pipeline is resolved before the first one runs."""
     registry = registry or default_registry(disabled_plugins)
     pipelines = load_config(config)
     resolved = [resolve(p, registry) for p in select(pipelines, names, Path(config))]
-    cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir()) if use_cache else None
+    cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir(), optional=cache_optional) if use_cache else None
     try:
-        return [Runner(pipeline, Path(output), cache, interactive).run() for pipeline in resolved]
+        results = []
+        for pipeline in resolved:
+            runner = Runner(pipeline, Path(output), cache, interactive)
+            with run_folder.exclusive(runner.directory, pipeline.name):
+                results.append(runner.run())
+        return results
     finally:
         if cache is not None:
             cache.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import sqlite3
@@ -22,9 +23,18 @@ from nlpflow.errors import CacheError
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
     key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
+    value TEXT NOT NULL,
+    checksum TEXT
 ) WITHOUT ROWID;
 """
+
+logger = logging.getLogger("nlpflow.cache")
+
+
+def value_checksum(value: str) -> str:
+    """What a stored value must hash to: SQLite checks its pages, not our bytes, so a flipped byte inside a
+    value (LABEL_0 -> LABEL_9) passes ``PRAGMA integrity_check`` and would be served without this."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
 def default_cache_dir() -> Path:
@@ -45,13 +55,32 @@ class PredictionCache:
 
     Every failure (a folder that cannot be created, a file that is not a
     SQLite database, a full disk, a lock held too long) is a :class:`CacheError`
-    that names the file and suggests ``--no-cache``. A stored value that does
-    not parse is treated as absent and recomputed.
+    that names the file and suggests ``--no-cache`` or ``--cache-optional``. A
+    stored value that does not parse or does not match its checksum (rows written
+    before checksums existed have none) is treated as absent and recomputed.
+
+    With ``optional=True`` a cache that cannot be opened, read or written is
+    dropped after a one-line warning and the run goes on without it.
     """
 
-    def __init__(self, directory: Path, timeout: float = 60.0):
+    def __init__(self, directory: Path, timeout: float = 60.0, optional: bool = False):
         self.path = Path(directory) / "predictions.sqlite"
+        self.optional = optional
         self._connection: sqlite3.Connection | None = None
+        self._warned_checksum = False
+        try:
+            self._open(directory, timeout)
+        except CacheError as error:
+            if not optional:
+                raise
+            self._give_up(error)
+
+    def _give_up(self, error: CacheError) -> None:
+        """--cache-optional: say once why, then behave as --no-cache for the rest of the run."""
+        logger.warning("warning: %s; going on without the cache (--cache-optional)", error.problem)
+        self.close()
+
+    def _open(self, directory: Path, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -61,7 +90,8 @@ class PredictionCache:
                 self._connection.execute("PRAGMA journal_mode=WAL")
                 self._connection.execute("PRAGMA synchronous=NORMAL")
                 self._connection.execute(SCHEMA)
-                self._connection.execute("SELECT key, value FROM predictions LIMIT 1").fetchall()
+                self._add_checksum_column()
+                self._connection.execute("SELECT key, value, checksum FROM predictions LIMIT 1").fetchall()
                 return
             except sqlite3.OperationalError as error:
                 self.close()
@@ -74,46 +104,85 @@ class PredictionCache:
                 self.close()
                 raise self._error("cannot open", error) from None
 
+    def _add_checksum_column(self) -> None:
+        """Caches written before checksums get the column; their rows, with none, read as misses."""
+        columns = {row[1] for row in self._connection.execute("PRAGMA table_info(predictions)")}
+        if "checksum" in columns:
+            return
+        try:
+            self._connection.execute("ALTER TABLE predictions ADD COLUMN checksum TEXT")
+        except sqlite3.OperationalError as error:
+            if "duplicate column" not in str(error):  # another run added it first
+                raise
+
     def _error(self, action: str, error: BaseException) -> CacheError:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        return CacheError(
-            f"{action} the prediction cache {self.path}: {reason}. Delete the file, choose another --cache-dir, or run with --no-cache"
+        problem = f"{action} the prediction cache {self.path}: {reason}"
+        failure = CacheError(
+            f"{problem}. Delete the file, choose another --cache-dir, run with --no-cache, "
+            "or with --cache-optional to go on without the cache when it cannot be used"
         )
+        failure.problem = problem
+        return failure
 
     def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        if self._connection is None:
+            return {}
         keys = list(dict.fromkeys(keys))
         found: dict[str, dict[str, Any]] = {}
+        damaged = 0
         try:
             for start in range(0, len(keys), 500):
                 part = keys[start : start + 500]
                 marks = ",".join("?" * len(part))
-                rows = self._connection.execute(f"SELECT key, value FROM predictions WHERE key IN ({marks})", part).fetchall()
-                for key, value in rows:
+                rows = self._connection.execute(f"SELECT key, value, checksum FROM predictions WHERE key IN ({marks})", part).fetchall()
+                for key, value, checksum in rows:
+                    if checksum is None:
+                        continue  # written before checksums: recompute it
+                    if not isinstance(value, str) or value_checksum(value) != checksum:
+                        damaged += 1
+                        continue
                     try:
                         found[key] = json.loads(value)
                     except (TypeError, ValueError):
                         continue  # unreadable entry: recompute it
         except sqlite3.Error as error:
+            if self.optional:
+                self._give_up(self._error("cannot read", error))
+                return {}
             raise self._error("cannot read", error) from None
+        if damaged and not self._warned_checksum:
+            self._warned_checksum = True
+            logger.warning(
+                "warning: the prediction cache %s holds predictions that do not match their checksum (the file was altered "
+                "or damaged); they are recomputed and stored again",
+                self.path,
+            )
         return found
 
     def put_many(self, items: Mapping[str, Mapping[str, Any]]) -> None:
-        if not items:
+        if not items or self._connection is None:
             return
         # key order kept: a prediction read back must serialise to the same bytes as when it was made
-        rows = [(key, json.dumps(value, ensure_ascii=False)) for key, value in items.items()]
+        rows = []
+        for key, value in items.items():
+            text = json.dumps(value, ensure_ascii=False)
+            rows.append((key, text, value_checksum(text)))
         connection = self._connection
         try:
             # one transaction: a chunk is stored whole or not at all
             connection.execute("BEGIN IMMEDIATE")
             try:
-                connection.executemany("INSERT OR REPLACE INTO predictions (key, value) VALUES (?, ?)", rows)
+                connection.executemany("INSERT OR REPLACE INTO predictions (key, value, checksum) VALUES (?, ?, ?)", rows)
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
         except sqlite3.Error as error:
+            if self.optional:
+                self._give_up(self._error("cannot write to", error))
+                return
             raise self._error("cannot write to", error) from None
 
     def __bool__(self) -> bool:
@@ -121,6 +190,8 @@ class PredictionCache:
         return True
 
     def __len__(self) -> int:
+        if self._connection is None:
+            return 0
         return self._connection.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-o", "--output", type=Path, default=Path("reports"), help="report folder (default: reports/)")
     run.add_argument("--cache-dir", type=Path, default=None, help="prediction cache folder (default: $NLPFLOW_CACHE_DIR or ~/.cache/nlpflow)")
     run.add_argument("--no-cache", action="store_true", help="neither read nor write the prediction cache")
+    run.add_argument(
+        "--cache-optional", action="store_true",
+        help="if the prediction cache cannot be opened, read or written (read-only folder, damaged file), warn once and run without it",
+    )
 
     validate = commands.add_parser("validate", help="check a pipelines file without running it")
     validate.add_argument("pipelines", nargs="*", metavar="PIPELINE")
@@ -79,20 +84,46 @@ def _configure_logging(verbose: bool) -> None:
     logger.propagate = False
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler, ``docker stop``), raised where the run is so it unwinds as Ctrl-C does:
+    partial files are removed and finished reports are left as they were."""
+
+
+def _raise_terminated(signum, _frame) -> None:
+    raise Terminated(signum)
+
+
+def _was_terminated(interruption: BaseException) -> bool:
+    while interruption is not None:  # the runner may re-raise Ctrl-C as its own KeyboardInterrupt, from this one
+        if isinstance(interruption, Terminated):
+            return True
+        interruption = interruption.__cause__
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _configure_logging(args.verbose)
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         registry = load_registry(args.disable_plugin, trace=args.trace_hooks or None)
-        for failure in registry.failures:
+        for failure in [*registry.failures, *registry.warnings]:
             print(f"warning: {failure}", file=sys.stderr)
         return COMMANDS[args.command](args, registry)
     except NlpflowError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: predictions made so far are cached; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interruption:
+        terminated = _was_terminated(interruption)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        if getattr(args, "no_cache", False):
+            saved = "nothing was saved (--no-cache); reports from an earlier run are untouched"
+        else:
+            saved = "predictions made so far are cached; run the same command again to resume"
+        print(f"{what}: {saved}", file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 def _quiet_transformers() -> None:
@@ -107,7 +138,7 @@ def _run(args, registry) -> int:
     from nlpflow.api import run
 
     _quiet_transformers()
-    results = run(args.pipelines, args.config, args.output, args.cache_dir, not args.no_cache, registry)
+    results = run(args.pipelines, args.config, args.output, args.cache_dir, not args.no_cache, registry, cache_optional=args.cache_optional)
     for result in results:
         report = result.report
         values = ", ".join(

@@ -8,6 +8,7 @@ and column, and for unknown names the closest valid one.
 from __future__ import annotations
 
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -16,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, field_validator, model_validator
 
 from nlpflow.errors import ConfigError, Location, NlpflowError, PluginError, did_you_mean
-from nlpflow.registry import Registry
+from nlpflow.registry import DISABLE_ENV, Registry
 from nlpflow.types import Backend, Metric, ModelConfig, Preprocessor, Reader, Reporter, Task
 
 DEFAULT_CONFIG = Path("pipelines.yaml")
@@ -148,6 +149,11 @@ def load_config(path: Path | str = DEFAULT_CONFIG) -> dict[str, PipelineConfig]:
 #: refuses "billion laughs" files that would take minutes to check
 MAX_NODES = 100_000
 
+#: deepest nesting of mappings and lists a pipelines file may have (real ones stay under 10); checked on the
+#: parser's event stream before composing, because composing recurses once per level and a file nested tens of
+#: thousands deep crashes the C loader instead of raising
+MAX_DEPTH = 100
+
 
 def parse_config(text: str, source: Path | str = DEFAULT_CONFIG) -> dict[str, PipelineConfig]:
     """Parse pipelines-file text with a safe YAML loader and check it against the schema.
@@ -156,6 +162,7 @@ def parse_config(text: str, source: Path | str = DEFAULT_CONFIG) -> dict[str, Pi
     """
     source = Path(source)
     try:
+        _check_depth(text, source)
         loader = _Loader(text)
         try:
             node = loader.get_single_node()
@@ -220,6 +227,27 @@ def parse_config(text: str, source: Path | str = DEFAULT_CONFIG) -> dict[str, Pi
     return parsed.pipelines
 
 
+def _check_depth(text: str, source: Path) -> None:
+    """Refuse a file nested deeper than MAX_DEPTH, at the first value past the limit (the parser itself is iterative)."""
+    loader = _Loader(text)
+    try:
+        depth = 0
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise ConfigError(
+                        f"YAML error: the file is nested more than {MAX_DEPTH} levels deep; a pipelines file never needs "
+                        "that many, so it is refused",
+                        Location(source, event.start_mark.line + 1, event.start_mark.column + 1),
+                    )
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    finally:
+        loader.dispose()
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -239,12 +267,22 @@ def _key_of(node: yaml.Node) -> Any:
     return f"<{node.id} at line {node.start_mark.line + 1}>"
 
 
-def _index_positions(node: yaml.Node, path: tuple, out: dict, source: Path, ancestors: set[int], counter: list[int]) -> None:
-    """Record the line and column of every key and value; refuse duplicate keys, recursive aliases and alias bombs."""
-    counter[0] += 1
+def _index_positions(
+    node: yaml.Node, path: tuple, out: dict, source: Path, ancestors: set[int], counter: list, via_alias: bool = False
+) -> None:
+    """Record the line and column of every key and value; refuse duplicate keys, recursive aliases and alias bombs.
+
+    ``counter`` is ``[values reached through aliases, ids of nodes seen]``: only alias expansions count towards
+    MAX_NODES, so a large file with no aliases is read whatever its size."""
+    if len(counter) == 1:
+        counter.append(set())
+    via_alias = via_alias or id(node) in counter[1]
+    counter[1].add(id(node))
+    if via_alias:
+        counter[0] += 1
     if counter[0] > MAX_NODES:
         raise ConfigError(
-            f"YAML error: the file expands to more than {MAX_NODES} values (through aliases); refusing to read it",
+            f"YAML error: the file expands to more than {MAX_NODES} values through aliases (*name); refusing to read it",
             Location(source, node.start_mark.line + 1, node.start_mark.column + 1),
         )
     if id(node) in ancestors:
@@ -264,14 +302,14 @@ def _index_positions(node: yaml.Node, path: tuple, out: dict, source: Path, ance
                     Location(source, key_node.start_mark.line + 1, key_node.start_mark.column + 1),
                 )
             seen[key] = key_node.start_mark.line + 1
-            _index_positions(value_node, (*path, key), out, source, ancestors, counter)
+            _index_positions(value_node, (*path, key), out, source, ancestors, counter, via_alias)
             # errors about a key point at the key, not its value
             out[(*path, key)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
         ancestors.discard(id(node))
     elif isinstance(node, yaml.SequenceNode):
         ancestors.add(id(node))
         for index, item in enumerate(node.value):
-            _index_positions(item, (*path, index), out, source, ancestors, counter)
+            _index_positions(item, (*path, index), out, source, ancestors, counter, via_alias)
         ancestors.discard(id(node))
 
 
@@ -462,10 +500,10 @@ def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
 
     data_path = config.data_path
     if not data_path.is_file():
-        problem = "is a directory, not a data file" if data_path.is_dir() else "not found"
-        if problem == "not found":
+        kind = _file_kind(data_path)
+        if kind is None:
             raise ConfigError(f"data file not found: {data_path}", config.location("data", "path"), name)
-        raise ConfigError(f"data.path {data_path} {problem}", config.location("data", "path"), name)
+        raise ConfigError(f"data.path {data_path} is {kind}, not a data file", config.location("data", "path"), name)
     reader_name = config.data.format or _reader_for(data_path, registry)
     if reader_name is None:
         raise ConfigError(
@@ -570,10 +608,34 @@ def _lookup(registry: Registry, kind: str, name: str, location: Location, pipeli
     try:
         return registry.get(kind, name, location, pipeline)
     except ConfigError as error:
-        if not registry.failures:
+        notes = []
+        if registry.failures:
+            notes.append(f"plugins that failed to load and may provide it: {', '.join(sorted({repr(f.plugin) for f in registry.failures}))}")
+        if registry.blocked:
+            notes.append(
+                f"plugins disabled with --disable-plugin or ${DISABLE_ENV} that may provide it: {', '.join(map(repr, registry.blocked))}"
+            )
+        if not notes:
             raise
-        failed = ", ".join(sorted({repr(f.plugin) for f in registry.failures}))
-        raise ConfigError(f"{error.message} (plugins that failed to load and may provide it: {failed})", location, pipeline) from None
+        raise ConfigError(f"{error.message} ({'; '.join(notes)})", location, pipeline) from None
+
+
+def _file_kind(path: Path) -> str | None:
+    """What a path that is not a regular file is, in words; None if nothing is there."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return f"unreadable ({error.strerror or error})"
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO), which can be read only once"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((words for test, words in kinds if test(mode)), "not a regular file")
 
 
 def _reader_for(path: Path, registry: Registry) -> str | None:

@@ -75,6 +75,14 @@ class CacheError(NlpflowError):
     exit_code = 6
 
 
+class OutputError(NlpflowError):
+    """The run folder cannot be written (disk full, file too large, no permission) or stays locked by another run.
+
+    The previous run's files are left as they were."""
+
+    exit_code = 7
+
+
 class PluginError(NlpflowError):
     """A plugin that failed to import, raised inside a hook, or returned the wrong thing."""
 

@@ -9,6 +9,7 @@ out; the others keep working.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -62,6 +63,10 @@ class Registry:
     entries: dict[str, dict[str, Registered]] = field(default_factory=lambda: {kind: {} for kind, _ in KINDS.values()})
     plugins: list[PluginInfo] = field(default_factory=list)
     failures: list[PluginError] = field(default_factory=list)
+    #: installed plugins not loaded because --disable-plugin or $NLPFLOW_DISABLE_PLUGINS named them
+    blocked: list[str] = field(default_factory=list)
+    #: problems worth a line that do not stop anything (a disabled name that matches no installed plugin)
+    warnings: list[str] = field(default_factory=list)
     #: hub name -> function returning the folder of a copy shipped in a package
     embedded_models: dict[str, Any] = field(default_factory=dict)
 
@@ -125,9 +130,21 @@ def load_registry(
             builtins.add(entry_point.name)
         _register(registry, entry_point.name, plugin)
 
+    extra_plugins = list(extra_plugins)
     for name, plugin in extra_plugins:
         if not manager.is_blocked(name):
             _register(registry, name, plugin)
+
+    installed = {entry_point.name for entry_point in entry_points(group=PROJECT)} | {name for name, _ in extra_plugins}
+    for name in dict.fromkeys([*disabled, *disabled_from_env()]):
+        if name in installed:
+            registry.blocked.append(name)
+        else:
+            close = difflib.get_close_matches(name, sorted(installed), n=1, cutoff=0.6)
+            registry.warnings.append(
+                f"--disable-plugin/{DISABLE_ENV} names {name!r}, which is not an installed plugin (`nlpflow plugins` lists them)"
+                + (f"; did you mean {close[0]!r}?" if close else "")
+            )
 
     for info in registry.plugins:
         info.version = versions.get(info.name, info.version)

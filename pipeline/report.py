@@ -6,6 +6,7 @@ half-written report behind.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import platform
@@ -16,6 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from nlpflow.errors import OutputError
 from nlpflow.types import Metric
 
 VERSIONED_PACKAGES = ("nlpflow", "torch", "transformers", "tokenizers", "spacy", "sacrebleu", "rouge-score", "pluggy")
@@ -23,17 +25,41 @@ VERSIONED_PACKAGES = ("nlpflow", "torch", "transformers", "tokenizers", "spacy",
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    os.replace(stage_file(path, text), path)
+
+
+def stage_file(path: Path, text: str) -> Path:
+    """Write ``text`` to a synced temporary file next to ``path`` and return it, for the caller to rename into place.
+
+    A file that cannot be written (disk full, file size limit, no permission) is an :class:`OutputError` naming it
+    and its size; ``path`` itself is never touched, so what was there stays whole.
+    """
+    data = text.encode("utf-8")
+    temporary: Path | None = None
     try:
-        with handle:
-            handle.write(text)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
+            temporary = Path(handle.name)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, path)
+        return temporary
+    except OSError as error:
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path} ({len(data)} bytes): {error.strerror or error}{_STORAGE_HINT.get(error.errno, '')}") from None
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
         raise
+
+
+#: what to do about the write failures a user can fix
+_STORAGE_HINT = {
+    errno.ENOSPC: "; free some space or choose another --output",
+    errno.EDQUOT: "; the disk quota is used up",
+    errno.EFBIG: "; the file is over the size limit for files here (ulimit -f, or the file system's)",
+}
 
 
 def package_versions() -> dict[str, str | None]:

@@ -10,6 +10,7 @@ example they concern.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -29,15 +30,20 @@ import numpy as np
 from nlpflow import __version__
 from nlpflow.cache import PredictionCache, example_key
 from nlpflow.config import ResolvedPipeline
-from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, PluginError
+from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, PluginError
 from nlpflow.model import DecodeError, ModelStage, cache_key_parameters
 from nlpflow.progress import Progress, count_lines
-from nlpflow.report import file_sha256, metric_entry, package_versions, write_atomic
+from nlpflow.report import metric_entry, package_versions, stage_file
+from nlpflow.run_folder import record_run_files, remove_previous_run
 from nlpflow.types import Example, ExampleError, Prediction, RawRecord, RunResult, TaskModel
 
 log = logging.getLogger("nlpflow")
 
 PREDICTION_FIELD = "prediction"
+#: every skipped record (line, index, reason), one JSON object a line, in the run folder
+SKIPPED_FILE = "skipped.jsonl"
+#: skipped records listed in report.json itself
+SKIPPED_IN_REPORT = 20
 
 
 @dataclass
@@ -92,6 +98,9 @@ class Runner:
         records: Iterable[RawRecord] = self._read_records()
         if config.data.limit:
             records = islice(records, config.data.limit)
+        label_fields = [mapping[name] for name in task.reference_fields] + ([prediction_column] if needs_prediction else [])
+        #: label with case and surrounding spaces folded -> the spellings seen, to warn about look-alike labels
+        spellings: dict[str, set[str]] = {}
         index = -1
         for record in records:
             index += 1
@@ -107,6 +116,11 @@ class Runner:
             if missing:
                 self._fail_or_skip(f"missing field {', '.join(missing)}; the record has {', '.join(map(repr, data)) or 'no fields'}", record.line, index)
                 continue
+            for column in label_fields:
+                values = data.get(column)
+                for value in values if isinstance(values, list) else [values]:
+                    if isinstance(value, str):
+                        spellings.setdefault(value.strip().casefold(), set()).add(value)
             fields = {name: data[column] for name, column in mapping.items() if column in data and data[column] is not None}
             if needs_prediction:
                 fields[PREDICTION_FIELD] = data[prediction_column]
@@ -118,12 +132,20 @@ class Runner:
                 self._fail_or_skip(str(error), record.line, index)
                 continue
             yield example
+        look_alikes = sorted(sorted(group) for group in spellings.values() if len(group) > 1)
+        if look_alikes:
+            log.warning(
+                "warning: pipeline %r: %s has labels that differ only in case or surrounding spaces, so they count as "
+                "different classes: %s",
+                self.pipeline.name, config.data_path, "; ".join(" vs ".join(map(repr, group)) for group in look_alikes[:20]),
+            )
 
     def _read_records(self) -> Iterator[RawRecord]:
         """The reader's records; a reader that raises (they must not) is reported as its plugin's bug."""
         reader = self.pipeline.reader
         provider = self.pipeline.providers.get(("reader", reader.name), "?")
         last_line = 0
+        self._hold_data_file()
         try:
             for record in reader.read(self.config.data_path):
                 if not isinstance(record, RawRecord):
@@ -141,6 +163,44 @@ class Runner:
                 f"reader {reader.name!r} raised after line {last_line} of {self.config.data_path}: {type(error).__name__}: {error}",
                 provider,
             ) from error
+
+    def _hold_data_file(self) -> None:
+        """Open the data file as the reader starts, so the report hashes the very file that was read (a file
+        replaced by path, ``mv new data.jsonl``, is noticed rather than hashed in its place)."""
+        path = self.config.data_path
+        try:
+            self._data_file = open(path, "rb")
+            self._data_identity = _identity(os.fstat(self._data_file.fileno()))
+        except OSError:
+            self._data_file = None  # the reader reports why the file cannot be read, with its line
+
+    def _data_sha256(self) -> str:
+        """sha256 of the data file that was read, after checking it is still the same, unchanged file."""
+        path = self.config.data_path
+        handle = getattr(self, "_data_file", None)
+        if handle is None:
+            raise DataError("the data file could not be opened again to fingerprint it", path, None, self.pipeline.name)
+        with handle:
+            try:
+                now_at_path = _identity(os.stat(path))
+            except FileNotFoundError:
+                raise DataError(
+                    "the data file was deleted while it was being read; the records read may not be all of it, so no "
+                    "report is written", path, None, self.pipeline.name,
+                ) from None
+            except OSError as error:
+                raise DataError(f"cannot check the data file after reading it: {error.strerror or error}", path, None, self.pipeline.name) from None
+            if _identity(os.fstat(handle.fileno())) != self._data_identity or now_at_path[:2] != self._data_identity[:2]:
+                raise DataError(
+                    "the data file changed while it was being read (it was modified, or replaced by another file); the "
+                    "records read do not come from one version of it, so no report is written. Run again once the file "
+                    "stays as it is",
+                    path, None, self.pipeline.name,
+                )
+            digest = hashlib.sha256()
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     # -- running ----------------------------------------------------------
 
@@ -199,15 +259,42 @@ class Runner:
             finished_at = datetime.now(timezone.utc)
             wall = time.perf_counter() - started
             report = self._report(metrics, stage, started_at, finished_at, wall)
-            # reports from an earlier run go first: a report present next to predictions.jsonl always describes it
-            for reporter in self.pipeline.reporters:
-                (self.directory / reporter.filename).unlink(missing_ok=True)
-            partial.replace(self.directory / "predictions.jsonl")
+            result = RunResult(
+                report=report, directory=self.directory, data_path=config.data_path, reader=self.pipeline.reader, task=self.task,
+                predictions_file=partial,
+            )
+            # every report is rendered and written to a temporary file before the previous run's files are touched,
+            # so a full disk or a failing write leaves the previous run whole
+            staged, failures = self._stage_reports(result)
+            try:
+                if self.counts.skipped:
+                    staged[SKIPPED_FILE] = stage_file(
+                        self.directory / SKIPPED_FILE,
+                        "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in self.counts.skipped),
+                    )
+                # reports from an earlier run go first (those of formats no longer configured too): a report present
+                # next to predictions.jsonl always describes it
+                remove_previous_run(self.directory, [reporter.filename for reporter in self.pipeline.reporters], keep=staged.values())
+                partial.replace(self.directory / "predictions.jsonl")
+                result.predictions_file = None
+                for name, temporary in staged.items():
+                    os.replace(temporary, self.directory / name)
+            finally:
+                for temporary in staged.values():
+                    temporary.unlink(missing_ok=True)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            # writing the predictions file, or renaming files into place (reports raise OutputError themselves)
+            raise OutputError(
+                f"pipeline {self.pipeline.name!r}: cannot write the run's files in {self.directory} (predictions of "
+                f"{self.counts.read} records so far, in {partial.name}): {error.strerror or error}"
+            ) from None
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        result = RunResult(report=report, directory=self.directory, data_path=config.data_path, reader=self.pipeline.reader, task=self.task)
-        self._write_reports(result)
+        record_run_files(self.directory, ["predictions.jsonl", *staged])
+        if failures:
+            raise failures[0]
         return result
 
     def _load_model(self) -> tuple[ModelStage, str]:
@@ -430,7 +517,7 @@ class Runner:
             "data": {
                 "path": str(config.data_path),
                 "format": self.pipeline.reader.name,
-                "sha256": file_sha256(config.data_path),
+                "sha256": self._data_sha256(),
                 "fields": {**{name: config.fields.get(name, name) for name in (*self.task.input_fields, *self.task.reference_fields)}},
             },
             "counts": {
@@ -441,8 +528,10 @@ class Runner:
                 "truncated": counts.truncated,
                 "from_cache": counts.from_cache,
             },
-            "skipped": counts.skipped,
+            # the first few, for a glance; every one is in skipped.jsonl next to the report
+            "skipped": counts.skipped[:SKIPPED_IN_REPORT],
             "skipped_reasons": dict(reasons),
+            "skipped_file": SKIPPED_FILE if counts.skipped else None,
             "preprocess": [step.name for step in self.pipeline.preprocessors],
             "model": stage.describe() if stage else None,
             "timing": {
@@ -455,24 +544,36 @@ class Runner:
             "versions": package_versions() | {"nlpflow": __version__},
         }
 
-    def _write_reports(self, result: RunResult) -> None:
+    def _stage_reports(self, result: RunResult) -> tuple[dict[str, Path], list[PluginError]]:
+        """Each reporter's file written to a temporary file (by final name), and the reporters that failed: one broken
+        reporter must not stop the others."""
         errors = []
-        for reporter in self.pipeline.reporters:
-            try:
-                text = reporter.render(result)
-            except Exception as error:  # one broken reporter must not stop the others
-                errors.append(
-                    PluginError(f"reporter {reporter.name!r} raised: {type(error).__name__}: {error}", self.pipeline.providers[("reporter", reporter.name)])
-                )
-                continue
-            if not isinstance(text, str):
-                errors.append(
-                    PluginError(f"reporter {reporter.name!r} returned {type(text).__name__}, expected str", self.pipeline.providers[("reporter", reporter.name)])
-                )
-                continue
-            write_atomic(self.directory / reporter.filename, text)
-        if errors:
-            raise errors[0]
+        staged: dict[str, Path] = {}
+        try:
+            for reporter in self.pipeline.reporters:
+                try:
+                    text = reporter.render(result)
+                except Exception as error:
+                    errors.append(
+                        PluginError(f"reporter {reporter.name!r} raised: {type(error).__name__}: {error}", self.pipeline.providers[("reporter", reporter.name)])
+                    )
+                    continue
+                if not isinstance(text, str):
+                    errors.append(
+                        PluginError(f"reporter {reporter.name!r} returned {type(text).__name__}, expected str", self.pipeline.providers[("reporter", reporter.name)])
+                    )
+                    continue
+                staged[reporter.filename] = stage_file(self.directory / reporter.filename, text)
+        except BaseException:
+            for temporary in staged.values():
+                temporary.unlink(missing_ok=True)
+            raise
+        return staged, errors
+
+
+def _identity(status: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells one file version from another: device and inode (a replaced file), size and mtime (an edited one)."""
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 def _remove_stale_partials(directory: Path) -> None:

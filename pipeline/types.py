@@ -514,10 +514,13 @@ class RunResult:
     data_path: Path
     reader: Reader | None = None
     task: Task | None = None
+    #: where the predictions are while the reports are rendered: the runner writes every file of a run before it
+    #: moves any into place, so a failed write leaves the previous run whole; None means predictions.jsonl
+    predictions_file: Path | None = None
 
     @property
     def predictions_path(self) -> Path:
-        return self.directory / "predictions.jsonl"
+        return self.predictions_file or self.directory / "predictions.jsonl"
 
     def iter_predictions(self) -> Iterator[dict[str, Any]]:
         import json

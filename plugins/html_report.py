@@ -411,7 +411,8 @@ def page_context(run: RunResult, slice_by: list[str]) -> dict[str, Any]:
         "confusion": confusion[:1],
         "per_class": per_class[:1],
         "skipped": [{"line": item.get("line"), "index": item.get("index"), "reason": shown_text(item.get("reason"), 300)} for item in skipped[:SHOWN_SKIPPED]],
-        "skipped_more": max(len(skipped) - SHOWN_SKIPPED, 0),
+        # report.json lists the first few skipped records only; the count says how many there were
+        "skipped_more": max(report.get("counts", {}).get("skipped", len(skipped)) - min(len(skipped), SHOWN_SKIPPED), 0),
         "stages": sorted(report.get("timing", {}).get("stages_seconds", {}).items(), key=lambda item: -item[1]),
         "versions": [(name, value) for name, value in (report.get("versions") or {}).items() if value],
         "examples": collect(run, slice_by),

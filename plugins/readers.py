@@ -17,6 +17,10 @@ from nlpflow import hookimpl
 from nlpflow.types import RawRecord, Reader, json_type
 
 
+#: the first bytes of every gzip file (RFC 1952)
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 class JsonLinesReader(Reader):
     name = "jsonl"
     description = "JSON Lines: one JSON object per line; blank lines are ignored"
@@ -45,18 +49,26 @@ class JsonLinesReader(Reader):
 
     @staticmethod
     def _parse(number: int, raw: bytes) -> RawRecord | None:
+        if number == 1 and raw.startswith(GZIP_MAGIC):
+            return RawRecord(number, None, "this is a gzip-compressed file, not JSON Lines text; decompress it first (gunzip)")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
             return RawRecord(number, None, f"not valid UTF-8 (byte {error.start + 1} of the line)")
+        # without its line break, an error at the end of the line is at the line's last column, not column 1 of the next
+        text = text.rstrip("\r\n")
         if number == 1:
             text = text.removeprefix("\ufeff")
         if not text.strip():
             return None
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
+        except DuplicateKey as error:
+            return RawRecord(number, None, f"the JSON object has the key {error.args[0]!r} twice; which value is meant is unclear")
         except json.JSONDecodeError as error:
-            return RawRecord(number, None, f"malformed JSON: {error.msg} at column {error.colno}")
+            # some messages end in "at" themselves ("Unterminated string starting at")
+            at = "" if error.msg.endswith(" at") else " at"
+            return RawRecord(number, None, f"malformed JSON: {error.msg}{at} column {error.colno}")
         except RecursionError:
             return RawRecord(number, None, "malformed JSON: nested too deeply")
         except ValueError as error:  # e.g. an integer with too many digits
@@ -67,6 +79,18 @@ class JsonLinesReader(Reader):
         if bad is not None:
             return RawRecord(number, None, f"{bad} contains an unpaired surrogate escape (\\ud800-\\udfff), which is not valid Unicode")
         return RawRecord(number, data)
+
+
+class DuplicateKey(ValueError):
+    """A JSON object with a key twice: json.loads would silently keep the last value."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        raise DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return data
 
 
 class DelimitedOptions(BaseModel):

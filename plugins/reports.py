@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from nlpflow import hookimpl
 from nlpflow.types import Reporter, RunResult
@@ -40,9 +41,37 @@ def _confidence_label(report: dict) -> str:
     return "CI"
 
 
+#: characters with a meaning inside a Markdown paragraph or table cell (HTML, code, emphasis, links, strikethrough,
+#: cell borders); each is written backslash-escaped, which CommonMark renders as the character itself
+_INLINE_SPECIAL = re.compile(r"([\\`*_\[\]<>&|~])")
+#: line breaks end a table row (CommonMark counts \r alone as one), other control characters are invisible: all
+#: are shown as escapes, so ``a\rb`` and ``ab`` read differently
+_INVISIBLE = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
+
+
+def _inline(text: object) -> str:
+    """Text from the run (labels, names, reasons, descriptions) as Markdown that renders as exactly that text, on one line."""
+    escaped = _INLINE_SPECIAL.sub(r"\\\1", str(text))
+    return _INVISIBLE.sub(lambda match: "\\\\" + repr(match.group())[1:-1].lstrip("\\"), escaped)
+
+
+def _code(text: object) -> str:
+    """A code span that holds any text: fenced by more backticks than the longest run inside it, on one line."""
+    text = _INVISIBLE.sub(lambda match: repr(match.group())[1:-1], str(text))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _cell(text: object) -> str:
-    """Markdown table cell: no newlines, pipes escaped."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """A table cell: like _inline, and leading or trailing spaces shown as ␠ (``pos`` and `` pos`` are different labels,
+    and a table cell drops its surrounding spaces)."""
+    text = str(text)
+    core = text.strip(" ")
+    if not core:
+        return "␠" * len(text)
+    start = text.index(core)
+    return "␠" * start + _inline(core) + "␠" * (len(text) - start - len(core))
 
 
 def _per_class_lines(name: str, entry: dict) -> list[str]:
@@ -73,13 +102,13 @@ class MarkdownReporter(Reporter):
         report = run.report
         counts = report["counts"]
         model = report.get("model")
-        lines = [f"# {report['pipeline']}", ""]
+        lines = [f"# {_inline(report['pipeline'])}", ""]
         if report.get("description"):
-            lines += [report["description"], ""]
+            lines += [_inline(report["description"]), ""]
         lines += [
-            f"- task: `{report['task']}` (plugin `{report['task_plugin']}`)",
-            f"- data: `{report['data']['path']}` ({report['data']['format']}, sha256 `{report['data']['sha256'][:12]}`)",
-            f"- model: `{model['name_or_path']}` on {model['device']} ({model['dtype']}), batch size {model['batch_size_that_worked']}"
+            f"- task: {_code(report['task'])} (plugin {_code(report['task_plugin'])})",
+            f"- data: {_code(report['data']['path'])} ({_inline(report['data']['format'])}, sha256 `{report['data']['sha256'][:12]}`)",
+            f"- model: {_code(model['name_or_path'])} on {model['device']} ({model['dtype']}), batch size {model['batch_size_that_worked']}"
             if model else "- model: none (scored the `prediction` field of each record)",
             f"- records: {counts['read']} read, {counts['scored']} scored, {counts['skipped']} skipped, "
             f"{counts['truncated']} truncated, {counts['from_cache']} from cache",
@@ -94,12 +123,12 @@ class MarkdownReporter(Reporter):
             lines += _per_class_lines(name, entry)
         signatures = [(name, entry["signature"]) for name, entry in report["metrics"].items() if entry.get("signature")]
         if signatures:
-            lines += ["", "Signatures:", ""] + [f"- {name}: `{signature}`" for name, signature in signatures]
+            lines += ["", "Signatures:", ""] + [f"- {_inline(name)}: {_code(signature)}" for name, signature in signatures]
         if report.get("skipped"):
-            lines += ["", f"## Skipped records ({len(report['skipped'])})", "", "| line | reason |", "|---:|---|"]
-            lines += [f"| {item['line']} | {_cell(item['reason'])} |" for item in report["skipped"][:50]]
-            if len(report["skipped"]) > 50:
-                lines.append(f"| … | {len(report['skipped']) - 50} more in report.json |")
+            lines += ["", f"## Skipped records ({counts['skipped']})", "", "| line | reason |", "|---:|---|"]
+            lines += [f"| {item['line']} | {_cell(item['reason'])} |" for item in report["skipped"]]
+            if counts["skipped"] > len(report["skipped"]):
+                lines.append(f"| … | {counts['skipped'] - len(report['skipped'])} more in {_inline(report.get('skipped_file'))} |")
         return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,9 @@ plugin does not break these tests; everything else is compared exactly.
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import re
 from pathlib import Path
 
@@ -213,3 +215,132 @@ def test_pipelines_file_not_utf8(tmp_path, capsys):
     code, stderr, errors = _run_cli(["run", "--config", str(path)], capsys)
     assert code == 2
     assert _assert_one_clear_line(stderr, errors).startswith(f"error: {path}: cannot read pipelines file:")
+
+
+def test_many_pipelines_without_aliases_are_not_an_alias_bomb(tmp_path):
+    from nlpflow.config import MAX_NODES, parse_config
+
+    block = (
+        "  p{i}:\n    task: sentiment\n    description: d\n    data: {{path: d.jsonl, format: jsonl, on_error: skip}}\n"
+        "    fields: {{text: t, label: l}}\n    report: {{formats: [json, markdown], slice_by: [a, b]}}\n"
+        "    preprocess: [normalize, lowercase]\n    metrics: [accuracy, macro_f1]\n"
+    )
+    text = "pipelines:\n" + "".join(block.format(i=i) for i in range(5_000))
+    # 25 values a pipeline (mappings, lists and scalars; keys not counted): over MAX_NODES in all
+    assert 25 * 5_000 > MAX_NODES
+    assert len(parse_config(text, tmp_path / "p.yaml")) == 5_000
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_named_pipe_as_data_says_what_it_is(tmp_path, capsys):
+    fifo = tmp_path / "data.jsonl"
+    os.mkfifo(fifo)
+    config = _data_pipeline(tmp_path, fifo, "fail")
+    code, stderr, errors = _run_cli(["validate", "--config", str(config)], capsys)
+    assert code == 2
+    line = _assert_one_clear_line(stderr, errors)
+    assert line.endswith(f"pipeline 't': data.path {fifo} is a named pipe (FIFO), which can be read only once, not a data file")
+
+
+def test_a_task_of_a_disabled_plugin_names_the_block(tmp_path, capsys):
+    config = _data_pipeline(tmp_path, CORPUS / "data" / "good.jsonl", "fail")
+    code, stderr, errors = _run_cli(["--disable-plugin", "classification", "validate", "--config", str(config)], capsys)
+    assert code == 2
+    line = _assert_one_clear_line(stderr, errors)
+    assert "unknown task 'sentiment'" in line
+    assert line.endswith("(plugins disabled with --disable-plugin or $NLPFLOW_DISABLE_PLUGINS that may provide it: 'classification')")
+
+
+def test_a_mistyped_disabled_plugin_is_a_warning(tmp_path, capsys):
+    config = _data_pipeline(tmp_path, CORPUS / "data" / "good.jsonl", "fail")
+    code, stderr, errors = _run_cli(["--disable-plugin", "clasification", "validate", "--config", str(config)], capsys)
+    assert code == 0 and errors == []
+    assert (
+        "warning: --disable-plugin/NLPFLOW_DISABLE_PLUGINS names 'clasification', which is not an installed plugin "
+        "(`nlpflow plugins` lists them); did you mean 'classification'?"
+    ) in stderr
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b'{"text": "abc\n', "malformed JSON: Unterminated string starting at column 10"),
+        (b'{"text": "abc", \n', "malformed JSON: Expecting property name enclosed in double quotes at column 17"),
+        (gzip.compress(b'{"text": "a", "label": "positive", "prediction": "positive"}\n'),
+         "this is a gzip-compressed file, not JSON Lines text; decompress it first (gunzip)"),
+    ],
+    ids=["unterminated-string", "end-of-line", "gzip"],
+)
+def test_json_lines_messages_say_where_and_what(tmp_path, capsys, content, reason):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(content)
+    config = _data_pipeline(tmp_path, data, "fail")
+    code, stderr, errors = _run_cli(["run", "t", "--config", str(config), "--output", str(tmp_path / "out"), "--no-cache"], capsys)
+    assert code == 3
+    assert _assert_one_clear_line(stderr, errors) == f"error: {data}:1: pipeline 't': {reason} (set data.on_error: skip to skip such records)"
+
+
+def test_a_json_object_with_a_key_twice_is_reported(tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        '{"text": "a", "label": "positive", "prediction": "positive"}\n'
+        '{"text": "b", "label": "negative", "label": "positive", "prediction": "positive"}\n',
+        encoding="utf-8",
+    )
+    config = _data_pipeline(tmp_path, data, "fail")
+    code, stderr, errors = _run_cli(["run", "t", "--config", str(config), "--output", str(tmp_path / "out"), "--no-cache"], capsys)
+    assert code == 3
+    assert _assert_one_clear_line(stderr, errors) == (
+        f"error: {data}:2: pipeline 't': the JSON object has the key 'label' twice; which value is meant is unclear "
+        "(set data.on_error: skip to skip such records)"
+    )
+
+
+def test_labels_that_differ_only_in_case_or_spaces_are_warned_about_once(tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    labels = ["positive", "Positive", "negative", " negative", "positive", "Positive", "negative"]
+    data.write_text(
+        "".join(json.dumps({"text": f"t{i}", "label": label, "prediction": "positive"}) + "\n" for i, label in enumerate(labels)),
+        encoding="utf-8",
+    )
+    config = _data_pipeline(tmp_path, data, "fail")
+    code, stderr, errors = _run_cli(["run", "t", "--config", str(config), "--output", str(tmp_path / "out"), "--no-cache"], capsys)
+    assert code == 0, stderr
+    warnings = [line for line in stderr.splitlines() if "differ only in case" in line]
+    assert warnings == [
+        f"warning: pipeline 't': {data} has labels that differ only in case or surrounding spaces, so they count as "
+        "different classes: ' negative' vs 'negative'; 'Positive' vs 'positive'"
+    ]
+
+
+def test_every_skipped_record_is_in_skipped_jsonl_and_report_json_has_a_summary(tmp_path, capsys):
+    data = tmp_path / "data.jsonl"
+    lines = [json.dumps({"text": f"t{i}", "label": "positive", "prediction": "positive"}) for i in range(5)]
+    lines += ["{not json"] * 30 + [json.dumps({"label": "positive", "prediction": "positive"})] * 5
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = _data_pipeline(tmp_path, data, "skip")
+    out = tmp_path / "out"
+    code, stderr, _ = _run_cli(["run", "t", "--config", str(config), "--output", str(out), "--no-cache"], capsys)
+    assert code == 0, stderr
+    skipped = [json.loads(line) for line in (out / "t" / "skipped.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [item["line"] for item in skipped] == list(range(6, 41))
+    report = json.loads((out / "t" / "report.json").read_text(encoding="utf-8"))
+    assert report["counts"]["skipped"] == 35
+    assert report["skipped"] == skipped[:20]
+    assert report["skipped_file"] == "skipped.jsonl"
+    assert sum(report["skipped_reasons"].values()) == 35
+    from types import SimpleNamespace
+
+    from nlpflow.plugins.html_report import HtmlReporter
+
+    run = SimpleNamespace(report=report, directory=out / "t", data_path=data, reader=None, task=None,
+                          predictions_path=out / "t" / "predictions.jsonl")
+    run.iter_predictions = lambda: (json.loads(line) for line in run.predictions_path.read_text(encoding="utf-8").splitlines())
+    assert "15 more in skipped.jsonl." in HtmlReporter().render(run)
+
+    # a later run with nothing to skip leaves no skipped.jsonl behind
+    data.write_text("\n".join(lines[:5]) + "\n", encoding="utf-8")
+    code, stderr, _ = _run_cli(["run", "t", "--config", str(config), "--output", str(out), "--no-cache"], capsys)
+    assert code == 0, stderr
+    assert not (out / "t" / "skipped.jsonl").exists()
+    assert json.loads((out / "t" / "report.json").read_text(encoding="utf-8"))["skipped_file"] is None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
 
-from nlpflow.config import MAX_NODES, load_config, parse_config, resolve
+from nlpflow.config import MAX_DEPTH, MAX_NODES, load_config, parse_config, resolve
 from nlpflow.errors import ConfigError, PluginError
 
 GOOD = "pipelines:\n  reviews:\n    task: sentiment\n    data: {path: d.jsonl}\n"
@@ -84,6 +86,34 @@ def test_alias_bomb_is_refused_quickly(tmp_path):
 
 def test_deep_nesting_is_a_config_error(tmp_path):
     assert "nested too deeply" in _error("pipelines: " + "[" * 3000 + "]" * 3000 + "\n", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "nested",
+    [
+        "    " + "- " * 30_000 + "x\n",  # block sequences on one line
+        "".join(" " * (level + 4) + "a:\n" for level in range(2_000)),  # block mappings, one level a line
+    ],
+    ids=["block-sequences", "block-mappings"],
+)
+def test_deep_block_nesting_exits_2_with_the_limit_and_line(tmp_path, nested):
+    # a subprocess, so a crash of the C loader shows as a failure rather than killing pytest
+    path = tmp_path / "deep.yaml"
+    path.write_text("pipelines:\n  p:\n" + nested)
+    done = subprocess.run(
+        [sys.executable, "-m", "nlpflow.cli", "validate", "--config", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"nested more than {MAX_DEPTH} levels deep" in done.stderr
+    line = 3 if nested.startswith("    -") else 3 + MAX_DEPTH - 2
+    assert f"{path}:{line}:" in done.stderr
+
+
+def test_nesting_up_to_the_limit_is_read(tmp_path):
+    text = "pipelines: {}\nextra: " + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "\n"
+    with pytest.raises(ConfigError, match="extra") as caught:
+        parse_config(text, tmp_path / "p.yaml")
+    assert "nested" not in str(caught.value)
 
 
 def test_load_config_reads_only_utf8(tmp_path):

@@ -220,6 +220,7 @@ def test_task_faults_name_plugin_task_and_record(fault, expected, tmp_path, monk
         output = tmp_path / "out"
         cache_dir = tmp_path / "cache"
         no_cache = False
+        cache_optional = False
 
     Args.config = config
     with pytest.raises(Exception) as caught:

@@ -244,3 +244,61 @@ def test_markdown_report_has_metrics_per_class_and_confusion_matrix(sentiment_ru
         assert f"| **{label}** | " + " | ".join(map(str, row)) + " |" in text
     assert "## Skipped records (2)" in text
     assert "<script>" not in text.split("## Skipped records")[0]  # data never reaches the summary above the skip list
+
+
+def test_markdown_report_is_safe_markdown_whatever_the_labels(tmp_path):
+    from types import SimpleNamespace
+
+    from markdown_it import MarkdownIt
+
+    from nlpflow.plugins.reports import MarkdownReporter
+
+    labels = ["pos", " pos", "neg\r", "<img src=x onerror=alert(3)>", "a|b\\", "x\ny", "`tick`"]
+    per_class = {label: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 1} for label in labels}
+    report = {
+        "pipeline": "p",
+        "description": "<img src=x onerror=alert(3)> and <script>alert(1)</script>",
+        "task": "sentiment",
+        "task_plugin": "nlpflow.plugins.classification",
+        "data": {"path": "data`<b>.jsonl", "format": "jsonl", "sha256": "0" * 64},
+        "model": None,
+        "counts": {"read": 7, "scored": 7, "skipped": 1, "truncated": 0, "from_cache": 0},
+        "timing": {"wall_seconds": 1, "records_per_second": 7},
+        "metrics": {
+            "macro_f1": {
+                "value": 0.5, "n": 7, "per_class": per_class,
+                "confusion_matrix": {"labels": labels, "matrix": [[1] * len(labels) for _ in labels]},
+            }
+        },
+        "skipped": [{"line": 3, "reason": "label '<b>bold</b>\r' | not allowed"}],
+    }
+    text = MarkdownReporter().render(SimpleNamespace(report=report))
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    assert [t.type for t in tokens if t.type in ("html_inline", "html_block")] == []
+    for child in (c for t in tokens if t.children for c in t.children):
+        assert child.type != "html_inline"
+
+    def tables():
+        rows, current = [], None
+        for token in tokens:
+            if token.type == "table_open":
+                current = []
+            elif token.type == "tr_open" and current is not None:
+                current.append([])
+            elif token.type == "inline" and current is not None and current:
+                current[-1].append(token.content)
+            elif token.type == "table_close":
+                rows.append(current)
+                current = None
+        return rows
+
+    metrics_table, per_class_table, matrix_table, skipped_table = tables()
+    assert len(per_class_table) == 1 + len(labels) and all(len(row) == 5 for row in per_class_table)
+    assert len(matrix_table) == 1 + len(labels) and all(len(row) == 1 + len(labels) for row in matrix_table)
+    assert len(skipped_table) == 2 and all(len(row) == 2 for row in skipped_table)
+    rendered = MarkdownIt("commonmark").enable("table").render(text)
+    assert "<img" not in rendered and "<script" not in rendered and "<b>" not in rendered
+    assert "&lt;img src=x onerror=alert(3)&gt;" in rendered  # shown, as text
+    first_cells = [row[0] for row in per_class_table[1:]]
+    assert len(set(first_cells)) == len(labels)  # 'pos' and ' pos' stay apart
+    assert "␠pos" in first_cells

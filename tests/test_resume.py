@@ -156,6 +156,27 @@ def test_killed_run_resumes_from_the_cache_with_identical_output(workload, basel
     assert not list((out / "reviews").glob(".*partial"))  # the stale partial file is cleaned up
 
 
+def test_sigterm_is_handled_like_ctrl_c(workload, baseline, tmp_path):
+    """``kill PID`` part-way: a message, exit 143, no partial file left, the earlier run's files untouched."""
+    out = tmp_path / "out"
+    cache = tmp_path / "cache"
+    shutil.copytree(baseline, out / "reviews")
+    earlier = {path.name: path.read_bytes() for path in (out / "reviews").iterdir()}
+    process = _cli(workload, out, cache, delay=0.3)
+    deadline = time.monotonic() + 120
+    while _cached_rows(cache) < 2 * CHUNK:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the run ended or stalled before it could be terminated: {process.communicate()}")
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "terminated (SIGTERM): predictions made so far are cached" in stderr
+    assert "Traceback" not in stderr
+    assert {path.name: path.read_bytes() for path in (out / "reviews").iterdir()} == earlier  # no partial file either
+
+
 def test_interrupted_first_run_leaves_no_report_files(workload, tmp_path, monkeypatch, capsys):
     """Ctrl-C part-way through a first run: no predictions.jsonl, no reports, no partial file; the cache keeps what was done."""
     import nlpflow.model as model
@@ -264,7 +285,7 @@ def test_cache_entries_that_do_not_parse_are_recomputed(tmp_path):
 
     cache = PredictionCache(tmp_path)
     cache.put_many({"a": {"value": "x", "details": {"b": 1, "a": 2}}})
-    cache._connection.execute("INSERT INTO predictions VALUES ('broken', '{not json')")
+    cache._connection.execute("INSERT INTO predictions (key, value, checksum) VALUES ('broken', '{not json', NULL)")
     assert cache.get_many(["a", "broken", "missing"]) == {"a": {"value": "x", "details": {"b": 1, "a": 2}}}
     assert list(cache.get_many(["a"])["a"]["details"]) == ["b", "a"]  # key order kept, so bytes round-trip
     cache.close()
@@ -299,3 +320,53 @@ def test_two_processes_creating_the_same_new_cache_both_succeed(tmp_path):
             assert process.returncode == 0, stderr
         with sqlite3.connect(directory / "predictions.sqlite") as connection:
             assert connection.execute("SELECT COUNT(*) FROM predictions").fetchone()[0] == 2 * 10 * 16
+
+
+def test_a_value_altered_inside_the_cache_is_recomputed_with_one_warning(tmp_path, caplog):
+    from nlpflow.cache import PredictionCache
+
+    cache = PredictionCache(tmp_path)
+    cache.put_many({"a": {"value": "LABEL_0"}, "b": {"value": "LABEL_0"}, "c": {"value": "LABEL_1"}})
+    cache.close()
+    with sqlite3.connect(tmp_path / "predictions.sqlite") as connection:
+        # a flipped byte inside the stored text: SQLite's own check cannot see it
+        connection.execute("UPDATE predictions SET value = replace(value, 'LABEL_0', 'LABEL_9')")
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    cache = PredictionCache(tmp_path)
+    with caplog.at_level("WARNING", logger="nlpflow.cache"):
+        assert cache.get_many(["a", "b", "c"]) == {"c": {"value": "LABEL_1"}}
+        assert cache.get_many(["a"]) == {}
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1
+    assert str(tmp_path / "predictions.sqlite") in warnings[0] and "checksum" in warnings[0]
+    cache.put_many({"a": {"value": "LABEL_0"}})  # recomputed and stored again
+    assert cache.get_many(["a"]) == {"a": {"value": "LABEL_0"}}
+    cache.close()
+
+
+def test_rows_from_before_checksums_are_misses(tmp_path):
+    from nlpflow.cache import PredictionCache
+
+    with sqlite3.connect(tmp_path / "predictions.sqlite") as connection:
+        connection.execute("CREATE TABLE predictions (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")
+        connection.execute("""INSERT INTO predictions VALUES ('old', '{"value": "x"}')""")
+    cache = PredictionCache(tmp_path)
+    assert cache.get_many(["old"]) == {}
+    cache.put_many({"old": {"value": "x"}})
+    assert cache.get_many(["old"]) == {"old": {"value": "x"}}
+    cache.close()
+
+
+def test_unusable_cache_folder_is_an_error_unless_the_cache_is_optional(workload, baseline, tmp_path, capsys):
+    # a file where the cache folder should be: like a read-only folder, it cannot hold the database (and this
+    # holds for root too, who can write to read-only folders)
+    cache = tmp_path / "cache"
+    cache.write_text("not a folder")
+    arguments = ["run", "reviews", "--config", str(workload), "--output", str(tmp_path / "out"), "--cache-dir", str(cache)]
+    assert main(arguments) == 6
+    assert "--cache-optional" in capsys.readouterr().err
+    assert main([*arguments, "--cache-optional"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("going on without the cache (--cache-optional)") == 1
+    assert f"cannot open the prediction cache {cache / 'predictions.sqlite'}" in err
+    assert (tmp_path / "out" / "reviews" / "predictions.jsonl").read_bytes() == (baseline / "predictions.jsonl").read_bytes()

@@ -1,0 +1,183 @@
+"""A run folder holds the files of exactly one finished run: one run writes it at a time, and nothing stale stays."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nlpflow import run_folder
+from nlpflow.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _pipeline(tmp_path: Path, formats: str, description: str = "") -> Path:
+    data = tmp_path / "data.jsonl"
+    if not data.exists():
+        data.write_text(
+            "".join(json.dumps({"text": f"t{i}", "label": "pos" if i % 2 else "neg", "prediction": "pos"}) + "\n" for i in range(20)),
+            encoding="utf-8",
+        )
+    config = tmp_path / f"pipelines-{formats.replace(',', '-').replace(' ', '')}.yaml"
+    config.write_text(
+        f"pipelines:\n  p:\n    task: sentiment\n    description: {json.dumps(description)}\n    data: {{path: data.jsonl}}\n"
+        f"    report: {{formats: [{formats}], bootstrap: {{resamples: 20}}}}\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+def _run(config: Path, out: Path) -> int:
+    return main(["run", "p", "--config", str(config), "--output", str(out), "--no-cache"])
+
+
+def test_a_format_no_longer_configured_is_removed_and_user_files_are_kept(tmp_path):
+    out = tmp_path / "out"
+    assert _run(_pipeline(tmp_path, "json, markdown"), out) == 0
+    folder = out / "p"
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    (folder / ".report.md.abc123.tmp").write_text("left by a killed run", encoding="utf-8")
+    assert _run(_pipeline(tmp_path, "json"), out) == 0
+    assert sorted(path.name for path in folder.iterdir()) == [".nlpflow-files.json", "notes.txt", "predictions.jsonl", "report.json"]
+    assert json.loads((folder / ".nlpflow-files.json").read_text(encoding="utf-8"))["files"] == ["predictions.jsonl", "report.json"]
+
+
+def test_a_second_run_into_the_same_folder_waits_for_the_first(tmp_path):
+    """Deterministic interleaving: this test holds the folder's lock as a first run would, then lets go."""
+    out = tmp_path / "out"
+    config = _pipeline(tmp_path, "json, markdown", description="second")
+    (out / "p").mkdir(parents=True)
+    with open(run_folder.lock_path(out / "p"), "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        lock.write("4242\n")
+        lock.flush()
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+        log = tmp_path / "second.log"
+        with open(log, "w") as stderr_file:
+            second = subprocess.Popen(
+                [sys.executable, "-m", "nlpflow.cli", "run", "p", "--config", str(config), "--output", str(out), "--no-cache"],
+                env=env, stdout=subprocess.DEVNULL, stderr=stderr_file, text=True,
+            )
+        deadline = time.monotonic() + 60
+        while "waiting for another run (pid 4242)" not in log.read_text() and second.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)  # it would write its predictions and reports in this time if it did not wait
+        assert second.poll() is None, log.read_text()
+        assert list((out / "p").iterdir()) == []
+    second.wait(timeout=120)
+    assert second.returncode == 0, log.read_text()
+    assert json.loads((out / "p" / "report.json").read_text(encoding="utf-8"))["description"] == "second"
+
+
+def test_a_folder_locked_too_long_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(run_folder, "LOCK_WAIT_SECONDS", 0.3)
+    out = tmp_path / "out"
+    (out / "p").mkdir(parents=True)
+    with open(run_folder.lock_path(out / "p"), "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        assert _run(_pipeline(tmp_path, "json"), out) == 7
+    err = capsys.readouterr().err
+    assert f"is still being written by another run" in err and str(out / "p") in err
+    assert list((out / "p").iterdir()) == []
+
+
+def _many_records_pipeline(tmp_path: Path) -> tuple[Path, Path]:
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": f"t{i}", "label": "pos", "prediction": "pos"}) + "\n" for i in range(100)), encoding="utf-8")
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(
+        "pipelines:\n  p:\n    task: sentiment\n    data: {path: data.jsonl}\n    chunk_size: 10\n"
+        "    report: {formats: [json], bootstrap: {resamples: 20}}\n",
+        encoding="utf-8",
+    )
+    return config, data
+
+
+@pytest.mark.parametrize("change", ["replaced", "deleted"])
+def test_data_file_replaced_or_deleted_during_the_run_is_a_clear_error(tmp_path, monkeypatch, capsys, change):
+    """Chosen behaviour: refuse (exit 3, no report) rather than report a hash of a file that was not the one read."""
+    from nlpflow.runner import Runner
+
+    config, data = _many_records_pipeline(tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", "p", "--config", str(config), "--output", str(out), "--no-cache"]) == 0
+    earlier = (out / "p" / "report.json").read_bytes()
+    original = Runner._preprocess
+
+    def change_after_the_first_chunk(self, chunk):
+        if chunk[0].index == 0:
+            if change == "replaced":
+                replacement = tmp_path / "new.jsonl"
+                replacement.write_text(json.dumps({"text": "other", "label": "neg", "prediction": "pos"}) + "\n", encoding="utf-8")
+                os.replace(replacement, data)  # what `mv new.jsonl data.jsonl` does
+            else:
+                data.unlink()
+        return original(self, chunk)
+
+    monkeypatch.setattr(Runner, "_preprocess", change_after_the_first_chunk)
+    assert main(["run", "p", "--config", str(config), "--output", str(out), "--no-cache"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    expected = "changed while it was being read" if change == "replaced" else "was deleted while it was being read"
+    assert f"error: {data}: pipeline 'p': the data file {expected}" in err
+    assert (out / "p" / "report.json").read_bytes() == earlier  # the previous run is intact
+
+
+FILE_SIZE_LIMITED_CLI = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so a write past the limit fails with EFBIG instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+from nlpflow.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_full_disk_while_writing_predictions_names_the_file_and_keeps_the_previous_run(tmp_path):
+    config, _ = _many_records_pipeline(tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", "p", "--config", str(config), "--output", str(out), "--no-cache"]) == 0
+    earlier = {path.name: path.read_bytes() for path in (out / "p").iterdir()}
+    assert len(earlier["predictions.jsonl"]) > 2000
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMITED_CLI, "2000", "run", "p", "--config", str(config), "--output", str(out), "--no-cache"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 7, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"error: pipeline 'p': cannot write the run's files in {out / 'p'}" in done.stderr
+    assert "File too large" in done.stderr
+    assert {path.name: path.read_bytes() for path in (out / "p").iterdir()} == earlier
+
+
+def test_a_full_disk_while_writing_a_report_names_it_and_keeps_the_previous_run(tmp_path, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    config = _pipeline(tmp_path, "json, markdown")
+    out = tmp_path / "out"
+    assert _run(config, out) == 0
+    earlier = {path.name: path.read_bytes() for path in (out / "p").iterdir()}
+    real = tempfile.NamedTemporaryFile
+
+    def disk_full_for_report_md(*args, **kwargs):
+        handle = real(*args, **kwargs)
+        if kwargs.get("prefix", "").startswith(".report.md."):
+            def write(_data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            handle.write = write
+        return handle
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", disk_full_for_report_md)
+    assert _run(config, out) == 7
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"error: cannot write {out / 'p' / 'report.md'} (" in err and "bytes): No space left on device; free some space" in err
+    assert {path.name: path.read_bytes() for path in (out / "p").iterdir()} == earlier
