@@ -409,6 +409,12 @@ class Metric(ABC):
     per row and sum them; averaged metrics keep the per-example score. This
     split is what lets the report resample examples for confidence intervals
     and paired significance tests without re-running the metric library.
+
+    :meth:`example_stats` must be stateless: its rows depend only on the
+    predictions and references it is given, never on earlier calls (no label
+    codes assigned in first-seen order, no running counts on the object), so
+    stats computed in chunks, processes or machines concatenate into the same
+    scores and details. Code a category by a stable function of its text.
     """
 
     name: ClassVar[str]
