@@ -233,7 +233,8 @@ class Runner:
                 self.pipeline.task_plugin,
             )
         run_key = json.dumps(
-            {"task": self.task.name, "options": self.task.options.model_dump(mode="json"), "model": cache_key_parameters(task_model)},
+            {"task": self.task.name, "options": self.task.options.model_dump(mode="json"), "model": cache_key_parameters(task_model),
+             "plugin": self.pipeline.task_provider},
             sort_keys=True,
         )
         self.stage_seconds["load model"] += time.perf_counter() - timer
