@@ -411,8 +411,9 @@ class Runner:
         results = {}
         for metric, parts in zip(self.pipeline.metrics, self.metric_stats):
             stats = np.concatenate(parts) if parts else np.zeros((0, 1))
-            with blamed_on(self.pipeline.providers[("metric", metric.name)], f"metric {metric.name!r} raised while scoring"):
-                results[metric.name] = metric_entry(metric, stats, bootstrap.resamples, bootstrap.seed, bootstrap.confidence)
+            provider = self.pipeline.providers[("metric", metric.name)]
+            with blamed_on(provider, f"metric {metric.name!r} raised while scoring"):
+                results[metric.name] = metric_entry(metric, stats, bootstrap.resamples, bootstrap.seed, bootstrap.confidence, provider)
         return results
 
     def _report(self, metrics: dict, stage: ModelStage | None, started_at: datetime, finished_at: datetime, wall: float) -> dict[str, Any]:
