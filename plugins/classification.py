@@ -37,21 +37,21 @@ SENTIMENT_LABELS = {
 
 class ClassificationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    #: dataset labels; for zero-shot, a mapping label -> description or list of descriptions
-    #: (a plain list uses each label as its own description)
-    labels: dict[str, str | list[str]] | list[str] | None = None
-    #: dataset label -> model label (id2label name), when the names differ
-    label_map: dict[str, str] = Field(default_factory=dict)
-    mode: Literal["auto", "sequence-classification", "zero-shot"] = "auto"
-    multi_label: bool = False
-    #: multi-label: a label is predicted when its probability reaches this
-    threshold: float = Field(0.5, ge=0, le=1)
-    #: zero-shot: the label description is put in this template
-    template: str = "{}"
+    labels: dict[str, str | list[str]] | list[str] | None = Field(None, description="dataset labels; for zero-shot, a mapping label -> description or list of descriptions (a plain list uses each label as its own description)")
+    label_map: dict[str, str] = Field(default_factory=dict, description="dataset label -> model label (id2label name), when the names differ")
+    mode: Literal["auto", "sequence-classification", "zero-shot"] = Field(
+        "auto", description="auto: sequence-classification when the checkpoint has a classification head, else zero-shot"
+    )
+    multi_label: bool = Field(False, description="each text has a set of labels (a list, or a comma-separated string)")
+    threshold: float = Field(0.5, ge=0, le=1, description="multi-label: a label is predicted when its probability reaches this")
+    template: str = Field("{}", description="zero-shot: the label description is put in this template")
 
 
 class SentimentOptions(ClassificationOptions):
-    labels: dict[str, str | list[str]] | list[str] | None = Field(default_factory=lambda: dict(SENTIMENT_LABELS))
+    labels: dict[str, str | list[str]] | list[str] | None = Field(
+        default_factory=lambda: dict(SENTIMENT_LABELS),
+        description=ClassificationOptions.model_fields["labels"].description + "; default: positive and negative with zero-shot descriptions",
+    )
 
 
 class TextClassification(Task):
