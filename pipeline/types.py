@@ -421,7 +421,8 @@ class Metric(ABC):
     description: ClassVar[str] = ""
     #: task names this metric can score; empty means any task
     tasks: ClassVar[tuple[str, ...]] = ()
-    #: "0-1" or "0-100", as the reference library reports it
+    #: the range of values: "0-1" or "0-100" as the reference library reports it, or "LOW..HIGH"
+    #: such as "-1..1" for a correlation; reports format and draw values on it
     scale: ClassVar[str] = "0-1"
     higher_is_better: ClassVar[bool] = True
     Options: ClassVar[type[BaseModel]] = NoOptions

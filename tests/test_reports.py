@@ -244,3 +244,11 @@ def test_markdown_report_has_metrics_per_class_and_confusion_matrix(sentiment_ru
         assert f"| **{label}** | " + " | ".join(map(str, row)) + " |" in text
     assert "## Skipped records (2)" in text
     assert "<script>" not in text.split("## Skipped records")[0]  # data never reaches the summary above the skip list
+
+
+def test_a_scale_such_as_minus_one_to_one_is_drawn_and_formatted():
+    from nlpflow.plugins.html_report import interval_bar, scale_range
+
+    assert scale_range("-1..1") == (-1.0, 1.0) and scale_range("0-100") == (0.0, 100.0) and scale_range("0-1") == (0.0, 1.0)
+    bar = interval_bar({"value": 0.0, "scale": "-1..1", "ci": {"low": -0.5, "high": 1.0}}, width=100)
+    assert (bar["x"], bar["low"], bar["high"]) == (50.0, 25.0, 100.0)
