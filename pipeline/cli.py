@@ -8,10 +8,13 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence, get_origin
+
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from nlpflow import __version__
-from nlpflow.errors import NlpflowError
+from nlpflow.errors import ConfigError, NlpflowError, did_you_mean
 from nlpflow.registry import DISABLE_ENV, KINDS, load_registry
 
 
@@ -43,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
     tasks = commands.add_parser("tasks", help="list tasks, metrics, preprocessors, readers and reporters, with their plugins")
     tasks.add_argument("--json", action="store_true")
+    tasks.add_argument("--options", metavar="NAME", help="list the options of the task, metric, reader, preprocessor, reporter or backend NAME")
 
     plugins = commands.add_parser("plugins", help="list installed plugins, their versions and hooks")
     plugins.add_argument("--json", action="store_true")
@@ -160,6 +164,8 @@ def _validate(args, registry) -> int:
 
 
 def _tasks(args, registry) -> int:
+    if args.options:
+        return _options(args, registry)
     listing = {
         kind: [
             {"name": name, "plugin": registry.provider(kind, name), "description": registry.get(kind, name).description}
@@ -182,6 +188,58 @@ def _tasks(args, registry) -> int:
             table.add_row(row["name"], row["plugin"], row["description"])
         console.print(table)
     return 0
+
+
+def _options(args, registry) -> int:
+    """``nlpflow tasks --options NAME``: each option of every plugin class registered as NAME, from its Options schema."""
+    found = [
+        {"kind": kind, "name": args.options, "plugin": registry.provider(kind, args.options), "options": describe_options(registry.get(kind, args.options).Options)}
+        for kind, _ in KINDS.values()
+        if args.options in registry.entries[kind]
+    ]
+    if not found:
+        everything = {name for kind, _ in KINDS.values() for name in registry.names(kind)}
+        raise ConfigError(f"no task, metric, reader, preprocessor, reporter or backend is named {args.options!r}. {did_you_mean(args.options, everything)}")
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for item in found:
+        table = Table(title=f"options of {item['kind']} {item['name']!r} (plugin {item['plugin']})", title_justify="left")
+        for column in ("option", "type", "default", "description"):
+            table.add_column(column)
+        for option in item["options"]:
+            default = "(required)" if option["required"] else json.dumps(option["default"])
+            table.add_row(option["name"], option["type"], default, option["description"] or "")
+        if not item["options"]:
+            table.add_row("(none)", "", "", "")
+        console.print(table)
+    return 0
+
+
+def describe_options(options: type[BaseModel]) -> list[dict[str, Any]]:
+    """Name, type, default and description of each field of an Options model (descriptions from ``Field(description=...)``)."""
+    described = []
+    for name, field in options.model_fields.items():
+        required = field.is_required()
+        default = None if required else field.get_default(call_default_factory=True)
+        described.append({
+            "name": name,
+            "type": _type_name(field.annotation),
+            "default": to_jsonable_python(default, fallback=repr),
+            "required": required,
+            "description": field.description,
+        })
+    return described
+
+
+def _type_name(annotation: Any) -> str:
+    # list[str] passes isinstance(..., type) but its __name__ is just "list": only plain classes go by name
+    plain_class = isinstance(annotation, type) and get_origin(annotation) is None
+    return annotation.__name__ if plain_class else str(annotation).replace("typing.", "")
 
 
 def _plugins(args, registry) -> int:

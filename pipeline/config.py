@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, field_validator, model_validator
 
 from nlpflow.errors import ConfigError, Location, NlpflowError, PluginError, did_you_mean
-from nlpflow.registry import DISABLE_ENV, Registry
+from nlpflow.registry import DISABLE_ENV, PluginInfo, Registry
 from nlpflow.types import Backend, Metric, ModelConfig, Preprocessor, Reader, Reporter, Task
 
 DEFAULT_CONFIG = Path("pipelines.yaml")
@@ -444,10 +444,19 @@ class ResolvedPipeline:
     backend: Backend | None
     #: (kind, name) -> the plugin that registered it, for error messages
     providers: dict[tuple[str, str], str]
+    #: plugin name -> its name, distribution and version, for each plugin in ``providers``
+    plugins: dict[str, PluginInfo] = field(default_factory=dict)
 
     @property
     def task_plugin(self) -> str:
         return self.providers[("task", self.task.name)]
+
+    @property
+    def task_provider(self) -> dict[str, str | None]:
+        """The plugin that provides the task, its distribution and version: part of the prediction cache key,
+        so upgrading the plugin that makes predictions never serves the old ones."""
+        info = self.plugins.get(self.task_plugin)
+        return {"plugin": self.task_plugin, "distribution": info.distribution if info else None, "version": info.version if info else None}
 
     @property
     def name(self) -> str:
@@ -582,7 +591,8 @@ def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
         )
         for item in items
     }
-    return ResolvedPipeline(config, task, reader, preprocessors, metrics, reporters, backend, providers)
+    plugins = {plugin: registry.plugin_info(plugin) for plugin in set(providers.values())}
+    return ResolvedPipeline(config, task, reader, preprocessors, metrics, reporters, backend, providers, plugins)
 
 
 def _construct(cls: type, arguments: tuple, config: PipelineConfig, *where: Any, plugin: str | None = None) -> Any:

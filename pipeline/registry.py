@@ -47,6 +47,8 @@ class PluginInfo:
     hooks: list[str]
     #: shipped with nlpflow itself; built-ins register first, so no other plugin can take their names
     builtin: bool = False
+    #: the installed distribution (package) that provides the plugin; None for plugins registered from Python
+    distribution: str | None = None
 
 
 @dataclass
@@ -84,6 +86,9 @@ class Registry:
     def provider(self, kind: str, name: str) -> str:
         return self.entries[kind][name].plugin
 
+    def plugin_info(self, plugin_name: str) -> PluginInfo:
+        return next(info for info in self.plugins if info.name == plugin_name)
+
 
 def make_plugin_manager() -> pluggy.PluginManager:
     """A PluginManager with nlpflow's hook specifications and nothing registered."""
@@ -116,6 +121,7 @@ def load_registry(
         manager.enable_tracing()
 
     versions: dict[str, str | None] = {}
+    distributions: dict[str, str] = {}
     builtins: set[str] = set()
     for entry_point in entry_points(group=PROJECT):
         if manager.is_blocked(entry_point.name) or manager.has_plugin(entry_point.name):
@@ -126,6 +132,8 @@ def load_registry(
             registry.failures.append(PluginError(f'Error importing plugin "{entry_point.name}": {type(error).__name__}: {error}', entry_point.name))
             continue
         versions[entry_point.name] = entry_point.dist.version if entry_point.dist else None
+        if entry_point.dist is not None:
+            distributions[entry_point.name] = entry_point.dist.name
         if entry_point.dist is not None and entry_point.dist.name == PROJECT:
             builtins.add(entry_point.name)
         _register(registry, entry_point.name, plugin)
@@ -148,6 +156,7 @@ def load_registry(
 
     for info in registry.plugins:
         info.version = versions.get(info.name, info.version)
+        info.distribution = distributions.get(info.name, info.distribution)
         info.builtin = info.name in builtins
     collection_order = sorted(registry.plugins, key=lambda info: not info.builtin)  # stable: built-ins first
     for hook_name, (kind, base) in KINDS.items():

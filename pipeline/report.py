@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from nlpflow.errors import OutputError
+from nlpflow.errors import OutputError, PluginError
 from nlpflow.types import Metric
 
 VERSIONED_PACKAGES = ("nlpflow", "torch", "transformers", "tokenizers", "spacy", "sacrebleu", "rouge-score", "pluggy")
@@ -109,8 +109,17 @@ def bootstrap_interval(metric: Metric, stats: np.ndarray, resamples: int, seed: 
     }
 
 
-def metric_entry(metric: Metric, stats: np.ndarray, resamples: int, seed: int, confidence: float) -> dict[str, Any]:
-    """One entry of report.json's ``metrics``: value, interval, scale, signature and details."""
+#: the keys of a metric entry that nlpflow computes; a metric's details() may not replace them
+CORE_METRIC_KEYS = ("value", "ci", "scale", "higher_is_better", "signature", "options", "n")
+
+
+def metric_entry(
+    metric: Metric, stats: np.ndarray, resamples: int, seed: int, confidence: float, plugin: str | None = None
+) -> dict[str, Any]:
+    """One entry of report.json's ``metrics``: value, interval, scale, signature and details.
+
+    ``plugin`` (the plugin that registered the metric) is named in the error if details() returns a core key.
+    """
     value = metric.score(stats) if len(stats) else float("nan")
     entry: dict[str, Any] = {
         "value": _finite(value),
@@ -122,7 +131,16 @@ def metric_entry(metric: Metric, stats: np.ndarray, resamples: int, seed: int, c
         "n": int(len(stats)),
     }
     if len(stats):
-        entry.update(metric.details(stats))
+        details = metric.details(stats)
+        clashes = [key for key in CORE_METRIC_KEYS if key in details]
+        if clashes:
+            raise PluginError(
+                f"metric {metric.name!r} ({type(metric).__module__}.{type(metric).__qualname__}): details() returned "
+                f"{', '.join(map(repr, clashes))}, which nlpflow computes itself; the keys {', '.join(CORE_METRIC_KEYS)} "
+                "are reserved, so rename these in details()",
+                plugin,
+            )
+        entry.update(details)
     return entry
 
 

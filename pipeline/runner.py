@@ -320,7 +320,8 @@ class Runner:
                 self.pipeline.task_plugin,
             )
         run_key = json.dumps(
-            {"task": self.task.name, "options": self.task.options.model_dump(mode="json"), "model": cache_key_parameters(task_model)},
+            {"task": self.task.name, "options": self.task.options.model_dump(mode="json"), "model": cache_key_parameters(task_model),
+             "plugin": self.pipeline.task_provider},
             sort_keys=True,
         )
         self.stage_seconds["load model"] += time.perf_counter() - timer
@@ -497,8 +498,9 @@ class Runner:
         results = {}
         for metric, parts in zip(self.pipeline.metrics, self.metric_stats):
             stats = np.concatenate(parts) if parts else np.zeros((0, 1))
-            with blamed_on(self.pipeline.providers[("metric", metric.name)], f"metric {metric.name!r} raised while scoring"):
-                results[metric.name] = metric_entry(metric, stats, bootstrap.resamples, bootstrap.seed, bootstrap.confidence)
+            provider = self.pipeline.providers[("metric", metric.name)]
+            with blamed_on(provider, f"metric {metric.name!r} raised while scoring"):
+                results[metric.name] = metric_entry(metric, stats, bootstrap.resamples, bootstrap.seed, bootstrap.confidence, provider)
         return results
 
     def _report(self, metrics: dict, stage: ModelStage | None, started_at: datetime, finished_at: datetime, wall: float) -> dict[str, Any]:

@@ -409,13 +409,20 @@ class Metric(ABC):
     per row and sum them; averaged metrics keep the per-example score. This
     split is what lets the report resample examples for confidence intervals
     and paired significance tests without re-running the metric library.
+
+    :meth:`example_stats` must be stateless: its rows depend only on the
+    predictions and references it is given, never on earlier calls (no label
+    codes assigned in first-seen order, no running counts on the object), so
+    stats computed in chunks, processes or machines concatenate into the same
+    scores and details. Code a category by a stable function of its text.
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     #: task names this metric can score; empty means any task
     tasks: ClassVar[tuple[str, ...]] = ()
-    #: "0-1" or "0-100", as the reference library reports it
+    #: the range of values: "0-1" or "0-100" as the reference library reports it, or "LOW..HIGH"
+    #: such as "-1..1" for a correlation; reports format and draw values on it
     scale: ClassVar[str] = "0-1"
     higher_is_better: ClassVar[bool] = True
     Options: ClassVar[type[BaseModel]] = NoOptions

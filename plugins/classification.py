@@ -13,7 +13,9 @@ Two ways to classify, picked by ``options.mode`` (``auto`` looks at the checkpoi
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping, Sequence
+import hashlib
+import math
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,21 +37,21 @@ SENTIMENT_LABELS = {
 
 class ClassificationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    #: dataset labels; for zero-shot, a mapping label -> description or list of descriptions
-    #: (a plain list uses each label as its own description)
-    labels: dict[str, str | list[str]] | list[str] | None = None
-    #: dataset label -> model label (id2label name), when the names differ
-    label_map: dict[str, str] = Field(default_factory=dict)
-    mode: Literal["auto", "sequence-classification", "zero-shot"] = "auto"
-    multi_label: bool = False
-    #: multi-label: a label is predicted when its probability reaches this
-    threshold: float = Field(0.5, ge=0, le=1)
-    #: zero-shot: the label description is put in this template
-    template: str = "{}"
+    labels: dict[str, str | list[str]] | list[str] | None = Field(None, description="dataset labels; for zero-shot, a mapping label -> description or list of descriptions (a plain list uses each label as its own description)")
+    label_map: dict[str, str] = Field(default_factory=dict, description="dataset label -> model label (id2label name), when the names differ")
+    mode: Literal["auto", "sequence-classification", "zero-shot"] = Field(
+        "auto", description="auto: sequence-classification when the checkpoint has a classification head, else zero-shot"
+    )
+    multi_label: bool = Field(False, description="each text has a set of labels (a list, or a comma-separated string)")
+    threshold: float = Field(0.5, ge=0, le=1, description="multi-label: a label is predicted when its probability reaches this")
+    template: str = Field("{}", description="zero-shot: the label description is put in this template")
 
 
 class SentimentOptions(ClassificationOptions):
-    labels: dict[str, str | list[str]] | list[str] | None = Field(default_factory=lambda: dict(SENTIMENT_LABELS))
+    labels: dict[str, str | list[str]] | list[str] | None = Field(
+        default_factory=lambda: dict(SENTIMENT_LABELS),
+        description=ClassificationOptions.model_fields["labels"].description + "; default: positive and negative with zero-shot descriptions",
+    )
 
 
 class TextClassification(Task):
@@ -216,57 +218,93 @@ class ZeroShotClassifier(_TextClassifierModel):
 
 
 class _LabelMetric(Metric):
-    """Labels are coded as integers in the order first seen; stats rows are (predicted code, reference code).
+    """Stats rows depend only on the labels they describe, so chunks scored anywhere concatenate.
 
-    Multi-label rows hold bit masks over those codes instead.
+    A label is coded by :func:`label_code`, a 52-bit hash of its text (exact in a float64; two of 10 000
+    distinct labels collide with probability about 1e-8, and :meth:`MacroF1.details` raises if they do).
+    Single-label rows are ``(predicted code, reference code)``; multi-label rows hold
+    ``MAX_LABELS_PER_EXAMPLE`` slots of sorted predicted codes, then as many of reference codes, padded
+    with -1. Metrics that name labels in their details (``_names``) add each label's UTF-8 text,
+    packed into ``LABEL_NAME_COLUMNS`` floats, after the codes.
     """
 
     tasks = ("sentiment", "text-classification")
-
-    def __init__(self, options=None):
-        super().__init__(options)
-        self.labels: list[str] = []
-        self._codes: dict[str, int] = {}
-
-    def _code(self, label: str) -> int:
-        if label not in self._codes:
-            self._codes[label] = len(self.labels)
-            self.labels.append(label)
-        return self._codes[label]
-
-    def _mask(self, labels: Sequence[str]) -> float:
-        mask = 0
-        for label in labels:
-            code = self._code(label)
-            if code >= 53:
-                raise ValueError("multi-label metrics support at most 53 distinct labels")
-            mask |= 1 << code
-        return float(mask)
+    _names: ClassVar[bool] = False
 
     def example_stats(self, predictions: Sequence[Any], references: Sequence[Any]) -> np.ndarray:
-        if any(isinstance(r, list) for r in references):
-            return np.array([[self._mask(p or []), self._mask(r)] for p, r in zip(predictions, references)], dtype=float).reshape(-1, 2)
-        return np.array([[self._code(str(p)), self._code(str(r))] for p, r in zip(predictions, references)], dtype=float).reshape(-1, 2)
-
-    def _per_class(self, stats: np.ndarray, multi: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per-class true positives, false positives, false negatives, and which classes occur (sklearn's label set)."""
-        k = len(self.labels)
-        if multi:
-            predicted = _bits(stats[:, 0], k)
-            gold = _bits(stats[:, 1], k)
-        else:
-            predicted = np.eye(k, dtype=bool)[stats[:, 0].astype(int)] if len(stats) else np.zeros((0, k), bool)
-            gold = np.eye(k, dtype=bool)[stats[:, 1].astype(int)] if len(stats) else np.zeros((0, k), bool)
-        tp = (predicted & gold).sum(0)
-        fp = (predicted & ~gold).sum(0)
-        fn = (~predicted & gold).sum(0)
-        present = predicted.any(0) | gold.any(0) if not multi else np.ones(k, dtype=bool)
-        return tp, fp, fn, present
+        multi = any(isinstance(r, list) for r in references)
+        rows = []
+        for predicted, gold in zip(predictions, references):
+            sides = ([_label_slots(predicted or []), _label_slots(gold)] if multi else [[str(predicted)], [str(gold)]])
+            row = [label_code(label) if label is not None else -1.0 for side in sides for label in side]
+            if self._names:
+                row += [value for side in sides for label in side for value in _pack_name(label)]
+            rows.append(row)
+        width = 2 * (MAX_LABELS_PER_EXAMPLE if multi else 1) * (1 + (LABEL_NAME_COLUMNS if self._names else 0))
+        return np.array(rows, dtype=float).reshape(-1, width)
 
 
-def _bits(masks: np.ndarray, k: int) -> np.ndarray:
-    values = masks.astype(np.int64)
-    return ((values[:, None] >> np.arange(k)) & 1).astype(bool)
+#: multi-label rows have room for this many labels per example and side
+MAX_LABELS_PER_EXAMPLE = 16
+#: each name column holds 6 bytes of a label's UTF-8 text (48 bits, exact in a float64)
+LABEL_NAME_COLUMNS = 16
+_NAME_BYTES = 6 * LABEL_NAME_COLUMNS
+
+
+def label_code(label: str) -> float:
+    """A label's code: the first 52 bits of its BLAKE2b hash, the same in every process and on every machine."""
+    digest = hashlib.blake2b(label.encode("utf-8"), digest_size=8).digest()
+    return float(int.from_bytes(digest, "big") >> 12)
+
+
+def _label_slots(labels: Sequence[str]) -> list[str | None]:
+    labels = sorted({str(label) for label in labels}, key=label_code)
+    if len(labels) > MAX_LABELS_PER_EXAMPLE:
+        raise ValueError(f"multi-label metrics support at most {MAX_LABELS_PER_EXAMPLE} labels per example, got {len(labels)}: {labels}")
+    return labels + [None] * (MAX_LABELS_PER_EXAMPLE - len(labels))
+
+
+def _pack_name(label: str | None) -> list[float]:
+    if label is None:
+        return [0.0] * LABEL_NAME_COLUMNS
+    data = label.encode("utf-8")
+    if len(data) > _NAME_BYTES or b"\0" in data:
+        raise ValueError(f"label {label[:40]!r}...: labels are limited to {_NAME_BYTES} UTF-8 bytes without NUL characters")
+    data = data.ljust(_NAME_BYTES, b"\0")
+    return [float(int.from_bytes(data[i:i + 6], "big")) for i in range(0, _NAME_BYTES, 6)]
+
+
+def _unpack_name(columns: np.ndarray) -> str:
+    data = b"".join(int(value).to_bytes(6, "big") for value in columns)
+    return data.rstrip(b"\0").decode("utf-8")
+
+
+def _split(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Predicted and reference code columns (one each, or one per multi-label slot), and whether the rows are multi-label."""
+    width = stats.shape[1]
+    multi = width not in (2, 2 * (1 + LABEL_NAME_COLUMNS))
+    slots = MAX_LABELS_PER_EXAMPLE if multi else 1
+    return stats[:, :slots], stats[:, slots:2 * slots], multi
+
+
+def _per_class(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    """The classes that occur (sklearn's label set: predicted or gold anywhere in ``stats``) as sorted codes,
+    with their true positives, false positives and false negatives, and whether the rows are multi-label."""
+    predicted, gold, multi = _split(stats)
+    codes = np.unique(np.concatenate([predicted.ravel(), gold.ravel()]))
+    codes = codes[codes >= 0]
+    k = len(codes)
+    predicted_hot = np.zeros((len(stats), k), dtype=bool)
+    gold_hot = np.zeros((len(stats), k), dtype=bool)
+    rows = np.arange(len(stats))
+    for hot, columns in ((predicted_hot, predicted), (gold_hot, gold)):
+        for column in columns.T:
+            used = column >= 0
+            hot[rows[used], np.searchsorted(codes, column[used])] = True
+    tp = (predicted_hot & gold_hot).sum(0)
+    fp = (predicted_hot & ~gold_hot).sum(0)
+    fn = (~predicted_hot & gold_hot).sum(0)
+    return codes, tp, fp, fn, multi
 
 
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -278,50 +316,66 @@ class Accuracy(_LabelMetric):
     description = "Share of examples whose predicted label (or label set) equals the reference"
 
     def score(self, stats: np.ndarray) -> float:
-        return float(np.mean(stats[:, 0] == stats[:, 1])) if len(stats) else float("nan")
+        return float(np.mean(self.example_scores(stats))) if len(stats) else float("nan")
 
     def example_scores(self, stats: np.ndarray) -> np.ndarray:
-        return (stats[:, 0] == stats[:, 1]).astype(float)
+        predicted, gold, _ = _split(stats)
+        return (predicted == gold).all(axis=1).astype(float)
 
 
 class MacroF1(_LabelMetric):
     name = "macro_f1"
     description = "Unweighted mean of per-class F1 (as sklearn's f1_score(average='macro')), with per-class scores and confusion matrix"
-
-    def __init__(self, options=None):
-        super().__init__(options)
-        self._multi = False
-
-    def example_stats(self, predictions, references):
-        self._multi = self._multi or any(isinstance(r, list) for r in references)
-        return super().example_stats(predictions, references)
+    _names = True
 
     def score(self, stats: np.ndarray) -> float:
         if not len(stats):
             return float("nan")
-        tp, fp, fn, present = self._per_class(stats, self._multi)
+        _, tp, fp, fn, _ = _per_class(stats)
         f1 = _safe_divide(2 * tp, 2 * tp + fp + fn)
-        return float(f1[present].mean()) if present.any() else 0.0
+        # fsum: the mean does not depend on the order of the classes (hash order here, label order in sklearn)
+        return math.fsum(f1) / len(f1) if len(f1) else 0.0
 
     def details(self, stats: np.ndarray) -> dict[str, Any]:
-        tp, fp, fn, present = self._per_class(stats, self._multi)
+        codes, tp, fp, fn, multi = _per_class(stats)
+        names = _names_of(stats, codes)
         precision = _safe_divide(tp, tp + fp)
         recall = _safe_divide(tp, tp + fn)
         f1 = _safe_divide(2 * tp, 2 * tp + fp + fn)
-        order = sorted((i for i in range(len(self.labels)) if present[i]), key=lambda i: self.labels[i])
+        order = sorted(range(len(codes)), key=lambda i: names[i])
         per_class = {
-            self.labels[i]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(tp[i] + fn[i])}
+            names[i]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(tp[i] + fn[i])}
             for i in order
         }
         result: dict[str, Any] = {"per_class": per_class}
-        if not self._multi:
+        if not multi:
+            position = np.empty(len(codes), dtype=int)
+            position[order] = np.arange(len(order))
+            predicted, gold, _ = _split(stats)
             matrix = np.zeros((len(order), len(order)), dtype=int)
-            position = {code: row for row, code in enumerate(order)}
-            for predicted, gold in stats.astype(int):
-                matrix[position[gold], position[predicted]] += 1
-            result["confusion_matrix"] = {"labels": [self.labels[i] for i in order], "rows": "reference", "columns": "prediction",
+            np.add.at(matrix, (position[np.searchsorted(codes, gold[:, 0])], position[np.searchsorted(codes, predicted[:, 0])]), 1)
+            result["confusion_matrix"] = {"labels": [names[i] for i in order], "rows": "reference", "columns": "prediction",
                                           "matrix": matrix.tolist()}
         return result
+
+
+def _names_of(stats: np.ndarray, codes: np.ndarray) -> list[str]:
+    """Each code's label text, read from the name columns; raises if two different labels share a code."""
+    predicted, gold, _ = _split(stats)
+    slots = predicted.shape[1]
+    code_columns = np.concatenate([predicted, gold], axis=1)
+    names: dict[float, str] = {}
+    for slot in range(2 * slots):
+        start = 2 * slots + slot * LABEL_NAME_COLUMNS
+        column = code_columns[:, slot]
+        used = column >= 0
+        unique_codes, first = np.unique(column[used], return_index=True)
+        packed = stats[used][:, start:start + LABEL_NAME_COLUMNS]
+        for code, row in zip(unique_codes, first):
+            name = _unpack_name(packed[row])
+            if names.setdefault(float(code), name) != name or label_code(name) != code:
+                raise ValueError(f"labels {names[float(code)]!r} and {name!r} have the same code; rename one of them")
+    return [names[float(code)] for code in codes]
 
 
 @hookimpl

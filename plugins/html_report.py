@@ -85,8 +85,19 @@ def shown_text(value: Any, limit: int = MAX_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _scale_top(scale: str | None) -> float:
-    return 100.0 if scale == "0-100" else 1.0
+def scale_range(scale: str | None) -> tuple[float, float]:
+    """The (lowest, highest) value of a metric's scale: "0-1", "0-100", or any "LOW..HIGH" such as "-1..1".
+
+    A scale string in another form (a plugin's own words) is drawn as 0-1.
+    """
+    if scale == "0-100":
+        return 0.0, 100.0
+    low, separator, high = (scale or "").partition("..")
+    try:
+        bounds = (float(low), float(high)) if separator else (0.0, 1.0)
+    except ValueError:
+        return 0.0, 1.0
+    return bounds if bounds[0] < bounds[1] else (0.0, 1.0)
 
 
 # --- charts (geometry here, drawing in the template) -----------------------------------------
@@ -97,10 +108,10 @@ def interval_bar(entry: dict, width: int = 160) -> dict | None:
     value = entry.get("value")
     if value is None:
         return None
-    top = _scale_top(entry.get("scale"))
+    low, high = scale_range(entry.get("scale"))
 
     def x(v: float) -> float:
-        return round(min(max(v / top, 0.0), 1.0) * width, 1)
+        return round(min(max((v - low) / (high - low), 0.0), 1.0) * width, 1)
 
     ci = entry.get("ci")
     return {"width": width, "x": x(value), "low": x(ci["low"]) if ci else None, "high": x(ci["high"]) if ci else None}
@@ -141,17 +152,18 @@ def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> str:
     return "#" + "".join(f"{round(x + (y - x) * t):02x}" for x, y in zip(a, b))
 
 
-def histogram(counts: list[int], top: float, outside: int, width: int = 420, height: int = 120) -> dict:
-    """Bars for a histogram of per-example scores over ``[0, top]``."""
+def histogram(counts: list[int], bounds: tuple[float, float], outside: int, width: int = 420, height: int = 120) -> dict:
+    """Bars for a histogram of per-example scores over ``[bottom, top]`` = ``bounds``."""
+    bottom, top = bounds
     peak = max(counts) or 1
     bar = width / len(counts)
     bars = []
     for i, count in enumerate(counts):
         h = round(count / peak * (height - 4), 1)
-        low, high = top * i / len(counts), top * (i + 1) / len(counts)
+        low, high = bottom + (top - bottom) * i / len(counts), bottom + (top - bottom) * (i + 1) / len(counts)
         bars.append({"x": round(i * bar, 1), "w": round(bar - 1, 1), "y": round(height - h, 1), "h": h, "count": count,
                      "title": f"{low:g}–{high:g}: {count}"})
-    return {"bars": bars, "width": width, "height": height, "top": top, "total": sum(counts), "outside": outside}
+    return {"bars": bars, "width": width, "height": height, "bottom": bottom, "top": top, "total": sum(counts), "outside": outside}
 
 
 # --- streaming pass over predictions and data ----------------------------------------------
@@ -284,12 +296,12 @@ def collect(run: RunResult, slice_by: list[str]) -> dict[str, Any]:
             seen_metrics.setdefault(name, None)
         for name, value in scores.items():
             entry = metric_entries.get(name, {})
-            top = _scale_top(entry.get("scale"))
+            low, high = scale_range(entry.get("scale"))
             bins = histograms.setdefault(name, [0] * BINS)
-            if value < 0 or value > top:
+            if value < low or value > high:
                 outside[name] += 1
-                value = min(max(value, 0.0), top)
-            bins[min(int(value / top * BINS), BINS - 1)] += 1
+                value = min(max(value, low), high)
+            bins[min(int((value - low) / (high - low) * BINS), BINS - 1)] += 1
         if primary is None and scores:
             primary = next((name for name in metric_entries if name in scores), next(iter(scores)))
 
@@ -350,7 +362,7 @@ def collect(run: RunResult, slice_by: list[str]) -> dict[str, Any]:
         "primary_scale": scale_of.get(primary) if primary else None,
         "slice_metrics": shown_metrics,
         "histograms": [
-            {"metric": name, "scale": scale_of[name], **histogram(histograms[name], _scale_top(scale_of[name]), outside[name])}
+            {"metric": name, "scale": scale_of[name], **histogram(histograms[name], scale_range(scale_of[name]), outside[name])}
             for name in shown_metrics
         ],
         # an example is "worst" only if some example scored higher, "best" only if some scored lower
@@ -368,7 +380,8 @@ def collect(run: RunResult, slice_by: list[str]) -> dict[str, Any]:
 def _bar(value: float | None, scale: str | None, width: int = 120) -> dict | None:
     if value is None:
         return None
-    return {"width": width, "w": round(min(max(value / _scale_top(scale), 0.0), 1.0) * width, 1)}
+    low, high = scale_range(scale)
+    return {"width": width, "w": round(min(max((value - low) / (high - low), 0.0), 1.0) * width, 1)}
 
 
 # --- the reporter --------------------------------------------------------------------

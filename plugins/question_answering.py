@@ -44,31 +44,17 @@ from nlpflow import (
 
 class QuestionAnsweringOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    #: auto: span when the checkpoint has a *ForQuestionAnswering head, else sentence-retrieval
-    method: Literal["auto", "span", "sentence-retrieval"] = "auto"
-    #: span: tokens per window (question + context + special tokens); default: the model's input limit
-    max_seq_length: PositiveInt | None = None
-    #: span: tokens shared by consecutive windows; default min(128, max_seq_length // 2) as in transformers'
-    #: pipeline; always lowered to fit next to a long question
-    doc_stride: int | None = Field(None, ge=0)
-    #: span: longest answer in tokens
-    max_answer_length: PositiveInt = 30
-    #: span: "probability" picks the window as transformers' pipeline does (softmax per window);
-    #: "logits" picks the highest start + end logit over all windows (the run_qa.py way)
-    span_ranking: Literal["probability", "logits"] = "probability"
-    #: span, span_ranking "logits": start and end candidates per window (the probability ranking keeps
-    #: transformers' own count, 12 with align_to_words)
-    n_best: PositiveInt = 20
-    #: span: widen the answer to whole words (transformers' align_to_words)
-    align_to_words: bool = True
-    #: SQuAD 2.0: empty reference lists are "no answer", and the model may answer nothing
-    allow_no_answer: bool = False
-    #: with allow_no_answer: answer nothing when the null score (CLS start + end logit, lowest
-    #: over windows) exceeds the best span's start + end logit by more than this
-    null_threshold: float = 0.0
-    #: sentence-retrieval: spaCy language for sentence splitting, and an optional trained pipeline
-    lang: str = "en"
-    spacy_model: str | None = None
+    method: Literal["auto", "span", "sentence-retrieval"] = Field("auto", description="auto: span when the checkpoint has a *ForQuestionAnswering head, else sentence-retrieval")
+    max_seq_length: PositiveInt | None = Field(None, description="span: tokens per window (question + context + special tokens); default: the model's input limit")
+    doc_stride: int | None = Field(None, ge=0, description="span: tokens shared by consecutive windows; default min(128, max_seq_length // 2) as in transformers' pipeline; always lowered to fit next to a long question")
+    max_answer_length: PositiveInt = Field(30, description="span: longest answer in tokens")
+    span_ranking: Literal["probability", "logits"] = Field("probability", description='span: "probability" picks the window as transformers\' pipeline does (softmax per window); "logits" picks the highest start + end logit over all windows (the run_qa.py way)')
+    n_best: PositiveInt = Field(20, description='span, span_ranking "logits": start and end candidates per window (the probability ranking keeps transformers\' own count, 12 with align_to_words)')
+    align_to_words: bool = Field(True, description="span: widen the answer to whole words (transformers' align_to_words)")
+    allow_no_answer: bool = Field(False, description='SQuAD 2.0: empty reference lists are "no answer", and the model may answer nothing')
+    null_threshold: float = Field(0.0, description="with allow_no_answer: answer nothing when the null score (CLS start + end logit, lowest over windows) exceeds the best span's start + end logit by more than this")
+    lang: str = Field("en", description="sentence-retrieval: spaCy language for sentence splitting, and an optional trained pipeline")
+    spacy_model: str | None = Field(None, description="sentence-retrieval: a trained spaCy pipeline for sentence splitting; default: spacy.blank(lang) with a sentencizer")
 
 
 class QuestionAnswering(Task):

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nlpflow import hookimpl
 from nlpflow.types import RawRecord, Reader, json_type
@@ -95,8 +95,8 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 class DelimitedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    delimiter: str | None = None
-    quotechar: str = '"'
+    delimiter: str | None = Field(None, description="field separator; default: comma for csv, tab for tsv")
+    quotechar: str = Field('"', description="character that quotes fields containing the delimiter")
 
     @field_validator("delimiter", "quotechar")
     @classmethod

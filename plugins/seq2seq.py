@@ -38,10 +38,9 @@ class GenerationOptions(BaseModel):
     length_penalty: float | None = None
     no_repeat_ngram_size: NonNegativeInt | None = None
     early_stopping: bool | None = None
-    #: sampling would make predictions (and the cache) non-deterministic: only false is accepted
+    # sampling would make predictions (and the cache) non-deterministic: only false is accepted
     do_sample: Literal[False] = Field(False, description="must be false: nlpflow generates with greedy or beam search")
-    #: text put before every input (T5 style, e.g. "translate English to German: ")
-    prefix: str = ""
+    prefix: str = Field("", description='text put before every input (T5 style, e.g. "translate English to German: ")')
 
     def generation_kwargs(self) -> dict[str, Any]:
         chosen = {name: getattr(self, name) for name in GENERATION_OPTIONS if getattr(self, name) is not None}

@@ -14,7 +14,7 @@ import unicodedata
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from nlpflow import hookimpl
 from nlpflow.errors import ConfigError
@@ -25,13 +25,10 @@ _SPACES = re.compile(r"\s+")
 
 class SpacyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    #: language of spacy.blank(), used when no trained pipeline is named
-    lang: str = "en"
-    #: a trained spaCy pipeline (package name or path); optional for sentences/truncate
-    spacy_model: str | None = None
-    batch_size: PositiveInt = 256
-    #: worker processes for nlp.pipe; more only pays on CPU-bound runs with many cores
-    n_process: PositiveInt = 1
+    lang: str = Field("en", description="language of spacy.blank(), used when no trained pipeline is named")
+    spacy_model: str | None = Field(None, description="a trained spaCy pipeline (package name or path); optional for sentences/truncate")
+    batch_size: PositiveInt = Field(256, description="texts per nlp.pipe batch")
+    n_process: PositiveInt = Field(1, description="worker processes for nlp.pipe; more only pays on CPU-bound runs with many cores")
 
 
 @lru_cache(maxsize=16)
@@ -89,8 +86,8 @@ class _SpacyStep(Preprocessor):
 
 class NormalizeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    form: Literal["NFC", "NFKC", "NFD", "NFKD"] = "NFKC"
-    collapse_whitespace: bool = True
+    form: Literal["NFC", "NFKC", "NFD", "NFKD"] = Field("NFKC", description="Unicode normalization form (unicodedata.normalize)")
+    collapse_whitespace: bool = Field(True, description="replace runs of whitespace with one space and strip the ends")
 
 
 class Normalize(Preprocessor):
@@ -119,8 +116,7 @@ class Sentences(_SpacyStep):
 
 
 class TruncateOptions(SpacyOptions):
-    #: spaCy tokens to keep, in whole sentences (the first sentence is cut if it alone is longer)
-    max_tokens: PositiveInt = 400
+    max_tokens: PositiveInt = Field(400, description="spaCy tokens to keep, in whole sentences (the first sentence is cut if it alone is longer)")
 
 
 class Truncate(_SpacyStep):

@@ -25,7 +25,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from nlpflow import Backend, Example, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, TaskModel, hookimpl, input_limit, tokenize
 from nlpflow.plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, load_seq2seq
@@ -33,10 +33,8 @@ from nlpflow.plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextT
 
 class SummarizationOptions(GenerationOptions):
     method: Literal["generate", "lead", "centroid"] = "generate"
-    #: lead and centroid: how many sentences the summary has
-    sentences: PositiveInt = 3
-    #: language of the spaCy sentencizer (spacy.blank) used to split documents
-    lang: str = "en"
+    sentences: PositiveInt = Field(3, description="lead and centroid: how many sentences the summary has")
+    lang: str = Field("en", description="language of the spaCy sentencizer (spacy.blank) used to split documents")
 
 
 @lru_cache(maxsize=8)
@@ -131,9 +129,8 @@ def _rouge_version() -> str:
 
 class RougeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    use_stemmer: bool = True
-    #: rougeLsum: language of the spaCy sentencizer that puts one sentence per line
-    lang: str = "en"
+    use_stemmer: bool = Field(True, description="Porter-stem words before matching, as rouge-score's use_stemmer")
+    lang: str = Field("en", description="rougeLsum: language of the spaCy sentencizer that puts one sentence per line")
 
 
 class _Rouge(Metric):

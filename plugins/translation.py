@@ -25,10 +25,8 @@ from nlpflow.plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextT
 
 
 class TranslationOptions(GenerationOptions):
-    #: source language code of a multilingual model (M2M100: "en"; NLLB: "eng_Latn"); sets tokenizer.src_lang
-    source_lang: str | None = None
-    #: target language code; its token is forced as the first generated token
-    target_lang: str | None = None
+    source_lang: str | None = Field(None, description='source language code of a multilingual model (M2M100: "en"; NLLB: "eng_Latn"); sets tokenizer.src_lang')
+    target_lang: str | None = Field(None, description="target language code; its token is forced as the first generated token")
 
 
 
@@ -149,13 +147,12 @@ class _SacreMetric(Metric):
 
 class BleuOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tokenize: Literal["none", "zh", "13a", "intl", "char", "ja-mecab", "ko-mecab"] = "13a"
-    lowercase: bool = False
-    smooth_method: Literal["none", "floor", "add-k", "exp"] = "exp"
-    smooth_value: float | None = None
-    max_ngram_order: PositiveInt = 4
-    #: for the corpus score; example_scores always use effective order, as sacrebleu.sentence_bleu does
-    effective_order: bool = False
+    tokenize: Literal["none", "zh", "13a", "intl", "char", "ja-mecab", "ko-mecab"] = Field("13a", description="sacreBLEU tokenizer")
+    lowercase: bool = Field(False, description="lower-case hypotheses and references first")
+    smooth_method: Literal["none", "floor", "add-k", "exp"] = Field("exp", description="smoothing of zero n-gram counts")
+    smooth_value: float | None = Field(None, description="the floor or add-k value; default: sacreBLEU's")
+    max_ngram_order: PositiveInt = Field(4, description="longest n-gram counted")
+    effective_order: bool = Field(False, description="for the corpus score; example_scores always use effective order, as sacrebleu.sentence_bleu does")
 
 
 class Bleu(_SacreMetric):
@@ -185,14 +182,12 @@ class Bleu(_SacreMetric):
 
 class ChrfOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    char_order: PositiveInt = 6
-    #: 2 gives chrF++
-    word_order: int = Field(0, ge=0)
-    beta: PositiveInt = 2
-    lowercase: bool = False
-    #: keep whitespace in character n-grams
-    whitespace: bool = False
-    eps_smoothing: bool = False
+    char_order: PositiveInt = Field(6, description="longest character n-gram")
+    word_order: int = Field(0, ge=0, description="2 gives chrF++")
+    beta: PositiveInt = Field(2, description="weight of recall over precision")
+    lowercase: bool = Field(False, description="lower-case hypotheses and references first")
+    whitespace: bool = Field(False, description="keep whitespace in character n-grams")
+    eps_smoothing: bool = Field(False, description="sacreBLEU's epsilon smoothing (as chrF++.py) instead of the default")
 
 
 class Chrf(_SacreMetric):
@@ -208,10 +203,10 @@ class Chrf(_SacreMetric):
 
 class TerOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    normalized: bool = False
-    no_punct: bool = False
-    asian_support: bool = False
-    case_sensitive: bool = False
+    normalized: bool = Field(False, description="tercom normalisation of punctuation and tokens")
+    no_punct: bool = Field(False, description="remove punctuation before scoring")
+    asian_support: bool = Field(False, description="split Asian characters when normalizing")
+    case_sensitive: bool = Field(False, description="count a case change as an edit")
 
 
 class Ter(_SacreMetric):

@@ -260,3 +260,39 @@ def test_an_exception_in_decode_names_the_record_and_line(bert_classifier, tmp_p
     assert str(caught.value) == (
         f"plugin 'classification': task 'sentiment' raised in decode on record 2 ({data}:3) in pipeline 't': KeyError: 'boom'"
     )
+
+
+@pytest.mark.parametrize("key", ["value", "ci", "n", "scale", "higher_is_better", "signature", "options"])
+def test_details_cannot_overwrite_core_keys_of_a_metric_entry(key, tmp_path, write_pipelines):
+    from nlpflow.api import run
+
+    class Overreaching(Metric):
+        name = "overreaching"
+        tasks = ("sentiment",)
+
+        def example_stats(self, predictions, references):
+            return np.array([[float(p == r)] for p, r in zip(predictions, references)])
+
+        def score(self, stats):
+            return float(stats[:, 0].mean())
+
+        def details(self, stats):
+            return {key: 1.0, "extra": "fine"}
+
+    class Plugin:
+        @hookimpl
+        def register_metrics(self, register):
+            register(Overreaching)
+
+    (tmp_path / "scored.csv").write_text("text,label,prediction\nnice,positive,positive\nawful,negative,positive\n")
+    config = write_pipelines(
+        "pipelines:\n  scored:\n    task: sentiment\n    data: {path: scored.csv}\n    metrics: [accuracy, overreaching]\n"
+        "    report: {formats: [json]}\n"
+    )
+    registry = load_registry(extra_plugins=[("overreaching_plugin", Plugin())])
+    with pytest.raises(PluginError) as caught:
+        run(["scored"], config, tmp_path / "out", use_cache=False, registry=registry)
+    message = str(caught.value)
+    assert caught.value.plugin == "overreaching_plugin"
+    assert message.startswith("plugin 'overreaching_plugin': metric 'overreaching' (")
+    assert f"details() returned {key!r}, which nlpflow computes itself" in message

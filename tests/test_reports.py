@@ -302,3 +302,11 @@ def test_markdown_report_is_safe_markdown_whatever_the_labels(tmp_path):
     first_cells = [row[0] for row in per_class_table[1:]]
     assert len(set(first_cells)) == len(labels)  # 'pos' and ' pos' stay apart
     assert "␠pos" in first_cells
+
+
+def test_a_scale_such_as_minus_one_to_one_is_drawn_and_formatted():
+    from nlpflow.plugins.html_report import interval_bar, scale_range
+
+    assert scale_range("-1..1") == (-1.0, 1.0) and scale_range("0-100") == (0.0, 100.0) and scale_range("0-1") == (0.0, 1.0)
+    bar = interval_bar({"value": 0.0, "scale": "-1..1", "ci": {"low": -0.5, "high": 1.0}}, width=100)
+    assert (bar["x"], bar["low"], bar["high"]) == (50.0, 25.0, 100.0)

@@ -19,10 +19,9 @@ __version__ = "0.1.0"
 
 class KeywordOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    top_k: int = Field(5, ge=1, le=50)
-    #: longest candidate phrase, in words
-    max_words: int = Field(2, ge=1, le=4)
-    lang: str = "en"
+    top_k: int = Field(5, ge=1, le=50, description="keywords per text")
+    max_words: int = Field(2, ge=1, le=4, description="longest candidate phrase, in words")
+    lang: str = Field("en", description="language of the spaCy tokenizer (spacy.blank)")
 
 
 class Keywords(Task):
