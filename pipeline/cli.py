@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nlpflow import __version__
-from nlpflow.errors import NlpflowError
+from nlpflow.errors import NlpflowError, RunInterrupted
 from nlpflow.registry import DISABLE_ENV, KINDS, load_registry
 
 
@@ -90,6 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NlpflowError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except RunInterrupted as interrupt:
+        print(f"interrupted: {interrupt}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted: predictions made so far are cached; run the same command again to resume", file=sys.stderr)
         return 130

@@ -179,6 +179,49 @@ def test_interrupted_first_run_leaves_no_report_files(workload, tmp_path, monkey
     assert _cached_rows(cache) == 2 * CHUNK
 
 
+@pytest.fixture(scope="module")
+def small_batches(workload, tmp_path_factory):
+    """The workload in batches of 4 rows, so each chunk of 16 is several model batches."""
+    root = tmp_path_factory.mktemp("small-batches")
+    shutil.copy(workload.parent / "reviews.jsonl", root / "reviews.jsonl")
+    config = root / "pipelines.yaml"
+    text = workload.read_text(encoding="utf-8")
+    assert "device: cpu}" in text
+    config.write_text(text.replace("device: cpu}", "device: cpu, batch_size: 4}"), encoding="utf-8")
+    return config
+
+
+@pytest.fixture(scope="module")
+def small_batches_without_cache(small_batches, tmp_path_factory):
+    """predictions.jsonl of an uninterrupted ``--no-cache`` run in batches of 4: the bytes every cache state must give."""
+    out = tmp_path_factory.mktemp("small-batches-no-cache")
+    assert main(["run", "reviews", "--config", str(small_batches), "--output", str(out), "--no-cache"]) == 0
+    return (out / "reviews" / "predictions.jsonl").read_bytes()
+
+
+def test_partly_cached_run_writes_the_bytes_of_a_run_without_cache(small_batches, small_batches_without_cache, tmp_path):
+    """Cache hits must not change which examples share a model batch: float scores depend on the batch.
+
+    The cache is filled by a complete run, then every third entry is deleted, so most
+    chunks are part cached, part not. Computing only the misses would put them in
+    batches of their own and change the last digits of some scores.
+    """
+    cache = tmp_path / "cache"
+    assert main(["run", "reviews", "--config", str(small_batches), "--output", str(tmp_path / "full"), "--cache-dir", str(cache)]) == 0
+    with sqlite3.connect(cache / "predictions.sqlite") as connection:
+        keys = [row[0] for row in connection.execute("SELECT key FROM predictions ORDER BY key")]
+        connection.executemany("DELETE FROM predictions WHERE key = ?", [(key,) for key in keys[::3]])
+    assert _cached_rows(cache) == RECORDS - len(keys[::3])
+
+    out = tmp_path / "out"
+    assert main(["run", "reviews", "--config", str(small_batches), "--output", str(out), "--cache-dir", str(cache)]) == 0
+    assert (out / "reviews" / "predictions.jsonl").read_bytes() == small_batches_without_cache
+    report = json.loads((out / "reviews" / "report.json").read_text(encoding="utf-8"))
+    assert 0 < report["counts"]["from_cache"] < RECORDS - len(keys[::3])  # whole batches with a miss were rerun
+    assert report["model"]["batches_skipped_as_cached"] > 0
+    assert _cached_rows(cache) == RECORDS
+
+
 def test_no_cache_gives_the_same_predictions_and_writes_no_cache(workload, baseline, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NLPFLOW_CACHE_DIR", str(tmp_path / "default-cache"))
     out = tmp_path / "out"
