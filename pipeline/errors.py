@@ -109,8 +109,8 @@ class RunInterrupted(KeyboardInterrupt):
 
     def __str__(self) -> str:
         if not self.cached:
-            return f"pipeline {self.pipeline!r} interrupted; it ran without a cache, so its predictions were not kept"
+            return f"pipeline {self.pipeline!r} ran without a cache (--no-cache), so its predictions were not kept"
         return (
-            f"pipeline {self.pipeline!r} interrupted: {self.saved} predictions made by this run are saved in the cache; "
+            f"pipeline {self.pipeline!r}: {self.saved} predictions made by this run are saved in the cache; "
             "run the same command again to resume"
         )

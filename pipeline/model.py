@@ -4,7 +4,9 @@ This is the hot path, shared by every task and backend. Features are sorted
 by length within the chunk (a bounded window), packed into batches under a
 token budget (padded length x rows), padded once with numpy, prepared by the
 backend (pinned tensors on CUDA, on a worker thread while the current batch
-runs) and computed. Outputs are put back in input order. With
+runs) and computed. The plan covers every example of the chunk, cached or
+not, so cache state never changes what shares a batch (see ``run``). Outputs
+are put back in input order. With
 ``batch_size: auto`` a batch that runs out of memory is split in half and
 retried, never skipped, and the smaller size is kept for the rest.
 """

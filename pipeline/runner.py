@@ -2,8 +2,8 @@
 
 Records stream through in chunks of ``chunk_size``: only one chunk of
 examples is in memory at a time, predictions are appended to a temporary
-``predictions.jsonl`` and stored in the cache as each chunk finishes, and
-metrics keep a few numbers per example. The runner knows no task: it calls
+``predictions.jsonl`` per chunk and stored in the cache as each model batch
+finishes, and metrics keep a few numbers per example. The runner knows no task: it calls
 the plugins' objects and wraps their failures with the plugin, pipeline and
 example they concern.
 """

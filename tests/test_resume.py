@@ -32,13 +32,16 @@ SLOW_CLI = """
 import sys, time
 import nlpflow.model as model
 original = model.ModelStage.run
-def slow_run(self, examples):
+def slow_run(self, *arguments, **options):
     time.sleep(float(sys.argv[1]))
-    return original(self, examples)
+    return original(self, *arguments, **options)
 model.ModelStage.run = slow_run
 from nlpflow.cli import main
 sys.exit(main(sys.argv[2:]))
 """
+
+#: the same with the delay before each model batch (``collate`` runs once per batch that is computed)
+SLOW_BATCHES_CLI = SLOW_CLI.replace("model.ModelStage.run", "model.ModelStage.collate")
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
@@ -85,10 +88,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _cli(config: Path, out: Path, cache: Path | None, delay: float = 0.0, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+def _cli(config: Path, out: Path, cache: Path | None, delay: float = 0.0, extra: tuple[str, ...] = (), slow: str = SLOW_CLI) -> subprocess.Popen:
     arguments = ["run", "reviews", "--config", str(config), "--output", str(out), *extra]
     arguments += ["--cache-dir", str(cache)] if cache else ["--no-cache"]
-    command = [sys.executable, "-c", SLOW_CLI, str(delay), *arguments] if delay else [sys.executable, "-m", "nlpflow.cli", *arguments]
+    command = [sys.executable, "-c", slow, str(delay), *arguments] if delay else [sys.executable, "-m", "nlpflow.cli", *arguments]
     return subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -107,11 +110,12 @@ def _cached_rows(cache: Path) -> int:
         connection.close()
 
 
-def _kill_part_way(process: subprocess.Popen, cache: Path) -> int:
+def _kill_part_way(process: subprocess.Popen, cache: Path, at_least: int = 2 * CHUNK) -> int:
+    """SIGKILL the run once the cache holds ``at_least`` predictions; how many it holds after the kill."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         rows = _cached_rows(cache)
-        if rows >= 2 * CHUNK:
+        if rows >= at_least:
             process.send_signal(signal.SIGKILL)
             process.wait(30)
             return _cached_rows(cache)
@@ -137,7 +141,7 @@ def test_killed_run_resumes_from_the_cache_with_identical_output(workload, basel
 
     stored = _kill_part_way(_cli(workload, out, cache, delay=0.3), cache)
     assert 0 < stored < RECORDS
-    assert stored % CHUNK == 0  # chunks are stored whole or not at all
+    assert stored % CHUNK == 0  # one model batch per chunk here, stored whole or not at all
     for name, content in earlier.items():
         assert (out / "reviews" / name).read_bytes() == content, f"{name} was touched by the killed run"
     assert len(list((out / "reviews").glob(".*partial"))) == 1  # what the killed run was writing
@@ -163,17 +167,17 @@ def test_interrupted_first_run_leaves_no_report_files(workload, tmp_path, monkey
     original = model.ModelStage.run
     calls = []
 
-    def interrupted(self, examples):
+    def interrupted(self, examples, **options):
         calls.append(len(examples))
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return original(self, examples)
+        return original(self, examples, **options)
 
     monkeypatch.setattr(model.ModelStage, "run", interrupted)
     out = tmp_path / "out"
     cache = tmp_path / "cache"
     assert main(["run", "reviews", "--config", str(workload), "--output", str(out), "--cache-dir", str(cache)]) == 130
-    assert "interrupted: predictions made so far are cached" in capsys.readouterr().err
+    assert f"interrupted: pipeline 'reviews': {2 * CHUNK} predictions made by this run are saved in the cache" in capsys.readouterr().err
     run_dir = out / "reviews"
     assert sorted(p.name for p in run_dir.iterdir()) == []
     assert _cached_rows(cache) == 2 * CHUNK
@@ -239,6 +243,49 @@ def test_partly_cached_run_writes_the_bytes_of_a_run_without_cache(small_batches
     assert 0 < report["counts"]["from_cache"] < RECORDS - len(keys[::3])  # whole batches with a miss were rerun
     assert report["model"]["batches_skipped_as_cached"] > 0
     assert _cached_rows(cache) == RECORDS
+
+
+@pytest.fixture(scope="module")
+def small_batches_baseline(small_batches, tmp_path_factory):
+    """predictions.jsonl of an uninterrupted run without cache, in batches of 4."""
+    out = tmp_path_factory.mktemp("small-batches-baseline")
+    assert main(["run", "reviews", "--config", str(small_batches), "--output", str(out), "--no-cache"]) == 0
+    return (out / "reviews" / "predictions.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("kill_at", [1, CHUNK + 5, 6 * CHUNK + 9], ids=["first-batch", "mid-second-chunk", "mid-seventh-chunk"])
+def test_killed_run_loses_no_finished_batch(small_batches, small_batches_baseline, tmp_path, kill_at):
+    """Each model batch is stored as it finishes: a SIGKILL loses at most the batch in flight."""
+    out = tmp_path / "out"
+    cache = tmp_path / "cache"
+    stored = _kill_part_way(_cli(small_batches, out, cache, delay=0.1, slow=SLOW_BATCHES_CLI), cache, at_least=kill_at)
+    assert kill_at <= stored < RECORDS
+    assert stored % 4 == 0  # batches of 4 are stored whole or not at all
+
+    _finish(_cli(small_batches, out, cache))
+    resumed = json.loads((out / "reviews" / "report.json").read_text(encoding="utf-8"))
+    assert resumed["counts"]["from_cache"] >= stored > 0
+    assert (out / "reviews" / "predictions.jsonl").read_bytes() == small_batches_baseline
+    assert _cached_rows(cache) == RECORDS
+
+
+def test_interrupt_in_a_chunk_keeps_its_finished_batches_and_says_how_many(small_batches, tmp_path, monkeypatch, capsys):
+    import nlpflow.model as model
+
+    original = model.ModelStage.collate
+    calls = []
+
+    def interrupted(self, features, indices):
+        calls.append(len(indices))
+        if len(calls) == 7:  # the third batch of the second chunk
+            raise KeyboardInterrupt
+        return original(self, features, indices)
+
+    monkeypatch.setattr(model.ModelStage, "collate", interrupted)
+    cache = tmp_path / "cache"
+    assert main(["run", "reviews", "--config", str(small_batches), "--output", str(tmp_path / "out"), "--cache-dir", str(cache)]) == 130
+    assert "interrupted: pipeline 'reviews': 24 predictions made by this run are saved in the cache" in capsys.readouterr().err
+    assert _cached_rows(cache) == 24
 
 
 def test_no_cache_gives_the_same_predictions_and_writes_no_cache(workload, baseline, tmp_path, capsys, monkeypatch):
