@@ -280,6 +280,9 @@ class Accuracy(_LabelMetric):
     def score(self, stats: np.ndarray) -> float:
         return float(np.mean(stats[:, 0] == stats[:, 1])) if len(stats) else float("nan")
 
+    def resample_scores(self, stats: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return (counts @ (stats[:, 0] == stats[:, 1]).astype(float)) / counts.sum(axis=1)
+
     def example_scores(self, stats: np.ndarray) -> np.ndarray:
         return (stats[:, 0] == stats[:, 1]).astype(float)
 
@@ -302,6 +305,26 @@ class MacroF1(_LabelMetric):
         tp, fp, fn, present = self._per_class(stats, self._multi)
         f1 = _safe_divide(2 * tp, 2 * tp + fp + fn)
         return float(f1[present].mean()) if present.any() else 0.0
+
+    def resample_scores(self, stats: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        if self._multi:
+            return super().resample_scores(stats, counts)
+        # single-label: each example is one confusion-matrix cell, so a resample is its cell counts
+        k = len(self.labels)
+        cell = stats[:, 0].astype(np.int64) * k + stats[:, 1].astype(np.int64)
+        # sum each resample's counts over the examples of each cell: one pass over columns sorted by cell
+        order = np.argsort(cell, kind="stable")
+        occupied, starts = np.unique(cell[order], return_index=True)
+        confusion = np.zeros((len(counts), k * k))
+        confusion[:, occupied] = np.add.reduceat(counts[:, order], starts, axis=1)
+        confusion = confusion.reshape(len(counts), k, k)  # [resample, predicted, gold]
+        tp = np.diagonal(confusion, axis1=1, axis2=2)
+        fp = confusion.sum(axis=2) - tp
+        fn = confusion.sum(axis=1) - tp
+        present = (confusion.sum(axis=2) + confusion.sum(axis=1)) > 0
+        f1 = _safe_divide(2 * tp, 2 * tp + fp + fn)
+        kept = present.sum(axis=1)
+        return np.where(kept > 0, (f1 * present).sum(axis=1) / np.maximum(kept, 1), 0.0)
 
     def details(self, stats: np.ndarray) -> dict[str, Any]:
         tp, fp, fn, present = self._per_class(stats, self._multi)
