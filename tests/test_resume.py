@@ -200,7 +200,7 @@ def _batch_sensitive(monkeypatch) -> None:
 
     Real kernels do this in the last bits (the tiny model flips a 6-digit score in about
     one record in 200, mostly when a record runs alone), too rarely for a test to rely on;
-    here a batch's shape moves the first label's logit by 1e-4 per row and per padded token.
+    here what a batch holds (its shape and token ids) moves the first label's logit by up to 1e-2.
     """
     from nlpflow.plugins.torch_backend import TorchBackend
 
@@ -210,7 +210,7 @@ def _batch_sensitive(monkeypatch) -> None:
         result = original(self, loaded, prepared, **options)
         rows, width = prepared["input_ids"].shape
         logits = result["logits"].copy()
-        logits[:, 0] += 1e-4 * (rows + width)
+        logits[:, 0] += 1e-4 * ((rows + width + int(prepared["input_ids"].sum())) % 97)
         return {"logits": logits}
 
     monkeypatch.setattr(TorchBackend, "run", run)
@@ -286,6 +286,27 @@ def test_interrupt_in_a_chunk_keeps_its_finished_batches_and_says_how_many(small
     assert main(["run", "reviews", "--config", str(small_batches), "--output", str(tmp_path / "out"), "--cache-dir", str(cache)]) == 130
     assert "interrupted: pipeline 'reviews': 24 predictions made by this run are saved in the cache" in capsys.readouterr().err
     assert _cached_rows(cache) == 24
+
+
+def test_text_repeated_within_a_chunk_is_computed_at_each_place(small_batches, tmp_path, monkeypatch):
+    """Two copies of a text in one chunk sit in different batches, so a run without cache can give them
+    different last digits; a fully cached rerun must still write those bytes, not one cached value twice."""
+    _batch_sensitive(monkeypatch)
+    lines = (small_batches.parent / "reviews.jsonl").read_text(encoding="utf-8").splitlines()
+    for start in range(0, RECORDS - CHUNK + 1, CHUNK):
+        lines[start + CHUNK - 1] = lines[start]  # the chunk's last record repeats its first
+    (tmp_path / "reviews.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    shutil.copy(small_batches, tmp_path / "pipelines.yaml")
+    config = tmp_path / "pipelines.yaml"
+    assert main(["run", "reviews", "--config", str(config), "--output", str(tmp_path / "no-cache"), "--no-cache"]) == 0
+    expected = (tmp_path / "no-cache" / "reviews" / "predictions.jsonl").read_bytes()
+    copies = [json.loads(line) for line in expected.decode("utf-8").splitlines()]
+    assert any(copies[s]["details"] != copies[s + CHUNK - 1]["details"] for s in range(0, RECORDS - CHUNK + 1, CHUNK))
+
+    cache = tmp_path / "cache"
+    for run in ("first", "warm"):
+        assert main(["run", "reviews", "--config", str(config), "--output", str(tmp_path / run), "--cache-dir", str(cache)]) == 0
+        assert (tmp_path / run / "reviews" / "predictions.jsonl").read_bytes() == expected, run
 
 
 def test_no_cache_gives_the_same_predictions_and_writes_no_cache(workload, baseline, tmp_path, capsys, monkeypatch):
