@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from nlpflow import __version__
-from nlpflow.errors import ConfigError, NlpflowError, did_you_mean
+from nlpflow.errors import ConfigError, NlpflowError, RunInterrupted, did_you_mean
 from nlpflow.registry import DISABLE_ENV, KINDS, load_registry
 
 
@@ -120,7 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as interruption:
         terminated = _was_terminated(interruption)
         what = "terminated (SIGTERM)" if terminated else "interrupted"
-        if getattr(args, "no_cache", False):
+        if isinstance(interruption, RunInterrupted):
+            saved = str(interruption)
+        elif getattr(args, "no_cache", False):
             saved = "nothing was saved (--no-cache); reports from an earlier run are untouched"
         else:
             saved = "predictions made so far are cached; run the same command again to resume"

@@ -100,3 +100,25 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     hint = f" Did you mean {close[0]!r}?" if close else ""
     listing = ", ".join(choices) if choices else "(none registered)"
     return f"Available: {listing}.{hint}"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, with how many predictions that run had already stored in the cache.
+
+    A KeyboardInterrupt still (so code that stops on Ctrl-C keeps stopping), so the
+    CLI can say how much a rerun will find in the cache.
+    """
+
+    def __init__(self, pipeline: str, saved: int, cached: bool):
+        self.pipeline = pipeline
+        self.saved = saved
+        self.cached = cached
+        super().__init__(pipeline, saved)
+
+    def __str__(self) -> str:
+        if not self.cached:
+            return f"pipeline {self.pipeline!r} ran without a cache (--no-cache), so its predictions were not kept"
+        return (
+            f"pipeline {self.pipeline!r}: {self.saved} predictions made by this run are saved in the cache; "
+            "run the same command again to resume"
+        )

@@ -4,7 +4,9 @@ This is the hot path, shared by every task and backend. Features are sorted
 by length within the chunk (a bounded window), packed into batches under a
 token budget (padded length x rows), padded once with numpy, prepared by the
 backend (pinned tensors on CUDA, on a worker thread while the current batch
-runs) and computed. Outputs are put back in input order. With
+runs) and computed. The plan covers every example of the chunk, cached or
+not, so cache state never changes what shares a batch (see ``run``). Outputs
+are put back in input order. With
 ``batch_size: auto`` a batch that runs out of memory is split in half and
 retried, never skipped, and the smaller size is kept for the rest.
 """
@@ -17,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -53,6 +55,8 @@ class StageStats:
     forward_seconds: float = 0.0
     oom_retries: int = 0
     largest_batch_rows: int = 0
+    #: planned batches not run because every example in them came from the cache
+    skipped_batches: int = 0
 
 
 class ModelStage:
@@ -141,23 +145,55 @@ class ModelStage:
     def _prepared(self, features: Sequence[Features], indices: Sequence[int]) -> Any:
         return self.backend.prepare(self.loaded, self.collate(features, indices))
 
-    def run(self, examples: Sequence[Example]) -> list[Prediction]:
-        """Predict every example of a chunk; the result is in the same order as ``examples``."""
+    def run(
+        self,
+        examples: Sequence[Example],
+        needed: Iterable[int] | None = None,
+        on_batch: Callable[[list[tuple[int, Prediction]]], None] | None = None,
+    ) -> list[Prediction | None]:
+        """Predict the examples of a chunk; the result is in the same order as ``examples``.
+
+        The batches are planned over *every* example of the chunk, whatever
+        ``needed`` says, so an example is always computed in the batch an
+        uninterrupted run over the same chunk puts it in (float results depend
+        on what shares a batch). ``needed`` lists the positions that must be
+        predicted (the cache misses; all when None): a planned batch is run
+        when it holds a feature of a needed example, whole, and skipped
+        otherwise. Every example whose features all ran is decoded, needed or
+        not; the others are None. ``on_batch`` receives, after each batch, the
+        ``(position, prediction)`` pairs of the examples that batch completed,
+        so the caller can store them before the next batch starts.
+        """
         if not examples:
             return []
         features = self.task_model.encode(examples)
         lengths = np.fromiter((len(f.inputs["input_ids"]) for f in features), dtype=np.int64, count=len(features))
+        example_of = np.fromiter((f.example for f in features), dtype=np.int64, count=len(features))
+        wanted = np.ones(len(examples), dtype=bool)
+        if needed is not None:
+            wanted[:] = False
+            wanted[list(needed)] = True
+        # features still to run, per example: an example is decoded when its count reaches zero
+        remaining = np.bincount(example_of, minlength=len(examples))
+        per_example: list[list[int]] = [[] for _ in examples]
+        for index, owner in enumerate(example_of.tolist()):
+            per_example[owner].append(index)
         outputs: list[Any] = [None] * len(features)
+        predictions: list[Prediction | None] = [None] * len(examples)
         pending = self.plan(features)
         pending.reverse()  # a stack: pop() takes the next batch in plan order
         prepared = None
         while pending:
             indices = pending.pop()
+            if not wanted[example_of[indices]].any():
+                self.stats.skipped_batches += 1
+                continue
             batch = prepared.result() if prepared is not None else self._prepared(features, indices)
             prepared = None
-            if self._prefetch is not None and pending:
+            following = self._next_wanted(pending, wanted, example_of)
+            if self._prefetch is not None and following is not None:
                 # collate (and pin) the next batch on a worker thread while this one runs on the device
-                prepared = self._prefetch.submit(self._prepared, features, pending[-1])
+                prepared = self._prefetch.submit(self._prepared, features, following)
             try:
                 started = time.perf_counter()
                 results = self.backend.run(self.loaded, batch, **self.head_options)
@@ -171,8 +207,8 @@ class ModelStage:
                 del batch
                 self._back_off(indices, error)
                 # re-plan this batch and every pending one under the smaller limits, keeping the order
-                remaining = list(indices) + [i for group in reversed(pending) for i in group]
-                pending = self._pack(remaining, lengths)
+                remaining_features = list(indices) + [i for group in reversed(pending) for i in group]
+                pending = self._pack(remaining_features, lengths)
                 pending.reverse()
                 continue
             self._split(results, indices, lengths, outputs)
@@ -184,16 +220,34 @@ class ModelStage:
             stats.padded_tokens += rows * self._padded(int(lengths[indices[0]]))
             stats.real_tokens += int(lengths[indices].sum())
 
-        per_example: list[list[int]] = [[] for _ in examples]
-        for index, feature in enumerate(features):
-            per_example[feature.example].append(index)
-        predictions = []
-        for example, indices in zip(examples, per_example):
-            try:
-                predictions.append(self.task_model.decode(example, [features[i] for i in indices], [outputs[i] for i in indices]))
-            except Exception as error:
-                raise DecodeError(example, error) from error
+            owners = example_of[indices]
+            np.subtract.at(remaining, owners, 1)
+            finished = []
+            for position in sorted(set(owners[remaining[owners] == 0].tolist())):
+                predictions[position] = self._decode(examples[position], features, outputs, per_example[position])
+                finished.append((position, predictions[position]))
+            if on_batch is not None and finished:
+                on_batch(finished)
+        # an example with no features (nothing to run) is decoded from no outputs
+        featureless = [(p, self._decode(examples[p], features, outputs, [])) for p, mine in enumerate(per_example) if not mine]
+        for position, prediction in featureless:
+            predictions[position] = prediction
+        if on_batch is not None and featureless:
+            on_batch(featureless)
         return predictions
+
+    def _next_wanted(self, pending: list[list[int]], wanted: np.ndarray, example_of: np.ndarray) -> list[int] | None:
+        """The next batch on the stack that will run (holds a needed example), or None."""
+        for indices in reversed(pending):
+            if wanted[example_of[indices]].any():
+                return indices
+        return None
+
+    def _decode(self, example: Example, features: Sequence[Features], outputs: list[Any], mine: list[int]) -> Prediction:
+        try:
+            return self.task_model.decode(example, [features[i] for i in mine], [outputs[i] for i in mine])
+        except Exception as error:
+            raise DecodeError(example, error) from error
 
     def _split(self, results: Any, indices: Sequence[int], lengths: np.ndarray, outputs: list[Any]) -> None:
         """Per-row output dicts from one batch's outputs, "token" outputs cut to each row's own length."""
@@ -244,6 +298,7 @@ class ModelStage:
             "batch_size_that_worked": self.max_rows,
             "max_tokens": self.max_tokens,
             "batches": self.stats.batches,
+            "batches_skipped_as_cached": self.stats.skipped_batches,
             "largest_batch_rows": self.stats.largest_batch_rows,
             "padding_ratio": round(self.stats.padded_tokens / self.stats.real_tokens, 4) if self.stats.real_tokens else None,
             "oom_retries": self.stats.oom_retries,

@@ -91,12 +91,30 @@ def bootstrap_indices(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]
         yield rng.integers(0, n, size=n)
 
 
+def bootstrap_counts(n: int, resamples: int, seed: int, block_cells: int = 1 << 22) -> Iterator[np.ndarray]:
+    """The resamples of :func:`bootstrap_indices` as count matrices, a block of resamples at a time.
+
+    Row ``j`` of a block says how many times each example is drawn in that
+    resample: the same draws, so the same resampled sets, as the index form.
+    A block holds at most ``block_cells`` counts (32 MiB), whatever ``n`` is.
+    """
+    per_block = max(1, min(resamples, block_cells // max(n, 1)))
+    block: list[np.ndarray] = []
+    for rows in bootstrap_indices(n, resamples, seed):
+        block.append(np.bincount(rows, minlength=n))
+        if len(block) == per_block:
+            yield np.stack(block)
+            block = []
+    if block:
+        yield np.stack(block)
+
+
 def bootstrap_interval(metric: Metric, stats: np.ndarray, resamples: int, seed: int, confidence: float) -> dict[str, Any] | None:
     """Percentile bootstrap interval of ``metric`` over examples; None with fewer than two examples."""
     n = len(stats)
     if n < 2:
         return None
-    values = np.array([metric.score(stats[rows]) for rows in bootstrap_indices(n, resamples, seed)], dtype=float)
+    values = np.concatenate([np.asarray(metric.resample_scores(stats, counts), dtype=float) for counts in bootstrap_counts(n, resamples, seed)])
     alpha = (1 - confidence) / 2
     low, high = np.nanquantile(values, [alpha, 1 - alpha])
     return {

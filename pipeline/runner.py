@@ -2,8 +2,8 @@
 
 Records stream through in chunks of ``chunk_size``: only one chunk of
 examples is in memory at a time, predictions are appended to a temporary
-``predictions.jsonl`` and stored in the cache as each chunk finishes, and
-metrics keep a few numbers per example. The runner knows no task: it calls
+``predictions.jsonl`` per chunk and stored in the cache as each model batch
+finishes, and metrics keep a few numbers per example. The runner knows no task: it calls
 the plugins' objects and wraps their failures with the plugin, pipeline and
 example they concern.
 """
@@ -30,7 +30,7 @@ import numpy as np
 from nlpflow import __version__
 from nlpflow.cache import PredictionCache, example_key
 from nlpflow.config import ResolvedPipeline
-from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, PluginError
+from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, PluginError, RunInterrupted
 from nlpflow.model import DecodeError, ModelStage, cache_key_parameters
 from nlpflow.progress import Progress, count_lines
 from nlpflow.report import metric_entry, package_versions, stage_file
@@ -52,6 +52,8 @@ class Counts:
     predicted: int = 0
     scored: int = 0
     from_cache: int = 0
+    #: predictions stored in the cache by this run (each model batch's, as soon as it finishes)
+    saved: int = 0
     truncated: int = 0
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
@@ -289,6 +291,9 @@ class Runner:
                 f"pipeline {self.pipeline.name!r}: cannot write the run's files in {self.directory} (predictions of "
                 f"{self.counts.read} records so far, in {partial.name}): {error.strerror or error}"
             ) from None
+        except KeyboardInterrupt as interrupt:
+            partial.unlink(missing_ok=True)
+            raise RunInterrupted(self.pipeline.name, self.counts.saved, self.cache is not None) from interrupt
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -367,18 +372,29 @@ class Runner:
         keys = [example_key(run_key, {name: example.fields.get(name) for name in self.task.input_fields}) for example in chunk]
         cached = self.cache.get_many(keys) if self.cache is not None else {}
         cached = {key: value for key, value in cached.items() if isinstance(value, dict) and "value" in value}
-        todo = [position for position, key in enumerate(keys) if key not in cached]
+        # A text that repeats within the chunk is computed at each place, as a run without a cache does
+        # (its copies may sit in batches of different shapes, whose last digits can differ).
+        repeated = {key for key, count in Counter(keys).items() if count > 1}
+        misses = [position for position, key in enumerate(keys) if key not in cached or key in repeated]
         results: list[Prediction | None] = [None] * len(chunk)
-        for position, key in enumerate(keys):
-            if key in cached:
-                stored = cached[key]
-                results[position] = Prediction(stored["value"], stored.get("details") or {})
-                chunk[position].notes.update(stored.get("notes") or {})
-        self.counts.from_cache += len(chunk) - len(todo)
-        if todo:
-            pending = [chunk[p] for p in todo]
+        if misses:
+            missed = set(misses)
+
+            def store(finished: list[tuple[int, Prediction]]) -> None:
+                """Check one model batch's finished predictions and store the cache misses among them at once."""
+                for position, prediction in finished:
+                    results[position] = self._checked(prediction, chunk[position], "decode")
+                if self.cache is not None:
+                    fresh = {
+                        keys[p]: {"value": _json_ready(results[p].value), "details": results[p].details, "notes": chunk[p].notes}
+                        for p, _ in finished
+                        if p in missed
+                    }
+                    self.cache.put_many(fresh)
+                    self.counts.saved += len(fresh)
+
             try:
-                fresh = stage.run(pending)
+                computed = stage.run(chunk, needed=misses, on_batch=store)
             except NlpflowError:
                 raise
             except DecodeError as error:
@@ -391,21 +407,19 @@ class Runner:
                 ) from cause
             except Exception as error:
                 raise PluginError(
-                    f"task {self.task.name!r} failed on records {pending[0].index}-{pending[-1].index} "
-                    f"(lines {pending[0].line}-{pending[-1].line} of {self.config.data_path}) in pipeline "
+                    f"task {self.task.name!r} failed on records {chunk[0].index}-{chunk[-1].index} "
+                    f"(lines {chunk[0].line}-{chunk[-1].line} of {self.config.data_path}) in pipeline "
                     f"{self.pipeline.name!r}: {type(error).__name__}: {error}",
                     self.pipeline.task_plugin,
                 ) from error
-            self._check_count(fresh, pending, "the model stage")
-            for position, prediction in zip(todo, fresh):
-                results[position] = self._checked(prediction, chunk[position], "decode")
-            if self.cache is not None:
-                self.cache.put_many(
-                    {
-                        keys[p]: {"value": _json_ready(results[p].value), "details": results[p].details, "notes": chunk[p].notes}
-                        for p in todo
-                    }
-                )
+            self._check_count(computed, chunk, "the model stage")
+        # what was not computed (its planned batches held cache hits only) comes from the cache
+        for position, key in enumerate(keys):
+            if results[position] is None:
+                stored = cached[key]
+                results[position] = Prediction(stored["value"], stored.get("details") or {})
+                chunk[position].notes.update(stored.get("notes") or {})
+                self.counts.from_cache += 1
         self.stage_seconds["model"] += time.perf_counter() - timer
         return results  # type: ignore[return-value]
 

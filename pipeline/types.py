@@ -438,6 +438,17 @@ class Metric(ABC):
     def score(self, stats: np.ndarray) -> float:
         """The metric's value over the rows of ``stats`` (possibly a resample)."""
 
+    def resample_scores(self, stats: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """The metric over each of several resamples of ``stats``, one value per row of ``counts``.
+
+        ``counts[j, i]`` is how many times row ``i`` is drawn in resample ``j``.
+        This default scores each resample as its own set of rows; metrics whose
+        value is a function of (weighted) column sums override it with one
+        matrix product, ``counts @ stats``, which is what keeps bootstrap
+        intervals cheap on large data.
+        """
+        return np.array([self.score(np.repeat(stats, row, axis=0)) for row in counts], dtype=float)
+
     def example_scores(self, stats: np.ndarray) -> np.ndarray | None:
         """One score per row, written to ``predictions.jsonl``; ``None`` if the metric has none."""
         return None

@@ -318,6 +318,9 @@ class Accuracy(_LabelMetric):
     def score(self, stats: np.ndarray) -> float:
         return float(np.mean(self.example_scores(stats))) if len(stats) else float("nan")
 
+    def resample_scores(self, stats: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return (counts @ (stats[:, 0] == stats[:, 1]).astype(float)) / counts.sum(axis=1)
+
     def example_scores(self, stats: np.ndarray) -> np.ndarray:
         predicted, gold, _ = _split(stats)
         return (predicted == gold).all(axis=1).astype(float)
@@ -335,6 +338,26 @@ class MacroF1(_LabelMetric):
         f1 = _safe_divide(2 * tp, 2 * tp + fp + fn)
         # fsum: the mean does not depend on the order of the classes (hash order here, label order in sklearn)
         return math.fsum(f1) / len(f1) if len(f1) else 0.0
+
+    def resample_scores(self, stats: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        if self._multi:
+            return super().resample_scores(stats, counts)
+        # single-label: each example is one confusion-matrix cell, so a resample is its cell counts
+        k = len(self.labels)
+        cell = stats[:, 0].astype(np.int64) * k + stats[:, 1].astype(np.int64)
+        # sum each resample's counts over the examples of each cell: one pass over columns sorted by cell
+        order = np.argsort(cell, kind="stable")
+        occupied, starts = np.unique(cell[order], return_index=True)
+        confusion = np.zeros((len(counts), k * k))
+        confusion[:, occupied] = np.add.reduceat(counts[:, order], starts, axis=1)
+        confusion = confusion.reshape(len(counts), k, k)  # [resample, predicted, gold]
+        tp = np.diagonal(confusion, axis1=1, axis2=2)
+        fp = confusion.sum(axis=2) - tp
+        fn = confusion.sum(axis=1) - tp
+        present = (confusion.sum(axis=2) + confusion.sum(axis=1)) > 0
+        f1 = _safe_divide(2 * tp, 2 * tp + fp + fn)
+        kept = present.sum(axis=1)
+        return np.where(kept > 0, (f1 * present).sum(axis=1) / np.maximum(kept, 1), 0.0)
 
     def details(self, stats: np.ndarray) -> dict[str, Any]:
         codes, tp, fp, fn, multi = _per_class(stats)

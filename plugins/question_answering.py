@@ -422,6 +422,9 @@ class _SquadMetric(Metric):
     def score(self, stats: np.ndarray) -> float:
         return 100.0 * float(np.mean(stats[:, 0])) if len(stats) else float("nan")
 
+    def resample_scores(self, stats: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return 100.0 * (counts @ stats[:, 0]) / counts.sum(axis=1)
+
     def example_scores(self, stats: np.ndarray) -> np.ndarray:
         return 100.0 * stats[:, 0]
 

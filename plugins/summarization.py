@@ -168,6 +168,9 @@ class _Rouge(Metric):
     def score(self, stats: np.ndarray) -> float:
         return float(np.mean(stats[:, 0])) if len(stats) else float("nan")
 
+    def resample_scores(self, stats: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        return (counts @ stats[:, 0]) / counts.sum(axis=1)
+
     def example_scores(self, stats: np.ndarray) -> np.ndarray:
         return stats[:, 0]
 

@@ -132,6 +132,14 @@ class _SacreMetric(Metric):
             return float("nan")
         return float(self._score_object(stats).score)
 
+    def resample_scores(self, stats: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        if not self.integer_stats:
+            # TER's float statistics are summed one row after another to match sacrebleu's rounding
+            return super().resample_scores(stats, counts)
+        # weighted column sums of integer counts are exact: the same totals as summing the drawn rows
+        totals = counts @ np.rint(stats).astype(np.int64)
+        return np.array([self.metric._compute_score_from_stats(row.tolist()).score for row in totals], dtype=float)
+
     def example_scores(self, stats: np.ndarray) -> np.ndarray:
         return np.array([self._sentence_metric()._compute_score_from_stats(sum_rows(row[None, :], self.integer_stats)).score
                          for row in stats], dtype=float)

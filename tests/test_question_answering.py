@@ -476,3 +476,24 @@ pipelines:
     assert metrics["exact_match"]["value"] == pytest.approx(100 * np.mean(em)) == pytest.approx(50.0)
     assert metrics["f1"]["value"] == pytest.approx(100 * np.mean(f1))
     assert 50 < metrics["f1"]["value"] < 100 and result.report["model"] is None
+
+
+def test_needed_examples_run_in_the_batches_of_a_full_run_and_others_stay_undecided(bert_qa):
+    """With cache hits, the model stage still plans over every example: windows of a needed
+    example are computed in the batches a run of the whole chunk puts them in (same floats),
+    batches holding only hits are skipped, and a hit whose windows did not all run is None."""
+    rows = _rows()[:6] + [{"context": LONG_CONTEXT, "question": "Who joined the walls?"}]
+    task_model = _span_model(bert_qa, max_seq_length=64, doc_stride=24)
+    config = ModelConfig(name_or_path=str(bert_qa), batch_size=3)
+    full = ModelStage(task_model, config).run(_examples(rows))
+    long_windows = len(task_model.encode(_examples(rows[-1:])))
+    assert long_windows > 3  # its windows span several batches of 3
+
+    stage = ModelStage(task_model, config)
+    finished = []
+    partial = stage.run(_examples(rows), needed=[len(rows) - 1], on_batch=finished.extend)
+    assert partial[-1].details == full[-1].details and partial[-1].value == full[-1].value
+    assert [position for position, _ in finished][-1] == len(rows) - 1
+    assert stage.stats.skipped_batches > 0
+    for ours, theirs in zip(partial[:-1], full[:-1]):
+        assert ours is None or (ours.value, ours.details) == (theirs.value, theirs.details)
