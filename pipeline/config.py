@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, Val
 
 from nlpflow.errors import ConfigError, Location, NlpflowError, PluginError, did_you_mean
 from nlpflow.registry import DISABLE_ENV, PluginInfo, Registry
+from nlpflow.sources import FileSeriesReader, expand, is_glob
 from nlpflow.types import Backend, Metric, ModelConfig, Preprocessor, Reader, Reporter, Task
 
 DEFAULT_CONFIG = Path("pipelines.yaml")
@@ -508,12 +509,19 @@ def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
             )
 
     data_path = config.data_path
-    if not data_path.is_file():
+    folder_reader = _folder_reader(data_path, registry) if data_path.is_dir() else None
+    several_files = folder_reader is None and (is_glob(data_path) or data_path.is_dir())
+    if several_files:
+        reader_name = _reader_for_files(config, data_path, registry)
+    elif folder_reader is not None:
+        reader_name = config.data.format or folder_reader
+    elif not data_path.is_file():
         kind = _file_kind(data_path)
         if kind is None:
             raise ConfigError(f"data file not found: {data_path}", config.location("data", "path"), name)
         raise ConfigError(f"data.path {data_path} is {kind}, not a data file", config.location("data", "path"), name)
-    reader_name = config.data.format or _reader_for(data_path, registry)
+    else:
+        reader_name = config.data.format or _reader_for(data_path, registry)
     if reader_name is None:
         raise ConfigError(
             f"cannot tell the format of {data_path.name!r} from its extension; set data.format. {did_you_mean(data_path.suffix, registry.names('reader'))}",
@@ -525,6 +533,8 @@ def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
         reader_cls, (build_options(reader_cls, config.data.options, config, "data", "options"),), config, "data",
         plugin=registry.provider("reader", reader_name),
     )
+    if several_files:
+        reader = FileSeriesReader(reader)
 
     text_fields = [f for f in task_cls.input_fields]
     preprocessors = []
@@ -646,6 +656,48 @@ def _file_kind(path: Path) -> str | None:
         (stat.S_ISSOCK, "a socket"),
     ]
     return next((words for test, words in kinds if test(mode)), "not a regular file")
+
+
+def _folder_reader(path: Path, registry: Registry) -> str | None:
+    """The reader that reads this folder whole (a saved dataset, by the files it holds), or None."""
+    for reader_name in registry.names("reader"):
+        markers = getattr(registry.get("reader", reader_name), "folder_markers", ())
+        if any((path / marker).is_file() for marker in markers):
+            return reader_name
+    return None
+
+
+def _reader_for_files(config: PipelineConfig, path: Path, registry: Registry) -> str:
+    """The one reader for every file of a folder or glob: data.format, or the one their extensions share."""
+    name = config.name
+    where = config.location("data", "path")
+    try:
+        files = expand(path)
+    except OSError as error:
+        raise ConfigError(f"cannot list the folder data.path {path}: {error.strerror or error}", where, name) from None
+    if not files:
+        what = "matches no files" if is_glob(path) else "is an empty folder"
+        raise ConfigError(f"data.path {path} {what}", where, name)
+    if config.data.format:
+        return config.data.format
+    by_reader: dict[str | None, list[Path]] = {}
+    for file in files:
+        by_reader.setdefault(_reader_for(file, registry), []).append(file)
+    if None in by_reader:
+        unknown = by_reader[None][0]
+        raise ConfigError(
+            f"data.path {path}: cannot tell the format of {unknown.name!r} from its extension; set data.format, or "
+            f"leave such files out with a glob such as {path / '*.jsonl' if path.is_dir() else path}",
+            where, name,
+        )
+    if len(by_reader) > 1:
+        counts = ", ".join(f"{reader_name}: {len(group)}" for reader_name, group in sorted(by_reader.items()))
+        raise ConfigError(
+            f"data.path {path} holds files in more than one format ({counts}); read one format, e.g. with a glob "
+            f"such as {(path if path.is_dir() else path.parent) / ('*' + by_reader[next(iter(by_reader))][0].suffix)}",
+            where, name,
+        )
+    return next(iter(by_reader))
 
 
 def _reader_for(path: Path, registry: Registry) -> str | None:

@@ -32,7 +32,7 @@ from nlpflow.cache import PredictionCache, example_key
 from nlpflow.config import ResolvedPipeline
 from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, PluginError, RunInterrupted
 from nlpflow.model import DecodeError, ModelStage, cache_key_parameters
-from nlpflow.progress import Progress, count_lines
+from nlpflow.progress import Progress
 from nlpflow.report import metric_entry, package_versions, stage_file
 from nlpflow.run_folder import record_run_files, remove_previous_run
 from nlpflow.types import Example, ExampleError, Prediction, RawRecord, RunResult, TaskModel
@@ -83,12 +83,13 @@ class Runner:
 
     # -- reading ----------------------------------------------------------
 
-    def _fail_or_skip(self, message: str, line: int, index: int | None) -> None:
+    def _fail_or_skip(self, message: str, line: int, index: int | None, source: str | None = None) -> None:
+        """``source``: the file the record is in, where the data is several files."""
         if self.config.data.on_error == "fail":
             raise DataError(
-                f"{message} (set data.on_error: skip to skip such records)", self.config.data_path, line, self.pipeline.name
+                f"{message} (set data.on_error: skip to skip such records)", source or self.config.data_path, line, self.pipeline.name
             )
-        self.counts.skipped.append({"line": line, "index": index, "reason": message})
+        self.counts.skipped.append({"line": line, "index": index, "reason": message, **({"file": source} if source else {})})
 
     def examples(self) -> Iterator[Example]:
         """Examples in file order, with fields mapped and checked by the task; bad records fail or are skipped."""
@@ -108,7 +109,7 @@ class Runner:
             index += 1
             self.counts.read += 1
             if record.data is None:
-                self._fail_or_skip(record.error or "unreadable record", record.line, index)
+                self._fail_or_skip(record.error or "unreadable record", record.line, index, record.source)
                 continue
             data = record.data
             missing = [f"{name!r} (column {column!r})" if column != name else repr(name) for name, column in mapping.items()
@@ -116,7 +117,7 @@ class Runner:
             if needs_prediction and prediction_column not in data:
                 missing.append(f"{PREDICTION_FIELD!r} (needed because the pipeline has no model)")
             if missing:
-                self._fail_or_skip(f"missing field {', '.join(missing)}; the record has {', '.join(map(repr, data)) or 'no fields'}", record.line, index)
+                self._fail_or_skip(f"missing field {', '.join(missing)}; the record has {', '.join(map(repr, data)) or 'no fields'}", record.line, index, record.source)
                 continue
             for column in label_fields:
                 values = data.get(column)
@@ -131,7 +132,7 @@ class Runner:
                 with blamed_on(self.pipeline.task_plugin, f"task {task.name!r} raised in check_example on record {index} ({config.data_path}:{record.line})"):
                     task.check_example(example)
             except ExampleError as error:
-                self._fail_or_skip(str(error), record.line, index)
+                self._fail_or_skip(str(error), record.line, index, record.source)
                 continue
             yield example
         look_alikes = sorted(sorted(group) for group in spellings.values() if len(group) > 1)
@@ -170,6 +171,18 @@ class Runner:
         """Open the data file as the reader starts, so the report hashes the very file that was read (a file
         replaced by path, ``mv new data.jsonl``, is noticed rather than hashed in its place)."""
         path = self.config.data_path
+        self._source_identities: dict[Path, tuple[int, int, int, int]] | None = None
+        if not path.is_file():
+            # several files (a folder, a glob, a saved dataset): each one's version as reading starts, checked
+            # again as each is hashed; a file that cannot be stat'ed is reported by the reader, with its line
+            self._data_file = None
+            self._source_identities = {}
+            for source in self.pipeline.reader.sources(path):
+                try:
+                    self._source_identities[source] = _identity(os.stat(source))
+                except OSError:
+                    pass
+            return
         try:
             self._data_file = open(path, "rb")
             self._data_identity = _identity(os.fstat(self._data_file.fileno()))
@@ -180,6 +193,8 @@ class Runner:
         """sha256 of the data file that was read, after checking it is still the same, unchanged file."""
         path = self.config.data_path
         handle = getattr(self, "_data_file", None)
+        if handle is None and getattr(self, "_source_identities", None) is not None:
+            return self._sources_sha256()
         if handle is None:
             raise DataError("the data file could not be opened again to fingerprint it", path, None, self.pipeline.name)
         with handle:
@@ -204,6 +219,30 @@ class Runner:
                 digest.update(block)
         return digest.hexdigest()
 
+    def _sources_sha256(self) -> str:
+        """sha256 over the sha256 of each file read, in reading order (so reordered files differ too), after
+        checking each is the version that was there as reading started."""
+        digest = hashlib.sha256()
+        for source in self.pipeline.reader.sources(self.config.data_path):
+            try:
+                with open(source, "rb") as handle:
+                    if _identity(os.fstat(handle.fileno())) != self._source_identities.get(source):
+                        raise DataError(
+                            "this file of the data appeared or changed while the data was being read; the records read "
+                            "do not come from one version of the data, so no report is written. Run again once the "
+                            "files stay as they are",
+                            source, None, self.pipeline.name,
+                        )
+                    file_digest = hashlib.sha256()
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        file_digest.update(block)
+            except OSError as error:
+                raise DataError(
+                    f"cannot read this file of the data again to fingerprint it: {error.strerror or error}", source, None, self.pipeline.name
+                ) from None
+            digest.update(file_digest.hexdigest().encode() + b"\n")
+        return digest.hexdigest()
+
     # -- running ----------------------------------------------------------
 
     def run(self) -> RunResult:
@@ -219,7 +258,7 @@ class Runner:
 
         interactive = sys.stderr.isatty() if self.interactive is None else self.interactive
         # a bar needs a total; plain log lines do not, and then the file is not read an extra time for it
-        total = count_lines(config.data_path) if interactive and config.data_path.stat().st_size < (1 << 30) else None
+        total = self.pipeline.reader.count_hint(config.data_path) if interactive else None
         if total is not None and config.data.limit:
             total = min(total, config.data.limit)
         # a name of its own, so two runs writing the same folder never share a partial file; the finished

@@ -48,6 +48,8 @@ class RawRecord:
     line: int
     data: dict[str, Any] | None
     error: str | None = None
+    #: the file the record is in, where the data is several files (a folder or a glob); None: the data path itself
+    source: str | None = None
 
 
 @dataclass
@@ -495,6 +497,8 @@ class Reader(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     extensions: ClassVar[tuple[str, ...]] = ()
+    #: a folder holding one of these files is data this reader reads whole (``state.json`` of a saved dataset)
+    folder_markers: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(self, options: BaseModel | None = None):
@@ -503,6 +507,18 @@ class Reader(ABC):
     @abstractmethod
     def read(self, path: Path) -> Iterator[RawRecord]:
         """Yield records in file order. Unparseable ones come back with ``error`` set, never raise."""
+
+    def count_hint(self, path: Path) -> int | None:
+        """How many records ``read(path)`` will yield, if that is cheap to know (a progress bar's total); None: unknown."""
+        return None
+
+    def sources(self, path: Path) -> list[Path]:
+        """The files a read of ``path`` covers, in reading order; the report's data fingerprint hashes them.
+
+        A reader of one file needs nothing more; one of a folder (a saved dataset, a set of shards) lists the
+        files whose bytes decide what it reads, so a changed file changes the fingerprint.
+        """
+        return [path]
 
 
 class Reporter(ABC):

@@ -1,44 +1,129 @@
-"""Built-in readers: JSON Lines, CSV and TSV, streamed record by record.
+"""Built-in readers: JSON Lines, CSV and TSV (plain or compressed), Parquet and saved Hugging Face datasets,
+streamed record by record.
 
 Bad bytes, malformed lines and ragged rows come back as records with
 ``error`` set and their line number, so the runner can fail or skip them.
+Compressed files (``data.jsonl.gz``, ``.zst``, ``.bz2``) are decompressed as
+they are read; line numbers are those of the uncompressed text.
 """
 
 from __future__ import annotations
 
+import bz2
 import csv
+import gzip
+import io
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from nlpflow import hookimpl
+from nlpflow.progress import count_lines
 from nlpflow.types import RawRecord, Reader, json_type
 
 
 #: the first bytes of every gzip file (RFC 1952)
 GZIP_MAGIC = b"\x1f\x8b"
 
+#: file name suffix -> (the first bytes of such a file, the compression's name)
+COMPRESSIONS = {".gz": (GZIP_MAGIC, "gzip"), ".zst": (b"\x28\xb5\x2f\xfd", "zstandard"), ".bz2": (b"BZh", "bzip2")}
+
+
+def compressed_too(extensions: tuple[str, ...]) -> tuple[str, ...]:
+    """The extensions, and each with every compression suffix after it (``.jsonl.gz``)."""
+    return extensions + tuple(extension + suffix for extension in extensions for suffix in COMPRESSIONS)
+
+
+def open_decompressed(path: Path) -> IO[bytes]:
+    """The file's bytes, decompressed as they are read when its name ends in a compression suffix."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.open(path, "rb")
+    if suffix == ".bz2":
+        return bz2.open(path, "rb")
+    if suffix == ".zst":
+        import zstandard  # imported here: only .zst files need it
+
+        # its stream has no readline; a buffered reader over it has
+        return io.BufferedReader(zstandard.open(path, "rb"))
+    return open(path, "rb")
+
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged or truncated compressed file raises (gzip and bz2 raise OSError or EOFError)."""
+    try:
+        import zstandard
+    except ImportError:
+        return (OSError, EOFError)
+    return (OSError, EOFError, zstandard.ZstdError)
+
+
+def _misnamed_compression(path: Path, kind: str) -> str | None:
+    """Why a file named as plain text cannot be read, when its first bytes say it is compressed."""
+    if path.suffix.lower() in COMPRESSIONS:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+    except OSError:
+        return None  # the reader itself reports why the file cannot be opened
+    for suffix, (magic, compression) in COMPRESSIONS.items():
+        if start.startswith(magic):
+            return (
+                f"this is a {compression}-compressed file, not {kind} text; name it {path.name}{suffix} "
+                f"so it is decompressed as it is read"
+            )
+    return None
+
+
+#: plain-text files up to this size are counted ahead for the progress bar (a larger one costs a noticeable extra read)
+COUNT_LINES_UP_TO_BYTES = 1 << 30
+
+
+def _count_plain_lines(path: Path) -> int | None:
+    """Lines of an uncompressed text file, for a progress bar total; None for a compressed or very large one."""
+    if path.suffix.lower() in COMPRESSIONS:
+        return None
+    try:
+        if path.stat().st_size >= COUNT_LINES_UP_TO_BYTES:
+            return None
+        return count_lines(path)
+    except OSError:
+        return None
+
+
+def _open_error(error: BaseException) -> str:
+    return getattr(error, "strerror", None) or str(error) or type(error).__name__
+
 
 class JsonLinesReader(Reader):
     name = "jsonl"
     description = "JSON Lines: one JSON object per line; blank lines are ignored"
-    extensions = (".jsonl", ".ndjson", ".jsonl.txt")
+    extensions = compressed_too((".jsonl", ".ndjson", ".jsonl.txt"))
+
+    def count_hint(self, path: Path) -> int | None:
+        return _count_plain_lines(path)
 
     def read(self, path: Path) -> Iterator[RawRecord]:
-        try:
-            handle = open(path, "rb")
-        except OSError as error:
-            yield RawRecord(1, None, f"cannot open the file: {error.strerror or error}")
+        misnamed = _misnamed_compression(path, "JSON Lines")
+        if misnamed:
+            yield RawRecord(1, None, misnamed)
             return
+        try:
+            handle = open_decompressed(path)
+        except OSError as error:
+            yield RawRecord(1, None, f"cannot open the file: {_open_error(error)}")
+            return
+        errors = _decompression_errors()
         with handle:
             number = 0
             while True:
                 try:
                     raw = handle.readline()
-                except OSError as error:
-                    yield RawRecord(number + 1, None, f"cannot read the file: {error.strerror or error}")
+                except errors as error:
+                    yield RawRecord(number + 1, None, f"cannot read the file: {_open_error(error)}")
                     return
                 if not raw:
                     return
@@ -49,8 +134,6 @@ class JsonLinesReader(Reader):
 
     @staticmethod
     def _parse(number: int, raw: bytes) -> RawRecord | None:
-        if number == 1 and raw.startswith(GZIP_MAGIC):
-            return RawRecord(number, None, "this is a gzip-compressed file, not JSON Lines text; decompress it first (gunzip)")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -120,20 +203,29 @@ MAX_FIELD_CHARS = 2**31 - 1
 class CsvReader(Reader):
     name = "csv"
     description = "Comma-separated values with a header row"
-    extensions = (".csv",)
+    extensions = compressed_too((".csv",))
     Options = DelimitedOptions
     default_delimiter = ","
+
+    def count_hint(self, path: Path) -> int | None:
+        lines = _count_plain_lines(path)
+        return None if lines is None else max(lines - 1, 0)  # the header row
 
     def read(self, path: Path) -> Iterator[RawRecord]:
         delimiter = self.options.delimiter or self.default_delimiter
         if csv.field_size_limit() < MAX_FIELD_CHARS:
             csv.field_size_limit(MAX_FIELD_CHARS)
+        misnamed = _misnamed_compression(path, self.name.upper())
+        if misnamed:
+            yield RawRecord(1, None, misnamed)
+            return
         # surrogateescape keeps going past bad bytes so they can be reported per row
         try:
-            handle = open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+            handle = io.TextIOWrapper(open_decompressed(path), encoding="utf-8-sig", errors="surrogateescape", newline="")
         except OSError as error:
-            yield RawRecord(1, None, f"cannot open the file: {error.strerror or error}")
+            yield RawRecord(1, None, f"cannot open the file: {_open_error(error)}")
             return
+        errors = _decompression_errors()
         with handle:
             rows = csv.reader(handle, delimiter=delimiter, quotechar=self.options.quotechar, strict=True)
             header = None
@@ -143,7 +235,7 @@ class CsvReader(Reader):
                     row = next(rows)
                 except StopIteration:
                     return
-                except (csv.Error, OSError) as error:
+                except (csv.Error, *errors) as error:
                     yield RawRecord(start, None, f"malformed header row: {error}")
                     return
                 if row and any(cell.strip() for cell in row):
@@ -167,8 +259,8 @@ class CsvReader(Reader):
                     # the reader starts afresh on the next line, so the records after this one are still read
                     yield RawRecord(start, None, f"malformed {self.name.upper()} row: {error}")
                     continue
-                except OSError as error:
-                    yield RawRecord(start, None, f"cannot read the file: {error.strerror or error}")
+                except errors as error:
+                    yield RawRecord(start, None, f"cannot read the file: {_open_error(error)}")
                     return
                 if not row or all(not cell.strip() for cell in row) and len(row) <= 1:
                     continue
@@ -184,7 +276,7 @@ class CsvReader(Reader):
 class TsvReader(CsvReader):
     name = "tsv"
     description = "Tab-separated values with a header row"
-    extensions = (".tsv", ".tab")
+    extensions = compressed_too((".tsv", ".tab"))
     default_delimiter = "\t"
 
 
@@ -210,8 +302,118 @@ def _unpaired_surrogate(value: object, where: str = "") -> str | None:
     return None
 
 
+#: rows converted to Python at a time: memory stays flat however large a row group is
+PARQUET_BATCH_ROWS = 1024
+
+
+class ParquetReader(Reader):
+    name = "parquet"
+    description = "Apache Parquet, read a batch of rows at a time (needs pyarrow: pip install 'nlpflow[parquet]')"
+    extensions = (".parquet", ".pq")
+
+    def count_hint(self, path: Path) -> int | None:
+        try:
+            import pyarrow.parquet as parquet
+
+            return parquet.ParquetFile(path).metadata.num_rows
+        except Exception:  # the read itself reports why the file cannot be read
+            return None
+
+    def read(self, path: Path) -> Iterator[RawRecord]:
+        try:
+            import pyarrow
+            import pyarrow.parquet as parquet
+        except ImportError:
+            yield RawRecord(1, None, "reading Parquet needs pyarrow: pip install 'nlpflow[parquet]'")
+            return
+        try:
+            # page checksums, where the writer stored them, turn a damaged page into an error instead of wrong values
+            file = parquet.ParquetFile(path, page_checksum_verification=True)
+        except (OSError, pyarrow.ArrowException) as error:
+            yield RawRecord(1, None, f"not a readable Parquet file: {error}")
+            return
+        with file:
+            row = 0  # rows before the current row group
+            for group in range(file.num_row_groups):
+                group_rows = file.metadata.row_group(group).num_rows
+                done = 0
+                try:
+                    for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
+                        for data in batch.to_pylist():
+                            done += 1
+                            yield RawRecord(row + done, data)
+                except (OSError, pyarrow.ArrowException) as error:
+                    # the rest of this row group cannot be decoded; the next group may still be read
+                    yield RawRecord(
+                        row + done + 1, None,
+                        f"row group {group} (rows {row + 1}-{row + group_rows}) cannot be read after its row "
+                        f"{done}: {error}",
+                    )
+                row += group_rows
+
+
+class SavedDatasetOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    split: str | None = Field(None, description="which split of a saved DatasetDict to read (required when it has several)")
+
+
+class SavedDatasetReader(Reader):
+    name = "hf_dataset"
+    description = (
+        "a Hugging Face datasets folder written by save_to_disk, read row by row from its memory-mapped Arrow files "
+        "(needs datasets: pip install 'nlpflow[datasets]'); picked for a folder holding dataset_info.json or state.json"
+    )
+    Options = SavedDatasetOptions
+    # dataset_dict.json: a DatasetDict; the others: a Dataset
+    folder_markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+
+    def read(self, path: Path) -> Iterator[RawRecord]:
+        try:
+            import datasets
+        except ImportError:
+            yield RawRecord(1, None, "reading a saved Hugging Face dataset needs datasets: pip install 'nlpflow[datasets]'")
+            return
+        try:
+            loaded = datasets.load_from_disk(str(path), keep_in_memory=False)
+        except Exception as error:  # datasets raises many types (FileNotFoundError, JSONDecodeError, ArrowInvalid)
+            yield RawRecord(1, None, f"cannot load the saved dataset: {type(error).__name__}: {error}")
+            return
+        if isinstance(loaded, datasets.DatasetDict):
+            splits = ", ".join(map(repr, loaded))
+            split = self.options.split
+            if split is None and len(loaded) == 1:
+                split = next(iter(loaded))
+            if split is None:
+                yield RawRecord(1, None, f"the saved dataset has the splits {splits}; choose one with data.options.split")
+                return
+            if split not in loaded:
+                yield RawRecord(1, None, f"the saved dataset has no split {split!r}; it has {splits}")
+                return
+            loaded = loaded[split]
+        elif self.options.split is not None:
+            yield RawRecord(1, None, f"data.options.split is {self.options.split!r}, but the saved dataset is a single Dataset without splits")
+            return
+        row = 0
+        try:
+            for batch in loaded.iter(batch_size=PARQUET_BATCH_ROWS):
+                columns = list(batch)
+                for values in zip(*(batch[column] for column in columns)):
+                    row += 1
+                    yield RawRecord(row, dict(zip(columns, values)))
+        except Exception as error:  # a damaged Arrow file raises pyarrow's or datasets' own errors
+            yield RawRecord(row + 1, None, f"cannot read the saved dataset after row {row}: {type(error).__name__}: {error}")
+
+    def sources(self, path: Path) -> list[Path]:
+        """Every file of the saved dataset (or of the chosen split and the dataset_dict.json naming it), in path order."""
+        if self.options.split is not None and (path / "dataset_dict.json").is_file() and (path / self.options.split).is_dir():
+            return [path / "dataset_dict.json", *sorted(p for p in (path / self.options.split).rglob("*") if p.is_file())]
+        return sorted(p for p in path.rglob("*") if p.is_file())
+
+
 @hookimpl
 def register_readers(register):
     register(JsonLinesReader)
     register(CsvReader)
     register(TsvReader)
+    register(ParquetReader)
+    register(SavedDatasetReader)
