@@ -319,7 +319,7 @@ class Accuracy(_LabelMetric):
         return float(np.mean(self.example_scores(stats))) if len(stats) else float("nan")
 
     def resample_scores(self, stats: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        return (counts @ (stats[:, 0] == stats[:, 1]).astype(float)) / counts.sum(axis=1)
+        return (counts @ self.example_scores(stats)) / counts.sum(axis=1)
 
     def example_scores(self, stats: np.ndarray) -> np.ndarray:
         predicted, gold, _ = _split(stats)
@@ -340,11 +340,13 @@ class MacroF1(_LabelMetric):
         return math.fsum(f1) / len(f1) if len(f1) else 0.0
 
     def resample_scores(self, stats: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        if self._multi:
+        predicted, gold, multi = _split(stats)
+        if multi:
             return super().resample_scores(stats, counts)
         # single-label: each example is one confusion-matrix cell, so a resample is its cell counts
-        k = len(self.labels)
-        cell = stats[:, 0].astype(np.int64) * k + stats[:, 1].astype(np.int64)
+        codes, dense = np.unique(np.concatenate([predicted[:, 0], gold[:, 0]]), return_inverse=True)
+        k, n = len(codes), len(stats)
+        cell = dense[:n].astype(np.int64) * k + dense[n:].astype(np.int64)
         # sum each resample's counts over the examples of each cell: one pass over columns sorted by cell
         order = np.argsort(cell, kind="stable")
         occupied, starts = np.unique(cell[order], return_index=True)
