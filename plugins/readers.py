@@ -14,6 +14,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -52,12 +53,12 @@ def open_decompressed(path: Path) -> IO[bytes]:
 
 
 def _decompression_errors() -> tuple[type[BaseException], ...]:
-    """What reading a damaged or truncated compressed file raises (gzip and bz2 raise OSError or EOFError)."""
+    """What reading a damaged or truncated compressed file raises (gzip: OSError, EOFError or zlib.error; bz2: OSError, EOFError)."""
     try:
         import zstandard
     except ImportError:
-        return (OSError, EOFError)
-    return (OSError, EOFError, zstandard.ZstdError)
+        return (OSError, EOFError, zlib.error)
+    return (OSError, EOFError, zlib.error, zstandard.ZstdError)
 
 
 def _misnamed_compression(path: Path, kind: str) -> str | None:
@@ -329,7 +330,7 @@ class ParquetReader(Reader):
         try:
             # page checksums, where the writer stored them, turn a damaged page into an error instead of wrong values
             file = parquet.ParquetFile(path, page_checksum_verification=True)
-        except (OSError, pyarrow.ArrowException) as error:
+        except (OSError, ValueError, pyarrow.ArrowException) as error:  # ValueError: names in its schema that are not UTF-8
             yield RawRecord(1, None, f"not a readable Parquet file: {error}")
             return
         with file:
@@ -342,8 +343,8 @@ class ParquetReader(Reader):
                         for data in batch.to_pylist():
                             done += 1
                             yield RawRecord(row + done, data)
-                except (OSError, pyarrow.ArrowException) as error:
-                    # the rest of this row group cannot be decoded; the next group may still be read
+                except (OSError, ValueError, pyarrow.ArrowException) as error:
+                    # ValueError: a string column whose bytes are not UTF-8. The rest of this row group cannot be decoded; the next group may still be read
                     yield RawRecord(
                         row + done + 1, None,
                         f"row group {group} (rows {row + 1}-{row + group_rows}) cannot be read after its row "

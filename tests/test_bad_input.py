@@ -267,7 +267,7 @@ def test_a_mistyped_disabled_plugin_is_a_warning(tmp_path, capsys):
         (b'{"text": "abc\n', "malformed JSON: Unterminated string starting at column 10"),
         (b'{"text": "abc", \n', "malformed JSON: Expecting property name enclosed in double quotes at column 17"),
         (gzip.compress(b'{"text": "a", "label": "positive", "prediction": "positive"}\n'),
-         "this is a gzip-compressed file, not JSON Lines text; decompress it first (gunzip)"),
+         "this is a gzip-compressed file, not JSON Lines text; name it data.jsonl.gz so it is decompressed as it is read"),
     ],
     ids=["unterminated-string", "end-of-line", "gzip"],
 )

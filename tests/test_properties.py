@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from nlpflow.config import parse_config
 from nlpflow.errors import NlpflowError
 from nlpflow.types import RawRecord
-from nlpflow.plugins.readers import CsvReader, JsonLinesReader, TsvReader
+from nlpflow.plugins.readers import CsvReader, JsonLinesReader, ParquetReader, TsvReader
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -58,6 +58,54 @@ def test_readers_never_raise(reader_cls, suffix, data):
     finally:
         path.unlink()
     _check_records(records, data)
+
+
+def _compress(data: bytes, suffix: str) -> bytes:
+    import bz2
+    import gzip
+
+    if suffix == ".zst":
+        return pytest.importorskip("zstandard").ZstdCompressor().compress(data)
+    return {".gz": gzip.compress, ".bz2": bz2.compress}[suffix](data)
+
+
+@pytest.mark.parametrize("reader_cls, suffix", [(JsonLinesReader, ".jsonl"), (CsvReader, ".csv")])
+@pytest.mark.parametrize("compression", [".gz", ".zst", ".bz2"])
+@SETTINGS
+@given(data=DATA_BYTES, cut=st.integers(min_value=0, max_value=400), garbage=st.binary(max_size=20))
+def test_readers_never_raise_on_damaged_compressed_files(reader_cls, suffix, compression, data, cut, garbage):
+    """Compressed text cut short or with bytes appended: the reader reports it, whatever the damage."""
+    compressed = _compress(data, compression)
+    path = _write(compressed[: max(len(compressed) - cut, 0)] + garbage, suffix + compression)
+    try:
+        records = list(reader_cls().read(path))
+    finally:
+        path.unlink()
+    for record in records:
+        assert isinstance(record, RawRecord) and (record.data is None) != (record.error is None)
+
+
+@SETTINGS
+@given(data=st.binary(max_size=300), flip=st.integers(min_value=0, max_value=2000))
+def test_parquet_reader_never_raises(data, flip):
+    """On arbitrary bytes, and on a real Parquet file with one byte changed anywhere."""
+    pyarrow = pytest.importorskip("pyarrow")
+    import io
+
+    import pyarrow.parquet as parquet
+
+    buffer = io.BytesIO()
+    parquet.write_table(pyarrow.Table.from_pylist([{"text": "a" * (n % 7), "label": str(n)} for n in range(30)]), buffer, row_group_size=10)
+    damaged = bytearray(buffer.getvalue())
+    damaged[flip % len(damaged)] ^= 0xFF
+    for content in (data, bytes(damaged)):
+        path = _write(content, ".parquet")
+        try:
+            records = list(ParquetReader().read(path))
+        finally:
+            path.unlink()
+        for record in records:
+            assert isinstance(record, RawRecord) and (record.data is None) != (record.error is None)
 
 
 @SETTINGS
