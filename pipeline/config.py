@@ -64,6 +64,8 @@ class DataConfig(_Strict):
     on_error: Literal["fail", "skip"] = "fail"
     #: read only the first N records
     limit: PositiveInt | None = None
+    #: column holding each record's id, written as ``id`` in predictions.jsonl; default: ``id`` or ``_id`` where a record has one
+    id_field: str | None = None
 
 
 class BootstrapConfig(_Strict):
@@ -78,6 +80,8 @@ class ReportConfig(_Strict):
     #: data columns to break scores down by; a shortcut for the ``slice_by`` option of every reporter that has one
     slice_by: list[str] = Field(default_factory=list)
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    #: write the task's input fields, as read, as ``inputs`` in each line of predictions.jsonl
+    include_inputs: bool = False
 
 
 class PipelineConfig(_Strict):

@@ -44,6 +44,8 @@ PREDICTION_FIELD = "prediction"
 SKIPPED_FILE = "skipped.jsonl"
 #: skipped records listed in report.json itself
 SKIPPED_IN_REPORT = 20
+#: columns taken as a record's id when data.id_field is not set, in this order
+ID_FIELD_GUESSES = ("id", "_id")
 
 
 @dataclass
@@ -116,6 +118,8 @@ class Runner:
                        if name in task.input_fields and column not in data]
             if needs_prediction and prediction_column not in data:
                 missing.append(f"{PREDICTION_FIELD!r} (needed because the pipeline has no model)")
+            if config.data.id_field and config.data.id_field not in data:
+                missing.append(f"{config.data.id_field!r} (data.id_field)")
             if missing:
                 self._fail_or_skip(f"missing field {', '.join(missing)}; the record has {', '.join(map(repr, data)) or 'no fields'}", record.line, index, record.source)
                 continue
@@ -535,6 +539,7 @@ class Runner:
             line = {
                 "index": example.index,
                 "line": example.line,
+                **self._record_identity(example),
                 "prediction": _json_ready(prediction.value),
                 "reference": _json_ready(reference),
                 "scores": scores,
@@ -545,6 +550,20 @@ class Runner:
                 line["notes"] = _json_ready(example.notes)
             out.write(json.dumps(line, ensure_ascii=False, sort_keys=False) + "\n")
         self.stage_seconds["metrics"] += time.perf_counter() - timer
+
+    def _record_identity(self, example: Example) -> dict[str, Any]:
+        """The record's ``id`` (data.id_field, else an ``id`` or ``_id`` column) and, with report.include_inputs, its
+        task inputs as read: what error analysis needs without joining predictions.jsonl to the data by line."""
+        config = self.config
+        identity: dict[str, Any] = {}
+        id_field = config.data.id_field or next((name for name in ID_FIELD_GUESSES if name in example.columns), None)
+        if id_field is not None and id_field in example.columns:
+            identity["id"] = _json_ready(example.columns[id_field])
+        if config.report.include_inputs:
+            identity["inputs"] = {
+                name: _json_ready(example.columns.get(config.fields.get(name, name))) for name in self.task.input_fields
+            }
+        return identity
 
     def _final_metrics(self) -> dict[str, Any]:
         bootstrap = self.config.report.bootstrap

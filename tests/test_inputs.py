@@ -218,3 +218,40 @@ def test_a_folder_of_mixed_formats_or_a_glob_matching_nothing_is_a_config_error(
     code, line = _cli_error(tmp_path, "none-*.jsonl", capsys)
     assert code == 2
     assert line.endswith(f"data.path {tmp_path / 'none-*.jsonl'} matches no files")
+
+
+def _predictions(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "out" / "t" / "predictions.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("column", ["id", "_id"])
+def test_predictions_carry_the_records_id_guessed_from_its_column(tmp_path, column):
+    (tmp_path / "data.jsonl").write_bytes(_jsonl([{column: f"r{n}", **record} for n, record in enumerate(GOOD)]))
+    _run(tmp_path, "data.jsonl")
+    assert [line["id"] for line in _predictions(tmp_path)] == ["r0", "r1", "r2", "r3"]
+
+
+def test_data_id_field_names_the_id_column_and_a_record_without_it_is_reported(tmp_path, capsys):
+    records = [{"uid": n * 10, "id": "not this", **record} for n, record in enumerate(GOOD)]
+    (tmp_path / "data.jsonl").write_bytes(_jsonl(records))
+    _run(tmp_path, "data.jsonl", extra=", id_field: uid")
+    assert [line["id"] for line in _predictions(tmp_path)] == [0, 10, 20, 30]
+    del records[2]["uid"]
+    (tmp_path / "data.jsonl").write_bytes(_jsonl(records))
+    code, line = _cli_error(tmp_path, "data.jsonl", capsys, extra=", id_field: uid")
+    assert code == 3
+    assert line.startswith(f"error: {tmp_path / 'data.jsonl'}:3: pipeline 't': missing field 'uid' (data.id_field)")
+
+
+def test_without_an_id_column_lines_have_no_id_and_include_inputs_writes_the_inputs_as_read(tmp_path):
+    (tmp_path / "data.jsonl").write_bytes(_jsonl([{"review": r["text"], "label": r["label"], "prediction": r["prediction"]} for r in GOOD]))
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(
+        "pipelines:\n  t:\n    task: sentiment\n    data: {path: data.jsonl}\n    fields: {text: review}\n"
+        "    report: {formats: [json], include_inputs: true}\n",
+        encoding="utf-8",
+    )
+    run(["t"], config, tmp_path / "out", use_cache=False)
+    lines = _predictions(tmp_path)
+    assert all("id" not in line for line in lines)
+    assert [line["inputs"] for line in lines] == [{"text": r["text"]} for r in GOOD]
