@@ -82,6 +82,8 @@ class ReportConfig(_Strict):
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     #: write the task's input fields, as read, as ``inputs`` in each line of predictions.jsonl
     include_inputs: bool = False
+    #: the metric that ranks the worst and best examples; default: the first whose per-example scores vary
+    rank_by: str | None = None
 
 
 class PipelineConfig(_Strict):
@@ -582,6 +584,13 @@ def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
         metrics.append(_construct(metric_cls, (metric_options,), config, "metrics", position, plugin=registry.provider("metric", step.name)))
 
     reporters = []
+    metric_names = [metric.name for metric in metrics]
+    if config.report.rank_by is not None and config.report.rank_by not in metric_names:
+        raise ConfigError(
+            f"report.rank_by: {config.report.rank_by!r} is not one of this pipeline's metrics. "
+            f"{did_you_mean(config.report.rank_by, metric_names)}",
+            config.location("report", "rank_by"), name,
+        )
     for position, step in enumerate(config.report.formats):
         reporter_cls = _lookup(registry, "reporter", step.name, config.location("report", "formats", position), name)
         options = step.options

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from nlpflow import __version__
+from nlpflow.analysis import ErrorAnalysis
 from nlpflow.cache import PredictionCache, example_key
 from nlpflow.config import ResolvedPipeline
 from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, PluginError, RunInterrupted
@@ -82,6 +83,13 @@ class Runner:
         self.counts = Counts()
         self.stage_seconds: Counter[str] = Counter()
         self.metric_stats: list[list[np.ndarray]] = [[] for _ in pipeline.metrics]
+        inputs = pipeline.task.input_fields
+        self.analysis = ErrorAnalysis(
+            [metric.name for metric in pipeline.metrics],
+            self.config.fields.get(inputs[0], inputs[0]) if inputs else None,
+            self.config.report.slice_by,
+            self.config.report.rank_by,
+        )
 
     # -- reading ----------------------------------------------------------
 
@@ -536,6 +544,8 @@ class Runner:
         self.counts.predicted += len(chunk)
         self.counts.truncated += sum(1 for example in chunk if example.notes.get("truncated"))
         for example, prediction, reference, scores in zip(chunk, predictions, references, per_example):
+            if reference is not None:  # a row of the metric stats, in the same order
+                self.analysis.add(example, scores, _json_ready(prediction.value), _json_ready(reference), self._record_identity(example))
             line = {
                 "index": example.index,
                 "line": example.line,
@@ -565,6 +575,16 @@ class Runner:
             }
         return identity
 
+    def _analysis(self) -> dict[str, Any]:
+        bootstrap = self.config.report.bootstrap
+        stats = [np.concatenate(parts) if parts else np.zeros((0, 1)) for parts in self.metric_stats]
+        return self.analysis.summary(
+            self.pipeline.metrics, stats, bootstrap.resamples, bootstrap.seed, bootstrap.confidence,
+            blame=lambda metric: blamed_on(
+                self.pipeline.providers[("metric", metric.name)], f"metric {metric.name!r} raised while scoring a slice of the data"
+            ),
+        )
+
     def _final_metrics(self) -> dict[str, Any]:
         bootstrap = self.config.report.bootstrap
         results = {}
@@ -588,6 +608,7 @@ class Runner:
             "task_options": self.task.options.model_dump(mode="json"),
             "config_file": str(config.source),
             "metrics": metrics,
+            "analysis": self._analysis(),
             "data": {
                 "path": str(config.data_path),
                 "format": self.pipeline.reader.name,

@@ -93,6 +93,37 @@ def _per_class_lines(name: str, entry: dict) -> list[str]:
     return lines
 
 
+def _analysis_lines(report: dict) -> list[str]:
+    """Slices (each metric with its interval on each slice's rows) and the worst examples, from report.json's ``analysis``."""
+    analysis = report.get("analysis") or {}
+    metrics = report["metrics"]
+    lines: list[str] = []
+    for table in analysis.get("slices", []):
+        names = [name for name in metrics if any(name in row["metrics"] for row in table["slices"])]
+        title = f"input length ({_inline(table['unit'])})" if table["column"] == "length" else _inline(table["column"])
+        lines += ["", f"## Slices by {title}", "", f"| {_cell(table['column'])} | n | " + " | ".join(
+            f"{_cell(name)} [{_confidence_label(report)}]" for name in names) + " |", "|---|---:|" + "---|" * len(names)]
+        for row in table["slices"]:
+            cells = []
+            for name in names:
+                entry = {**row["metrics"].get(name, {}), "scale": metrics[name].get("scale")}
+                cells.append(f"{_format_value(entry)} {_format_ci(entry)}".strip())
+            lines.append(f"| {_cell(row['value'])} | {row['n']} | " + " | ".join(cells) + " |")
+        if table.get("not_reported"):
+            lines.append(f"| … | {table['not_reported']} smaller slices not shown | " + " | " * len(names))
+    rank = analysis.get("rank_by")
+    if analysis.get("worst"):
+        lines += ["", f"## Worst examples by {_inline(rank)}", "", f"| index | id | {_cell(rank)} | prediction | reference |", "|---:|---|---:|---|---|"]
+        for item in analysis["worst"]:
+            lines.append(
+                f"| {item['index']} | {_cell(item.get('id', ''))} | {item['scores'][rank]} | "
+                f"{_cell(json.dumps(item['prediction'], ensure_ascii=False))} | {_cell(json.dumps(item['reference'], ensure_ascii=False))} |"
+            )
+    elif rank is not None and analysis.get("rank_by_varies") is False:
+        lines += ["", f"Every example scored the same {_inline(rank)}, so no example is worse than another by it."]
+    return lines
+
+
 class MarkdownReporter(Reporter):
     name = "markdown"
     description = "report.md: a summary for a terminal or a pull request"
@@ -124,6 +155,7 @@ class MarkdownReporter(Reporter):
         signatures = [(name, entry["signature"]) for name, entry in report["metrics"].items() if entry.get("signature")]
         if signatures:
             lines += ["", "Signatures:", ""] + [f"- {_inline(name)}: {_code(signature)}" for name, signature in signatures]
+        lines += _analysis_lines(report)
         if report.get("skipped"):
             lines += ["", f"## Skipped records ({counts['skipped']})", "", "| line | reason |", "|---:|---|"]
             lines += [f"| {item['line']} | {_cell(item['reason'])} |" for item in report["skipped"]]

@@ -1,0 +1,170 @@
+"""Error analysis for report.json and report.md, gathered during the run from each chunk's scores.
+
+Two views users ask for after the headline numbers:
+
+- **ranked examples**: the worst and best scored examples by one per-example metric. By default the first
+  metric whose per-example scores vary (a QA run's exact match is often all 0 or 1 on the hardest examples,
+  while F1 separates them); ``report.rank_by`` picks one.
+- **slices**: each metric recomputed, with its bootstrap interval, on the examples of each input-length bucket
+  and of each value of the ``report.slice_by`` columns. A slice's value is the metric on that slice's rows
+  (macro-F1 or BLEU of the slice), not a mean of per-example scores.
+
+Memory: the slice keys of each scored example (a small int and a few strings) and k examples per metric.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Any, Callable, ContextManager, Sequence
+
+import numpy as np
+
+from nlpflow.report import bootstrap_interval
+from nlpflow.types import Example, Metric
+
+#: worst and best examples kept per metric
+RANKED_EXAMPLES = 10
+#: lower edges of the input-length buckets, in whitespace-separated words (1-2-5 steps)
+LENGTH_EDGES = (0, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+#: distinct values kept per slice column; the rest are pooled as "(other)"
+MAX_SLICE_VALUES = 200
+#: slices per column given a value and interval in the report, the largest first
+REPORTED_SLICES = 30
+#: characters of a text kept in a ranked example
+SHOWN_CHARS = 300
+OTHER = "(other)"
+MISSING = "(missing)"
+
+
+def length_bucket(words: int) -> str:
+    """The label of the length bucket holding ``words``: ``"10-19"``, or ``"10000+"`` for the last."""
+    position = max(p for p, edge in enumerate(LENGTH_EDGES) if words >= edge)
+    low = LENGTH_EDGES[position]
+    return f"{low}-{LENGTH_EDGES[position + 1] - 1}" if position + 1 < len(LENGTH_EDGES) else f"{low}+"
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > SHOWN_CHARS:
+        return value[:SHOWN_CHARS] + "…"
+    return value
+
+
+class _Ranked:
+    """The k lowest and k highest scored examples of one metric, earliest first among ties, in O(k) memory."""
+
+    def __init__(self) -> None:
+        self.low: list[tuple[float, int, dict]] = []  # max-heap of the k lowest, by (-score, -index)
+        self.high: list[tuple[float, int, dict]] = []  # min-heap of the k highest, by (score, -index)
+        self.minimum = math.inf
+        self.maximum = -math.inf
+
+    def offer(self, score: float, index: int, item: dict) -> None:
+        self.minimum = min(self.minimum, score)
+        self.maximum = max(self.maximum, score)
+        for heap, key in ((self.low, (-score, -index)), (self.high, (score, -index))):
+            if len(heap) < RANKED_EXAMPLES:
+                heapq.heappush(heap, (*key, item))
+            elif key > heap[0][:2]:
+                heapq.heapreplace(heap, (*key, item))
+
+    @property
+    def varies(self) -> bool:
+        return self.minimum < self.maximum
+
+    def worst(self) -> list[dict]:
+        return [item for *_, item in sorted(self.low, key=lambda entry: (-entry[0], -entry[1]))]
+
+    def best(self) -> list[dict]:
+        return [item for *_, item in sorted(self.high, key=lambda entry: (-entry[0], -entry[1]))]
+
+
+class ErrorAnalysis:
+    """Fed each chunk's scored examples by the runner; summarised once for report.json."""
+
+    def __init__(self, metric_names: Sequence[str], length_column: str | None, slice_by: Sequence[str], rank_by: str | None):
+        self.metric_names = list(metric_names)
+        self.length_column = length_column
+        self.slice_by = list(slice_by)
+        self.rank_by = rank_by
+        self.ranked: dict[str, _Ranked] = {name: _Ranked() for name in self.metric_names}
+        #: per slice column ("length" first), each scored example's slice key, in the order of the metric stats rows
+        self.keys: dict[str, list[str]] = {column: [] for column in ["length", *self.slice_by]}
+        self.distinct: dict[str, set[str]] = {column: set() for column in self.keys}
+
+    def add(self, example: Example, scores: dict[str, float | None], prediction: Any, reference: Any, identity: dict) -> None:
+        """One scored example (one row of each metric's stats), with its per-example scores."""
+        text = example.columns.get(self.length_column) if self.length_column else None
+        self._key("length", length_bucket(len(text.split())) if isinstance(text, str) else MISSING)
+        for column in self.slice_by:
+            value = example.columns.get(column)
+            self._key(column, MISSING if value is None else str(value)[:60])
+        item = None
+        for name, score in scores.items():
+            if score is None or name not in self.ranked:
+                continue
+            if item is None:
+                item = {"index": example.index, "line": example.line, **identity, "scores": scores,
+                        "prediction": _shown(prediction), "reference": _shown(reference)}
+            self.ranked[name].offer(score, example.index, item)
+
+    def _key(self, column: str, key: str) -> None:
+        distinct = self.distinct[column]
+        if key not in distinct and len(distinct) >= MAX_SLICE_VALUES:
+            key = OTHER
+        distinct.add(key)
+        self.keys[column].append(key)
+
+    def ranking_metric(self) -> str | None:
+        """report.rank_by, else the first metric whose per-example scores vary, else the first with any."""
+        if self.rank_by is not None:
+            return self.rank_by
+        with_scores = [name for name in self.metric_names if math.isfinite(self.ranked[name].minimum)]
+        return next((name for name in with_scores if self.ranked[name].varies), with_scores[0] if with_scores else None)
+
+    def summary(
+        self, metrics: Sequence[Metric], stats: Sequence[np.ndarray], resamples: int, seed: int, confidence: float,
+        blame: Callable[[Metric], ContextManager[None]],
+    ) -> dict[str, Any]:
+        """report.json's ``analysis``: the ranked examples and, per slice column, each slice's metric values.
+
+        ``blame(metric)`` wraps each metric's scoring, so a metric that raises is reported as its plugin's bug."""
+        rank = self.ranking_metric()
+        ranked = self.ranked.get(rank) if rank else None
+        slices = []
+        for column, keys in self.keys.items():
+            if not keys:
+                continue
+            key_array = np.asarray(keys, dtype=object)
+            counts: dict[str, int] = {}
+            for key in keys:
+                counts[key] = counts.get(key, 0) + 1
+            if column == "length":
+                order = sorted(counts, key=lambda key: (key == MISSING, int(key.split("-")[0].rstrip("+")) if key != MISSING else 0))
+            else:
+                order = sorted(counts, key=lambda key: (-counts[key], key))
+            rows = []
+            for key in order[:REPORTED_SLICES]:
+                selected = key_array == key
+                values = {}
+                for metric, metric_stats in zip(metrics, stats):
+                    subset = metric_stats[selected]
+                    with blame(metric):
+                        value = float(metric.score(subset))
+                        interval = bootstrap_interval(metric, subset, resamples, seed, confidence)
+                    values[metric.name] = {"value": value if math.isfinite(value) else None, "ci": interval}
+                rows.append({"value": key, "n": counts[key], "metrics": values})
+            slices.append({
+                "column": column,
+                **({"unit": "words of " + repr(self.length_column)} if column == "length" else {}),
+                "slices": rows,
+                "not_reported": max(len(order) - REPORTED_SLICES, 0),
+            })
+        return {
+            "rank_by": rank,
+            "rank_by_varies": bool(ranked.varies) if ranked else None,
+            "worst": ranked.worst() if ranked and ranked.varies else [],
+            "best": ranked.best() if ranked and ranked.varies else [],
+            "slices": slices,
+        }
+
