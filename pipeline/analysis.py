@@ -44,6 +44,20 @@ def length_bucket(words: int) -> str:
     return f"{low}-{LENGTH_EDGES[position + 1] - 1}" if position + 1 < len(LENGTH_EDGES) else f"{low}+"
 
 
+#: prediction details that say how sure the model was, in order of preference (QA's probability over its raw span
+#: score; a classifier's softmax score; a zero-shot classifier's cosine similarity)
+CONFIDENCE_DETAILS = ("probability", "score", "similarity")
+
+
+def confidence(details: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"confidence": value, "confidence_of": key}`` from the first confidence detail that is a number, else {}."""
+    for key in CONFIDENCE_DETAILS:
+        value = (details or {}).get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return {"confidence": value, "confidence_of": key}
+    return {}
+
+
 def _shown(value: Any) -> Any:
     if isinstance(value, str) and len(value) > SHOWN_CHARS:
         return value[:SHOWN_CHARS] + "…"
@@ -72,11 +86,13 @@ class _Ranked:
     def varies(self) -> bool:
         return self.minimum < self.maximum
 
+    # an example is among the worst only if some example scored higher, among the best only if some scored lower
+
     def worst(self) -> list[dict]:
-        return [item for *_, item in sorted(self.low, key=lambda entry: (-entry[0], -entry[1]))]
+        return [item for score, _, item in sorted(self.low, key=lambda entry: (-entry[0], -entry[1])) if -score < self.maximum]
 
     def best(self) -> list[dict]:
-        return [item for *_, item in sorted(self.high, key=lambda entry: (-entry[0], -entry[1]))]
+        return [item for score, _, item in sorted(self.high, key=lambda entry: (-entry[0], -entry[1])) if score > self.minimum]
 
 
 class ErrorAnalysis:
@@ -92,8 +108,12 @@ class ErrorAnalysis:
         self.keys: dict[str, list[str]] = {column: [] for column in ["length", *self.slice_by]}
         self.distinct: dict[str, set[str]] = {column: set() for column in self.keys}
 
-    def add(self, example: Example, scores: dict[str, float | None], prediction: Any, reference: Any, identity: dict) -> None:
-        """One scored example (one row of each metric's stats), with its per-example scores."""
+    def add(
+        self, example: Example, scores: dict[str, float | None], prediction: Any, reference: Any, identity: dict,
+        inputs: dict[str, Any], details: dict[str, Any],
+    ) -> None:
+        """One scored example (one row of each metric's stats), with its per-example scores, its task inputs as read
+        and the prediction's details (where its confidence is)."""
         text = example.columns.get(self.length_column) if self.length_column else None
         self._key("length", length_bucket(len(text.split())) if isinstance(text, str) else MISSING)
         for column in self.slice_by:
@@ -105,7 +125,8 @@ class ErrorAnalysis:
                 continue
             if item is None:
                 item = {"index": example.index, "line": example.line, **identity, "scores": scores,
-                        "prediction": _shown(prediction), "reference": _shown(reference)}
+                        "inputs": {name: _shown(value) for name, value in inputs.items()},
+                        "prediction": _shown(prediction), "reference": _shown(reference), **confidence(details)}
             self.ranked[name].offer(score, example.index, item)
 
     def _key(self, column: str, key: str) -> None:
@@ -163,6 +184,8 @@ class ErrorAnalysis:
         return {
             "rank_by": rank,
             "rank_by_varies": bool(ranked.varies) if ranked else None,
+            # the lowest and highest per-example score of that metric (equal: nothing to rank)
+            "rank_by_range": [ranked.minimum, ranked.maximum] if ranked and math.isfinite(ranked.minimum) else None,
             "worst": ranked.worst() if ranked and ranked.varies else [],
             "best": ranked.best() if ranked and ranked.varies else [],
             "slices": slices,

@@ -545,7 +545,11 @@ class Runner:
         self.counts.truncated += sum(1 for example in chunk if example.notes.get("truncated"))
         for example, prediction, reference, scores in zip(chunk, predictions, references, per_example):
             if reference is not None:  # a row of the metric stats, in the same order
-                self.analysis.add(example, scores, _json_ready(prediction.value), _json_ready(reference), self._record_identity(example))
+                self.analysis.add(
+                    example, scores, _json_ready(prediction.value), _json_ready(reference), self._record_identity(example),
+                    {name: _json_ready(example.columns.get(self.config.fields.get(name, name))) for name in self.task.input_fields},
+                    prediction.details,
+                )
             line = {
                 "index": example.index,
                 "line": example.line,

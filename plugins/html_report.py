@@ -114,7 +114,9 @@ def interval_bar(entry: dict, width: int = 160) -> dict | None:
         return round(min(max((v - low) / (high - low), 0.0), 1.0) * width, 1)
 
     ci = entry.get("ci")
-    return {"width": width, "x": x(value), "low": x(ci["low"]) if ci else None, "high": x(ci["high"]) if ci else None}
+    return {"width": width, "x": x(value), "low": x(ci["low"]) if ci else None, "high": x(ci["high"]) if ci else None,
+            # the strip's ends, labelled under it
+            "bottom": f"{low:g}", "top": f"{high:g}"}
 
 
 def heatmap(confusion: dict, cell: int = 44) -> dict:
@@ -387,6 +389,36 @@ def _bar(value: float | None, scale: str | None, width: int = 120) -> dict | Non
 # --- the reporter --------------------------------------------------------------------
 
 
+def ranked_like_report_json(report: dict, examples: dict[str, Any]) -> None:
+    """Show the worst and best examples that report.json's ``analysis`` ranked (by report.rank_by, else the first metric
+    whose per-example scores vary), with each prediction's confidence, so the page and report.json agree."""
+    analysis = report.get("analysis") or {}
+    rank = analysis.get("rank_by")
+    if rank is None or analysis.get("rank_by_range") is None:
+        return
+    scale = report["metrics"].get(rank, {}).get("scale")
+
+    def shown(item: dict) -> dict:
+        confidence = item.get("confidence")
+        return {
+            "index": item["index"],
+            "line": item.get("line"),
+            "id": shown_text(item["id"], 80) if item.get("id") is not None else None,
+            "score": item["scores"].get(rank),
+            "inputs": [(name, shown_text(value)) for name, value in (item.get("inputs") or {}).items() if value is not None],
+            "prediction": shown_text(item.get("prediction")),
+            "reference": shown_text(item.get("reference")),
+            "confidence": f"{confidence:.4g}" if confidence is not None else None,
+            "confidence_of": item.get("confidence_of"),
+        }
+
+    lowest, highest = analysis["rank_by_range"]
+    examples.update(
+        primary=rank, primary_scale=scale, worst=[shown(item) for item in analysis.get("worst", [])],
+        best=[shown(item) for item in analysis.get("best", [])], all_equal=lowest == highest, lowest=lowest, has_text=True,
+    )
+
+
 def page_context(run: RunResult, slice_by: list[str]) -> dict[str, Any]:
     report = run.report
     metrics = []
@@ -416,7 +448,7 @@ def page_context(run: RunResult, slice_by: list[str]) -> dict[str, Any]:
     model = report.get("model")
     skipped = report.get("skipped") or []
     confidence = next((e["ci"]["confidence"] for e in report["metrics"].values() if e.get("ci")), 0.95)
-    return {
+    context = {
         "report": report,
         "model": model,
         "metrics": metrics,
@@ -429,7 +461,11 @@ def page_context(run: RunResult, slice_by: list[str]) -> dict[str, Any]:
         "stages": sorted(report.get("timing", {}).get("stages_seconds", {}).items(), key=lambda item: -item[1]),
         "versions": [(name, value) for name, value in (report.get("versions") or {}).items() if value],
         "examples": collect(run, slice_by),
+        "task_options": [(name, json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value)
+                         for name, value in (report.get("task_options") or {}).items()],
     }
+    ranked_like_report_json(report, context["examples"])
+    return context
 
 
 class HtmlOptions(BaseModel):

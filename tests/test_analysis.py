@@ -30,8 +30,10 @@ def _qa_run(tmp_path: Path, report: str = "{formats: [json, markdown]}"):
 def test_examples_are_ranked_by_the_first_metric_whose_scores_vary(tmp_path):
     analysis = _qa_run(tmp_path).report["analysis"]
     assert analysis["rank_by"] == "f1" and analysis["rank_by_varies"] is True
-    assert [item["id"] for item in analysis["worst"]] == ["q2", "q3", "q1"]
-    assert [item["id"] for item in analysis["best"]] == ["q1", "q3", "q2"]
+    # the top scorer is not among the worst, nor the lowest among the best
+    assert [item["id"] for item in analysis["worst"]] == ["q2", "q3"]
+    assert [item["id"] for item in analysis["best"]] == ["q1", "q3"]
+    assert analysis["worst"][0]["inputs"] == {"context": "The sky is blue today.", "question": "Colour?"}
     assert analysis["worst"][0]["prediction"] == "green"
 
 
@@ -74,3 +76,13 @@ def test_slices_are_the_metric_on_each_slices_rows_with_an_interval(tmp_path):
     assert "## Slices by domain" in markdown
     assert "| films | 4 | 0.5000 [" in markdown
     assert "## Worst examples by accuracy" in markdown
+
+
+def test_confidence_is_the_first_numeric_confidence_detail():
+    from nlpflow.analysis import confidence
+
+    # QA's span probability over its raw span score; a zero-shot classifier's similarity; nothing numeric: none
+    assert confidence({"score": 3.2, "probability": 0.8, "start": 0}) == {"confidence": 0.8, "confidence_of": "probability"}
+    assert confidence({"similarity": 0.41, "scores": {"a": 0.41}}) == {"confidence": 0.41, "confidence_of": "similarity"}
+    assert confidence({"probability": None, "score": True}) == {}
+    assert confidence(None) == {}

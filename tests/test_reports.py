@@ -229,7 +229,9 @@ def test_report_without_readable_data_still_renders(sentiment_run):
     sentiment_run.data_path = Path("/nonexistent/file.jsonl")
     html = HtmlReporter().render(sentiment_run)
     assert parse(html).errors == []
-    assert "input text unavailable" in html
+    # the worst examples come from report.json's analysis, gathered during the run: their text needs no data file
+    worst = html[html.index("<h3>Worst</h3>"):html.index("<h3>Best</h3>")]
+    assert "Review 5:" in worst and "input text unavailable" not in html
 
 
 def test_markdown_report_has_metrics_per_class_and_confusion_matrix(sentiment_run):
@@ -310,3 +312,30 @@ def test_a_scale_such_as_minus_one_to_one_is_drawn_and_formatted():
     assert scale_range("-1..1") == (-1.0, 1.0) and scale_range("0-100") == (0.0, 100.0) and scale_range("0-1") == (0.0, 1.0)
     bar = interval_bar({"value": 0.0, "scale": "-1..1", "ci": {"low": -0.5, "high": 1.0}}, width=100)
     assert (bar["x"], bar["low"], bar["high"]) == (50.0, 25.0, 100.0)
+
+
+def test_report_html_shows_confidence_axis_labels_and_task_options_as_a_table(sentiment_run):
+    from nlpflow.plugins.html_report import HtmlReporter
+
+    report = sentiment_run.report
+    report["analysis"]["worst"][0].update(confidence=0.9731, confidence_of="score")
+    html = HtmlReporter().render(sentiment_run)
+    assert parse(html).errors == []
+    worst = html[html.index("<h3>Worst</h3>"):html.index("<h3>Best</h3>")]
+    assert "confidence 0.9731 (score)" in worst
+    charts = re.findall(r'<svg[^>]*role="img".*?</svg>', html, re.S)
+    assert charts
+    for chart in charts:
+        # every chart says what its axes are: text marked as an axis label, or its two scale ends
+        assert chart.count('class="axis"') >= 2, chart[:200]
+    histogram = next(chart for chart in charts if 'class="histogram"' in chart)
+    assert ">examples</text>" in histogram and "per example</text>" in histogram
+    confusion = next(chart for chart in charts if 'class="confusion"' in chart)
+    assert "prediction →" in confusion and "reference ↓" in confusion
+    options = report["task_options"]
+    assert options
+    table = html[html.index('<table class="options small">'):]
+    table = table[:table.index("</table>")]
+    for name in options:
+        assert f"<th>{name}</th>" in table
+    assert json.dumps(options) not in html.replace("&#34;", '"')
