@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     plugins.add_argument("--json", action="store_true")
 
     compare = commands.add_parser("compare", help="compare runs on the same data: metric table and paired significance tests")
-    compare.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders (with report.json); the first is the baseline")
+    compare.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders (with report.json); the first is the baseline. After it, a JSON Lines file of another system's predictions on the same data ({\"id\"|\"index\": ..., \"prediction\": ...}) is joined to the baseline's records and scored with its metrics")
     compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
     compare.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
     compare.add_argument("--trials", type=int, default=10000, help="approximate randomization trials (default 10000)")

@@ -27,6 +27,15 @@ report.json (its signature must match the one recorded there), and its
 ``example_stats`` is called on the stored predictions and references. One
 metric object scores all systems, so label codes and other state are shared.
 
+Another system's outputs on the same data need no run of their own: after the
+baseline run folder, ``compare`` takes a predictions file (JSON Lines, each line
+``{"id": ..., "prediction": ...}`` or ``{"index": ..., "prediction": ...}``),
+joins it to the run's records by id (predictions.jsonl's ``id``, see
+``data.id_field``) or by record index, and scores it with the run's metrics.
+
+When the two tests disagree at the 0.05 level (or the bootstrap interval and its
+own p-value do), the comparison says so and why, in one sentence.
+
 ``nlpflow leaderboard DIR`` finds every run under a folder (each folder with a
 report.json) and tabulates systems by metric, grouped by task and data hash,
 as Markdown or a self-contained HTML page.
@@ -44,7 +53,10 @@ import numpy as np
 
 from nlpflow.errors import NlpflowError
 from nlpflow.report import bootstrap_indices
-from nlpflow.types import Metric
+from nlpflow.types import ExampleError, Metric
+
+#: the significance level the disagreement between the two tests is judged at
+ALPHA = 0.05
 
 #: predictions turned into statistics per call of example_stats
 STATS_CHUNK = 1024
@@ -90,6 +102,114 @@ def load_run(directory: Path | str) -> Run:
         if key not in report:
             raise CompareError(f"{path}: not an nlpflow report (no {key!r})")
     return Run(directory, report)
+
+
+@dataclass
+class PredictionsFile(Run):
+    """Another system's predictions joined to a run's records: scored as a run with the run's references and metrics."""
+
+    lines: list[dict[str, Any]] | None = None
+
+    def iter_predictions(self) -> Iterator[dict[str, Any]]:
+        return iter(self.lines or [])
+
+
+def load_predictions_file(path: Path, base: Run, registry) -> PredictionsFile:
+    """Join ``path``'s lines (``id`` or ``index``, and ``prediction``) to ``base``'s records; every scored record needs one."""
+    base_lines = list(base.iter_predictions())
+    by_key: dict[str, dict[Any, dict]] = {"index": {line["index"]: line for line in base_lines}, "id": {}}
+    for line in base_lines:
+        if "id" in line:
+            by_key["id"][_hashable(line["id"])] = line
+    task = _task_for(base, registry)
+    joined: dict[int, Any] = {}
+    join_by = None
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as error:
+        raise CompareError(f"{path}: cannot read the predictions file: {error.strerror or error}") from None
+    with handle:
+        for number, text in enumerate(handle, start=1):
+            if not text.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise CompareError(f"{where}: malformed JSON: {error.msg} at column {error.colno}") from None
+            except UnicodeDecodeError:
+                raise CompareError(f"{where}: not valid UTF-8") from None
+            kind = next((key for key in ("id", "index") if isinstance(record, dict) and key in record), None)
+            if kind is None or "prediction" not in record:
+                raise CompareError(f"{where}: expected a JSON object with 'prediction' and 'id' or 'index'")
+            if join_by is None:
+                join_by = kind
+                if kind == "id" and not by_key["id"]:
+                    raise CompareError(
+                        f"{where}: predictions are joined by 'id', but {base.predictions_path} has no ids (give the data an "
+                        "'id' column or set data.id_field in the pipeline and run it again, or join by 'index')"
+                    )
+            elif kind != join_by:
+                raise CompareError(f"{where}: this line has {kind!r} but the file's first line is joined by {join_by!r}; use one")
+            target = by_key[kind].get(_hashable(record[kind]))
+            if target is None:
+                raise CompareError(f"{where}: {kind} {record[kind]!r} is not a record of the run {base.directory}")
+            if target["index"] in joined:
+                raise CompareError(f"{where}: a second prediction for {kind} {record[kind]!r}")
+            try:
+                joined[target["index"]] = task.parse_prediction(record["prediction"]).value
+            except ExampleError as error:
+                raise CompareError(f"{where}: {error}") from None
+    scored = [line for line in base_lines if line.get("reference") is not None]
+    missing = [line for line in scored if line["index"] not in joined]
+    if missing:
+        first = missing[0].get(join_by or "index", missing[0]["index"])
+        raise CompareError(
+            f"{path}: no prediction for {len(missing)} of the {len(scored)} records the run {base.directory} scored "
+            f"(the first: {join_by or 'index'} {first!r}); a paired comparison needs every one"
+        )
+    report = {
+        **base.report,
+        "pipeline": path.name,
+        "model": None,
+        # scored below with the run's metrics; nothing was recorded for this file
+        "metrics": {name: {**entry, "value": None, "ci": None} for name, entry in base.report["metrics"].items()},
+        "counts": {"scored": len(scored)},
+    }
+    lines = [{"index": line["index"], "prediction": joined[line["index"]], "reference": line["reference"]} for line in scored]
+    return PredictionsFile(path, report, lines=lines)
+
+
+def _hashable(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+
+
+def _task_for(run: Run, registry):
+    """The run's task with its recorded options, to read another system's predictions as the run read its own."""
+    name = run.report["task"]
+    try:
+        cls = registry.get("task", name)
+        return cls(cls.Options.model_validate(run.report.get("task_options") or {}))
+    except (NlpflowError, ValueError) as error:
+        raise CompareError(f"cannot rebuild task {name!r} of the run {run.directory} to read a predictions file: {error}") from None
+
+
+def explain_disagreement(bootstrap: dict[str, Any], randomization: dict[str, Any], alpha: float = ALPHA) -> str | None:
+    """One sentence on why the paired bootstrap and approximate randomization disagree at ``alpha``, or None if they agree."""
+    low, high = bootstrap["ci"]["low"], bootstrap["ci"]["high"]
+    interval_excludes_zero = low > 0 or high < 0
+    bootstrap_significant = bootstrap["p_value"] < alpha
+    randomization_significant = randomization["p_value"] < alpha
+    if interval_excludes_zero == bootstrap_significant == randomization_significant:
+        return None
+    interval = f"the bootstrap interval of the difference [{low:+.4g}, {high:+.4g}] {'excludes' if interval_excludes_zero else 'touches'} 0"
+    tests = (f"the paired bootstrap gives p = {bootstrap['p_value']:.4f} and approximate randomization "
+             f"p = {randomization['p_value']:.4f}")
+    return (
+        f"The tests disagree at {alpha:g}: {interval}, {tests}; the bootstrap measures how the difference varies when "
+        "the examples are resampled, randomization only whether the systems' outputs are exchangeable on the examples "
+        "where they differ, so a difference resting on a few such examples is borderline, and more data would settle it."
+    )
 
 
 def _name_runs(runs: list[Run]) -> None:
@@ -236,7 +356,12 @@ def compare_runs(
     from nlpflow.registry import default_registry
 
     registry = registry or default_registry()
-    runs = [load_run(d) for d in directories]
+    directories = [Path(d) for d in directories]
+    if directories and directories[0].is_file():
+        raise CompareError(f"{directories[0]}: the first argument is the baseline and must be a run folder (its data and metrics score the predictions files)")
+    runs: list[Run] = []
+    for directory in directories:
+        runs.append(load_predictions_file(directory, runs[0], registry) if directory.is_file() else load_run(directory))
     if len(runs) < 2:
         raise CompareError("compare needs at least two run folders")
     _name_runs(runs)
@@ -272,7 +397,9 @@ def compare_runs(
         for run, system_stats in zip(runs, stats):
             reported = run.report["metrics"][name].get("value")
             recomputed = metric.score(system_stats)
-            if reported is not None and not math.isclose(recomputed, reported, rel_tol=1e-6, abs_tol=1e-6):
+            if isinstance(run, PredictionsFile):
+                table[run.name]["metrics"][name]["value"] = float(recomputed) if math.isfinite(recomputed) else None
+            elif reported is not None and not math.isclose(recomputed, reported, rel_tol=1e-6, abs_tol=1e-6):
                 result["notes"].append(f"{name}: recomputed {recomputed:.6g} for {run.name}, report.json says {reported:.6g}")
         for run, system_stats in zip(runs[1:], stats[1:]):
             bootstrap = paired_bootstrap(metric.score, stats[0], system_stats, resamples, seed, confidence)
@@ -287,6 +414,7 @@ def compare_runs(
                 "difference": bootstrap["difference"],
                 "bootstrap": bootstrap,
                 "approximate_randomization": randomization,
+                "disagreement": explain_disagreement(bootstrap, randomization),
             })
     return result
 
@@ -352,6 +480,9 @@ def comparison_markdown(result: dict[str, Any]) -> str:
                 f"| {_cell(c['system'])} | {_cell(c['metric'])} | {c['difference']:+.4f}{mark} | [{ci['low']:+.4f}, {ci['high']:+.4f}] | "
                 f"{c['bootstrap']['p_value']:.4f} | {c['approximate_randomization']['p_value']:.4f} |"
             )
+        for c in result["comparisons"]:
+            if c.get("disagreement"):
+                lines += ["", f"{_cell(c['system'])}, {_cell(c['metric'])}: {c['disagreement']}"]
         first = result["comparisons"][0]
         lines += ["", f"Paired bootstrap: {first['bootstrap']['resamples']} resamples; approximate randomization: "
                       f"{first['approximate_randomization']['trials']} trials; seed {first['bootstrap']['seed']}."]

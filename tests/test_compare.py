@@ -310,3 +310,69 @@ pipelines:
     assert 0 < accuracy["bootstrap"]["p_value"] <= 1 and 0 < accuracy["approximate_randomization"]["p_value"] <= 1
     low, high = accuracy["bootstrap"]["ci"]["low"], accuracy["bootstrap"]["ci"]["high"]
     assert low <= accuracy["difference"] <= high
+
+
+# --- another system's predictions file --------------------------------------------------------
+
+
+def _baseline_with_ids(tmp_path: Path, n: int = 20) -> tuple[Path, list[dict]]:
+    """A prediction-only run whose records have ids: correct on the first n/2 records only."""
+    records = [{"id": f"r{i}", "text": f"review {i}", "label": LABELS[i % 2], "prediction": LABELS[i % 2] if i < n // 2 else LABELS[1 - i % 2]}
+               for i in range(n)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    config = tmp_path / "pipelines.yaml"
+    config.write_text("pipelines:\n  base:\n    task: sentiment\n    data: {path: data.jsonl}\n    metrics: [accuracy]\n"
+                      "    report: {formats: [json]}\n", encoding="utf-8")
+    [result] = run(["base"], config, tmp_path / "out", use_cache=False)
+    return result.directory, records
+
+
+def test_compare_scores_a_predictions_file_joined_by_id(tmp_path, capsys):
+    directory, records = _baseline_with_ids(tmp_path)
+    other = tmp_path / "other.jsonl"
+    # every record right; the lines in another order, joined by id, not by position
+    other.write_text("".join(json.dumps({"id": r["id"], "prediction": r["label"]}) + "\n" for r in reversed(records)), encoding="utf-8")
+    result = compare_runs([directory, other], resamples=200, trials=2000)
+    assert result["systems"]["other.jsonl"]["metrics"]["accuracy"]["value"] == 1.0
+    [comparison] = result["comparisons"]
+    assert comparison["difference"] == pytest.approx(0.5)
+    assert comparison["approximate_randomization"]["p_value"] < 0.01
+    assert main(["compare", str(directory), str(other)]) == 0
+    assert "| other.jsonl | 20 | 1.0000 |" in capsys.readouterr().out
+
+
+def test_compare_joins_by_index_and_refuses_incomplete_or_unknown_predictions(tmp_path, capsys):
+    directory, records = _baseline_with_ids(tmp_path)
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"index": i, "prediction": r["label"]}) + "\n" for i, r in enumerate(records)), encoding="utf-8")
+    assert compare_runs([directory, other], resamples=50, trials=50)["systems"]["other.jsonl"]["metrics"]["accuracy"]["value"] == 1.0
+    other.write_text(json.dumps({"id": "r0", "prediction": "positive"}) + "\n" + json.dumps({"id": "nope", "prediction": "positive"}) + "\n")
+    with pytest.raises(CompareError, match=r"other\.jsonl:2: id 'nope' is not a record of the run"):
+        compare_runs([directory, other])
+    other.write_text(json.dumps({"id": "r0", "prediction": "positive"}) + "\n")
+    with pytest.raises(CompareError, match=r"no prediction for 19 of the 20 records the run .* scored \(the first: id 'r1'\)"):
+        compare_runs([directory, other])
+    assert main(["compare", str(other), str(directory)]) != 0
+    assert "the first argument is the baseline and must be a run folder" in capsys.readouterr().err
+
+
+def test_disagreeing_tests_are_explained_in_one_sentence():
+    from nlpflow.compare import explain_disagreement
+
+    # B is right on 4 more of 20 examples and never worse: every resample's difference is >= 0 and the interval
+    # excludes 0, but only 4 examples differ, so randomization's p is 2/16 (exactly: 2 of 16 swap patterns)
+    metric = Accuracy()
+    refs = [LABELS[i % 2] for i in range(20)]
+    a = accuracy_stats(metric, np.array([i >= 4 for i in range(20)]), refs)
+    b = accuracy_stats(metric, np.ones(20, dtype=bool), refs)
+    bootstrap = paired_bootstrap(metric.score, a, b, resamples=1000, seed=1)
+    randomization = approximate_randomization(metric.score, a, b, trials=4000, seed=1)
+    assert bootstrap["ci"]["low"] > 0 and randomization["p_value"] == pytest.approx(0.125, abs=0.02)
+    sentence = explain_disagreement(bootstrap, randomization)
+    assert sentence.startswith(f"The tests disagree at 0.05: the bootstrap interval of the difference [{bootstrap['ci']['low']:+.4g}, ")
+    assert "excludes 0" in sentence and f"approximate randomization p = {randomization['p_value']:.4f}" in sentence
+    assert sentence.endswith(".") and ". " not in sentence  # one sentence
+    # the planted large difference: both tests agree, nothing to explain
+    metric, a, b = planted(3)
+    assert explain_disagreement(paired_bootstrap(metric.score, a, b, 300, 1), approximate_randomization(metric.score, a, b, 1000, 1)) is None
