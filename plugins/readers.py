@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import bz2
 import csv
+import datetime
+import decimal
 import gzip
 import io
 import json
 import zlib
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -303,6 +305,37 @@ def _unpaired_surrogate(value: object, where: str = "") -> str | None:
     return None
 
 
+class NotJsonValue(ValueError):
+    """A column value of a typed file (Parquet, Arrow) that has no JSON form: binary data that is not UTF-8 text."""
+
+
+def _json_values(row: dict[str, Any]) -> dict[str, Any]:
+    """A typed file's row with JSON-writable values: timestamps and dates as ISO 8601 text, decimals as text,
+    durations in seconds, UTF-8 bytes as text; predictions.jsonl and the report write them as they are."""
+    return {str(key): _json_value(value, repr(key)) for key, value in row.items()}
+
+
+def _json_value(value: Any, where: str) -> Any:
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {str(key): _json_value(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item, f"{where}[{position}]") for position, item in enumerate(value)]
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotJsonValue(f"column {where} holds binary data that is not UTF-8 text") from None
+    return str(value)
+
+
 #: rows converted to Python at a time: memory stays flat however large a row group is
 PARQUET_BATCH_ROWS = 1024
 
@@ -342,7 +375,10 @@ class ParquetReader(Reader):
                     for batch in file.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=[group]):
                         for data in batch.to_pylist():
                             done += 1
-                            yield RawRecord(row + done, data)
+                            try:
+                                yield RawRecord(row + done, _json_values(data))
+                            except NotJsonValue as error:
+                                yield RawRecord(row + done, None, str(error))
                 except (OSError, ValueError, pyarrow.ArrowException) as error:
                     # ValueError: a string column whose bytes are not UTF-8. The rest of this row group cannot be decoded; the next group may still be read
                     yield RawRecord(
@@ -400,7 +436,10 @@ class SavedDatasetReader(Reader):
                 columns = list(batch)
                 for values in zip(*(batch[column] for column in columns)):
                     row += 1
-                    yield RawRecord(row, dict(zip(columns, values)))
+                    try:
+                        yield RawRecord(row, _json_values(dict(zip(columns, values))))
+                    except NotJsonValue as error:
+                        yield RawRecord(row, None, str(error))
         except Exception as error:  # a damaged Arrow file raises pyarrow's or datasets' own errors
             yield RawRecord(row + 1, None, f"cannot read the saved dataset after row {row}: {type(error).__name__}: {error}")
 

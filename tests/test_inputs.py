@@ -255,3 +255,24 @@ def test_without_an_id_column_lines_have_no_id_and_include_inputs_writes_the_inp
     lines = _predictions(tmp_path)
     assert all("id" not in line for line in lines)
     assert [line["inputs"] for line in lines] == [{"text": r["text"]} for r in GOOD]
+
+
+def test_parquet_typed_values_become_json_and_binary_that_is_not_text_is_a_bad_row(tmp_path):
+    pyarrow = pytest.importorskip("pyarrow")
+    import datetime
+    import decimal
+
+    import pyarrow.parquet as parquet
+
+    table = pyarrow.table({
+        "id": [datetime.datetime(2024, 5, 1, 12, 30), datetime.datetime(2024, 5, 2), datetime.datetime(2024, 5, 3)],
+        "text": [b"fine", b"\xff\xfe", b"great"],
+        "price": [decimal.Decimal("1.50"), decimal.Decimal("2.00"), decimal.Decimal("3.25")],
+        "label": ["positive"] * 3,
+        "prediction": ["positive"] * 3,
+    })
+    parquet.write_table(table, tmp_path / "data.parquet")
+    report = _run(tmp_path, "data.parquet")
+    assert [(item["line"], item["reason"]) for item in report["skipped"]] == [(2, "column 'text' holds binary data that is not UTF-8 text")]
+    lines = _predictions(tmp_path)
+    assert [line["id"] for line in lines] == ["2024-05-01T12:30:00", "2024-05-03T00:00:00"]
