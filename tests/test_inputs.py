@@ -276,3 +276,37 @@ def test_parquet_typed_values_become_json_and_binary_that_is_not_text_is_a_bad_r
     assert [(item["line"], item["reason"]) for item in report["skipped"]] == [(2, "column 'text' holds binary data that is not UTF-8 text")]
     lines = _predictions(tmp_path)
     assert [line["id"] for line in lines] == ["2024-05-01T12:30:00", "2024-05-03T00:00:00"]
+
+
+def test_a_file_of_a_folder_changed_during_the_run_is_a_data_error(tmp_path):
+    from nlpflow import hookimpl
+    from nlpflow.errors import DataError
+    from nlpflow.registry import load_registry
+    from nlpflow.types import Preprocessor
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "a.jsonl").write_bytes(_jsonl(GOOD[:2]))
+    (shards / "b.jsonl").write_bytes(_jsonl(GOOD[2:]))
+
+    class EditsTheData(Preprocessor):
+        """Appends to the first file once its records are in: the report would otherwise hash a later version."""
+
+        name = "edit_data"
+
+        def __call__(self, examples):
+            with open(shards / "a.jsonl", "ab") as handle:
+                handle.write(_jsonl(GOOD[:1]))
+
+    class Plugin:
+        @hookimpl
+        def register_preprocessors(self, register):
+            register(EditsTheData)
+
+    config = tmp_path / "pipelines.yaml"
+    config.write_text("pipelines:\n  t:\n    task: sentiment\n    data: {path: shards}\n    preprocess: [edit_data]\n"
+                      "    chunk_size: 2\n    report: {formats: [json]}\n", encoding="utf-8")
+    registry = load_registry(extra_plugins=[("edits", Plugin())])
+    with pytest.raises(DataError, match="this file of the data appeared or changed while the data was being read") as error:
+        run(["t"], config, tmp_path / "out", registry=registry, use_cache=False)
+    assert error.value.path == shards / "a.jsonl"
