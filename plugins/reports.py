@@ -158,7 +158,9 @@ class MarkdownReporter(Reporter):
         lines += _analysis_lines(report)
         if report.get("skipped"):
             lines += ["", f"## Skipped records ({counts['skipped']})", "", "| line | reason |", "|---:|---|"]
-            lines += [f"| {item['line']} | {_cell(item['reason'])} |" for item in report["skipped"]]
+            # a record of data given as several files (a folder, a glob) is at a line of one of them
+            lines += [f"| {_cell(item['file']) + ':' if item.get('file') else ''}{item['line']} | {_cell(item['reason'])} |"
+                      for item in report["skipped"]]
             if counts["skipped"] > len(report["skipped"]):
                 lines.append(f"| … | {counts['skipped'] - len(report['skipped'])} more in {_inline(report.get('skipped_file'))} |")
         return "\n".join(lines) + "\n"

@@ -184,7 +184,11 @@ def test_a_folder_of_files_is_read_in_sorted_order_naming_each_file(tmp_path, ca
     shards.mkdir()
     (shards / "b.jsonl").write_bytes(_jsonl(GOOD[2:]) + b"{not json\n")
     (shards / "a.jsonl").write_bytes(_jsonl(GOOD[:2]))
-    report = _run(tmp_path, "shards")
+    config = _pipelines(tmp_path, "shards")
+    config.write_text(config.read_text().replace("formats: [json]", "formats: [json, markdown]"), encoding="utf-8")
+    [result] = run(["t"], config, tmp_path / "out", use_cache=False)
+    report = result.report
+    assert "/b.jsonl:3 | malformed JSON" in (result.directory / "report.md").read_text(encoding="utf-8")
     assert report["counts"]["scored"] == 4
     assert report["skipped"] == [{"line": 3, "index": 4, "reason": report["skipped"][0]["reason"], "file": str(shards / "b.jsonl")}]
     predictions = [json.loads(line) for line in (tmp_path / "out" / "t" / "predictions.jsonl").read_text().splitlines()]
