@@ -176,7 +176,7 @@ def test_sigterm_is_handled_like_ctrl_c(workload, baseline, tmp_path):
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM, stderr
-    assert "terminated (SIGTERM): predictions made so far are cached" in stderr
+    assert "terminated (SIGTERM): pipeline 'reviews': " in stderr and "predictions made by this run are saved in the cache" in stderr
     assert "Traceback" not in stderr
     assert {path.name: path.read_bytes() for path in (out / "reviews").iterdir()} == earlier  # no partial file either
 
