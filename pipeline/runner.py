@@ -31,6 +31,7 @@ from nlpflow import __version__
 from nlpflow.cache import PredictionCache, example_key
 from nlpflow.config import ResolvedPipeline
 from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, PluginError, RunInterrupted
+from nlpflow.labels import LabelCheck
 from nlpflow.model import DecodeError, ModelStage, cache_key_parameters
 from nlpflow.progress import Progress, count_lines
 from nlpflow.report import metric_entry, package_versions, stage_file
@@ -80,6 +81,8 @@ class Runner:
         self.counts = Counts()
         self.stage_seconds: Counter[str] = Counter()
         self.metric_stats: list[list[np.ndarray]] = [[] for _ in pipeline.metrics]
+        #: set by :meth:`check_labels` before the model loads; None for open-ended tasks
+        self.label_check: LabelCheck | None = None
 
     # -- reading ----------------------------------------------------------
 
@@ -133,6 +136,8 @@ class Runner:
             except ExampleError as error:
                 self._fail_or_skip(str(error), record.line, index)
                 continue
+            if self.label_check is not None:
+                self.label_check.see(example)
             yield example
         look_alikes = sorted(sorted(group) for group in spellings.values() if len(group) > 1)
         if look_alikes:
@@ -141,6 +146,23 @@ class Runner:
                 "different classes: %s",
                 self.pipeline.name, config.data_path, "; ".join(" vs ".join(map(repr, group)) for group in look_alikes[:20]),
             )
+
+    def check_labels(self) -> None:
+        """Compare the labels the model can predict with the first chunk's reference labels, before the model loads
+        (so a mismatch costs no model load and no forward pass); a ConfigError when no reference label is predictable."""
+        check = LabelCheck.for_pipeline(self.pipeline)
+        if check is None:
+            return
+        counts, self.counts = self.counts, Counts()  # the first chunk is read again by the run itself
+        examples = self.examples()
+        try:
+            check.check_first_chunk(list(islice(examples, self.config.chunk_size)))
+        finally:
+            examples.close()
+            self.counts = counts
+            if getattr(self, "_data_file", None) is not None:
+                self._data_file.close()  # the run holds the file again as it reads it
+        self.label_check = check
 
     def _read_records(self) -> Iterator[RawRecord]:
         """The reader's records; a reader that raises (they must not) is reported as its plugin's bug."""
@@ -215,6 +237,7 @@ class Runner:
         except OSError as error:
             raise NlpflowError(f"pipeline {self.pipeline.name!r}: cannot create the report folder {self.directory}: {error.strerror or error}") from None
 
+        self.check_labels()
         stage, run_key = self._load_model() if config.model is not None else (None, None)
 
         interactive = sys.stderr.isatty() if self.interactive is None else self.interactive
@@ -550,6 +573,7 @@ class Runner:
             "skipped_file": SKIPPED_FILE if counts.skipped else None,
             "preprocess": [step.name for step in self.pipeline.preprocessors],
             "model": stage.describe() if stage else None,
+            "label_warnings": self.label_check.report() if self.label_check else None,
             "timing": {
                 "started": started_at.isoformat(timespec="seconds"),
                 "finished": finished_at.isoformat(timespec="seconds"),
