@@ -573,6 +573,8 @@ class Runner:
             "skipped_file": SKIPPED_FILE if counts.skipped else None,
             "preprocess": [step.name for step in self.pipeline.preprocessors],
             "model": stage.describe() if stage else None,
+            # a rule-based run has no model either; this tells it apart from scoring the records' own predictions
+            "rule": self.task.rule_name if stage is None and self.task.rule_based else None,
             "label_warnings": self.label_check.report() if self.label_check else None,
             "timing": {
                 "started": started_at.isoformat(timespec="seconds"),

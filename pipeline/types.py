@@ -392,6 +392,11 @@ class Task(ABC):
         """Predictions for a chunk, made without a model; only called when :attr:`rule_based` is true."""
         raise NotImplementedError(f"task {self.name!r} has no rule-based method")
 
+    @property
+    def rule_name(self) -> str:
+        """What the rule-based method is, for reports and the leaderboard (``lead-3``); read when :attr:`rule_based`."""
+        return "rule"
+
     @abstractmethod
     def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         """Load the model named in the pipeline with ``backend.load(model, HEAD)`` and return it ready to run."""

@@ -67,6 +67,10 @@ class Summarization(TextToTextTask):
     def rule_based(self) -> bool:
         return self.options.method == "lead"
 
+    @property
+    def rule_name(self) -> str:
+        return f"lead-{self.options.sentences}"
+
     def predict_by_rule(self, examples: Sequence[Example]) -> list[Prediction]:
         """Lead-k: the first ``sentences`` sentences of each document (spaCy sentencizer)."""
         k = self.options.sentences

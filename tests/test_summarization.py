@@ -267,3 +267,14 @@ def test_rouge_details_report_precision_and_recall():
         "precision": pytest.approx(np.mean([s.precision for s in best]), abs=1e-12),
         "recall": pytest.approx(np.mean([s.recall for s in best]), abs=1e-12),
     }
+
+
+def test_lead_k_is_reported_as_rule_based(tmp_path):
+    from nlpflow.api import run
+    from nlpflow.compare import leaderboard
+
+    [result] = run(["news-summarization-lead3"], REPO / "pipelines.yaml", tmp_path / "out", use_cache=False, interactive=False)
+    assert result.report["model"] is None and result.report["rule"] == "lead-3"
+    assert "- model: none (rule-based: lead-3)" in (result.directory / "report.md").read_text(encoding="utf-8")
+    [group] = leaderboard(tmp_path / "out")
+    assert [row["model"] for row in group["rows"]] == ["(rule-based: lead-3)"]
