@@ -310,3 +310,18 @@ def test_a_scale_such_as_minus_one_to_one_is_drawn_and_formatted():
     assert scale_range("-1..1") == (-1.0, 1.0) and scale_range("0-100") == (0.0, 100.0) and scale_range("0-1") == (0.0, 1.0)
     bar = interval_bar({"value": 0.0, "scale": "-1..1", "ci": {"low": -0.5, "high": 1.0}}, width=100)
     assert (bar["x"], bar["low"], bar["high"]) == (50.0, 25.0, 100.0)
+
+
+def test_report_files_get_the_umask_mode_like_predictions(tmp_path):
+    import os
+    import stat
+
+    from tests.conftest import REPO
+
+    previous = os.umask(0o027)
+    try:
+        [result] = run(["news-summarization-lead3"], REPO / "pipelines.yaml", tmp_path / "out", use_cache=False, interactive=False)
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in result.directory.iterdir() if not path.name.startswith(".")}
+    assert modes["report.json"] == modes["report.md"] == modes["predictions.jsonl"] == 0o640, modes
