@@ -64,7 +64,7 @@ def safe_run_directory(output_dir: Path, pipeline_name: str) -> Path:
     root = output_dir.resolve()
     target = (root / pipeline_name).resolve()
     if target.parent != root:
-        raise NlpflowError(f"pipeline name {pipeline_name!r} would write outside the output directory {root}")
+        raise OutputError(f"pipeline name {pipeline_name!r} would write outside the output directory {root}")
     return target
 
 
@@ -235,7 +235,7 @@ class Runner:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise NlpflowError(f"pipeline {self.pipeline.name!r}: cannot create the report folder {self.directory}: {error.strerror or error}") from None
+            raise OutputError(f"pipeline {self.pipeline.name!r}: cannot create the report folder {self.directory}: {error.strerror or error}") from None
 
         self.check_labels()
         stage, run_key = self._load_model() if config.model is not None else (None, None)

@@ -106,3 +106,9 @@ def test_keep_going_runs_the_others_then_fails_with_a_summary(config, tmp_path, 
     with pytest.raises(PipelinesFailed) as caught:
         nlpflow.run(["broken", "lead"], config, tmp_path / "out2", use_cache=False, interactive=False, keep_going=True)
     assert [r.report["pipeline"] for r in caught.value.results] == ["lead"] and caught.value.exit_code == 3
+
+
+def test_a_report_folder_that_cannot_be_created_is_an_output_error(config, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    assert main(["run", "-c", str(config), "-o", str(tmp_path / "a-file"), "--no-cache", "lead"]) == 7
+    assert "cannot create the report folder" in capsys.readouterr().err
