@@ -52,10 +52,15 @@ def _flag_overrides(chosen: Sequence[PipelineConfig], **settings) -> list[str]:
 
 
 def validate(config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), registry: Registry | None = None) -> list[ResolvedPipeline]:
-    """Load, schema-check and resolve pipelines without running them; raises ConfigError on the first problem."""
+    """Check pipelines without running a model: schema, names and options (ConfigError), the data file's first
+    records with the mapped fields (DataError), the model's config without its weights (ModelError), and that the
+    model's labels meet the data's (ConfigError). Raises on the first problem."""
     registry = registry or default_registry()
     pipelines = load_config(config)
-    return [resolve(p, registry) for p in (select(pipelines, names, Path(config)) if names else pipelines.values())]
+    resolved = [resolve(p, registry) for p in (select(pipelines, names, Path(config)) if names else pipelines.values())]
+    for pipeline in resolved:
+        Runner(pipeline, Path("reports")).preflight()
+    return resolved
 
 
 def run(

@@ -68,6 +68,10 @@ def safe_run_directory(output_dir: Path, pipeline_name: str) -> Path:
     return target
 
 
+#: records ``validate`` reads from each data file
+PREFLIGHT_RECORDS = 5
+
+
 class Runner:
     """Runs one resolved pipeline and writes its run folder."""
 
@@ -146,6 +150,33 @@ class Runner:
                 "different classes: %s",
                 self.pipeline.name, config.data_path, "; ".join(" vs ".join(map(repr, group)) for group in look_alikes[:20]),
             )
+
+    def preflight(self, records: int = PREFLIGHT_RECORDS) -> None:
+        """What ``validate`` checks without running the model: the data file opens with its reader and its first
+        ``records`` records have the mapped fields, the model's config resolves (no weights are read), and the
+        model's labels meet the data's."""
+        config = self.config
+        counts, self.counts = self.counts, Counts()
+        examples = self.examples()
+        try:
+            first = list(islice(examples, records))
+            if not first and self.counts.skipped:
+                skipped = self.counts.skipped[0]
+                raise DataError(f"the first {self.counts.read} records were all skipped; first: {skipped['reason']}",
+                                config.data_path, skipped["line"], self.pipeline.name)
+            if not first:
+                raise DataError("the data file has no records", config.data_path, None, self.pipeline.name)
+        finally:
+            examples.close()
+            self.counts = counts
+            if getattr(self, "_data_file", None) is not None:
+                self._data_file.close()
+        if config.model is not None and self.pipeline.backend is not None:
+            try:
+                self.pipeline.backend.checkpoint_config(config.model)
+            except ModelError as error:
+                raise ModelError(f"{config.location('model')}: pipeline {self.pipeline.name!r}: {error}") from None
+        self.check_labels()
 
     def check_labels(self) -> None:
         """Compare the labels the model can predict with the first chunk's reference labels, before the model loads
