@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("pipelines", nargs="*", metavar="PIPELINE")
     validate.add_argument("-c", "--config", type=Path, default=Path("pipelines.yaml"))
 
+    init = commands.add_parser("init", help="write a commented pipelines.yaml for a task and a data file (never overwrites)")
+    init.add_argument("task", metavar="TASK", help="task name (see `nlpflow tasks`)")
+    init.add_argument("data", type=Path, metavar="DATA_FILE", help="data file; its columns and labels pre-fill the pipeline")
+    init.add_argument("-o", "--output", type=Path, default=Path("pipelines.yaml"), help="file to write (default: pipelines.yaml)")
+    init.add_argument("--name", default=None, help="pipeline name (default: DATA-TASK)")
+    init.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="model (default: the embedded MiniLM, or a rule, where the task has one)")
+
     tasks = commands.add_parser("tasks", help="list tasks, metrics, preprocessors, readers and reporters, with their plugins")
     tasks.add_argument("--json", action="store_true")
     tasks.add_argument("--options", metavar="NAME", help="list the options of the task, metric, reader, preprocessor, reporter or backend NAME")
@@ -209,6 +216,14 @@ def _validate(args, registry) -> int:
     return 0
 
 
+def _init(args, registry) -> int:
+    from nlpflow.init import write_pipelines_file
+
+    written = write_pipelines_file(args.task, args.data, args.output, registry, args.name, args.model)
+    print(f"wrote {written}; check it, then run `nlpflow validate -c {written}`")
+    return 0
+
+
 def _tasks(args, registry) -> int:
     if args.options:
         return _options(args, registry)
@@ -324,7 +339,7 @@ def _leaderboard(args, registry) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "validate": _validate, "tasks": _tasks, "plugins": _plugins, "compare": _compare, "leaderboard": _leaderboard}
+COMMANDS = {"run": _run, "validate": _validate, "init": _init, "tasks": _tasks, "plugins": _plugins, "compare": _compare, "leaderboard": _leaderboard}
 
 if __name__ == "__main__":
     sys.exit(main())
