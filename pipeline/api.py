@@ -16,6 +16,7 @@ from nlpflow import run_folder
 from nlpflow.cache import PredictionCache, default_cache_dir
 from nlpflow.config import DEFAULT_CONFIG, PipelineConfig, ResolvedPipeline, load_config, resolve
 from nlpflow.errors import ConfigError, Location, NlpflowError, PipelinesFailed, did_you_mean
+from nlpflow.progress import quiet_libraries
 from nlpflow.registry import Registry, default_registry
 from nlpflow.runner import Runner
 from nlpflow.types import RunResult
@@ -58,8 +59,9 @@ def validate(config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), reg
     registry = registry or default_registry()
     pipelines = load_config(config)
     resolved = [resolve(p, registry) for p in (select(pipelines, names, Path(config)) if names else pipelines.values())]
-    for pipeline in resolved:
-        Runner(pipeline, Path("reports")).preflight()
+    with quiet_libraries():
+        for pipeline in resolved:
+            Runner(pipeline, Path("reports")).preflight()
     return resolved
 
 
@@ -80,13 +82,15 @@ def run(
     model: str | None = None,
     set: Sequence[str] = (),
     keep_going: bool = False,
+    library_logs: bool = False,
 ) -> list[RunResult]:
     """Run pipelines from a pipelines file; every pipeline is resolved before the first one runs.
 
     ``limit``, ``device``, ``batch_size`` and ``model`` (name or path) override those settings in every chosen
     pipeline (the model ones in each pipeline that has a model); ``set`` takes ``PIPELINE.KEY.PATH=VALUE`` overrides,
     VALUE read as YAML. With ``keep_going``, a failing pipeline does not stop the others; :class:`PipelinesFailed`
-    is raised at the end, holding the results and the failures.
+    is raised at the end, holding the results and the failures. transformers' own progress bars and notices are
+    off during the run unless ``library_logs``.
     """
     registry = registry or default_registry(disabled_plugins)
     pipelines = load_config(config)
@@ -98,21 +102,26 @@ def run(
     resolved = [resolve(p, registry) for p in chosen]
     cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir(), optional=cache_optional) if use_cache else None
     try:
-        results = []
-        failures: list[tuple[str, NlpflowError]] = []
-        for pipeline in resolved:
-            runner = Runner(pipeline, Path(output), cache, interactive)
-            try:
-                with run_folder.exclusive(runner.directory, pipeline.name):
-                    results.append(runner.run())
-            except NlpflowError as error:
-                if not keep_going:
-                    raise
-                log.error("error: %s", error)
-                failures.append((pipeline.name, error))
-        if failures:
-            raise PipelinesFailed(results, failures)
-        return results
+        with quiet_libraries(not library_logs):
+            return _run_each(resolved, Path(output), cache, interactive, keep_going)
     finally:
         if cache is not None:
             cache.close()
+
+
+def _run_each(resolved: list[ResolvedPipeline], output: Path, cache: PredictionCache | None, interactive: bool | None, keep_going: bool) -> list[RunResult]:
+    results = []
+    failures: list[tuple[str, NlpflowError]] = []
+    for pipeline in resolved:
+        runner = Runner(pipeline, output, cache, interactive)
+        try:
+            with run_folder.exclusive(runner.directory, pipeline.name):
+                results.append(runner.run())
+        except NlpflowError as error:
+            if not keep_going:
+                raise
+            log.error("error: %s", error)
+            failures.append((pipeline.name, error))
+    if failures:
+        raise PipelinesFailed(results, failures)
+    return results

@@ -149,18 +149,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous_sigterm)
 
 
-def _quiet_transformers() -> None:
-    """Our own progress bars and messages replace transformers' per-load bars and notices."""
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-
-
 def _run(args, registry) -> int:
     from nlpflow.api import run
 
-    _quiet_transformers()
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {args.limit}")
     batch_size = args.batch_size

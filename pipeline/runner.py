@@ -361,6 +361,8 @@ class Runner:
         config = self.config
         timer = time.perf_counter()
         where = f"{config.location('model')}: pipeline {self.pipeline.name!r}"
+        # a model can take minutes to load; say which one before the wait
+        log.info("%s: loading model %s", self.pipeline.name, config.model.name_or_path)
         try:
             task_model = self.task.load(config.model, self.pipeline.backend)
         except ModelError as error:
