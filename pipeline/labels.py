@@ -31,6 +31,8 @@ class LabelCheck:
         #: reference label the model cannot predict -> number of examples that have it
         self.unpredictable: Counter[str] = Counter()
         self._first_line: dict[str, int] = {}
+        #: after the first chunk, each new unpredictable label is warned about as it appears
+        self._checked = False
 
     @classmethod
     def for_pipeline(cls, pipeline: ResolvedPipeline) -> LabelCheck | None:
@@ -59,8 +61,6 @@ class LabelCheck:
                 self._first_line[label] = example.line
                 if self._checked:
                     self._warn([label])
-
-    _checked = False
 
     def check_first_chunk(self, examples: list[Example]) -> None:
         """Fail when none of the first chunk's reference labels can be predicted; warn when some cannot."""
