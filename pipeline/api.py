@@ -52,12 +52,12 @@ def _flag_overrides(chosen: Sequence[PipelineConfig], **settings) -> list[str]:
     return overrides
 
 
-def validate(config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), registry: Registry | None = None) -> list[ResolvedPipeline]:
+def validate(config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), registry: Registry | None = None, *, set: Sequence[str] = ()) -> list[ResolvedPipeline]:
     """Check pipelines without running a model: schema, names and options (ConfigError), the data file's first
     records with the mapped fields (DataError), the model's config without its weights (ModelError), and that the
     model's labels meet the data's (ConfigError). Raises on the first problem."""
     registry = registry or default_registry()
-    pipelines = load_config(config)
+    pipelines = load_config(config, set)
     resolved = [resolve(p, registry) for p in (select(pipelines, names, Path(config)) if names else pipelines.values())]
     with quiet_libraries():
         for pipeline in resolved:

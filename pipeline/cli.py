@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check a pipelines file without running it")
     validate.add_argument("pipelines", nargs="*", metavar="PIPELINE")
     validate.add_argument("-c", "--config", type=Path, default=Path("pipelines.yaml"))
+    validate.add_argument("--set", action="append", default=[], metavar="PIPELINE.KEY=VALUE", help="check with this override, as run --set")
 
     init = commands.add_parser("init", help="write a commented pipelines.yaml for a task and a data file (never overwrites)")
     init.add_argument("task", metavar="TASK", help="task name (see `nlpflow tasks`)")
@@ -201,7 +202,7 @@ def _print_results(results) -> None:
 def _validate(args, registry) -> int:
     from nlpflow.api import validate
 
-    resolved = validate(args.config, args.pipelines, registry)
+    resolved = validate(args.config, args.pipelines, registry, set=args.set)
     for pipeline in resolved:
         print(f"{args.config}: pipeline {pipeline.name!r} ok (task {pipeline.task.name}, {len(pipeline.metrics)} metrics)")
     return 0

@@ -94,3 +94,10 @@ def test_an_unreachable_hub_fails_within_seconds(write_pipelines, tmp_path, caps
     assert code == 4 and time.monotonic() - started < 10
     assert "is not in the Hugging Face cache" in err and "the hub at https://hub.nlpflow-test.invalid cannot be reached" in err
     assert "HF_HUB_OFFLINE=1" in err
+
+
+def test_validate_takes_the_run_overrides(write_pipelines, tmp_path, capsys, no_model_loads):
+    config = _sentiment(write_pipelines, tmp_path, "text,label\ngood,pos\nbad,neg\n")
+    assert main(["validate", "-c", str(config), "--set", "s.options.label_map={pos: positive, neg: negative}"]) == 0
+    assert main(["validate", "-c", str(config), "--set", "s.options.label_map=[pos]"]) == 2
+    assert "error: --set s.options.label_map=[pos]: pipeline 's': " in capsys.readouterr().err
