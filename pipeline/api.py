@@ -7,16 +7,21 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from nlpflow import run_folder
 from nlpflow.cache import PredictionCache, default_cache_dir
 from nlpflow.config import DEFAULT_CONFIG, PipelineConfig, ResolvedPipeline, load_config, resolve
-from nlpflow.errors import ConfigError, Location, did_you_mean
+from nlpflow.errors import ConfigError, Location, NlpflowError, PipelinesFailed, did_you_mean
+from nlpflow.progress import quiet_libraries
 from nlpflow.registry import Registry, default_registry
 from nlpflow.runner import Runner
 from nlpflow.types import RunResult
+
+log = logging.getLogger("nlpflow")
 
 
 def select(pipelines: dict[str, PipelineConfig], names: Sequence[str], source: Path) -> list[PipelineConfig]:
@@ -32,11 +37,32 @@ def select(pipelines: dict[str, PipelineConfig], names: Sequence[str], source: P
     return [pipelines[name] for name in names]
 
 
-def validate(config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), registry: Registry | None = None) -> list[ResolvedPipeline]:
-    """Load, schema-check and resolve pipelines without running them; raises ConfigError on the first problem."""
+def _flag_overrides(chosen: Sequence[PipelineConfig], **settings) -> list[str]:
+    """``--limit``/``--device``/``--batch-size``/``--model`` as ``--set`` overrides of the chosen pipelines."""
+    keys = {"limit": "data.limit", "device": "model.device", "batch_size": "model.batch_size", "model": "model.name_or_path"}
+    overrides = []
+    for setting, value in settings.items():
+        if value is None:
+            continue
+        targets = [p for p in chosen if setting == "limit" or p.model is not None]
+        if not targets:
+            flag = "--" + setting.replace("_", "-")
+            raise ConfigError(f"{flag}: none of the chosen pipelines ({', '.join(p.name for p in chosen)}) has a model: block")
+        overrides += [f"{p.name}.{keys[setting]}={json.dumps(value)}" for p in targets]
+    return overrides
+
+
+def validate(config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), registry: Registry | None = None, *, set: Sequence[str] = ()) -> list[ResolvedPipeline]:
+    """Check pipelines without running a model: schema, names and options (ConfigError), the data file's first
+    records with the mapped fields (DataError), the model's config without its weights (ModelError), and that the
+    model's labels meet the data's (ConfigError). Raises on the first problem."""
     registry = registry or default_registry()
-    pipelines = load_config(config)
-    return [resolve(p, registry) for p in (select(pipelines, names, Path(config)) if names else pipelines.values())]
+    pipelines = load_config(config, set)
+    resolved = [resolve(p, registry) for p in (select(pipelines, names, Path(config)) if names else pipelines.values())]
+    with quiet_libraries():
+        for pipeline in resolved:
+            Runner(pipeline, Path("reports")).preflight()
+    return resolved
 
 
 def run(
@@ -49,19 +75,53 @@ def run(
     disabled_plugins: Iterable[str] = (),
     interactive: bool | None = None,
     cache_optional: bool = False,
+    *,
+    limit: int | None = None,
+    device: str | None = None,
+    batch_size: int | str | None = None,
+    model: str | None = None,
+    set: Sequence[str] = (),
+    keep_going: bool = False,
+    library_logs: bool = False,
 ) -> list[RunResult]:
-    """Run pipelines from a pipelines file; every pipeline is resolved before the first one runs."""
+    """Run pipelines from a pipelines file; every pipeline is resolved before the first one runs.
+
+    ``limit``, ``device``, ``batch_size`` and ``model`` (name or path) override those settings in every chosen
+    pipeline (the model ones in each pipeline that has a model); ``set`` takes ``PIPELINE.KEY.PATH=VALUE`` overrides,
+    VALUE read as YAML. With ``keep_going``, a failing pipeline does not stop the others; :class:`PipelinesFailed`
+    is raised at the end, holding the results and the failures. transformers' own progress bars and notices are
+    off during the run unless ``library_logs``.
+    """
     registry = registry or default_registry(disabled_plugins)
     pipelines = load_config(config)
-    resolved = [resolve(p, registry) for p in select(pipelines, names, Path(config))]
+    chosen = select(pipelines, names, Path(config))
+    overrides = _flag_overrides(chosen, limit=limit, device=device, batch_size=batch_size, model=model) + list(set)
+    if overrides:
+        pipelines = load_config(config, overrides)
+        chosen = select(pipelines, [p.name for p in chosen], Path(config))
+    resolved = [resolve(p, registry) for p in chosen]
     cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir(), optional=cache_optional) if use_cache else None
     try:
-        results = []
-        for pipeline in resolved:
-            runner = Runner(pipeline, Path(output), cache, interactive)
-            with run_folder.exclusive(runner.directory, pipeline.name):
-                results.append(runner.run())
-        return results
+        with quiet_libraries(not library_logs):
+            return _run_each(resolved, Path(output), cache, interactive, keep_going)
     finally:
         if cache is not None:
             cache.close()
+
+
+def _run_each(resolved: list[ResolvedPipeline], output: Path, cache: PredictionCache | None, interactive: bool | None, keep_going: bool) -> list[RunResult]:
+    results = []
+    failures: list[tuple[str, NlpflowError]] = []
+    for pipeline in resolved:
+        runner = Runner(pipeline, output, cache, interactive)
+        try:
+            with run_folder.exclusive(runner.directory, pipeline.name):
+                results.append(runner.run())
+        except NlpflowError as error:
+            if not keep_going:
+                raise
+            log.error("error: %s", error)
+            failures.append((pipeline.name, error))
+    if failures:
+        raise PipelinesFailed(results, failures)
+    return results

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from nlpflow import __version__
-from nlpflow.errors import ConfigError, NlpflowError, RunInterrupted, did_you_mean
+from nlpflow.errors import ConfigError, NlpflowError, PipelinesFailed, RunInterrupted, did_you_mean
 from nlpflow.registry import DISABLE_ENV, KINDS, load_registry
 
 
@@ -39,10 +39,28 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-optional", action="store_true",
         help="if the prediction cache cannot be opened, read or written (read-only folder, damaged file), warn once and run without it",
     )
+    run.add_argument("--limit", type=int, default=None, metavar="N", help="read only the first N records of each pipeline's data")
+    run.add_argument("--device", default=None, help="model device for every pipeline with a model (cpu, cuda, cuda:1, mps, auto)")
+    run.add_argument("--batch-size", default=None, metavar="N", help="model batch size (a number, or auto)")
+    run.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="run every pipeline with a model on this model instead")
+    run.add_argument(
+        "--set", action="append", default=[], metavar="PIPELINE.KEY=VALUE",
+        help="override a setting without editing the YAML (VALUE is YAML: --set reviews-sentiment.options.mode=zero-shot); repeatable",
+    )
+    run.add_argument("--json", action="store_true", help="print every pipeline's metrics to stdout as JSON")
+    run.add_argument("--keep-going", action="store_true", help="run the other pipelines after one fails; print a summary and exit non-zero")
 
     validate = commands.add_parser("validate", help="check a pipelines file without running it")
     validate.add_argument("pipelines", nargs="*", metavar="PIPELINE")
     validate.add_argument("-c", "--config", type=Path, default=Path("pipelines.yaml"))
+    validate.add_argument("--set", action="append", default=[], metavar="PIPELINE.KEY=VALUE", help="check with this override, as run --set")
+
+    init = commands.add_parser("init", help="write a commented pipelines.yaml for a task and a data file (never overwrites)")
+    init.add_argument("task", metavar="TASK", help="task name (see `nlpflow tasks`)")
+    init.add_argument("data", type=Path, metavar="DATA_FILE", help="data file; its columns and labels pre-fill the pipeline")
+    init.add_argument("-o", "--output", type=Path, default=Path("pipelines.yaml"), help="file to write (default: pipelines.yaml)")
+    init.add_argument("--name", default=None, help="pipeline name (default: DATA-TASK)")
+    init.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="model (default: the embedded MiniLM, or a rule, where the task has one)")
 
     tasks = commands.add_parser("tasks", help="list tasks, metrics, preprocessors, readers and reporters, with their plugins")
     tasks.add_argument("--json", action="store_true")
@@ -132,19 +150,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, previous_sigterm)
 
 
-def _quiet_transformers() -> None:
-    """Our own progress bars and messages replace transformers' per-load bars and notices."""
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    transformers_logging.set_verbosity_error()
-
-
 def _run(args, registry) -> int:
     from nlpflow.api import run
 
-    _quiet_transformers()
-    results = run(args.pipelines, args.config, args.output, args.cache_dir, not args.no_cache, registry, cache_optional=args.cache_optional)
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, got {args.limit}")
+    batch_size = args.batch_size
+    if batch_size is not None and batch_size != "auto":
+        try:
+            batch_size = int(batch_size)
+        except ValueError:
+            raise ConfigError(f"--batch-size must be a number or auto, got {batch_size!r}") from None
+    failures = []
+    try:
+        results = run(
+            args.pipelines, args.config, args.output, args.cache_dir, not args.no_cache, registry, cache_optional=args.cache_optional,
+            limit=args.limit, device=args.device, batch_size=batch_size, model=args.model, set=args.set, keep_going=args.keep_going,
+        )
+    except PipelinesFailed as failed:
+        results, failures = failed.results, failed.failures
+    if args.json:
+        print(json.dumps({
+            "pipelines": [{"pipeline": r.report["pipeline"], "metrics": r.report["metrics"], "counts": r.report["counts"],
+                           "directory": str(r.directory)} for r in results],
+            "failed": [{"pipeline": name, "error": str(error), "exit_code": error.exit_code} for name, error in failures],
+        }, indent=2))
+    else:
+        _print_results(results)
+    if failures:
+        width = max(len(name) for name in [*(r.report["pipeline"] for r in results), *(n for n, _ in failures)])
+        print("\nsummary:", file=sys.stderr)
+        for result in results:
+            print(f"  {result.report['pipeline']:<{width}}  ok", file=sys.stderr)
+        for name, error in failures:
+            print(f"  {name:<{width}}  FAILED (exit {error.exit_code}): {str(error).splitlines()[0]}", file=sys.stderr)
+        return failures[0][1].exit_code
+    return 0
+
+
+def _print_results(results) -> None:
     for result in results:
         report = result.report
         values = ", ".join(
@@ -153,15 +197,22 @@ def _run(args, registry) -> int:
         counts = report["counts"]
         extra = f", {counts['skipped']} skipped" if counts["skipped"] else ""
         print(f"{report['pipeline']}: {values} ({counts['scored']} scored{extra}) -> {result.directory}")
-    return 0
 
 
 def _validate(args, registry) -> int:
     from nlpflow.api import validate
 
-    resolved = validate(args.config, args.pipelines, registry)
+    resolved = validate(args.config, args.pipelines, registry, set=args.set)
     for pipeline in resolved:
         print(f"{args.config}: pipeline {pipeline.name!r} ok (task {pipeline.task.name}, {len(pipeline.metrics)} metrics)")
+    return 0
+
+
+def _init(args, registry) -> int:
+    from nlpflow.init import write_pipelines_file
+
+    written = write_pipelines_file(args.task, args.data, args.output, registry, args.name, args.model)
+    print(f"wrote {written}; check it, then run `nlpflow validate -c {written}`")
     return 0
 
 
@@ -280,7 +331,7 @@ def _leaderboard(args, registry) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "validate": _validate, "tasks": _tasks, "plugins": _plugins, "compare": _compare, "leaderboard": _leaderboard}
+COMMANDS = {"run": _run, "validate": _validate, "init": _init, "tasks": _tasks, "plugins": _plugins, "compare": _compare, "leaderboard": _leaderboard}
 
 if __name__ == "__main__":
     sys.exit(main())

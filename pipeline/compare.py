@@ -536,7 +536,7 @@ def leaderboard(root: Path | str) -> list[dict[str, Any]]:
             model = run.report.get("model")
             rows.append({
                 "system": run.report["pipeline"],
-                "model": model.get("name_or_path") if model else "(predictions given)",
+                "model": model.get("name_or_path") if model else rule_or_given(run.report),
                 "run": str(run.directory.relative_to(root)) if run.directory != root else ".",
                 "n": run.report.get("counts", {}).get("scored"),
                 "finished": run.report.get("timing", {}).get("finished", ""),
@@ -610,3 +610,8 @@ def leaderboard_html(groups: list[dict[str, Any]]) -> str:
 
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     return environment.from_string(LEADERBOARD_TEMPLATE).render(groups=groups)
+
+
+def rule_or_given(report: dict) -> str:
+    """What made a model-less run's predictions: its rule (``rule-based: lead-3``), or the data's own."""
+    return f"(rule-based: {report['rule']})" if report.get("rule") else "(predictions given)"

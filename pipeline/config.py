@@ -11,7 +11,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, field_validator, model_validator
@@ -108,6 +108,8 @@ class PipelineConfig(_Strict):
     _name: str = PrivateAttr("")
     _source: Path = PrivateAttr(DEFAULT_CONFIG)
     _locations: dict[tuple, tuple[int, int]] = PrivateAttr(default_factory=dict)
+    #: YAML path -> the ``--set`` override that gave it its value, which is where its errors point
+    _overrides: dict[tuple, str] = PrivateAttr(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -121,6 +123,8 @@ class PipelineConfig(_Strict):
         """The YAML position of ``pipelines.<name>.<path...>``, or the nearest enclosing key."""
         full = ("pipelines", self._name, *path)
         while full:
+            if full in self._overrides:
+                return Location(f"--set {self._overrides[full]}")
             if full in self._locations:
                 line, column = self._locations[full]
                 return Location(self._source, line, column)
@@ -140,8 +144,9 @@ class PipelinesFile(_Strict):
 # --- loading -----------------------------------------------------------------
 
 
-def load_config(path: Path | str = DEFAULT_CONFIG) -> dict[str, PipelineConfig]:
-    """Parse and schema-check a pipelines file; names are resolved later against the registry."""
+def load_config(path: Path | str = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> dict[str, PipelineConfig]:
+    """Parse and schema-check a pipelines file, with ``PIPELINE.KEY.PATH=VALUE`` overrides (``--set``) applied;
+    names are resolved later against the registry."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -149,7 +154,7 @@ def load_config(path: Path | str = DEFAULT_CONFIG) -> dict[str, PipelineConfig]:
         raise ConfigError(f"pipelines file not found (looked in {path.resolve().parent})", Location(path)) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read pipelines file: {error}", Location(path)) from None
-    return parse_config(text, path)
+    return parse_config(text, path, overrides)
 
 
 #: most YAML nodes a pipelines file may expand to (aliases count each time they are used):
@@ -162,7 +167,7 @@ MAX_NODES = 100_000
 MAX_DEPTH = 100
 
 
-def parse_config(text: str, source: Path | str = DEFAULT_CONFIG) -> dict[str, PipelineConfig]:
+def parse_config(text: str, source: Path | str = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> dict[str, PipelineConfig]:
     """Parse pipelines-file text with a safe YAML loader and check it against the schema.
 
     Raises only :class:`ConfigError`, with the file, line and column of the problem.
@@ -219,6 +224,15 @@ def parse_config(text: str, source: Path | str = DEFAULT_CONFIG) -> dict[str, Pi
         raise _config_error(error, source, locations, data) from None
     except RecursionError:
         raise ConfigError("the file is nested too deeply to be a pipelines file", Location(source)) from None
+    # the file is checked alone first, so its own mistakes point at its lines and each override's at its flag
+    overridden: dict[tuple, str] = {}
+    for override in overrides:
+        overridden[_apply_override(data, override)] = override
+        try:
+            parsed = PipelinesFile.model_validate(data)
+        except ValidationError as error:
+            located = _config_error(error, source, locations, data)
+            raise ConfigError(located.message, Location(f"--set {override}"), located.pipeline) from None
 
     for name, pipeline in parsed.pipelines.items():
         where = Location(source, *locations.get(("pipelines", name), (None, None)))
@@ -231,7 +245,42 @@ def parse_config(text: str, source: Path | str = DEFAULT_CONFIG) -> dict[str, Pi
         pipeline._name = name
         pipeline._source = source
         pipeline._locations = locations
+        pipeline._overrides = overridden
     return parsed.pipelines
+
+
+def _apply_override(data: dict, override: str) -> tuple:
+    """Set ``PIPELINE.KEY.PATH=VALUE`` (VALUE read as YAML) in the parsed file's data; returns the YAML path set."""
+    where = Location(f"--set {override}")
+    key, equals, text = override.partition("=")
+    if not equals or not key:
+        raise ConfigError("expected PIPELINE.KEY=VALUE, for instance reviews-sentiment.model.batch_size=16", where)
+    pipelines = data.get("pipelines")
+    names = [name for name in (pipelines if isinstance(pipelines, dict) else {}) if isinstance(name, str)]
+    # pipeline names may contain dots: the longest name that prefixes the key wins
+    matching = [name for name in names if key.startswith(name + ".")]
+    if not matching:
+        raise ConfigError(f"no pipeline named {key.split('.')[0]!r}. {did_you_mean(key.split('.')[0], names)}", where)
+    name = max(matching, key=len)
+    parts = key[len(name) + 1:].split(".")
+    if not all(parts):
+        raise ConfigError(f"empty key in {key!r}; expected PIPELINE.KEY.PATH=VALUE", where, name)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"the value {text!r} is not valid YAML: {_one_line(str(error))}", where, name) from None
+    node = pipelines[name]
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part) if isinstance(node, dict) else None
+        if child is None and isinstance(node, dict):
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[:depth + 1])} is not a mapping, so {'.'.join(parts)} cannot be set in it", where, name)
+        node = child
+    if not isinstance(node, dict):
+        raise ConfigError(f"pipeline {name!r} is not a mapping", where, name)
+    node[parts[-1]] = value
+    return ("pipelines", name, *parts)
 
 
 def _check_depth(text: str, source: Path) -> None:

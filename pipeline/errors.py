@@ -93,6 +93,17 @@ class PluginError(NlpflowError):
         super().__init__(f"plugin {plugin!r}: {message}" if plugin else message)
 
 
+class PipelinesFailed(NlpflowError):
+    """``keep_going``: some pipelines failed after every pipeline was tried; the exit code is the first failure's."""
+
+    def __init__(self, results: list, failures: list[tuple[str, NlpflowError]]):
+        self.results = results
+        self.failures = failures
+        self.exit_code = failures[0][1].exit_code
+        names = ", ".join(repr(name) for name, _ in failures)
+        super().__init__(f"{len(failures)} of {len(results) + len(failures)} pipelines failed: {names}")
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """A sentence listing what is available and the closest match, for unknown-name errors."""
     choices = sorted(set(choices))

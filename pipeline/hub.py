@@ -51,6 +51,7 @@ def checkpoint_config(config: ModelConfig) -> Any:
     from transformers import AutoConfig
 
     path = resolve_model_path(config.name_or_path)
+    _fail_fast_when_the_hub_is_unreachable(config, path)
     try:
         return AutoConfig.from_pretrained(path, **hub_arguments(config))
     except (OSError, ValueError) as error:
@@ -60,6 +61,38 @@ def checkpoint_config(config: ModelConfig) -> Any:
                 "by default. Set model.trust_remote_code: true only if you have read and trust that code."
             ) from None
         raise ModelError(not_found_message(config.name_or_path, path, hub_offline(), error)) from None
+
+
+#: seconds the hub gets to accept a connection before a model missing from the cache is reported as unavailable
+HUB_PROBE_TIMEOUT = 3.0
+
+
+def _fail_fast_when_the_hub_is_unreachable(config: ModelConfig, path: str) -> None:
+    """A hub name missing from the cache, with the hub unreachable, is a ModelError within seconds: huggingface_hub
+    would otherwise spend its etag timeout on each of several retries (about 20 s) before saying so."""
+    if hub_offline() or Path(path).is_dir() or any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return  # through a proxy, only huggingface_hub knows how to reach the hub
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        if isinstance(try_to_load_from_cache(path, "config.json", revision=config.revision), str):
+            return
+    except ValueError:  # not a repository id: from_pretrained says why
+        return
+    import socket
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(constants.ENDPOINT)
+    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT).close()
+    except OSError as error:
+        raise ModelError(
+            f"model {config.name_or_path!r} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and the hub at "
+            f"{constants.ENDPOINT} cannot be reached ({error.strerror or error or type(error).__name__}). Set "
+            "HF_HUB_OFFLINE=1 to use only local and cached models, fetch it where there is network "
+            f"(`hf download {config.name_or_path}`), or set model.name_or_path to a local directory."
+        ) from None
 
 
 def has_head(checkpoint: Any, head: str) -> bool:

@@ -28,6 +28,13 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(stage_file(path, text), path)
 
 
+def _current_umask() -> int:
+    """The process umask; reading it means setting it, so it is set straight back."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def stage_file(path: Path, text: str) -> Path:
     """Write ``text`` to a synced temporary file next to ``path`` and return it, for the caller to rename into place.
 
@@ -40,6 +47,8 @@ def stage_file(path: Path, text: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
             temporary = Path(handle.name)
+            # tempfile creates files 0600; a report gets the mode any new file gets under the umask, as predictions.jsonl
+            os.fchmod(handle.fileno(), 0o666 & ~_current_umask())
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

@@ -32,6 +32,7 @@ from nlpflow.analysis import ErrorAnalysis
 from nlpflow.cache import PredictionCache, example_key
 from nlpflow.config import ResolvedPipeline
 from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, PluginError, RunInterrupted
+from nlpflow.labels import LabelCheck
 from nlpflow.model import DecodeError, ModelStage, cache_key_parameters
 from nlpflow.progress import Progress
 from nlpflow.report import metric_entry, package_versions, stage_file
@@ -66,8 +67,12 @@ def safe_run_directory(output_dir: Path, pipeline_name: str) -> Path:
     root = output_dir.resolve()
     target = (root / pipeline_name).resolve()
     if target.parent != root:
-        raise NlpflowError(f"pipeline name {pipeline_name!r} would write outside the output directory {root}")
+        raise OutputError(f"pipeline name {pipeline_name!r} would write outside the output directory {root}")
     return target
+
+
+#: records ``validate`` reads from each data file
+PREFLIGHT_RECORDS = 5
 
 
 class Runner:
@@ -90,6 +95,8 @@ class Runner:
             self.config.report.slice_by,
             self.config.report.rank_by,
         )
+        #: set by :meth:`check_labels` before the model loads; None for open-ended tasks
+        self.label_check: LabelCheck | None = None
 
     # -- reading ----------------------------------------------------------
 
@@ -146,6 +153,8 @@ class Runner:
             except ExampleError as error:
                 self._fail_or_skip(str(error), record.line, index, record.source)
                 continue
+            if self.label_check is not None:
+                self.label_check.see(example)
             yield example
         look_alikes = sorted(sorted(group) for group in spellings.values() if len(group) > 1)
         if look_alikes:
@@ -154,6 +163,50 @@ class Runner:
                 "different classes: %s",
                 self.pipeline.name, config.data_path, "; ".join(" vs ".join(map(repr, group)) for group in look_alikes[:20]),
             )
+
+    def preflight(self, records: int = PREFLIGHT_RECORDS) -> None:
+        """What ``validate`` checks without running the model: the data file opens with its reader and its first
+        ``records`` records have the mapped fields, the model's config resolves (no weights are read), and the
+        model's labels meet the data's."""
+        config = self.config
+        counts, self.counts = self.counts, Counts()
+        examples = self.examples()
+        try:
+            first = list(islice(examples, records))
+            if not first and self.counts.skipped:
+                skipped = self.counts.skipped[0]
+                raise DataError(f"the first {self.counts.read} records were all skipped; first: {skipped['reason']}",
+                                config.data_path, skipped["line"], self.pipeline.name)
+            if not first:
+                raise DataError("the data file has no records", config.data_path, None, self.pipeline.name)
+        finally:
+            examples.close()
+            self.counts = counts
+            if getattr(self, "_data_file", None) is not None:
+                self._data_file.close()
+        if config.model is not None and self.pipeline.backend is not None:
+            try:
+                self.pipeline.backend.checkpoint_config(config.model)
+            except ModelError as error:
+                raise ModelError(f"{config.location('model')}: pipeline {self.pipeline.name!r}: {error}") from None
+        self.check_labels()
+
+    def check_labels(self) -> None:
+        """Compare the labels the model can predict with the first chunk's reference labels, before the model loads
+        (so a mismatch costs no model load and no forward pass); a ConfigError when no reference label is predictable."""
+        check = LabelCheck.for_pipeline(self.pipeline)
+        if check is None:
+            return
+        counts, self.counts = self.counts, Counts()  # the first chunk is read again by the run itself
+        examples = self.examples()
+        try:
+            check.check_first_chunk(list(islice(examples, self.config.chunk_size)))
+        finally:
+            examples.close()
+            self.counts = counts
+            if getattr(self, "_data_file", None) is not None:
+                self._data_file.close()  # the run holds the file again as it reads it
+        self.label_check = check
 
     def _read_records(self) -> Iterator[RawRecord]:
         """The reader's records; a reader that raises (they must not) is reported as its plugin's bug."""
@@ -264,8 +317,9 @@ class Runner:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise NlpflowError(f"pipeline {self.pipeline.name!r}: cannot create the report folder {self.directory}: {error.strerror or error}") from None
+            raise OutputError(f"pipeline {self.pipeline.name!r}: cannot create the report folder {self.directory}: {error.strerror or error}") from None
 
+        self.check_labels()
         stage, run_key = self._load_model() if config.model is not None else (None, None)
 
         interactive = sys.stderr.isatty() if self.interactive is None else self.interactive
@@ -358,6 +412,8 @@ class Runner:
         config = self.config
         timer = time.perf_counter()
         where = f"{config.location('model')}: pipeline {self.pipeline.name!r}"
+        # a model can take minutes to load; say which one before the wait
+        log.info("%s: loading model %s", self.pipeline.name, config.model.name_or_path)
         try:
             task_model = self.task.load(config.model, self.pipeline.backend)
         except ModelError as error:
@@ -633,6 +689,9 @@ class Runner:
             "skipped_file": SKIPPED_FILE if counts.skipped else None,
             "preprocess": [step.name for step in self.pipeline.preprocessors],
             "model": stage.describe() if stage else None,
+            # a rule-based run has no model either; this tells it apart from scoring the records' own predictions
+            "rule": self.task.rule_name if stage is None and self.task.rule_based else None,
+            "label_warnings": self.label_check.report() if self.label_check else None,
             "timing": {
                 "started": started_at.isoformat(timespec="seconds"),
                 "finished": finished_at.isoformat(timespec="seconds"),

@@ -394,9 +394,20 @@ class Task(ABC):
         """Predictions for a chunk, made without a model; only called when :attr:`rule_based` is true."""
         raise NotImplementedError(f"task {self.name!r} has no rule-based method")
 
+    @property
+    def rule_name(self) -> str:
+        """What the rule-based method is, for reports and the leaderboard (``lead-3``); read when :attr:`rule_based`."""
+        return "rule"
+
     @abstractmethod
     def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         """Load the model named in the pipeline with ``backend.load(model, HEAD)`` and return it ready to run."""
+
+    def output_labels(self, model: ModelConfig, backend: Backend) -> list[str] | None:
+        """The labels this task's predictions can take with ``model``, in the data's spelling (after any label
+        mapping), found without loading weights (``backend.checkpoint_config``); ``None`` when predictions are
+        open-ended text. The runner and ``validate`` compare them with the references' labels before predicting."""
+        return None
 
 
 # --- metrics -----------------------------------------------------------------

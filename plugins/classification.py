@@ -88,19 +88,60 @@ class TextClassification(Task):
             raise ExampleError(f"field {field!r} is empty")
         return value
 
+    def _mode(self, model: ModelConfig, backend: Backend) -> str:
+        if self.options.mode != "auto":
+            return self.options.mode
+        return "sequence-classification" if has_head(backend.checkpoint_config(model), "ForSequenceClassification") else "zero-shot"
+
     def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         options = self.options
-        mode = options.mode
-        if mode == "auto":
-            mode = "sequence-classification" if has_head(backend.checkpoint_config(model), "ForSequenceClassification") else "zero-shot"
-        if mode == "zero-shot":
-            if not options.labels:
-                raise ModelError(
-                    f"task {self.name!r}: zero-shot classification with {model.name_or_path!r} needs options.labels "
-                    "(a list of labels, or a mapping from label to a description)"
-                )
+        if self._mode(model, backend) == "zero-shot":
+            _check_zero_shot_labels(options, model.name_or_path)
             return ZeroShotClassifier(backend.load(model, "embedding"), options)
         return SequenceClassifier(backend.load(model, "sequence-classification"), options)
+
+    def output_labels(self, model: ModelConfig, backend: Backend) -> list[str]:
+        options = self.options
+        if self._mode(model, backend) == "zero-shot":
+            _check_zero_shot_labels(options, model.name_or_path)
+            return dataset_labels(list(options.labels), options, model.name_or_path, zero_shot=True)
+        id2label = {int(k): str(v) for k, v in backend.checkpoint_config(model).id2label.items()}
+        return dataset_labels([id2label[i] for i in sorted(id2label)], options, model.name_or_path, zero_shot=False)
+
+
+def _check_zero_shot_labels(options: ClassificationOptions, model_name: str) -> None:
+    if not options.labels:
+        raise ModelError(
+            f"zero-shot classification with {model_name!r} needs options.labels "
+            "(a list of labels, or a mapping from label to a description)"
+        )
+
+
+def dataset_labels(model_labels: list[str], options: ClassificationOptions, model_name: str, zero_shot: bool) -> list[str]:
+    """The dataset label for each model label, through ``options.label_map`` (dataset label -> model label), the
+    same in both modes. A fine-tuned head's labels also match ``options.labels`` case-insensitively; in zero-shot
+    mode ``options.labels`` are the model's labels themselves."""
+    to_dataset = {model_label: dataset_label for dataset_label, model_label in options.label_map.items()}
+    unknown = [m for m in to_dataset if m not in model_labels]
+    if unknown:
+        source = "options.labels" if zero_shot else "id2label"
+        raise ModelError(
+            f"model {model_name!r}: options.label_map maps to model labels {unknown} it does not have; its labels "
+            f"({source}) are {model_labels}"
+        )
+    wanted = None if zero_shot or not options.labels else list(options.labels)
+    if wanted is None:
+        return [to_dataset.get(label, label) for label in model_labels]
+    by_lower = {w.lower(): w for w in wanted}
+    mapped = [to_dataset.get(label) or by_lower.get(label.lower(), label) for label in model_labels]
+    missing = [w for w in wanted if w not in mapped]
+    if missing:
+        raise ModelError(
+            f"model {model_name!r}: dataset labels {missing} do not map to any model label. "
+            f"Dataset labels: {wanted}; model labels (id2label): {model_labels}. Add options.label_map "
+            f"(dataset label -> model label), for instance {{{missing[0]!r}: {model_labels[0]!r}}}."
+        )
+    return mapped
 
 
 class Sentiment(TextClassification):
@@ -141,30 +182,7 @@ class SequenceClassifier(_TextClassifierModel):
         super().__init__(loaded, options)
         id2label = {int(k): str(v) for k, v in loaded.checkpoint.id2label.items()}
         self.model_labels = [id2label[i] for i in range(len(id2label))]
-        self.labels = self._dataset_labels(loaded.name_or_path, options)
-
-    def _dataset_labels(self, model_name: str, options: ClassificationOptions) -> list[str]:
-        """The dataset label for each model output, from label_map, or by matching names case-insensitively."""
-        model_labels = self.model_labels
-        to_dataset = {model_label: dataset_label for dataset_label, model_label in options.label_map.items()}
-        unknown = [m for m in to_dataset if m not in model_labels]
-        if unknown:
-            raise ModelError(
-                f"model {model_name!r}: label_map names model labels {unknown} it does not have; its labels are {model_labels}"
-            )
-        wanted = list(options.labels) if options.labels else None
-        if wanted is None:
-            return [to_dataset.get(label, label) for label in model_labels]
-        by_lower = {w.lower(): w for w in wanted}
-        mapped = [to_dataset.get(label) or by_lower.get(label.lower(), label) for label in model_labels]
-        missing = [w for w in wanted if w not in mapped]
-        if missing:
-            raise ModelError(
-                f"model {model_name!r}: dataset labels {missing} do not map to any model label. "
-                f"Dataset labels: {wanted}; model labels (id2label): {model_labels}. Add options.label_map "
-                f"(dataset label -> model label), for instance {{{missing[0]!r}: {model_labels[0]!r}}}."
-            )
-        return mapped
+        self.labels = dataset_labels(self.model_labels, options, loaded.name_or_path, zero_shot=False)
 
     def parameters(self) -> dict[str, Any]:
         return {"max_length": self.max_length, "labels": self.labels, **self.options.model_dump(include={"multi_label", "threshold"})}
@@ -186,7 +204,8 @@ class ZeroShotClassifier(_TextClassifierModel):
         super().__init__(loaded, options)
         labels = options.labels
         descriptions = dict(labels) if isinstance(labels, dict) else {label: label for label in labels}
-        self.labels = list(descriptions)
+        # predictions are in the data's spelling: label_map (dataset label -> label name here) read backwards
+        self.labels = dataset_labels(list(descriptions), options, loaded.name_or_path, zero_shot=True)
         self.descriptions = {
             label: [options.template.format(text) for text in ([texts] if isinstance(texts, str) else texts)]
             for label, texts in descriptions.items()

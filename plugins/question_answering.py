@@ -102,6 +102,14 @@ class QuestionAnswering(Task):
             raise ExampleError("field 'answers' is empty; set options.allow_no_answer: true for SQuAD 2.0 unanswerable questions")
         return list(answers)
 
+    def reference(self, example: Example) -> Any:
+        """The gold answers; with allow_no_answer, as SQuAD 2.0's evaluate-v2.0.py reads them: answers that normalise
+        to nothing are dropped, and an answered question left with none has the gold ``[""]``."""
+        answers = example.fields.get("answers")
+        if answers is None or not self.options.allow_no_answer or not answers:
+            return answers
+        return [answer for answer in answers if normalize_answer(answer)] or [""]
+
     def parse_prediction(self, value: Any) -> Prediction:
         return Prediction(_prediction_text(value))
 
@@ -413,7 +421,11 @@ class _SquadMetric(Metric):
             prediction = prediction or ""
             if isinstance(gold, str):
                 gold = [gold]
-            if gold:
+            if gold == [""]:
+                # SQuAD 2.0, every gold answer normalised to nothing (QuestionAnswering.reference): evaluate-v2.0.py
+                # scores both EM and F1 (int(gold_toks == pred_toks)) as whether the prediction is empty too
+                rows.append((float(normalize_answer(prediction) == ""), 0.0))
+            elif gold:
                 rows.append((max(type(self).function(prediction, answer) for answer in gold), 0.0))
             else:
                 rows.append((float(normalize_answer(prediction) == ""), 1.0))

@@ -140,7 +140,8 @@ class MarkdownReporter(Reporter):
             f"- task: {_code(report['task'])} (plugin {_code(report['task_plugin'])})",
             f"- data: {_code(report['data']['path'])} ({_inline(report['data']['format'])}, sha256 `{report['data']['sha256'][:12]}`)",
             f"- model: {_code(model['name_or_path'])} on {model['device']} ({model['dtype']}), batch size {model['batch_size_that_worked']}"
-            if model else "- model: none (scored the `prediction` field of each record)",
+            if model else f"- model: none (rule-based: {_inline(report['rule'])})" if report.get("rule")
+            else "- model: none (scored the `prediction` field of each record)",
             f"- records: {counts['read']} read, {counts['scored']} scored, {counts['skipped']} skipped, "
             f"{counts['truncated']} truncated, {counts['from_cache']} from cache",
             f"- time: {report['timing']['wall_seconds']} s ({report['timing']['records_per_second']} records/s)",

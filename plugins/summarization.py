@@ -14,12 +14,18 @@
   the pipeline has no ``model:`` block (the task is :attr:`~pipeline.types.Task.rule_based`).
 
 The metrics are rouge-score's ``RougeScorer`` F-measures (0-1), averaged over
-examples. ``rougeLsum`` gets one sentence per line, split by spaCy's
-sentencizer, as the rouge-score README asks.
+examples, with mean precision and recall in the details. As in rouge-score,
+``rougeLsum`` takes the text's own newlines as sentence breaks; with
+``split_summaries: true`` it puts one sentence per line first (spaCy's
+sentencizer for ``lang``, where rouge-score uses nltk). rouge-score's default
+tokenizer keeps only ASCII letters and digits, so Chinese or Russian text
+scores 0; ``tokenizer: unicode`` keeps every script's words (and each Chinese
+or Japanese character as a word).
 """
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, ClassVar, Literal, Mapping, Sequence
@@ -60,6 +66,10 @@ class Summarization(TextToTextTask):
     @property
     def rule_based(self) -> bool:
         return self.options.method == "lead"
+
+    @property
+    def rule_name(self) -> str:
+        return f"lead-{self.options.sentences}"
 
     def predict_by_rule(self, examples: Sequence[Example]) -> list[Prediction]:
         """Lead-k: the first ``sentences`` sentences of each document (spaCy sentencizer)."""
@@ -130,11 +140,40 @@ def _rouge_version() -> str:
 class RougeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     use_stemmer: bool = Field(True, description="Porter-stem words before matching, as rouge-score's use_stemmer")
-    lang: str = Field("en", description="rougeLsum: language of the spaCy sentencizer that puts one sentence per line")
+    tokenizer: Literal["default", "unicode"] = Field(
+        "default", description="default: rouge-score's (lowercased ASCII letters and digits only); unicode: words of any "
+        "script, each CJK character a word (for non-English text)"
+    )
+    split_summaries: bool = Field(
+        False, description="rougeLsum: put one sentence per line (spaCy sentencizer for lang) instead of using the text's own newlines, as rouge-score's split_summaries"
+    )
+    lang: str = Field("en", description="rougeLsum with split_summaries: language of the spaCy sentencizer")
+
+
+#: scripts written without spaces between words: each character is a token, as in CJK ROUGE toolkits
+_UNSPACED = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_UNICODE_TOKEN = re.compile(f"[{_UNSPACED}]|[^\\W_{_UNSPACED}]+")
+
+
+def unicode_tokenizer(use_stemmer: bool):
+    """A rouge_score Tokenizer that keeps words of every script (rouge-score's default drops non-ASCII characters)."""
+    from nltk.stem import porter
+    from rouge_score.tokenizers import Tokenizer
+
+    stemmer = porter.PorterStemmer() if use_stemmer else None
+
+    class UnicodeTokenizer(Tokenizer):
+        def tokenize(self, text: str) -> list[str]:
+            tokens = _UNICODE_TOKEN.findall(text.lower())
+            # rouge-score stems only tokens longer than 3 characters; Porter leaves non-Latin words as they are
+            return [stemmer.stem(token) if stemmer and len(token) > 3 else token for token in tokens]
+
+    return UnicodeTokenizer()
 
 
 class _Rouge(Metric):
-    """One rouge-score type; stats rows hold the example's F-measure (the best one over several references)."""
+    """One rouge-score type; stats rows hold the example's F-measure, precision and recall (of the reference with
+    the best F-measure, as rouge-score's score_multi)."""
 
     tasks = ("summarization",)
     scale = "0-1"
@@ -145,7 +184,9 @@ class _Rouge(Metric):
         super().__init__(options)
         from rouge_score import rouge_scorer
 
-        self.scorer = rouge_scorer.RougeScorer([self.rouge_type], use_stemmer=self.options.use_stemmer)
+        options = self.options
+        tokenizer = unicode_tokenizer(options.use_stemmer) if options.tokenizer == "unicode" else None
+        self.scorer = rouge_scorer.RougeScorer([self.rouge_type], use_stemmer=options.use_stemmer, tokenizer=tokenizer)
 
     def prepare(self, texts: Sequence[str]) -> list[str]:
         return list(texts)
@@ -162,8 +203,9 @@ class _Rouge(Metric):
                 result = self.scorer.score(targets[0], prediction)
             else:
                 result = self.scorer.score_multi(targets, prediction)
-            rows.append([result[self.rouge_type].fmeasure])
-        return np.asarray(rows, dtype=float).reshape(-1, 1)
+            score = result[self.rouge_type]
+            rows.append([score.fmeasure, score.precision, score.recall])
+        return np.asarray(rows, dtype=float).reshape(-1, 3)
 
     def score(self, stats: np.ndarray) -> float:
         return float(np.mean(stats[:, 0])) if len(stats) else float("nan")
@@ -174,8 +216,14 @@ class _Rouge(Metric):
     def example_scores(self, stats: np.ndarray) -> np.ndarray:
         return stats[:, 0]
 
+    def details(self, stats: np.ndarray) -> dict[str, Any]:
+        if not len(stats):
+            return {}
+        return {"precision": float(np.mean(stats[:, 1])), "recall": float(np.mean(stats[:, 2]))}
+
     def signature(self) -> str:
-        return f"rouge-score {_rouge_version()}|{self.rouge_type}|stemmer={self.options.use_stemmer}|fmeasure"
+        return (f"rouge-score {_rouge_version()}|{self.rouge_type}|stemmer={self.options.use_stemmer}|"
+                f"tokenizer={self.options.tokenizer}|fmeasure")
 
 
 class Rouge1(_Rouge):
@@ -198,14 +246,17 @@ class RougeL(_Rouge):
 
 class RougeLsum(_Rouge):
     name = "rougeLsum"
-    description = "ROUGE-Lsum F-measure (summary-level LCS, one spaCy sentence per line), mean over examples"
+    description = "ROUGE-Lsum F-measure (summary-level LCS over newline-separated sentences; split_summaries splits them), mean over examples"
     rouge_type = "rougeLsum"
 
     def prepare(self, texts: Sequence[str]) -> list[str]:
+        if not self.options.split_summaries:
+            return list(texts)
         return ["\n".join(sentences) for sentences in split_sentences(texts, self.options.lang)]
 
     def signature(self) -> str:
-        return f"{super().signature()}|split=spacy-sentencizer({self.options.lang})"
+        split = f"spacy-sentencizer({self.options.lang})" if self.options.split_summaries else "newlines"
+        return f"{super().signature()}|split={split}"
 
 
 @hookimpl

@@ -139,3 +139,56 @@ def test_scoring_given_predictions_from_csv(tmp_path, write_pipelines):
     [result] = run(["scored"], config, tmp_path / "out", use_cache=False)
     assert result.report["metrics"]["accuracy"]["value"] == pytest.approx(2 / 3)
     assert result.report["model"] is None
+
+
+# --- labels the model can predict vs the data's labels ----------------------------
+
+
+def _pos_neg_pipeline(write_pipelines, tmp_path, options="", rows=None):
+    rows = rows or [("great stuff", "pos"), ("awful stuff", "neg")] * 20
+    (tmp_path / "reviews.csv").write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows), encoding="utf-8")
+    return write_pipelines(
+        "pipelines:\n"
+        "  pn:\n"
+        "    task: sentiment\n"
+        "    data: {path: reviews.csv}\n"
+        f"{options}"
+        "    model: {name_or_path: sentence-transformers/all-MiniLM-L6-v2}\n"
+    )
+
+
+def test_disjoint_labels_fail_before_any_forward_pass(write_pipelines, tmp_path, monkeypatch, capsys):
+    from nlpflow.cli import main
+
+    config = _pos_neg_pipeline(write_pipelines, tmp_path)
+    forward_calls = []
+    monkeypatch.setattr(TorchBackend, "run", lambda self, *a, **k: forward_calls.append(1))
+    monkeypatch.setattr(TorchBackend, "load_head", lambda self, *a, **k: forward_calls.append("load"))
+    assert main(["run", "-c", str(config), "--no-cache", "-o", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert forward_calls == []
+    assert f"{config}:" in error and "pipeline 'pn'" in error
+    assert "Data labels: ['neg', 'pos']; labels the model predicts: ['positive', 'negative']" in error
+    assert "label_map: {neg: negative, pos: positive}" in error and "options.labels" in error
+
+
+def test_label_map_maps_data_labels_to_zero_shot_labels(write_pipelines, tmp_path):
+    config = _pos_neg_pipeline(write_pipelines, tmp_path, "    options: {label_map: {pos: positive, neg: negative}}\n")
+    [result] = run(["pn"], config, tmp_path / "out", use_cache=False, interactive=False)
+    assert result.report["metrics"]["accuracy"]["value"] > 0.9
+    assert result.report["label_warnings"] is None
+    predicted = {json.loads(line)["prediction"] for line in (result.directory / "predictions.jsonl").read_text().splitlines()}
+    assert predicted == {"pos", "neg"}
+
+
+def test_partly_predictable_labels_warn_once_and_are_reported(write_pipelines, tmp_path, caplog):
+    rows = [("great stuff", "positive"), ("awful stuff", "negative"), ("meh", "neutral")] * 3 + [("so so", "mixed")] * 2
+    config = _pos_neg_pipeline(write_pipelines, tmp_path, "    chunk_size: 4\n", rows)
+    with caplog.at_level("WARNING", logger="nlpflow"):
+        [result] = run(["pn"], config, tmp_path / "out", use_cache=False, interactive=False)
+    warnings = [r.getMessage() for r in caplog.records if "not among the labels the model can predict" in r.getMessage()]
+    assert len(warnings) == 2 and "['neutral']" in warnings[0] and "['mixed']" in warnings[1]
+    assert result.report["label_warnings"] == {
+        "model_labels": ["positive", "negative"],
+        "unpredictable_reference_labels": {"mixed": {"examples": 2, "first_line": 11}, "neutral": {"examples": 3, "first_line": 4}},
+    }

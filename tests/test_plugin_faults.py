@@ -213,18 +213,12 @@ def test_task_faults_name_plugin_task_and_record(fault, expected, tmp_path, monk
     data.write_text(DATA)
     config = tmp_path / "p.yaml"
     config.write_text("pipelines:\n  t:\n    task: faulty\n    data: {path: d.jsonl}\n    model: {name_or_path: m, backend: fake}\n    report: {formats: [json]}\n")
-    from nlpflow.cli import _run
+    from nlpflow.cli import _parser, _run
 
-    class Args:
-        pipelines = ["t"]
-        output = tmp_path / "out"
-        cache_dir = tmp_path / "cache"
-        no_cache = False
-        cache_optional = False
-
-    Args.config = config
+    # the command line as parsed, so every run flag has its default
+    args = _parser().parse_args(["run", "t", "-c", str(config), "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
     with pytest.raises(Exception) as caught:
-        _run(Args, registry)
+        _run(args, registry)
     message = str(caught.value)
     if fault == "load":
         assert f"error: {message}" == expected.format(config=config)

@@ -3,6 +3,7 @@ question-answering pipeline, the sentence-retrieval baseline, and EM/F1 against 
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import string
@@ -497,3 +498,90 @@ def test_needed_examples_run_in_the_batches_of_a_full_run_and_others_stay_undeci
     assert stage.stats.skipped_batches > 0
     for ours, theirs in zip(partial[:-1], full[:-1]):
         assert ours is None or (ours.value, ours.details) == (theirs.value, theirs.details)
+
+
+# --- the official SQuAD v2.0 evaluation functions (evaluate-v2.0.py), verbatim -----------------
+
+
+def v2_normalize_answer(s):
+  """Lower text and remove punctuation, articles and extra whitespace."""
+  def remove_articles(text):
+    regex = re.compile(r'\b(a|an|the)\b', re.UNICODE)
+    return re.sub(regex, ' ', text)
+  def white_space_fix(text):
+    return ' '.join(text.split())
+  def remove_punc(text):
+    exclude = set(string.punctuation)
+    return ''.join(ch for ch in text if ch not in exclude)
+  def lower(text):
+    return text.lower()
+  return white_space_fix(remove_articles(remove_punc(lower(s))))
+
+
+def get_tokens(s):
+  if not s: return []
+  return v2_normalize_answer(s).split()
+
+
+def compute_exact(a_gold, a_pred):
+  return int(v2_normalize_answer(a_gold) == v2_normalize_answer(a_pred))
+
+
+def compute_f1(a_gold, a_pred):
+  gold_toks = get_tokens(a_gold)
+  pred_toks = get_tokens(a_pred)
+  common = collections.Counter(gold_toks) & collections.Counter(pred_toks)
+  num_same = sum(common.values())
+  if len(gold_toks) == 0 or len(pred_toks) == 0:
+    # If either is no-answer, then F1 is 1 if they agree, 0 otherwise
+    return int(gold_toks == pred_toks)
+  if num_same == 0:
+    return 0
+  precision = 1.0 * num_same / len(pred_toks)
+  recall = 1.0 * num_same / len(gold_toks)
+  f1 = (2 * precision * recall) / (precision + recall)
+  return f1
+
+
+def get_raw_scores(dataset, preds):
+  exact_scores = {}
+  f1_scores = {}
+  for article in dataset:
+    for p in article['paragraphs']:
+      for qa in p['qas']:
+        qid = qa['id']
+        gold_answers = [a['text'] for a in qa['answers']
+                        if v2_normalize_answer(a['text'])]
+        if not gold_answers:
+          # For unanswerable questions, only correct answer is empty string
+          gold_answers = ['']
+        if qid not in preds:
+          print('Missing prediction for %s' % qid)
+          continue
+        a_pred = preds[qid]
+        # Take max over all gold answers
+        exact_scores[qid] = max(compute_exact(a, a_pred) for a in gold_answers)
+        f1_scores[qid] = max(compute_f1(a, a_pred) for a in gold_answers)
+  return exact_scores, f1_scores
+
+
+V2_CASES = [
+    (["the"], ""), (["the"], "the"), (["the"], "Paris"), (["the", "Paris"], "Paris"), (["An"], "a"),
+    ([], ""), ([], "the"), ([], "x"), (["Paris"], ""), (["The Eiffel"], "eiffel tower"), (["a", "an"], "London"),
+]
+
+
+def test_squad_2_scores_equal_evaluate_v2_with_allow_no_answer():
+    task = QuestionAnswering(QuestionAnswering.Options(allow_no_answer=True))
+    references = []
+    for answers, _ in V2_CASES:
+        example = Example(index=0, line=1, fields={"question": "q?", "context": "c", "answers": {"text": answers, "answer_start": [0] * len(answers)}})
+        task.check_example(example)
+        references.append(task.reference(example))
+    predictions = [prediction for _, prediction in V2_CASES]
+    dataset = [{"paragraphs": [{"qas": [{"id": str(i), "answers": [{"text": a} for a in answers]} for i, (answers, _) in enumerate(V2_CASES)]}]}]
+    exact, f1 = get_raw_scores(dataset, {str(i): prediction for i, prediction in enumerate(predictions)})
+    assert ExactMatch().example_stats(predictions, references)[:, 0].tolist() == [exact[str(i)] for i in range(len(V2_CASES))]
+    assert F1().example_stats(predictions, references)[:, 0].tolist() == pytest.approx([f1[str(i)] for i in range(len(V2_CASES))])
+    # the issue's case: a gold answer that normalises to nothing, predicted as no answer, is right for both metrics
+    assert (exact["0"], f1["0"]) == (1, 1)

@@ -339,3 +339,18 @@ def test_report_html_shows_confidence_axis_labels_and_task_options_as_a_table(se
     for name in options:
         assert f"<th>{name}</th>" in table
     assert json.dumps(options) not in html.replace("&#34;", '"')
+
+
+def test_report_files_get_the_umask_mode_like_predictions(tmp_path):
+    import os
+    import stat
+
+    from tests.conftest import REPO
+
+    previous = os.umask(0o027)
+    try:
+        [result] = run(["news-summarization-lead3"], REPO / "pipelines.yaml", tmp_path / "out", use_cache=False, interactive=False)
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in result.directory.iterdir() if not path.name.startswith(".")}
+    assert modes["report.json"] == modes["report.md"] == modes["predictions.jsonl"] == 0o640, modes

@@ -48,7 +48,8 @@ def independent_lines(text: str) -> str:
 @pytest.mark.parametrize("metric_cls", [Rouge1, Rouge2, RougeL, RougeLsum])
 @pytest.mark.parametrize("use_stemmer", [True, False])
 def test_rouge_equals_rouge_scorer(metric_cls, use_stemmer):
-    metric = metric_cls(metric_cls.Options(use_stemmer=use_stemmer))
+    # split_summaries: the spaCy split is compared with independent_lines; without it rouge-score is used as is
+    metric = metric_cls(metric_cls.Options(use_stemmer=use_stemmer, split_summaries=True))
     stats = np.concatenate([metric.example_stats(PREDICTIONS[:2], REFERENCES[:2]), metric.example_stats(PREDICTIONS[2:], REFERENCES[2:])])
     scorer = rouge_scorer.RougeScorer([metric.rouge_type], use_stemmer=use_stemmer)
     prepare = independent_lines if metric_cls is RougeLsum else (lambda text: text)
@@ -63,13 +64,13 @@ def test_rouge_equals_rouge_scorer(metric_cls, use_stemmer):
 
 
 def test_rouge_lsum_splits_sentences_onto_lines():
-    metric = RougeLsum()
+    metric = RougeLsum(RougeLsum.Options(split_summaries=True))
     assert metric.signature().endswith("split=spacy-sentencizer(en)")
     assert metric.prepare(["One sentence. Two sentences! Three?"]) == ["One sentence.\nTwo sentences!\nThree?"]
     # splitting matters: the summary-level LCS differs from ROUGE-L on the same text
     prediction = "Three towns were hit. Floods forced thousands from their homes."
     reference = "Floods forced thousands from their homes. Three towns were hit."
-    assert RougeLsum().example_stats([prediction], [reference])[0, 0] > RougeL().example_stats([prediction], [reference])[0, 0]
+    assert metric.example_stats([prediction], [reference])[0, 0] > RougeL().example_stats([prediction], [reference])[0, 0]
 
 
 def news(limit=None):
@@ -139,7 +140,7 @@ def test_generated_summaries_equal_generate_and_do_not_depend_on_batching(bart_m
 # --- baselines ---------------------------------------------------------------
 
 
-def test_lead_and_centroid_baselines(minilm_path):
+def test_lead_and_centroid_baselines(minilm_path, registry):  # registry: loading plugins registers the embedded MiniLM
     from transformers import AutoModel, AutoTokenizer
 
     rows = news()
@@ -225,3 +226,55 @@ pipelines:
     assert given.report["model"] is None
     expected = np.mean([scorer.score(r["summary"], r["document"].split(". ")[0] + ".")["rouge2"].fmeasure for r in rows])
     assert abs(given.report["metrics"]["rouge2"]["value"] - expected) < 1e-12
+
+
+def test_rouge_lsum_keeps_newlines_as_given_like_rouge_score():
+    """rouge-score's default (split_summaries=False): sentences are the text's lines, not re-split."""
+    reference, prediction = "First sentence. Second Sentence.", "Second sentence. First Sentence."
+    expected = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True).score(reference, prediction)["rougeLsum"].fmeasure
+    assert expected == pytest.approx(0.5)
+    metric = RougeLsum()
+    assert metric.example_stats([prediction], [reference])[0, 0] == expected
+    assert metric.signature().endswith("|split=newlines")
+    lines = rouge_scorer.RougeScorer(["rougeLsum"], use_stemmer=True).score("a b\nc d", "c d\na b")["rougeLsum"].fmeasure
+    assert metric.example_stats(["c d\na b"], ["a b\nc d"])[0, 0] == lines == 1.0
+
+
+@pytest.mark.parametrize("metric_cls", [Rouge1, Rouge2, RougeL, RougeLsum])
+def test_unicode_tokenizer_scores_non_english_text(metric_cls):
+    pairs = [("Москва — столица России.", "Москва — столица России."), ("我爱北京天安门", "我爱北京天安门")]
+    default = metric_cls()
+    assert default.example_stats([p for p, _ in pairs], [r for _, r in pairs])[:, 0].tolist() == [0.0, 0.0]
+    unicode = metric_cls(metric_cls.Options(tokenizer="unicode"))
+    assert unicode.example_stats([p for p, _ in pairs], [r for _, r in pairs])[:, 0].tolist() == [1.0, 1.0]
+    assert "|tokenizer=unicode|" in unicode.signature()
+    # partial overlap is counted per CJK character: 4 of 7 characters in common
+    tokenizer = unicode.scorer._tokenizer
+    assert tokenizer.tokenize("我爱北京天安门") == list("我爱北京天安门")
+    if metric_cls is Rouge1:
+        expected = rouge_scorer.RougeScorer(["rouge1"], tokenizer=tokenizer).score("我爱北京天安门", "我爱北京")["rouge1"]
+        assert unicode.example_stats(["我爱北京"], ["我爱北京天安门"])[0].tolist() == [expected.fmeasure, expected.precision, expected.recall]
+        assert expected.precision == 1.0 and expected.recall == pytest.approx(4 / 7)
+
+
+def test_rouge_details_report_precision_and_recall():
+    metric = Rouge1()
+    stats = metric.example_stats(PREDICTIONS, REFERENCES)
+    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=True)
+    best = [max((scorer.score(r, p)["rouge1"] for r in ([ref] if isinstance(ref, str) else ref)), key=lambda s: s.fmeasure)
+            for p, ref in zip(PREDICTIONS, REFERENCES)]
+    assert metric.details(stats) == {
+        "precision": pytest.approx(np.mean([s.precision for s in best]), abs=1e-12),
+        "recall": pytest.approx(np.mean([s.recall for s in best]), abs=1e-12),
+    }
+
+
+def test_lead_k_is_reported_as_rule_based(tmp_path):
+    from nlpflow.api import run
+    from nlpflow.compare import leaderboard
+
+    [result] = run(["news-summarization-lead3"], REPO / "pipelines.yaml", tmp_path / "out", use_cache=False, interactive=False)
+    assert result.report["model"] is None and result.report["rule"] == "lead-3"
+    assert "- model: none (rule-based: lead-3)" in (result.directory / "report.md").read_text(encoding="utf-8")
+    [group] = leaderboard(tmp_path / "out")
+    assert [row["model"] for row in group["rows"]] == ["(rule-based: lead-3)"]

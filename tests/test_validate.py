@@ -1,0 +1,103 @@
+"""`nlpflow validate` checks what can be checked without running a model: the data file with its reader and
+mapped fields, the model's config (no weights), the labels, every option; and a hub that cannot be reached
+fails within seconds."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from nlpflow.cli import main
+from nlpflow.plugins.torch_backend import TorchBackend
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("validate loaded a model")
+
+    monkeypatch.setattr(TorchBackend, "load_head", refuse)
+    monkeypatch.setattr(TorchBackend, "run", refuse)
+
+
+def _sentiment(write_pipelines, tmp_path, data: str, fields: str = "{text: text, label: label}", model="sentence-transformers/all-MiniLM-L6-v2", extra=""):
+    (tmp_path / "data.csv").write_text(data, encoding="utf-8")
+    return write_pipelines(
+        "pipelines:\n"
+        "  s:\n"
+        "    task: sentiment\n"
+        "    data: {path: data.csv}\n"
+        f"    fields: {fields}\n"
+        f"{extra}"
+        f"    model: {{name_or_path: {model}}}\n"
+    )
+
+
+def _validate(config, capsys):
+    code = main(["validate", "-c", str(config)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_good_pipeline_validates_without_loading_the_model(write_pipelines, tmp_path, capsys, no_model_loads):
+    config = _sentiment(write_pipelines, tmp_path, "text,label\ngood,positive\nbad,negative\n")
+    code, out, err = _validate(config, capsys)
+    assert (code, err) == (0, "") and "pipeline 's' ok" in out
+
+
+def test_mapped_columns_must_exist_in_the_first_records(write_pipelines, tmp_path, capsys, no_model_loads):
+    config = _sentiment(write_pipelines, tmp_path, "review,label\ngood,positive\n", fields="{text: body, label: label}")
+    code, _, err = _validate(config, capsys)
+    assert code == 3
+    assert f"{tmp_path / 'data.csv'}:2: pipeline 's': missing field 'text' (column 'body'); the record has 'review', 'label'" in err
+
+
+def test_a_data_file_the_reader_cannot_read(write_pipelines, tmp_path, capsys, no_model_loads):
+    (tmp_path / "data.jsonl").write_text('{"text": "fine", "label": "positive"}\n{not json\n', encoding="utf-8")
+    config = write_pipelines(
+        "pipelines:\n  s:\n    task: sentiment\n    data: {path: data.jsonl, on_error: skip}\n"
+        "    model: {name_or_path: sentence-transformers/all-MiniLM-L6-v2}\n"
+    )
+    assert _validate(config, capsys)[0] == 0  # one readable record is enough with on_error: skip
+    (tmp_path / "data.jsonl").write_text("{not json\n", encoding="utf-8")
+    code, _, err = _validate(config, capsys)
+    assert code == 3 and f"{tmp_path / 'data.jsonl'}:1: pipeline 's': the first 1 records were all skipped" in err
+
+
+def test_a_model_that_does_not_resolve(write_pipelines, tmp_path, capsys, monkeypatch, no_model_loads):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = _sentiment(write_pipelines, tmp_path, "text,label\ngood,positive\n", model="nobody/no-such-model")
+    code, _, err = _validate(config, capsys)
+    assert code == 4 and f"{config}:6:5: pipeline 's'" in err and "model 'nobody/no-such-model' is not available" in err
+
+
+def test_labels_that_never_match(write_pipelines, tmp_path, capsys, no_model_loads):
+    config = _sentiment(write_pipelines, tmp_path, "text,label\ngood,pos\nbad,neg\n")
+    code, _, err = _validate(config, capsys)
+    assert code == 2 and "Data labels: ['neg', 'pos']" in err and "options.label_map" in err
+    config = _sentiment(write_pipelines, tmp_path, "text,label\ngood,pos\nbad,neg\n", extra="    options: {label_map: {pos: positive, neg: negative}}\n")
+    assert _validate(config, capsys)[0] == 0
+
+
+def test_an_unreachable_hub_fails_within_seconds(write_pipelines, tmp_path, capsys, monkeypatch, no_model_loads):
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.nlpflow-test.invalid")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    config = _sentiment(write_pipelines, tmp_path, "text,label\ngood,positive\n", model="nobody/no-such-model")
+    started = time.monotonic()
+    code, _, err = _validate(config, capsys)
+    assert code == 4 and time.monotonic() - started < 10
+    assert "is not in the Hugging Face cache" in err and "the hub at https://hub.nlpflow-test.invalid cannot be reached" in err
+    assert "HF_HUB_OFFLINE=1" in err
+
+
+def test_validate_takes_the_run_overrides(write_pipelines, tmp_path, capsys, no_model_loads):
+    config = _sentiment(write_pipelines, tmp_path, "text,label\ngood,pos\nbad,neg\n")
+    assert main(["validate", "-c", str(config), "--set", "s.options.label_map={pos: positive, neg: negative}"]) == 0
+    assert main(["validate", "-c", str(config), "--set", "s.options.label_map=[pos]"]) == 2
+    assert "error: --set s.options.label_map=[pos]: pipeline 's': " in capsys.readouterr().err
