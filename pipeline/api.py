@@ -55,14 +55,20 @@ def _flag_overrides(chosen: Sequence[PipelineConfig], **settings) -> list[str]:
 def validate(config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), registry: Registry | None = None, *, set: Sequence[str] = ()) -> list[ResolvedPipeline]:
     """Check pipelines without running a model: schema, names and options (ConfigError), the data file's first
     records with the mapped fields (DataError), the model's config without its weights (ModelError), and that the
-    model's labels meet the data's (ConfigError). Raises on the first problem."""
+    model's labels meet the data's (ConfigError). Raises on the first problem.
+
+    Every pipeline in the file is schema-checked and resolved; the deeper checks (data, model, labels) cover the
+    pipelines ``run`` would run with the same names: the named ones, or the default ones. So a file with a
+    pipeline whose model is not downloaded here (``default: false``) validates, as ``nlpflow run`` runs.
+    Returns the deeply checked pipelines."""
     registry = registry or default_registry()
     pipelines = load_config(config, set)
-    resolved = [resolve(p, registry) for p in (select(pipelines, names, Path(config)) if names else pipelines.values())]
+    resolved = {name: resolve(pipeline, registry) for name, pipeline in pipelines.items()}
+    chosen = [resolved[pipeline.name] for pipeline in select(pipelines, names, Path(config))]
     with quiet_libraries():
-        for pipeline in resolved:
+        for pipeline in chosen:
             Runner(pipeline, Path("reports")).preflight()
-    return resolved
+    return chosen
 
 
 def run(

@@ -101,3 +101,14 @@ def test_validate_takes_the_run_overrides(write_pipelines, tmp_path, capsys, no_
     assert main(["validate", "-c", str(config), "--set", "s.options.label_map={pos: positive, neg: negative}"]) == 0
     assert main(["validate", "-c", str(config), "--set", "s.options.label_map=[pos]"]) == 2
     assert "error: --set s.options.label_map=[pos]: pipeline 's': " in capsys.readouterr().err
+
+
+def test_validate_without_names_checks_what_run_would_run(capsys):
+    """The repository's own file validates: its non-default translation pipeline names a model that is not
+    downloaded here, and validate, like run, goes deep only into the default pipelines when none are named."""
+    from nlpflow.cli import main
+    from tests.conftest import REPO
+
+    assert main(["validate", "--config", str(REPO / "pipelines.yaml")]) == 0
+    assert "translation-en-de" not in capsys.readouterr().out
+    assert main(["validate", "--config", str(REPO / "pipelines.yaml"), "translation-en-de"]) == 4
