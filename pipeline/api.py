@@ -49,16 +49,24 @@ def run(
     disabled_plugins: Iterable[str] = (),
     interactive: bool | None = None,
     cache_optional: bool = False,
+    executor: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> list[RunResult]:
-    """Run pipelines from a pipelines file; every pipeline is resolved before the first one runs."""
+    """Run pipelines from a pipelines file; every pipeline is resolved before the first one runs.
+
+    ``executor`` names where model batches are computed (``local``: in this
+    process; ``ray``: on Ray actors, ``address`` the cluster's, ``workers`` how many).
+    """
     registry = registry or default_registry(disabled_plugins)
+    executor_class = registry.get("executor", executor)
     pipelines = load_config(config)
     resolved = [resolve(p, registry) for p in select(pipelines, names, Path(config))]
     cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir(), optional=cache_optional) if use_cache else None
     try:
         results = []
         for pipeline in resolved:
-            runner = Runner(pipeline, Path(output), cache, interactive)
+            runner = Runner(pipeline, Path(output), cache, interactive, executor_class(address=address, workers=workers))
             with run_folder.exclusive(runner.directory, pipeline.name):
                 results.append(runner.run())
         return results

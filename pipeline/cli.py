@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
         help="if the prediction cache cannot be opened, read or written (read-only folder, damaged file), warn once and run without it",
     )
 
+    run.add_argument("--executor", default="local", help="where model batches are computed: local (this process, the default) or ray")
+    run.add_argument("--address", default=None, help="with --executor ray: the Ray cluster to join (auto: the one `ray start` runs here); default: start one in this process")
+    run.add_argument("--workers", type=int, default=None, help="with --executor ray: worker actors, each loading the model once (default: one per GPU, else one per CPU)")
+
     validate = commands.add_parser("validate", help="check a pipelines file without running it")
     validate.add_argument("pipelines", nargs="*", metavar="PIPELINE")
     validate.add_argument("-c", "--config", type=Path, default=Path("pipelines.yaml"))
@@ -144,7 +148,8 @@ def _run(args, registry) -> int:
     from nlpflow.api import run
 
     _quiet_transformers()
-    results = run(args.pipelines, args.config, args.output, args.cache_dir, not args.no_cache, registry, cache_optional=args.cache_optional)
+    results = run(args.pipelines, args.config, args.output, args.cache_dir, not args.no_cache, registry, cache_optional=args.cache_optional,
+                  executor=args.executor, address=args.address, workers=args.workers)
     for result in results:
         report = result.report
         values = ", ".join(
