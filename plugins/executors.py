@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import socket
 import time
 from collections import Counter, deque
 from importlib.metadata import PackageNotFoundError, version
@@ -31,6 +32,8 @@ IN_FLIGHT_PER_WORKER = 2
 THREADS_PER_WORKER = 1
 #: how long workers may take to start and load the model before the run gives up
 START_TIMEOUT_SECONDS = 600
+#: how long a cluster address may take to accept a connection
+CONNECT_TIMEOUT_SECONDS = 5
 #: a worker process that dies is restarted (and loads the model again) this many times; its batches are retried
 MAX_RESTARTS = 3
 
@@ -135,6 +138,7 @@ class RayExecutor(Executor):
     def _connect(self, ray) -> None:
         if ray.is_initialized():
             return
+        self._check_reachable()
         try:
             # a local cluster in this process when no address is given; workers' logs stay in Ray's log folder
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level="warning")
@@ -143,6 +147,20 @@ class RayExecutor(Executor):
             raise ModelError(
                 f"cannot reach the Ray cluster at {where}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}; "
                 "start one with `ray start --head` (then --address auto) or check the address"
+            ) from None
+
+    def _check_reachable(self) -> None:
+        """A ``host:port`` that does not answer fails at once: ``ray.init`` would retry it for minutes."""
+        address = self.address
+        if not address or address == "auto" or "://" in address or ":" not in address:
+            return
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_SECONDS).close()
+        except (OSError, ValueError) as error:
+            raise ModelError(
+                f"cannot reach the Ray cluster at {address}: {getattr(error, 'strerror', None) or error}; start one with "
+                "`ray start --head` on the head node (then --address auto there, or --address HEAD_IP:6379 elsewhere)"
             ) from None
 
     def start(self, task: Task, model: ModelConfig, backend: Backend, run_key: str, task_provider: dict[str, Any]) -> None:
