@@ -227,8 +227,8 @@ class RayExecutor(Executor):
             result = ray.get(reference)
         except ray.exceptions.RayActorError as error:
             raise ModelError(
-                f"a Ray worker died {MAX_RESTARTS + 1} times computing a batch of {len(indices)} rows; see its log in the "
-                f"Ray session folder: {str(error).splitlines()[0]}"
+                f"a Ray worker died computing a batch of {len(indices)} rows and was not restarted (at most {MAX_RESTARTS} "
+                f"restarts per worker); see its log in the Ray session folder: {str(error).splitlines()[0]}"
             ) from None
         if "error" in result:
             raise result["error"]

@@ -24,7 +24,10 @@ ray = pytest.importorskip("ray")
 from nlpflow.api import validate  # noqa: E402
 from nlpflow.cache import PredictionCache  # noqa: E402
 from nlpflow.cli import main  # noqa: E402
-from nlpflow.errors import ModelError  # noqa: E402
+from nlpflow import hookimpl  # noqa: E402
+from nlpflow.errors import ModelError, PluginError  # noqa: E402
+from nlpflow.plugins.torch_backend import TorchBackend  # noqa: E402
+from nlpflow.registry import load_registry  # noqa: E402
 from nlpflow.plugins.executors import RayExecutor  # noqa: E402
 from nlpflow.runner import Runner  # noqa: E402
 
@@ -200,3 +203,35 @@ def test_a_worker_with_another_run_key_is_refused(cluster, workload):
             executor.start(pipeline.task, pipeline.config.model, pipeline.backend, json.dumps(changed, sort_keys=True), pipeline.task_provider)
     finally:
         executor.close()
+
+
+class FailingBackend(TorchBackend):
+    """The torch backend with a bug in ``run``: the error must reach the user as it does locally."""
+
+    name = "failing-torch"
+
+    def run(self, loaded, prepared, **options):
+        raise ValueError("this backend fails on purpose")
+
+
+class FailingBackendPlugin:
+    @hookimpl
+    def register_backends(register):
+        register(FailingBackend)
+
+
+def test_a_plugin_error_on_a_worker_reads_as_it_does_locally(cluster, workload, tmp_path):
+    # workers cannot import this test module: ship the backend class itself
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    config = tmp_path / "failing.yaml"
+    config.write_text(workload.read_text(encoding="utf-8").replace("device: cpu}", "device: cpu, backend: failing-torch}")
+                      .replace("reviews.jsonl", str(workload.parent / "reviews.jsonl")), encoding="utf-8")
+    registry = load_registry(extra_plugins=[("failing-backend", FailingBackendPlugin)])
+    messages = []
+    for executor in (None, RayExecutor(workers=1)):
+        pipeline = validate(config, ["reviews"], registry=registry)[0]
+        with pytest.raises(PluginError) as raised:
+            Runner(pipeline, tmp_path / "out", None, interactive=False, executor=executor).run()
+        messages.append(str(raised.value))
+    assert "ValueError: this backend fails on purpose" in messages[0]
+    assert messages[1] == messages[0]
