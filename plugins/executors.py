@@ -75,11 +75,18 @@ class RayWorker:
         import ray
 
         from nlpflow.model import ModelStage, run_key
+        from nlpflow.registry import default_registry
 
         self.node = ray.get_runtime_context().get_node_id()
         self.load_error: str | None = None
         self.run_key: str | None = None
         try:
+            # this process's own plugins: embedded models are found through them, and the task plugin's version here
+            # goes into the run key, so a worker with another version of it is refused
+            installed = {info.name: info for info in default_registry().plugins}
+            mine = installed.get(task_provider["plugin"])
+            if mine is not None:
+                task_provider = {"plugin": mine.name, "distribution": mine.distribution, "version": mine.version}
             task_model = task.load(model, backend)
             self.stage = ModelStage(task_model, model)
             self.run_key = run_key(task, task_model, task_provider)
