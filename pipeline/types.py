@@ -300,6 +300,8 @@ class Executor(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    #: no options yet: an executor is chosen per run (``--executor``), not per pipeline
+    Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(self, address: str | None = None, workers: int | None = None):
         #: where the workers are (a cluster address; None: the executor's own default)
