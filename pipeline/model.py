@@ -164,10 +164,26 @@ class ModelStage:
     def _prepared(self, features: Sequence[Features], indices: Sequence[int]) -> Any:
         return self.backend.prepare(self.loaded, self.collate(features, indices))
 
-    def compute_batch(self, collated: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The head's outputs for one planned batch of collated inputs: what a remote worker runs per batch."""
+    def compute_batch(self, collated: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The head's outputs for one planned batch of collated inputs: what a remote worker runs per batch.
+
+        Out of memory with ``batch_size: auto``, the rows are computed in two
+        halves (recursively) and their outputs joined: the batch stays the
+        driver's unit of work, whose plan the worker cannot change.
+        """
         started = time.perf_counter()
-        results = self.backend.run(self.loaded, self.backend.prepare(self.loaded, collated), **self.head_options)
+        try:
+            results = self.backend.run(self.loaded, self.backend.prepare(self.loaded, collated), **self.head_options)
+        except Exception as error:
+            if not self.backend.is_out_of_memory(error):
+                raise
+            rows = len(collated["input_ids"])
+            self._back_off(range(rows), error)  # raises unless batch_size is auto and there are rows to split
+            half = rows // 2
+            first = self.compute_batch({name: values[:half] for name, values in collated.items()})
+            second = self.compute_batch({name: values[half:] for name, values in collated.items()})
+            # lists of rows: generated sequences of the two halves may differ in length
+            return {name: list(first[name]) + list(second[name]) for name in first}
         self.stats.forward_seconds += time.perf_counter() - started
         return results
 

@@ -235,3 +235,39 @@ def test_a_plugin_error_on_a_worker_reads_as_it_does_locally(cluster, workload, 
         messages.append(str(raised.value))
     assert "ValueError: this backend fails on purpose" in messages[0]
     assert messages[1] == messages[0]
+
+
+class PretendOutOfMemory(RuntimeError):
+    pass
+
+
+class SmallMemoryBackend(TorchBackend):
+    """The torch backend on a pretend device that runs out of memory above 4 rows."""
+
+    name = "small-memory-torch"
+
+    def run(self, loaded, prepared, **options):
+        if len(prepared["input_ids"]) > 4:
+            raise PretendOutOfMemory("pretend: CUDA out of memory")
+        return super().run(loaded, prepared, **options)
+
+    def is_out_of_memory(self, error):
+        return isinstance(error, PretendOutOfMemory)
+
+
+class SmallMemoryBackendPlugin:
+    @hookimpl
+    def register_backends(register):
+        register(SmallMemoryBackend)
+
+
+def test_a_worker_out_of_memory_computes_the_batch_in_halves(cluster, workload, local_run, tmp_path):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    config = tmp_path / "small.yaml"
+    config.write_text(workload.read_text(encoding="utf-8").replace("device: cpu}", "device: cpu, backend: small-memory-torch}")
+                      .replace("reviews.jsonl", str(workload.parent / "reviews.jsonl")), encoding="utf-8")
+    pipeline = validate(config, ["reviews"], registry=load_registry(extra_plugins=[("small-memory", SmallMemoryBackendPlugin)]))[0]
+    result = Runner(pipeline, tmp_path / "out", None, interactive=False, executor=RayExecutor(workers=1)).run()
+    assert result.report["counts"]["predicted"] == RECORDS
+    labels = [json.loads(line)["prediction"] for line in (tmp_path / "out" / "reviews" / "predictions.jsonl").open(encoding="utf-8")]
+    assert labels == [json.loads(line)["prediction"] for line in (local_run / "predictions.jsonl").open(encoding="utf-8")]
