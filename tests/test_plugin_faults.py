@@ -221,6 +221,9 @@ def test_task_faults_name_plugin_task_and_record(fault, expected, tmp_path, monk
         cache_dir = tmp_path / "cache"
         no_cache = False
         cache_optional = False
+        executor = "local"
+        address = None
+        workers = None
 
     Args.config = config
     with pytest.raises(Exception) as caught:
