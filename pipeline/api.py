@@ -60,6 +60,8 @@ def run(
     """
     registry = registry or default_registry(disabled_plugins)
     executor_class = registry.get("executor", executor)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
     pipelines = load_config(config)
     resolved = [resolve(p, registry) for p in select(pipelines, names, Path(config))]
     cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir(), optional=cache_optional) if use_cache else None

@@ -132,6 +132,12 @@ def test_unknown_executor_lists_the_registered_ones(workload, tmp_path, capsys):
     assert "unknown executor 'rya'" in capsys.readouterr().err
 
 
+def test_zero_workers_is_refused_before_anything_runs(workload, tmp_path, capsys):
+    assert main(["run", "reviews", "--config", str(workload), "--output", str(tmp_path), "--executor", "ray", "--workers", "0"]) == 2
+    assert "--workers must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "reviews").exists()
+
+
 # -- on the two-node cluster ------------------------------------------------------------------------
 
 
