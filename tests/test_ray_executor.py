@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
+import subprocess
 import sys
 import tempfile
 import threading
@@ -195,6 +197,36 @@ def test_an_interrupted_ray_run_resumes_with_other_workers_to_the_same_bytes(clu
     assert 0 < report["counts"]["from_cache"] < RECORDS
     assert report["executor"]["workers"] == 1
     cache.close()
+
+
+def cached_rows(cache: Path) -> int:
+    try:
+        connection = sqlite3.connect(cache / "predictions.sqlite", timeout=5)
+        try:
+            return connection.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+        finally:
+            connection.close()
+    except sqlite3.OperationalError:
+        return 0  # not created yet
+
+
+def test_a_ray_run_killed_with_sigkill_resumes_locally_to_the_same_bytes(cluster, workload, local_run, tmp_path):
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "nlpflow.cli", "run", "reviews", "--config", str(workload), "--output", str(tmp_path / "killed"),
+               "--cache-dir", str(cache), "--executor", "ray", "--address", cluster.address, "--workers", "2"]
+    process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while cached_rows(cache) < CHUNK:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the run ended or stalled before it could be killed: {process.communicate()[1][-2000:]}")
+        time.sleep(0.05)
+    process.kill()
+    process.wait(timeout=60)
+    assert not (tmp_path / "killed" / "reviews" / "predictions.jsonl").exists()
+    assert main(["run", "reviews", "--config", str(workload), "--output", str(tmp_path / "again"), "--cache-dir", str(cache)]) == 0
+    report = same_as_local(tmp_path / "again" / "reviews", local_run)
+    assert 0 < report["counts"]["from_cache"] < RECORDS
 
 
 def test_a_worker_with_another_run_key_is_refused(cluster, workload):
