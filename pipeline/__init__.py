@@ -24,6 +24,7 @@ from nlpflow.types import (
     Backend,
     Example,
     ExampleError,
+    Executor,
     Features,
     Head,
     LoadedModel,
@@ -50,7 +51,7 @@ __all__ = [
     # hooks
     "hookimpl",
     # what plugins subclass
-    "Task", "TaskModel", "Metric", "Preprocessor", "Reader", "Reporter", "Backend", "NoOptions",
+    "Task", "TaskModel", "Metric", "Preprocessor", "Reader", "Reporter", "Backend", "Executor", "NoOptions",
     # records passed between stages
     "Example", "Features", "Prediction", "RawRecord", "RunResult", "LoadedModel", "ModelConfig", "Head", "HEADS",
     # errors a plugin may raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from nlpflow import run_folder
 from nlpflow.cache import PredictionCache, default_cache_dir
@@ -19,7 +19,7 @@ from nlpflow.errors import ConfigError, Location, NlpflowError, PipelinesFailed,
 from nlpflow.progress import quiet_libraries
 from nlpflow.registry import Registry, default_registry
 from nlpflow.runner import Runner
-from nlpflow.types import RunResult
+from nlpflow.types import Executor, RunResult
 
 log = logging.getLogger("nlpflow")
 
@@ -89,6 +89,9 @@ def run(
     set: Sequence[str] = (),
     keep_going: bool = False,
     library_logs: bool = False,
+    executor: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> list[RunResult]:
     """Run pipelines from a pipelines file; every pipeline is resolved before the first one runs.
 
@@ -96,9 +99,13 @@ def run(
     pipeline (the model ones in each pipeline that has a model); ``set`` takes ``PIPELINE.KEY.PATH=VALUE`` overrides,
     VALUE read as YAML. With ``keep_going``, a failing pipeline does not stop the others; :class:`PipelinesFailed`
     is raised at the end, holding the results and the failures. transformers' own progress bars and notices are
-    off during the run unless ``library_logs``.
+    off during the run unless ``library_logs``. ``executor`` names where model batches are computed (``local``: in
+    this process; ``ray``: on Ray actors, ``address`` the cluster's, ``workers`` how many).
     """
     registry = registry or default_registry(disabled_plugins)
+    executor_class = registry.get("executor", executor)
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
     pipelines = load_config(config)
     chosen = select(pipelines, names, Path(config))
     overrides = _flag_overrides(chosen, limit=limit, device=device, batch_size=batch_size, model=model) + list(set)
@@ -109,17 +116,20 @@ def run(
     cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir(), optional=cache_optional) if use_cache else None
     try:
         with quiet_libraries(not library_logs):
-            return _run_each(resolved, Path(output), cache, interactive, keep_going)
+            return _run_each(resolved, Path(output), cache, interactive, keep_going, lambda: executor_class(address=address, workers=workers))
     finally:
         if cache is not None:
             cache.close()
 
 
-def _run_each(resolved: list[ResolvedPipeline], output: Path, cache: PredictionCache | None, interactive: bool | None, keep_going: bool) -> list[RunResult]:
+def _run_each(
+    resolved: list[ResolvedPipeline], output: Path, cache: PredictionCache | None, interactive: bool | None, keep_going: bool,
+    make_executor: Callable[[], Executor],
+) -> list[RunResult]:
     results = []
     failures: list[tuple[str, NlpflowError]] = []
     for pipeline in resolved:
-        runner = Runner(pipeline, output, cache, interactive)
+        runner = Runner(pipeline, output, cache, interactive, make_executor())
         try:
             with run_folder.exclusive(runner.directory, pipeline.name):
                 results.append(runner.run())

@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print every pipeline's metrics to stdout as JSON")
     run.add_argument("--keep-going", action="store_true", help="run the other pipelines after one fails; print a summary and exit non-zero")
 
+    run.add_argument("--executor", default="local", help="where model batches are computed: local (this process, the default) or ray")
+    run.add_argument("--address", default=None, help="with --executor ray: the Ray cluster to join (auto: the one `ray start` runs here); default: start one in this process")
+    run.add_argument("--workers", type=int, default=None, help="with --executor ray: worker actors, each loading the model once (default: one per GPU, else one per CPU)")
+
     validate = commands.add_parser("validate", help="check a pipelines file without running it")
     validate.add_argument("pipelines", nargs="*", metavar="PIPELINE")
     validate.add_argument("-c", "--config", type=Path, default=Path("pipelines.yaml"))
@@ -166,6 +170,7 @@ def _run(args, registry) -> int:
         results = run(
             args.pipelines, args.config, args.output, args.cache_dir, not args.no_cache, registry, cache_optional=args.cache_optional,
             limit=args.limit, device=args.device, batch_size=batch_size, model=args.model, set=args.set, keep_going=args.keep_going,
+            executor=args.executor, address=args.address, workers=args.workers,
         )
     except PipelinesFailed as failed:
         results, failures = failed.results, failed.failures

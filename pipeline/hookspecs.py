@@ -15,7 +15,7 @@ from typing import Callable
 
 import pluggy
 
-from nlpflow.types import Backend, Metric, Preprocessor, Reader, Reporter, Task
+from nlpflow.types import Backend, Executor, Metric, Preprocessor, Reader, Reporter, Task
 
 hookspec = pluggy.HookspecMarker("nlpflow")
 hookimpl = pluggy.HookimplMarker("nlpflow")
@@ -93,6 +93,17 @@ def register_backends(register: Callable[[type[Backend]], None]) -> None:
     Called once when the plugin registry is built. Call
     ``register(BackendClass)`` for each :class:`nlpflow.Backend` subclass;
     its ``name`` is what ``model.backend`` refers to (``torch`` by default).
+    """
+
+
+@hookspec
+def register_executors(register: Callable[[type[Executor]], None]) -> None:
+    """Register executors: where a run's planned model batches are computed.
+
+    Called once when the plugin registry is built. Call
+    ``register(ExecutorClass)`` for each :class:`nlpflow.Executor` subclass;
+    its ``name`` is what ``nlpflow run --executor`` (and ``executor=`` in
+    ``nlpflow.run``) refers to (``local`` by default).
     """
 
 

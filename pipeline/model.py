@@ -19,13 +19,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from nlpflow.errors import ModelError
 from nlpflow.hub import input_limit
-from nlpflow.types import HEADS, Example, Features, ModelConfig, Prediction, TaskModel
+from nlpflow.types import HEADS, Example, Executor, Features, ModelConfig, Prediction, Task, TaskModel
 
 log = logging.getLogger("nlpflow.model")
 
@@ -57,6 +57,25 @@ class StageStats:
     largest_batch_rows: int = 0
     #: planned batches not run because every example in them came from the cache
     skipped_batches: int = 0
+
+
+@dataclass
+class PlannedChunk:
+    """The planned batches of one chunk that must be computed, in plan order, and how to collate each.
+
+    What an :class:`Executor` receives: the batches were planned over the whole
+    chunk on the driver, so a batch holds the same features wherever it runs.
+    """
+
+    stage: "ModelStage"
+    features: Sequence[Features]
+    lengths: np.ndarray
+    #: feature indices of each batch to compute; batches whose examples all came from the cache are left out
+    batches: list[list[int]]
+
+    def collate(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+        """The padded int64 inputs of one batch, ready to ship to a worker."""
+        return self.stage.collate(self.features, indices)
 
 
 class ModelStage:
@@ -145,11 +164,35 @@ class ModelStage:
     def _prepared(self, features: Sequence[Features], indices: Sequence[int]) -> Any:
         return self.backend.prepare(self.loaded, self.collate(features, indices))
 
+    def compute_batch(self, collated: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The head's outputs for one planned batch of collated inputs: what a remote worker runs per batch.
+
+        Out of memory with ``batch_size: auto``, the rows are computed in two
+        halves (recursively) and their outputs joined: the batch stays the
+        driver's unit of work, whose plan the worker cannot change.
+        """
+        started = time.perf_counter()
+        try:
+            results = self.backend.run(self.loaded, self.backend.prepare(self.loaded, collated), **self.head_options)
+        except Exception as error:
+            if not self.backend.is_out_of_memory(error):
+                raise
+            rows = len(collated["input_ids"])
+            self._back_off(range(rows), error)  # raises unless batch_size is auto and there are rows to split
+            half = rows // 2
+            first = self.compute_batch({name: values[:half] for name, values in collated.items()})
+            second = self.compute_batch({name: values[half:] for name, values in collated.items()})
+            # lists of rows: generated sequences of the two halves may differ in length
+            return {name: list(first[name]) + list(second[name]) for name in first}
+        self.stats.forward_seconds += time.perf_counter() - started
+        return results
+
     def run(
         self,
         examples: Sequence[Example],
         needed: Iterable[int] | None = None,
         on_batch: Callable[[list[tuple[int, Prediction]]], None] | None = None,
+        executor: Executor | None = None,
     ) -> list[Prediction | None]:
         """Predict the examples of a chunk; the result is in the same order as ``examples``.
 
@@ -163,6 +206,10 @@ class ModelStage:
         not; the others are None. ``on_batch`` receives, after each batch, the
         ``(position, prediction)`` pairs of the examples that batch completed,
         so the caller can store them before the next batch starts.
+
+        ``executor`` computes the planned batches (in this process when None);
+        encoding, planning and decoding stay here, so every executor decodes
+        the same outputs in the same order.
         """
         if not examples:
             return []
@@ -180,37 +227,12 @@ class ModelStage:
             per_example[owner].append(index)
         outputs: list[Any] = [None] * len(features)
         predictions: list[Prediction | None] = [None] * len(examples)
-        pending = self.plan(features)
-        pending.reverse()  # a stack: pop() takes the next batch in plan order
-        prepared = None
-        while pending:
-            indices = pending.pop()
-            if not wanted[example_of[indices]].any():
-                self.stats.skipped_batches += 1
-                continue
-            batch = prepared.result() if prepared is not None else self._prepared(features, indices)
-            prepared = None
-            following = self._next_wanted(pending, wanted, example_of)
-            if self._prefetch is not None and following is not None:
-                # collate (and pin) the next batch on a worker thread while this one runs on the device
-                prepared = self._prefetch.submit(self._prepared, features, following)
-            try:
-                started = time.perf_counter()
-                results = self.backend.run(self.loaded, batch, **self.head_options)
-                self.stats.forward_seconds += time.perf_counter() - started
-            except Exception as error:
-                if not self.backend.is_out_of_memory(error):
-                    raise
-                if prepared is not None and not prepared.cancel():
-                    prepared.exception()  # already running: let it finish (without raising) before re-planning
-                prepared = None
-                del batch
-                self._back_off(indices, error)
-                # re-plan this batch and every pending one under the smaller limits, keeping the order
-                remaining_features = list(indices) + [i for group in reversed(pending) for i in group]
-                pending = self._pack(remaining_features, lengths)
-                pending.reverse()
-                continue
+        planned = self.plan(features)
+        to_run = [indices for indices in planned if wanted[example_of[indices]].any()]
+        self.stats.skipped_batches += len(planned) - len(to_run)
+        chunk = PlannedChunk(self, features, lengths, to_run)
+        computed = executor.compute(chunk) if executor is not None else self.compute_in_process(chunk)
+        for indices, results in computed:
             self._split(results, indices, lengths, outputs)
             rows = len(indices)
             stats = self.stats
@@ -236,12 +258,42 @@ class ModelStage:
             on_batch(featureless)
         return predictions
 
-    def _next_wanted(self, pending: list[list[int]], wanted: np.ndarray, example_of: np.ndarray) -> list[int] | None:
-        """The next batch on the stack that will run (holds a needed example), or None."""
-        for indices in reversed(pending):
-            if wanted[example_of[indices]].any():
-                return indices
-        return None
+    def compute_in_process(self, chunk: "PlannedChunk") -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
+        """The local executor: each planned batch computed here, in plan order, as ``(indices, outputs)``.
+
+        On CUDA the next batch is collated (and pinned) on a worker thread while
+        the current one runs. A batch that runs out of memory (``batch_size:
+        auto``) is re-planned with every batch after it under halved limits.
+        """
+        features, lengths = chunk.features, chunk.lengths
+        pending = list(chunk.batches)
+        pending.reverse()  # a stack: pop() takes the next batch in plan order
+        prepared = None
+        while pending:
+            indices = pending.pop()
+            batch = prepared.result() if prepared is not None else self._prepared(features, indices)
+            prepared = None
+            if self._prefetch is not None and pending:
+                # collate (and pin) the next batch on a worker thread while this one runs on the device
+                prepared = self._prefetch.submit(self._prepared, features, pending[-1])
+            try:
+                started = time.perf_counter()
+                results = self.backend.run(self.loaded, batch, **self.head_options)
+                self.stats.forward_seconds += time.perf_counter() - started
+            except Exception as error:
+                if not self.backend.is_out_of_memory(error):
+                    raise
+                if prepared is not None and not prepared.cancel():
+                    prepared.exception()  # already running: let it finish (without raising) before re-planning
+                prepared = None
+                del batch
+                self._back_off(indices, error)
+                # re-plan this batch and every pending one under the smaller limits, keeping the order
+                remaining_features = list(indices) + [i for group in reversed(pending) for i in group]
+                pending = self._pack(remaining_features, lengths)
+                pending.reverse()
+                continue
+            yield indices, results
 
     def _decode(self, example: Example, features: Sequence[Features], outputs: list[Any], mine: list[int]) -> Prediction:
         try:
@@ -324,4 +376,17 @@ def cache_key_parameters(task_model: TaskModel) -> str:
         },
         sort_keys=True,
         default=str,
+    )
+
+
+def run_key(task: Task, task_model: TaskModel, task_provider: dict[str, Any]) -> str:
+    """The cache key part shared by every record of a run: task, options, model settings and the task's plugin.
+
+    A remote worker computes it from the model it loaded, so a worker whose
+    weights, backend or task plugin differ from the driver's is refused.
+    """
+    return json.dumps(
+        {"task": task.name, "options": task.options.model_dump(mode="json"), "model": cache_key_parameters(task_model),
+         "plugin": task_provider},
+        sort_keys=True,
     )

@@ -21,7 +21,7 @@ import pluggy
 from nlpflow import hookspecs
 from nlpflow.errors import ConfigError, Location, PluginError, did_you_mean
 from nlpflow import hub
-from nlpflow.types import Backend, Metric, Preprocessor, Reader, Reporter, Task
+from nlpflow.types import Backend, Executor, Metric, Preprocessor, Reader, Reporter, Task
 
 PROJECT = "nlpflow"
 #: comma-separated plugin names to block, as ``--disable-plugin`` does
@@ -37,6 +37,7 @@ KINDS: dict[str, tuple[str, type]] = {
     "register_readers": ("reader", Reader),
     "register_reporters": ("reporter", Reporter),
     "register_backends": ("backend", Backend),
+    "register_executors": ("executor", Executor),
 }
 
 

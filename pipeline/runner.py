@@ -33,11 +33,11 @@ from nlpflow.cache import PredictionCache, example_key
 from nlpflow.config import ResolvedPipeline
 from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, PluginError, RunInterrupted
 from nlpflow.labels import LabelCheck
-from nlpflow.model import DecodeError, ModelStage, cache_key_parameters
+from nlpflow.model import DecodeError, ModelStage, run_key as run_key_of
 from nlpflow.progress import Progress
 from nlpflow.report import metric_entry, package_versions, stage_file
 from nlpflow.run_folder import record_run_files, remove_previous_run
-from nlpflow.types import Example, ExampleError, Prediction, RawRecord, RunResult, TaskModel
+from nlpflow.types import Example, ExampleError, Executor, Prediction, RawRecord, RunResult, TaskModel
 
 log = logging.getLogger("nlpflow")
 
@@ -78,8 +78,13 @@ PREFLIGHT_RECORDS = 5
 class Runner:
     """Runs one resolved pipeline and writes its run folder."""
 
-    def __init__(self, pipeline: ResolvedPipeline, output_dir: Path, cache: PredictionCache | None = None, interactive: bool | None = None):
+    def __init__(
+        self, pipeline: ResolvedPipeline, output_dir: Path, cache: PredictionCache | None = None, interactive: bool | None = None,
+        executor: Executor | None = None,
+    ):
         self.pipeline = pipeline
+        #: computes the model stage's planned batches; None: in this process (the local executor's path)
+        self.executor = executor
         self.config = pipeline.config
         self.task = pipeline.task
         self.directory = safe_run_directory(output_dir, pipeline.name)
@@ -321,6 +326,18 @@ class Runner:
 
         self.check_labels()
         stage, run_key = self._load_model() if config.model is not None else (None, None)
+        try:
+            if stage is not None and self.executor is not None:
+                timer = time.perf_counter()
+                self.executor.start(self.task, config.model, self.pipeline.backend, run_key, self.pipeline.task_provider)
+                self.stage_seconds["start executor"] += time.perf_counter() - timer
+            return self._run_loaded(stage, run_key, started_at, started)
+        finally:
+            if self.executor is not None:
+                self.executor.close()
+
+    def _run_loaded(self, stage: ModelStage | None, run_key: str | None, started_at: datetime, started: float) -> RunResult:
+        config = self.config
 
         interactive = sys.stderr.isatty() if self.interactive is None else self.interactive
         # a bar needs a total; plain log lines do not, and then the file is not read an extra time for it
@@ -431,11 +448,7 @@ class Runner:
                 f"task {self.task.name!r}: load() returned {type(task_model).__name__}, expected a TaskModel",
                 self.pipeline.task_plugin,
             )
-        run_key = json.dumps(
-            {"task": self.task.name, "options": self.task.options.model_dump(mode="json"), "model": cache_key_parameters(task_model),
-             "plugin": self.pipeline.task_provider},
-            sort_keys=True,
-        )
+        run_key = run_key_of(self.task, task_model, self.pipeline.task_provider)
         self.stage_seconds["load model"] += time.perf_counter() - timer
         return ModelStage(task_model, config.model), run_key
 
@@ -501,7 +514,7 @@ class Runner:
                     self.counts.saved += len(fresh)
 
             try:
-                computed = stage.run(chunk, needed=misses, on_batch=store)
+                computed = stage.run(chunk, needed=misses, on_batch=store, executor=self.executor)
             except NlpflowError:
                 raise
             except DecodeError as error:
@@ -692,6 +705,7 @@ class Runner:
             # a rule-based run has no model either; this tells it apart from scoring the records' own predictions
             "rule": self.task.rule_name if stage is None and self.task.rule_based else None,
             "label_warnings": self.label_check.report() if self.label_check else None,
+            "executor": self.executor.describe() if self.executor is not None and stage is not None else {"name": "local"},
             "timing": {
                 "started": started_at.isoformat(timespec="seconds"),
                 "finished": finished_at.isoformat(timespec="seconds"),

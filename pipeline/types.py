@@ -290,6 +290,52 @@ class Backend(ABC):
 # --- tasks -------------------------------------------------------------------
 
 
+class Executor(ABC):
+    """Where the model stage computes its planned batches: in this process (``local``) or on workers (``ray``).
+
+    The driver keeps everything else (reading, preprocessing, the cache,
+    planning batches over each whole chunk, decoding, scoring, writing), so an
+    executor only computes batches, and its unit of work is exactly one planned
+    batch: a batch holds the same rows wherever it runs, so float results equal
+    the local run's.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: no options yet: an executor is chosen per run (``--executor``), not per pipeline
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, address: str | None = None, workers: int | None = None):
+        #: where the workers are (a cluster address; None: the executor's own default)
+        self.address = address
+        #: how many workers compute batches (None: the executor's own default)
+        self.workers = workers
+
+    def start(self, task: "Task", model: ModelConfig, backend: Backend, run_key: str, task_provider: dict[str, Any]) -> None:
+        """Called once per run, after the driver has loaded the model and before the first chunk.
+
+        A remote executor starts its workers here; each loads the model with
+        ``task.load(model, backend)`` and must reproduce ``run_key`` (the cache
+        key part of the run), or the run is refused.
+        """
+
+    @abstractmethod
+    def compute(self, chunk: Any) -> Iterator[tuple[list[int], Mapping[str, np.ndarray]]]:
+        """Compute ``chunk.batches`` (lists of feature indices), yielding ``(indices, outputs)`` in their order.
+
+        ``chunk.collate(indices)`` gives a batch's padded numpy inputs and
+        ``chunk.stage.compute_batch(inputs)`` is what computing it means; the
+        outputs are the head's arrays, one row per index.
+        """
+
+    def describe(self) -> dict[str, Any]:
+        """What the executor did, for report.json's ``executor`` section."""
+        return {"name": self.name}
+
+    def close(self) -> None:
+        """Called once when the run ends, whatever happened: stop the workers this executor started."""
+
+
 class TaskModel(ABC):
     """A task's side of a loaded model: inputs in, predictions out; the backend computes in between.
 
