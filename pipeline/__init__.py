@@ -35,6 +35,7 @@ from nlpflow.types import (
     RawRecord,
     Reader,
     Reporter,
+    RunCollector,
     RunResult,
     Task,
     TaskModel,
@@ -50,7 +51,7 @@ __all__ = [
     # hooks
     "hookimpl",
     # what plugins subclass
-    "Task", "TaskModel", "Metric", "Preprocessor", "Reader", "Reporter", "Backend", "NoOptions",
+    "Task", "TaskModel", "Metric", "Preprocessor", "Reader", "Reporter", "RunCollector", "Backend", "NoOptions",
     # records passed between stages
     "Example", "Features", "Prediction", "RawRecord", "RunResult", "LoadedModel", "ModelConfig", "Head", "HEADS",
     # errors a plugin may raise

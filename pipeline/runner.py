@@ -35,7 +35,7 @@ from nlpflow.model import DecodeError, ModelStage, cache_key_parameters
 from nlpflow.progress import Progress, count_lines
 from nlpflow.report import metric_entry, package_versions, stage_file
 from nlpflow.run_folder import record_run_files, remove_previous_run
-from nlpflow.types import Example, ExampleError, Prediction, RawRecord, RunResult, TaskModel
+from nlpflow.types import Example, ExampleError, Prediction, RawRecord, RunCollector, RunResult, TaskModel
 
 log = logging.getLogger("nlpflow")
 
@@ -80,6 +80,8 @@ class Runner:
         self.counts = Counts()
         self.stage_seconds: Counter[str] = Counter()
         self.metric_stats: list[list[np.ndarray]] = [[] for _ in pipeline.metrics]
+        #: reporters' collectors by reporter name, made as the run starts
+        self.collectors: dict[str, RunCollector] = {}
 
     # -- reading ----------------------------------------------------------
 
@@ -227,6 +229,7 @@ class Runner:
         _remove_stale_partials(self.directory)
         partial = self.directory / f".predictions.jsonl.{os.getpid()}.{id(self):x}.partial"
         progress = Progress(self.pipeline.name, total, interactive)
+        self.collectors = self._start_collectors()
         try:
             with progress.running(), open(partial, "w", encoding="utf-8") as predictions_file:
                 chunks = _chunks(self.examples(), config.chunk_size)
@@ -263,7 +266,7 @@ class Runner:
             report = self._report(metrics, stage, started_at, finished_at, wall)
             result = RunResult(
                 report=report, directory=self.directory, data_path=config.data_path, reader=self.pipeline.reader, task=self.task,
-                predictions_file=partial,
+                predictions_file=partial, collected=self.collectors,
             )
             # every report is rendered and written to a temporary file before the previous run's files are touched,
             # so a full disk or a failing write leaves the previous run whole
@@ -460,12 +463,19 @@ class Runner:
     def _score_and_write(self, chunk: list[Example], predictions: Sequence[Prediction], out) -> None:
         timer = time.perf_counter()
         references = []
-        for example in chunk:
-            with blamed_on(
+        reference = self.task.reference
+        example = chunk[0]
+        try:
+            for example in chunk:
+                references.append(reference(example))
+        except (NlpflowError, ExampleError):
+            raise
+        except Exception as error:
+            raise PluginError(
+                f"task {self.task.name!r} raised in reference() on record {example.index} ({self.config.data_path}:{example.line}): "
+                f"{type(error).__name__}: {error}",
                 self.pipeline.task_plugin,
-                f"task {self.task.name!r} raised in reference() on record {example.index} ({self.config.data_path}:{example.line})",
-            ):
-                references.append(self.task.reference(example))
+            ) from error
         scored = [position for position, reference in enumerate(references) if reference is not None]
         per_example: list[dict[str, float]] = [{} for _ in chunk]
         if scored:
@@ -492,19 +502,23 @@ class Runner:
         self.counts.scored += len(scored)
         self.counts.predicted += len(chunk)
         self.counts.truncated += sum(1 for example in chunk if example.notes.get("truncated"))
-        for example, prediction, reference, scores in zip(chunk, predictions, references, per_example):
-            line = {
-                "index": example.index,
-                "line": example.line,
-                "prediction": _json_ready(prediction.value),
-                "reference": _json_ready(reference),
-                "scores": scores,
-            }
+        prediction_values = [_json_ready(prediction.value) for prediction in predictions]
+        written_references = [_json_ready(reference) for reference in references]
+        lines = []
+        encode = _LINE_ENCODER.encode
+        for example, prediction, value, reference, scores in zip(chunk, predictions, prediction_values, written_references, per_example):
+            line = {"index": example.index, "line": example.line, "prediction": value, "reference": reference, "scores": scores}
             if prediction.details:
                 line["details"] = prediction.details
             if example.notes:
                 line["notes"] = _json_ready(example.notes)
-            out.write(json.dumps(line, ensure_ascii=False, sort_keys=False) + "\n")
+            lines.append(encode(line))
+        lines.append("")
+        out.write("\n".join(lines))
+        records = f"records {chunk[0].index}-{chunk[-1].index} of pipeline {self.pipeline.name!r}"
+        for name, collector in self.collectors.items():
+            with blamed_on(self.pipeline.providers[("reporter", name)], f"reporter {name!r} raised collecting {records}"):
+                collector.add(chunk, prediction_values, written_references, per_example)
         self.stage_seconds["metrics"] += time.perf_counter() - timer
 
     def _final_metrics(self) -> dict[str, Any]:
@@ -559,6 +573,16 @@ class Runner:
             },
             "versions": package_versions() | {"nlpflow": __version__},
         }
+
+    def _start_collectors(self) -> dict[str, RunCollector]:
+        """Each reporter's collector (by reporter name), fed every written chunk so reporters need not re-read files."""
+        collectors = {}
+        for reporter in self.pipeline.reporters:
+            with blamed_on(self.pipeline.providers[("reporter", reporter.name)], f"reporter {reporter.name!r} raised in collector()"):
+                collector = reporter.collector(self.task, self.pipeline.metrics)
+            if collector is not None:
+                collectors[reporter.name] = collector
+        return collectors
 
     def _stage_reports(self, result: RunResult) -> tuple[dict[str, Path], list[PluginError]]:
         """Each reporter's file written to a temporary file (by final name), and the reporters that failed: one broken
@@ -631,6 +655,10 @@ def _chunks(items: Iterator[Example], size: int) -> Iterator[list[Example]]:
         if not chunk:
             return
         yield chunk
+
+
+#: one encoder for every predictions.jsonl line: ``json.dumps`` with options builds a new encoder per call
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
 def _round(value: float) -> float | None:
