@@ -15,7 +15,9 @@ import json
 import logging
 import math
 import os
+import queue
 import sys
+import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -70,13 +72,16 @@ def safe_run_directory(output_dir: Path, pipeline_name: str) -> Path:
 class Runner:
     """Runs one resolved pipeline and writes its run folder."""
 
-    def __init__(self, pipeline: ResolvedPipeline, output_dir: Path, cache: PredictionCache | None = None, interactive: bool | None = None):
+    def __init__(self, pipeline: ResolvedPipeline, output_dir: Path, cache: PredictionCache | None = None, interactive: bool | None = None,
+                 overlap: bool | None = None):
         self.pipeline = pipeline
         self.config = pipeline.config
         self.task = pipeline.task
         self.directory = safe_run_directory(output_dir, pipeline.name)
         self.cache = cache
         self.interactive = interactive
+        #: read/preprocess, model and score/write of successive chunks in three threads (NLPFLOW_OVERLAP=0: one)
+        self.overlap = os.environ.get("NLPFLOW_OVERLAP", "1") != "0" if overlap is None else overlap
         self.counts = Counts()
         self.stage_seconds: Counter[str] = Counter()
         self.metric_stats: list[list[np.ndarray]] = [[] for _ in pipeline.metrics]
@@ -232,19 +237,15 @@ class Runner:
         self.collectors = self._start_collectors()
         try:
             with progress.running(), open(partial, "w", encoding="utf-8") as predictions_file:
-                chunks = _chunks(self.examples(), config.chunk_size)
-                while True:
-                    timer = time.perf_counter()
-                    chunk = next(chunks, None)
-                    self.stage_seconds["read"] += time.perf_counter() - timer
-                    if chunk is None:
-                        break
-                    progress.advance("read", len(chunk))
-                    self._preprocess(chunk)
-                    progress.advance("preprocess", len(chunk))
-                    predictions = self._predict(chunk, stage, run_key)
-                    progress.advance("predict", len(chunk))
-                    self._score_and_write(chunk, predictions, predictions_file)
+                if self.overlap:
+                    self._run_overlapped(stage, run_key, progress, predictions_file)
+                else:
+                    for chunk in self._prepared_chunks():
+                        progress.advance("read", len(chunk))
+                        progress.advance("preprocess", len(chunk))
+                        predictions = self._predict(chunk, stage, run_key)
+                        progress.advance("predict", len(chunk))
+                        self._score_and_write(chunk, predictions, predictions_file)
                 predictions_file.flush()
                 os.fsync(predictions_file.fileno())
             if self.counts.read == 0:
@@ -304,6 +305,76 @@ class Runner:
         if failures:
             raise failures[0]
         return result
+
+    def _prepared_chunks(self) -> Iterator[list[Example]]:
+        """Chunks of read, checked and preprocessed examples, in file order."""
+        chunks = _chunks(self.examples(), self.config.chunk_size)
+        while True:
+            timer = time.perf_counter()
+            chunk = next(chunks, None)
+            self.stage_seconds["read"] += time.perf_counter() - timer
+            if chunk is None:
+                return
+            self._preprocess(chunk)
+            yield chunk
+
+    def _run_overlapped(self, stage: ModelStage | None, run_key: str | None, progress: Progress, predictions_file) -> None:
+        """The chunk loop with its stages overlapped: a reader thread reads, checks and preprocesses the next chunk and
+        a writer thread scores and writes the previous one while this thread runs the model on the current one (the
+        tokenizer, numpy and torch release the GIL). Queues of one chunk keep memory flat; the writer takes chunks in
+        order, so the output is the sequential loop's. A worker's exception is raised here as it was raised there;
+        on any exit (an error, Ctrl-C, SIGTERM, both of which arrive in this thread) the workers are told to stop
+        and joined."""
+        stop = threading.Event()
+        prepared = _Handoff(stop)
+        to_write = _Handoff(stop)
+
+        def read() -> None:
+            try:
+                for chunk in self._prepared_chunks():
+                    if not prepared.put(chunk):
+                        return
+                prepared.put(_END)
+            except BaseException as error:  # handed to the main thread, which raises it
+                prepared.put(_Failure(error))
+
+        def write() -> None:
+            try:
+                while (item := to_write.get()) is not _END and item is not None:
+                    self._score_and_write(*item, predictions_file)
+            except BaseException as error:
+                to_write.failure = error
+                stop.set()
+
+        workers = [threading.Thread(target=read, name="nlpflow-read", daemon=True),
+                   threading.Thread(target=write, name="nlpflow-write", daemon=True)]
+        for worker in workers:
+            worker.start()
+        try:
+            while True:
+                item = prepared.get()
+                if to_write.failure is not None:
+                    raise to_write.failure
+                if item is _END:
+                    break
+                if isinstance(item, _Failure):
+                    raise item.error
+                progress.advance("read", len(item))
+                progress.advance("preprocess", len(item))
+                predictions = self._predict(item, stage, run_key)
+                progress.advance("predict", len(item))
+                if not to_write.put((item, predictions)) and to_write.failure is not None:
+                    raise to_write.failure
+            to_write.put(_END)
+            workers[1].join()
+            if to_write.failure is not None:
+                raise to_write.failure
+        finally:
+            stop.set()
+            for worker in workers:
+                # a worker stops at its next hand-off; one in the middle of a long chunk is left (a daemon) after
+                # a few seconds rather than holding up Ctrl-C
+                worker.join(timeout=5)
 
     def _load_model(self) -> tuple[ModelStage, str]:
         """The task's model in its model stage, and the cache key part shared by every record of this run."""
@@ -647,6 +718,46 @@ def blamed_on(plugin: str, what: str) -> Iterator[None]:
         raise
     except Exception as error:
         raise PluginError(f"{what}: {type(error).__name__}: {error}", plugin) from error
+
+
+_END = object()  # the last item through a hand-off queue
+
+
+class _Failure:
+    """An exception raised in a worker thread, travelling to the main thread in the worker's queue."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class _Handoff:
+    """A queue of one item between two stages that gives up when ``stop`` is set, so neither side waits forever
+    on a stage that has failed or been interrupted."""
+
+    def __init__(self, stop: threading.Event):
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.stop = stop
+        #: the consumer's exception, when the consumer is a worker thread
+        self.failure: BaseException | None = None
+
+    def put(self, item: Any) -> bool:
+        """Hand ``item`` over; False if the run stopped first."""
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self) -> Any:
+        """The next item; None if the run stopped first."""
+        while not self.stop.is_set():
+            try:
+                return self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
 
 
 def _chunks(items: Iterator[Example], size: int) -> Iterator[list[Example]]:
