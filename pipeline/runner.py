@@ -110,6 +110,9 @@ class Runner:
         label_fields = [mapping[name] for name in task.reference_fields] + ([prediction_column] if needs_prediction else [])
         #: label with case and surrounding spaces folded -> the spellings seen, to warn about look-alike labels
         spellings: dict[str, set[str]] = {}
+        check_example = task.check_example
+        data_path = config.data_path  # a property that builds a Path: once, not per record
+        input_columns = [(name, column) for name, column in mapping.items() if name in task.input_fields]
         index = -1
         for record in records:
             index += 1
@@ -118,8 +121,8 @@ class Runner:
                 self._fail_or_skip(record.error or "unreadable record", record.line, index)
                 continue
             data = record.data
-            missing = [f"{name!r} (column {column!r})" if column != name else repr(name) for name, column in mapping.items()
-                       if name in task.input_fields and column not in data]
+            missing = [f"{name!r} (column {column!r})" if column != name else repr(name) for name, column in input_columns
+                       if column not in data]
             if needs_prediction and prediction_column not in data:
                 missing.append(f"{PREDICTION_FIELD!r} (needed because the pipeline has no model)")
             if missing:
@@ -135,11 +138,17 @@ class Runner:
                 fields[PREDICTION_FIELD] = data[prediction_column]
             example = Example(index=index, line=record.line, fields=fields, columns=data)
             try:
-                with blamed_on(self.pipeline.task_plugin, f"task {task.name!r} raised in check_example on record {index} ({config.data_path}:{record.line})"):
-                    task.check_example(example)
+                check_example(example)
             except ExampleError as error:
                 self._fail_or_skip(str(error), record.line, index)
                 continue
+            except NlpflowError:
+                raise
+            except Exception as error:
+                raise PluginError(
+                    f"task {task.name!r} raised in check_example on record {index} ({data_path}:{record.line}): {type(error).__name__}: {error}",
+                    self.pipeline.task_plugin,
+                ) from error
             yield example
         look_alikes = sorted(sorted(group) for group in spellings.values() if len(group) > 1)
         if look_alikes:
@@ -432,13 +441,16 @@ class Runner:
             predictions = []
             for example in chunk:
                 try:
-                    with blamed_on(
-                        self.pipeline.task_plugin,
-                        f"task {self.task.name!r} raised in parse_prediction on record {example.index} ({self.config.data_path}:{example.line})",
-                    ):
-                        prediction = self.task.parse_prediction(example.fields[PREDICTION_FIELD])
+                    prediction = self.task.parse_prediction(example.fields[PREDICTION_FIELD])
                 except ExampleError as error:
                     raise DataError(f"field 'prediction': {error}", self.config.data_path, example.line, self.pipeline.name) from None
+                except NlpflowError:
+                    raise
+                except Exception as error:  # the message is built only on failure, not per record
+                    raise PluginError(
+                        f"task {self.task.name!r} raised in parse_prediction on {_where(example, self.config)}: {type(error).__name__}: {error}",
+                        self.pipeline.task_plugin,
+                    ) from error
                 predictions.append(self._checked(prediction, example, "parse_prediction"))
             self.stage_seconds["predictions given"] += time.perf_counter() - timer
             return predictions
@@ -509,16 +521,15 @@ class Runner:
 
     def _checked(self, prediction: Any, example: Example, method: str) -> Prediction:
         """A task's prediction, made JSON-ready; anything else is the task plugin's bug, named with the record."""
-        where = f"record {example.index} ({self.config.data_path}:{example.line})"
         if not isinstance(prediction, Prediction):
             raise PluginError(
-                f"task {self.task.name!r}: {method} returned {type(prediction).__name__} for {where}, expected Prediction",
+                f"task {self.task.name!r}: {method} returned {type(prediction).__name__} for {_where(example, self.config)}, expected Prediction",
                 self.pipeline.task_plugin,
             )
         details = prediction.details if prediction.details is not None else {}
         if not isinstance(details, dict):
             raise PluginError(
-                f"task {self.task.name!r}: {method} returned details of type {type(details).__name__} for {where}, expected a dict",
+                f"task {self.task.name!r}: {method} returned details of type {type(details).__name__} for {_where(example, self.config)}, expected a dict",
                 self.pipeline.task_plugin,
             )
         prediction.details = _json_ready(details)
@@ -526,7 +537,7 @@ class Runner:
             json.dumps([_json_ready(prediction.value), prediction.details], ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError, UnicodeEncodeError) as error:
             raise PluginError(
-                f"task {self.task.name!r}: {method} returned a prediction for {where} that cannot be written as JSON: {error}",
+                f"task {self.task.name!r}: {method} returned a prediction for {_where(example, self.config)} that cannot be written as JSON: {error}",
                 self.pipeline.task_plugin,
             ) from None
         return prediction
@@ -680,6 +691,11 @@ class Runner:
                 temporary.unlink(missing_ok=True)
             raise
         return staged, errors
+
+
+def _where(example: Example, config) -> str:
+    """A record as error messages name it: its index and its place in the data file (built only for a message)."""
+    return f"record {example.index} ({config.data_path}:{example.line})"
 
 
 def _identity(status: os.stat_result) -> tuple[int, int, int, int]:
