@@ -606,11 +606,15 @@ class Runner:
     def _final_metrics(self) -> dict[str, Any]:
         bootstrap = self.config.report.bootstrap
         results = {}
-        for metric, parts in zip(self.pipeline.metrics, self.metric_stats):
+        for slot, metric in enumerate(self.pipeline.metrics):
+            parts, self.metric_stats[slot] = self.metric_stats[slot], []
             stats = np.concatenate(parts) if parts else np.zeros((0, 1))
+            # the chunks' arrays go as soon as they are joined: at 1M records one metric's stats are hundreds of MiB
+            del parts
             provider = self.pipeline.providers[("metric", metric.name)]
             with blamed_on(provider, f"metric {metric.name!r} raised while scoring"):
                 results[metric.name] = metric_entry(metric, stats, bootstrap.resamples, bootstrap.seed, bootstrap.confidence, provider)
+            del stats
         return results
 
     def _report(self, metrics: dict, stage: ModelStage | None, started_at: datetime, finished_at: datetime, wall: float) -> dict[str, Any]:
