@@ -270,7 +270,7 @@ class Runner:
 
             timer = time.perf_counter()
             metrics = self._final_metrics()
-            self.stage_seconds["metrics"] += time.perf_counter() - timer
+            self.stage_seconds["final metrics"] += time.perf_counter() - timer
             finished_at = datetime.now(timezone.utc)
             wall = time.perf_counter() - started
             report = self._report(metrics, stage, started_at, finished_at, wall)
@@ -601,7 +601,7 @@ class Runner:
         for name, collector in self.collectors.items():
             with blamed_on(self.pipeline.providers[("reporter", name)], f"reporter {name!r} raised collecting {records}"):
                 collector.add(chunk, prediction_values, written_references, per_example)
-        self.stage_seconds["metrics"] += time.perf_counter() - timer
+        self.stage_seconds["score and write"] += time.perf_counter() - timer
 
     def _final_metrics(self) -> dict[str, Any]:
         bootstrap = self.config.report.bootstrap
