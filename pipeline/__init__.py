@@ -36,6 +36,7 @@ from nlpflow.types import (
     RawRecord,
     Reader,
     Reporter,
+    RunCollector,
     RunResult,
     Task,
     TaskModel,
@@ -51,7 +52,7 @@ __all__ = [
     # hooks
     "hookimpl",
     # what plugins subclass
-    "Task", "TaskModel", "Metric", "Preprocessor", "Reader", "Reporter", "Backend", "Executor", "NoOptions",
+    "Task", "TaskModel", "Metric", "Preprocessor", "Reader", "Reporter", "RunCollector", "Backend", "Executor", "NoOptions",
     # records passed between stages
     "Example", "Features", "Prediction", "RawRecord", "RunResult", "LoadedModel", "ModelConfig", "Head", "HEADS",
     # errors a plugin may raise

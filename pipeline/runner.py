@@ -15,7 +15,9 @@ import json
 import logging
 import math
 import os
+import queue
 import sys
+import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -37,7 +39,7 @@ from nlpflow.model import DecodeError, ModelStage, run_key as run_key_of
 from nlpflow.progress import Progress
 from nlpflow.report import metric_entry, package_versions, stage_file
 from nlpflow.run_folder import record_run_files, remove_previous_run
-from nlpflow.types import Example, ExampleError, Executor, Prediction, RawRecord, RunResult, TaskModel
+from nlpflow.types import Example, ExampleError, Executor, Prediction, RawRecord, RunCollector, RunResult, TaskModel
 
 log = logging.getLogger("nlpflow")
 
@@ -80,7 +82,7 @@ class Runner:
 
     def __init__(
         self, pipeline: ResolvedPipeline, output_dir: Path, cache: PredictionCache | None = None, interactive: bool | None = None,
-        executor: Executor | None = None,
+        executor: Executor | None = None, overlap: bool | None = None,
     ):
         self.pipeline = pipeline
         #: computes the model stage's planned batches; None: in this process (the local executor's path)
@@ -90,6 +92,8 @@ class Runner:
         self.directory = safe_run_directory(output_dir, pipeline.name)
         self.cache = cache
         self.interactive = interactive
+        #: read/preprocess, model and score/write of successive chunks in three threads (NLPFLOW_OVERLAP=0: one)
+        self.overlap = os.environ.get("NLPFLOW_OVERLAP", "1") != "0" if overlap is None else overlap
         self.counts = Counts()
         self.stage_seconds: Counter[str] = Counter()
         self.metric_stats: list[list[np.ndarray]] = [[] for _ in pipeline.metrics]
@@ -102,6 +106,8 @@ class Runner:
         )
         #: set by :meth:`check_labels` before the model loads; None for open-ended tasks
         self.label_check: LabelCheck | None = None
+        #: reporters' collectors by reporter name, made as the run starts
+        self.collectors: dict[str, RunCollector] = {}
 
     # -- reading ----------------------------------------------------------
 
@@ -126,6 +132,9 @@ class Runner:
         label_fields = [mapping[name] for name in task.reference_fields] + ([prediction_column] if needs_prediction else [])
         #: label with case and surrounding spaces folded -> the spellings seen, to warn about look-alike labels
         spellings: dict[str, set[str]] = {}
+        check_example = task.check_example
+        data_path = config.data_path  # a property that builds a Path: once, not per record
+        input_columns = [(name, column) for name, column in mapping.items() if name in task.input_fields]
         index = -1
         for record in records:
             index += 1
@@ -134,8 +143,8 @@ class Runner:
                 self._fail_or_skip(record.error or "unreadable record", record.line, index, record.source)
                 continue
             data = record.data
-            missing = [f"{name!r} (column {column!r})" if column != name else repr(name) for name, column in mapping.items()
-                       if name in task.input_fields and column not in data]
+            missing = [f"{name!r} (column {column!r})" if column != name else repr(name) for name, column in input_columns
+                       if column not in data]
             if needs_prediction and prediction_column not in data:
                 missing.append(f"{PREDICTION_FIELD!r} (needed because the pipeline has no model)")
             if config.data.id_field and config.data.id_field not in data:
@@ -153,11 +162,17 @@ class Runner:
                 fields[PREDICTION_FIELD] = data[prediction_column]
             example = Example(index=index, line=record.line, fields=fields, columns=data)
             try:
-                with blamed_on(self.pipeline.task_plugin, f"task {task.name!r} raised in check_example on record {index} ({config.data_path}:{record.line})"):
-                    task.check_example(example)
+                check_example(example)
             except ExampleError as error:
                 self._fail_or_skip(str(error), record.line, index, record.source)
                 continue
+            except NlpflowError:
+                raise
+            except Exception as error:
+                raise PluginError(
+                    f"task {task.name!r} raised in check_example on record {index} ({data_path}:{record.line}): {type(error).__name__}: {error}",
+                    self.pipeline.task_plugin,
+                ) from error
             if self.label_check is not None:
                 self.label_check.see(example)
             yield example
@@ -349,21 +364,18 @@ class Runner:
         _remove_stale_partials(self.directory)
         partial = self.directory / f".predictions.jsonl.{os.getpid()}.{id(self):x}.partial"
         progress = Progress(self.pipeline.name, total, interactive)
+        self.collectors = self._start_collectors()
         try:
             with progress.running(), open(partial, "w", encoding="utf-8") as predictions_file:
-                chunks = _chunks(self.examples(), config.chunk_size)
-                while True:
-                    timer = time.perf_counter()
-                    chunk = next(chunks, None)
-                    self.stage_seconds["read"] += time.perf_counter() - timer
-                    if chunk is None:
-                        break
-                    progress.advance("read", len(chunk))
-                    self._preprocess(chunk)
-                    progress.advance("preprocess", len(chunk))
-                    predictions = self._predict(chunk, stage, run_key)
-                    progress.advance("predict", len(chunk))
-                    self._score_and_write(chunk, predictions, predictions_file)
+                if self.overlap:
+                    self._run_overlapped(stage, run_key, progress, predictions_file)
+                else:
+                    for chunk in self._prepared_chunks():
+                        progress.advance("read", len(chunk))
+                        progress.advance("preprocess", len(chunk))
+                        predictions = self._predict(chunk, stage, run_key)
+                        progress.advance("predict", len(chunk))
+                        self._score_and_write(chunk, predictions, predictions_file)
                 predictions_file.flush()
                 os.fsync(predictions_file.fileno())
             if self.counts.read == 0:
@@ -379,13 +391,13 @@ class Runner:
 
             timer = time.perf_counter()
             metrics = self._final_metrics()
-            self.stage_seconds["metrics"] += time.perf_counter() - timer
+            self.stage_seconds["final metrics"] += time.perf_counter() - timer
             finished_at = datetime.now(timezone.utc)
             wall = time.perf_counter() - started
             report = self._report(metrics, stage, started_at, finished_at, wall)
             result = RunResult(
                 report=report, directory=self.directory, data_path=config.data_path, reader=self.pipeline.reader, task=self.task,
-                predictions_file=partial,
+                predictions_file=partial, collected=self.collectors,
             )
             # every report is rendered and written to a temporary file before the previous run's files are touched,
             # so a full disk or a failing write leaves the previous run whole
@@ -423,6 +435,76 @@ class Runner:
         if failures:
             raise failures[0]
         return result
+
+    def _prepared_chunks(self) -> Iterator[list[Example]]:
+        """Chunks of read, checked and preprocessed examples, in file order."""
+        chunks = _chunks(self.examples(), self.config.chunk_size)
+        while True:
+            timer = time.perf_counter()
+            chunk = next(chunks, None)
+            self.stage_seconds["read"] += time.perf_counter() - timer
+            if chunk is None:
+                return
+            self._preprocess(chunk)
+            yield chunk
+
+    def _run_overlapped(self, stage: ModelStage | None, run_key: str | None, progress: Progress, predictions_file) -> None:
+        """The chunk loop with its stages overlapped: a reader thread reads, checks and preprocesses the next chunk and
+        a writer thread scores and writes the previous one while this thread runs the model on the current one (the
+        tokenizer, numpy and torch release the GIL). Queues of one chunk keep memory flat; the writer takes chunks in
+        order, so the output is the sequential loop's. A worker's exception is raised here as it was raised there;
+        on any exit (an error, Ctrl-C, SIGTERM, both of which arrive in this thread) the workers are told to stop
+        and joined."""
+        stop = threading.Event()
+        prepared = _Handoff(stop)
+        to_write = _Handoff(stop)
+
+        def read() -> None:
+            try:
+                for chunk in self._prepared_chunks():
+                    if not prepared.put(chunk):
+                        return
+                prepared.put(_END)
+            except BaseException as error:  # handed to the main thread, which raises it
+                prepared.put(_Failure(error))
+
+        def write() -> None:
+            try:
+                while (item := to_write.get()) is not _END and item is not None:
+                    self._score_and_write(*item, predictions_file)
+            except BaseException as error:
+                to_write.failure = error
+                stop.set()
+
+        workers = [threading.Thread(target=read, name="nlpflow-read", daemon=True),
+                   threading.Thread(target=write, name="nlpflow-write", daemon=True)]
+        for worker in workers:
+            worker.start()
+        try:
+            while True:
+                item = prepared.get()
+                if to_write.failure is not None:
+                    raise to_write.failure
+                if item is _END:
+                    break
+                if isinstance(item, _Failure):
+                    raise item.error
+                progress.advance("read", len(item))
+                progress.advance("preprocess", len(item))
+                predictions = self._predict(item, stage, run_key)
+                progress.advance("predict", len(item))
+                if not to_write.put((item, predictions)) and to_write.failure is not None:
+                    raise to_write.failure
+            to_write.put(_END)
+            workers[1].join()
+            if to_write.failure is not None:
+                raise to_write.failure
+        finally:
+            stop.set()
+            for worker in workers:
+                # a worker stops at its next hand-off; one in the middle of a long chunk is left (a daemon) after
+                # a few seconds rather than holding up Ctrl-C
+                worker.join(timeout=5)
 
     def _load_model(self) -> tuple[ModelStage, str]:
         """The task's model in its model stage, and the cache key part shared by every record of this run."""
@@ -478,13 +560,16 @@ class Runner:
             predictions = []
             for example in chunk:
                 try:
-                    with blamed_on(
-                        self.pipeline.task_plugin,
-                        f"task {self.task.name!r} raised in parse_prediction on record {example.index} ({self.config.data_path}:{example.line})",
-                    ):
-                        prediction = self.task.parse_prediction(example.fields[PREDICTION_FIELD])
+                    prediction = self.task.parse_prediction(example.fields[PREDICTION_FIELD])
                 except ExampleError as error:
                     raise DataError(f"field 'prediction': {error}", self.config.data_path, example.line, self.pipeline.name) from None
+                except NlpflowError:
+                    raise
+                except Exception as error:  # the message is built only on failure, not per record
+                    raise PluginError(
+                        f"task {self.task.name!r} raised in parse_prediction on {_where(example, self.config)}: {type(error).__name__}: {error}",
+                        self.pipeline.task_plugin,
+                    ) from error
                 predictions.append(self._checked(prediction, example, "parse_prediction"))
             self.stage_seconds["predictions given"] += time.perf_counter() - timer
             return predictions
@@ -555,16 +640,15 @@ class Runner:
 
     def _checked(self, prediction: Any, example: Example, method: str) -> Prediction:
         """A task's prediction, made JSON-ready; anything else is the task plugin's bug, named with the record."""
-        where = f"record {example.index} ({self.config.data_path}:{example.line})"
         if not isinstance(prediction, Prediction):
             raise PluginError(
-                f"task {self.task.name!r}: {method} returned {type(prediction).__name__} for {where}, expected Prediction",
+                f"task {self.task.name!r}: {method} returned {type(prediction).__name__} for {_where(example, self.config)}, expected Prediction",
                 self.pipeline.task_plugin,
             )
         details = prediction.details if prediction.details is not None else {}
         if not isinstance(details, dict):
             raise PluginError(
-                f"task {self.task.name!r}: {method} returned details of type {type(details).__name__} for {where}, expected a dict",
+                f"task {self.task.name!r}: {method} returned details of type {type(details).__name__} for {_where(example, self.config)}, expected a dict",
                 self.pipeline.task_plugin,
             )
         prediction.details = _json_ready(details)
@@ -572,7 +656,7 @@ class Runner:
             json.dumps([_json_ready(prediction.value), prediction.details], ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError, UnicodeEncodeError) as error:
             raise PluginError(
-                f"task {self.task.name!r}: {method} returned a prediction for {where} that cannot be written as JSON: {error}",
+                f"task {self.task.name!r}: {method} returned a prediction for {_where(example, self.config)} that cannot be written as JSON: {error}",
                 self.pipeline.task_plugin,
             ) from None
         return prediction
@@ -580,12 +664,19 @@ class Runner:
     def _score_and_write(self, chunk: list[Example], predictions: Sequence[Prediction], out) -> None:
         timer = time.perf_counter()
         references = []
-        for example in chunk:
-            with blamed_on(
+        reference = self.task.reference
+        example = chunk[0]
+        try:
+            for example in chunk:
+                references.append(reference(example))
+        except (NlpflowError, ExampleError):
+            raise
+        except Exception as error:
+            raise PluginError(
+                f"task {self.task.name!r} raised in reference() on record {example.index} ({self.config.data_path}:{example.line}): "
+                f"{type(error).__name__}: {error}",
                 self.pipeline.task_plugin,
-                f"task {self.task.name!r} raised in reference() on record {example.index} ({self.config.data_path}:{example.line})",
-            ):
-                references.append(self.task.reference(example))
+            ) from error
         scored = [position for position, reference in enumerate(references) if reference is not None]
         per_example: list[dict[str, float]] = [{} for _ in chunk]
         if scored:
@@ -612,27 +703,31 @@ class Runner:
         self.counts.scored += len(scored)
         self.counts.predicted += len(chunk)
         self.counts.truncated += sum(1 for example in chunk if example.notes.get("truncated"))
-        for example, prediction, reference, scores in zip(chunk, predictions, references, per_example):
+        prediction_values = [_json_ready(prediction.value) for prediction in predictions]
+        written_references = [_json_ready(reference) for reference in references]
+        lines = []
+        encode = _LINE_ENCODER.encode
+        for example, prediction, value, reference, scores in zip(chunk, predictions, prediction_values, written_references, per_example):
+            identity = self._record_identity(example)
             if reference is not None:  # a row of the metric stats, in the same order
                 self.analysis.add(
-                    example, scores, _json_ready(prediction.value), _json_ready(reference), self._record_identity(example),
+                    example, scores, value, reference, identity,
                     {name: _json_ready(example.columns.get(self.config.fields.get(name, name))) for name in self.task.input_fields},
                     prediction.details,
                 )
-            line = {
-                "index": example.index,
-                "line": example.line,
-                **self._record_identity(example),
-                "prediction": _json_ready(prediction.value),
-                "reference": _json_ready(reference),
-                "scores": scores,
-            }
+            line = {"index": example.index, "line": example.line, **identity, "prediction": value, "reference": reference, "scores": scores}
             if prediction.details:
                 line["details"] = prediction.details
             if example.notes:
                 line["notes"] = _json_ready(example.notes)
-            out.write(json.dumps(line, ensure_ascii=False, sort_keys=False) + "\n")
-        self.stage_seconds["metrics"] += time.perf_counter() - timer
+            lines.append(encode(line))
+        lines.append("")
+        out.write("\n".join(lines))
+        records = f"records {chunk[0].index}-{chunk[-1].index} of pipeline {self.pipeline.name!r}"
+        for name, collector in self.collectors.items():
+            with blamed_on(self.pipeline.providers[("reporter", name)], f"reporter {name!r} raised collecting {records}"):
+                collector.add(chunk, prediction_values, written_references, per_example)
+        self.stage_seconds["score and write"] += time.perf_counter() - timer
 
     def _record_identity(self, example: Example) -> dict[str, Any]:
         """The record's ``id`` (data.id_field, else an ``id`` or ``_id`` column) and, with report.include_inputs, its
@@ -661,11 +756,15 @@ class Runner:
     def _final_metrics(self) -> dict[str, Any]:
         bootstrap = self.config.report.bootstrap
         results = {}
-        for metric, parts in zip(self.pipeline.metrics, self.metric_stats):
+        for slot, metric in enumerate(self.pipeline.metrics):
+            parts, self.metric_stats[slot] = self.metric_stats[slot], []
             stats = np.concatenate(parts) if parts else np.zeros((0, 1))
+            # the chunks' arrays go as soon as they are joined: at 1M records one metric's stats are hundreds of MiB
+            del parts
             provider = self.pipeline.providers[("metric", metric.name)]
             with blamed_on(provider, f"metric {metric.name!r} raised while scoring"):
                 results[metric.name] = metric_entry(metric, stats, bootstrap.resamples, bootstrap.seed, bootstrap.confidence, provider)
+            del stats
         return results
 
     def _report(self, metrics: dict, stage: ModelStage | None, started_at: datetime, finished_at: datetime, wall: float) -> dict[str, Any]:
@@ -716,6 +815,16 @@ class Runner:
             "versions": package_versions() | {"nlpflow": __version__},
         }
 
+    def _start_collectors(self) -> dict[str, RunCollector]:
+        """Each reporter's collector (by reporter name), fed every written chunk so reporters need not re-read files."""
+        collectors = {}
+        for reporter in self.pipeline.reporters:
+            with blamed_on(self.pipeline.providers[("reporter", reporter.name)], f"reporter {reporter.name!r} raised in collector()"):
+                collector = reporter.collector(self.task, self.pipeline.metrics)
+            if collector is not None:
+                collectors[reporter.name] = collector
+        return collectors
+
     def _stage_reports(self, result: RunResult) -> tuple[dict[str, Path], list[PluginError]]:
         """Each reporter's file written to a temporary file (by final name), and the reporters that failed: one broken
         reporter must not stop the others."""
@@ -741,6 +850,11 @@ class Runner:
                 temporary.unlink(missing_ok=True)
             raise
         return staged, errors
+
+
+def _where(example: Example, config) -> str:
+    """A record as error messages name it: its index and its place in the data file (built only for a message)."""
+    return f"record {example.index} ({config.data_path}:{example.line})"
 
 
 def _identity(status: os.stat_result) -> tuple[int, int, int, int]:
@@ -781,12 +895,56 @@ def blamed_on(plugin: str, what: str) -> Iterator[None]:
         raise PluginError(f"{what}: {type(error).__name__}: {error}", plugin) from error
 
 
+_END = object()  # the last item through a hand-off queue
+
+
+class _Failure:
+    """An exception raised in a worker thread, travelling to the main thread in the worker's queue."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class _Handoff:
+    """A queue of one item between two stages that gives up when ``stop`` is set, so neither side waits forever
+    on a stage that has failed or been interrupted."""
+
+    def __init__(self, stop: threading.Event):
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.stop = stop
+        #: the consumer's exception, when the consumer is a worker thread
+        self.failure: BaseException | None = None
+
+    def put(self, item: Any) -> bool:
+        """Hand ``item`` over; False if the run stopped first."""
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self) -> Any:
+        """The next item; None if the run stopped first."""
+        while not self.stop.is_set():
+            try:
+                return self.queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
+
 def _chunks(items: Iterator[Example], size: int) -> Iterator[list[Example]]:
     while True:
         chunk = list(islice(items, size))
         if not chunk:
             return
         yield chunk
+
+
+#: one encoder for every predictions.jsonl line: ``json.dumps`` with options builds a new encoder per call
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
 def _round(value: float) -> float | None:

@@ -589,22 +589,39 @@ class Reporter(ABC):
     def __init__(self, options: BaseModel | None = None):
         self.options = options if options is not None else self.Options()
 
+    def collector(self, task: Task, metrics: Sequence[Metric]) -> RunCollector | None:
+        """Called once before the run reads its first record. A collector returned here is fed every written chunk
+        of the run, in file order, and is handed back in ``RunResult.collected[self.name]``, so ``render`` needs
+        not read the data or predictions files again. None (the default): the reporter needs no per-example data."""
+        return None
+
     @abstractmethod
     def render(self, run: RunResult) -> str:
         """Return the file's text; the runner writes it atomically to ``run.directory / filename``."""
 
 
+class RunCollector(ABC):
+    """Gathers what a reporter shows about single examples while the run goes, in memory that does not grow with
+    the number of records (top-k heaps, per-slice sums)."""
+
+    @abstractmethod
+    def add(self, examples: Sequence[Example], predictions: Sequence[Any], references: Sequence[Any],
+            scores: Sequence[dict[str, float | None]]) -> None:
+        """One chunk, in file order: the examples, their prediction values and references as written to
+        predictions.jsonl, and each example's per-example scores by metric name (None: not finite)."""
+
+
 @dataclass
 class RunResult:
     """What reporters receive: the report as written to report.json, where the run's files are, the
-    data file, and the pipeline's own reader and task (so a reporter can re-read inputs exactly as
-    the run read them)."""
+    data file, the pipeline's own reader and task, and each reporter's collector by reporter name."""
 
     report: dict[str, Any]
     directory: Path
     data_path: Path
     reader: Reader | None = None
     task: Task | None = None
+    collected: dict[str, RunCollector] = field(default_factory=dict)
     #: where the predictions are while the reports are rendered: the runner writes every file of a run before it
     #: moves any into place, so a failed write leaves the previous run whole; None means predictions.jsonl
     predictions_file: Path | None = None

@@ -362,20 +362,24 @@ class MacroF1(_LabelMetric):
         predicted, gold, multi = _split(stats)
         if multi:
             return super().resample_scores(stats, counts)
-        # single-label: each example is one confusion-matrix cell, so a resample is its cell counts
-        codes, dense = np.unique(np.concatenate([predicted[:, 0], gold[:, 0]]), return_inverse=True)
-        k, n = len(codes), len(stats)
-        cell = dense[:n].astype(np.int64) * k + dense[n:].astype(np.int64)
+        # single-label: each example is one confusion-matrix cell, so a resample is its cell counts. Label codes
+        # (hashes) become class positions 0..k-1; a missing label (a negative code) is position k, a cell that
+        # counts as a false positive or negative of the other side only
+        codes = np.unique(np.concatenate([predicted[:, 0], gold[:, 0]]))
+        codes = codes[codes >= 0]
+        k = len(codes)
+        positions = [np.where(column >= 0, np.searchsorted(codes, column), k) for column in (predicted[:, 0], gold[:, 0])]
+        cell = positions[0].astype(np.int64) * (k + 1) + positions[1].astype(np.int64)
         # sum each resample's counts over the examples of each cell: one pass over columns sorted by cell
         order = np.argsort(cell, kind="stable")
         occupied, starts = np.unique(cell[order], return_index=True)
-        confusion = np.zeros((len(counts), k * k))
+        confusion = np.zeros((len(counts), (k + 1) * (k + 1)))
         confusion[:, occupied] = np.add.reduceat(counts[:, order], starts, axis=1)
-        confusion = confusion.reshape(len(counts), k, k)  # [resample, predicted, gold]
-        tp = np.diagonal(confusion, axis1=1, axis2=2)
-        fp = confusion.sum(axis=2) - tp
-        fn = confusion.sum(axis=1) - tp
-        present = (confusion.sum(axis=2) + confusion.sum(axis=1)) > 0
+        confusion = confusion.reshape(len(counts), k + 1, k + 1)  # [resample, predicted, gold]
+        tp = np.diagonal(confusion, axis1=1, axis2=2)[:, :k]
+        fp = confusion.sum(axis=2)[:, :k] - tp
+        fn = confusion.sum(axis=1)[:, :k] - tp
+        present = (confusion.sum(axis=2)[:, :k] + confusion.sum(axis=1)[:, :k]) > 0
         f1 = _safe_divide(2 * tp, 2 * tp + fp + fn)
         kept = present.sum(axis=1)
         return np.where(kept > 0, (f1 * present).sum(axis=1) / np.maximum(kept, 1), 0.0)

@@ -7,27 +7,29 @@ per-example scores, the worst and best examples next to their references,
 mean scores by input length and by the data columns named in
 ``report.slice_by``, and the skipped records.
 
-Everything is streamed: predictions.jsonl and the data file are read once, in
-step, keeping only the top-k examples (``heapq``), histogram counts and slice
-sums in memory. Templates are rendered by Jinja2 with autoescaping on; no
+The per-example sections are gathered while the run writes each chunk (the
+reporter's ``HtmlCollector``), so neither predictions.jsonl nor the data file is
+read again; only the top-k examples (``heapq``), histogram counts and slice sums
+are kept in memory. Templates are rendered by Jinja2 with autoescaping on; no
 string from the data is ever marked safe, so a record holding
 ``<script>...</script>`` shows as text.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import json
 import math
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Sequence
 
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field
 
-from nlpflow import Reporter, RunResult, hookimpl
+from nlpflow import Metric, Reporter, RunCollector, RunResult, Task, hookimpl
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: worst and best examples shown
@@ -36,7 +38,7 @@ TOP_K = 8
 MAX_CHARS = 400
 #: histogram bins over a metric's scale
 BINS = 20
-#: lower edges of the input-length buckets, in spaCy tokens (1-2-5 steps)
+#: lower edges of the input-length buckets, in whitespace-separated words (1-2-5 steps)
 LENGTH_EDGES = (0, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 #: distinct values tracked per slice column; the rest are pooled as "(other)"
 MAX_SLICE_VALUES = 200
@@ -44,7 +46,6 @@ MAX_SLICE_VALUES = 200
 SHOWN_SLICE_VALUES = 30
 #: skipped records listed
 SHOWN_SKIPPED = 100
-TOKENIZE_BATCH = 256
 
 
 @lru_cache(maxsize=1)
@@ -56,13 +57,6 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-
-
-@lru_cache(maxsize=1)
-def _tokenizer():
-    import spacy
-
-    return spacy.blank("en").tokenizer
 
 
 # --- formatting ----------------------------------------------------------------
@@ -168,7 +162,7 @@ def histogram(counts: list[int], bounds: tuple[float, float], outside: int, widt
     return {"bars": bars, "width": width, "height": height, "bottom": bottom, "top": top, "total": sum(counts), "outside": outside}
 
 
-# --- streaming pass over predictions and data ----------------------------------------------
+# --- gathered during the run ----------------------------------------------------------------
 
 
 class _TopK:
@@ -211,12 +205,8 @@ class _Slice:
         return {name: (self.sums[name] / self.counts[name] if self.counts[name] else None) for name in self.sums}
 
 
-def _length_bucket(tokens: int) -> int:
-    bucket = 0
-    for position, edge in enumerate(LENGTH_EDGES):
-        if tokens >= edge:
-            bucket = position
-    return bucket
+def _length_bucket(words: int) -> int:
+    return bisect.bisect_right(LENGTH_EDGES, words) - 1
 
 
 def _bucket_label(position: int) -> str:
@@ -226,157 +216,119 @@ def _bucket_label(position: int) -> str:
     return f"{low}+"
 
 
-def _records(run: RunResult) -> Iterator[tuple[int, dict]] | None:
-    """``(index, record)`` for every record of the run's data file, read with the run's own reader; None if unavailable."""
-    path = run.data_path
-    if run.reader is None or not path.is_file():
-        return None
-    reader = run.reader
+class HtmlCollector(RunCollector):
+    """What the page shows about single examples, gathered as the run writes each chunk: score histograms, the
+    top-k worst and best examples with their text, and per-slice sums (by input length in whitespace-separated
+    words, and by the ``slice_by`` columns). Memory is bounded by k, the bins and the distinct slice values."""
 
-    def generate():
-        for index, record in enumerate(reader.read(path)):
-            yield index, (record.data if record.data is not None else {})
+    def __init__(self, task: Task, metrics: Sequence[Metric], slice_by: list[str]):
+        self.inputs = list(task.input_fields)
+        self.metric_names = [metric.name for metric in metrics]
+        self.scales = {metric.name: scale_range(metric.scale) for metric in metrics}
+        self.slice_by = slice_by
+        self.seen_metrics: dict[str, None] = {}
+        self.histograms: dict[str, list[int]] = {}
+        self.outside: dict[str, int] = defaultdict(int)
+        self.worst = _TopK(TOP_K, highest=False)
+        self.best = _TopK(TOP_K, highest=True)
+        self.lengths: dict[int, _Slice] = {}
+        self.slices: dict[str, dict[str, _Slice]] = {column: {} for column in slice_by}
+        self.slice_overflow: dict[str, int] = defaultdict(int)
+        self.primary: str | None = None
+        self.lowest = math.inf
+        self.highest = -math.inf
 
-    return generate()
+    def add(self, examples, predictions, references, scores) -> None:
+        length_field = self.inputs[0] if self.inputs else None
+        for example, prediction, reference, example_scores in zip(examples, predictions, references, scores):
+            present = {name: value for name, value in example_scores.items() if value is not None}
+            for name, value in present.items():
+                self.seen_metrics.setdefault(name, None)
+                low, high = self.scales.get(name, (0.0, 1.0))
+                bins = self.histograms.setdefault(name, [0] * BINS)
+                if value < low or value > high:
+                    self.outside[name] += 1
+                    value = min(max(value, low), high)
+                bins[min(int((value - low) / (high - low) * BINS), BINS - 1)] += 1
+            if self.primary is None and present:
+                self.primary = next((name for name in self.metric_names if name in present), next(iter(present)))
 
+            text = example.fields.get(length_field) if length_field else None
+            if isinstance(text, str):
+                bucket = _length_bucket(len(text.split()))
+                group = self.lengths.get(bucket)
+                if group is None:
+                    group = self.lengths[bucket] = _Slice(self.metric_names)
+                group.add(present)
+            for column in self.slice_by:
+                value = example.columns.get(column)
+                key = shown_text(value, 60) if value is not None else "(missing)"
+                groups = self.slices[column]
+                group = groups.get(key)
+                if group is None:
+                    if len(groups) >= MAX_SLICE_VALUES:
+                        key = "(other)"
+                        self.slice_overflow[column] += 1
+                    group = groups.setdefault(key, _Slice(self.metric_names))
+                group.add(present)
 
-def _input_fields(run: RunResult) -> list[str]:
-    """The task's canonical input fields, in order (else the first mapped field)."""
-    if run.task is not None:
-        return list(run.task.input_fields)
-    return list(run.report.get("data", {}).get("fields", {}))[:1]
+            primary = self.primary
+            if primary is not None and primary in present:
+                score = present[primary]
 
+                def make(example=example, prediction=prediction, reference=reference, score=score):
+                    return {
+                        "index": example.index,
+                        "line": example.line,
+                        "score": score,
+                        "inputs": [(name, shown_text(example.fields[name])) for name in self.inputs if example.fields.get(name) is not None],
+                        "prediction": shown_text(prediction),
+                        "reference": shown_text(reference),
+                    }
 
-def collect(run: RunResult, slice_by: list[str]) -> dict[str, Any]:
-    """One pass over predictions.jsonl (and the data file, in step) gathering what the page shows."""
-    report = run.report
-    metric_entries = report["metrics"]
-    mapping = report.get("data", {}).get("fields", {})
-    inputs = _input_fields(run)
-    columns = {name: mapping.get(name, name) for name in inputs}
+                self.lowest = min(self.lowest, score)
+                self.highest = max(self.highest, score)
+                self.worst.offer(score, example.index, make)
+                self.best.offer(score, example.index, make)
 
-    per_example = [name for name in metric_entries]  # narrowed to those that appear in "scores"
-    seen_metrics: dict[str, None] = {}
-    histograms: dict[str, list[int]] = {}
-    outside: dict[str, int] = defaultdict(int)
-    worst = _TopK(TOP_K, highest=False)
-    best = _TopK(TOP_K, highest=True)
-    lengths: dict[int, _Slice] = {}
-    slices: dict[str, dict[str, _Slice]] = {column: {} for column in slice_by}
-    slice_overflow: dict[str, int] = defaultdict(int)
-    primary: str | None = None
-    lowest = math.inf
-    highest = -math.inf
+    def summary(self, metric_entries: dict[str, dict]) -> dict[str, Any]:
+        """The page's example sections, with the metrics' scales as report.json states them."""
+        primary = self.primary
+        shown_metrics = [name for name in metric_entries if name in self.seen_metrics]
+        scale_of = {name: metric_entries.get(name, {}).get("scale") for name in shown_metrics}
 
-    records = _records(run)
-    has_text = records is not None
-    current: tuple[int, dict] | None = None
-    pending: list[tuple[str, dict]] = []  # (first input text, scores) waiting to be tokenized
-    tokenizer = _tokenizer()
+        def rows(groups: dict[Any, _Slice], label) -> list[dict]:
+            result = []
+            for key, group in groups.items():
+                means = group.means()
+                result.append({"label": label(key), "count": group.count,
+                               "means": [format_value(means[name], scale_of[name]) for name in shown_metrics],
+                               "bar": _bar(means.get(primary), scale_of.get(primary)) if primary else None})
+            return result
 
-    def flush_lengths():
-        if not pending:
-            return
-        for doc, (_, scores) in zip(tokenizer.pipe([text for text, _ in pending], batch_size=TOKENIZE_BATCH), pending):
-            bucket = _length_bucket(len(doc))
-            lengths.setdefault(bucket, _Slice(per_example)).add(scores)
-        pending.clear()
-
-    for line in run.iter_predictions():
-        index = line["index"]
-        record: dict = {}
-        if records is not None:
-            while current is None or current[0] < index:
-                current = next(records, None)
-                if current is None:
-                    records = None
-                    break
-            if current is not None and current[0] == index:
-                record = current[1]
-        scores = {name: value for name, value in (line.get("scores") or {}).items() if value is not None}
-        for name in scores:
-            seen_metrics.setdefault(name, None)
-        for name, value in scores.items():
-            entry = metric_entries.get(name, {})
-            low, high = scale_range(entry.get("scale"))
-            bins = histograms.setdefault(name, [0] * BINS)
-            if value < low or value > high:
-                outside[name] += 1
-                value = min(max(value, low), high)
-            bins[min(int((value - low) / (high - low) * BINS), BINS - 1)] += 1
-        if primary is None and scores:
-            primary = next((name for name in metric_entries if name in scores), next(iter(scores)))
-
-        first_text = record.get(columns[inputs[0]]) if inputs else None
-        if isinstance(first_text, str):
-            pending.append((first_text, scores))
-            if len(pending) >= TOKENIZE_BATCH:
-                flush_lengths()
-        for column in slice_by:
-            value = record.get(column)
-            key = shown_text(value, 60) if value is not None else "(missing)"
-            groups = slices[column]
-            group = groups.get(key)
-            if group is None:
-                if len(groups) >= MAX_SLICE_VALUES:
-                    key = "(other)"
-                    slice_overflow[column] += 1
-                group = groups.setdefault(key, _Slice(per_example))
-            group.add(scores)
-
-        if primary is not None and primary in scores:
-            def make(line=line, record=record):
-                return {
-                    "index": line["index"],
-                    "line": line.get("line"),
-                    "score": scores[primary],
-                    "inputs": [(name, shown_text(record.get(columns[name]))) for name in inputs if record.get(columns[name]) is not None],
-                    "prediction": shown_text(line.get("prediction")),
-                    "reference": shown_text(line.get("reference")),
-                }
-
-            lowest = min(lowest, scores[primary])
-            highest = max(highest, scores[primary])
-            worst.offer(scores[primary], index, make)
-            best.offer(scores[primary], index, make)
-    flush_lengths()
-
-    shown_metrics = [name for name in metric_entries if name in seen_metrics]
-    scale_of = {name: metric_entries.get(name, {}).get("scale") for name in shown_metrics}
-
-    def rows(groups: dict[Any, _Slice], label) -> list[dict]:
-        result = []
-        for key, group in groups.items():
-            means = group.means()
-            result.append({"label": label(key), "count": group.count,
-                           "means": [format_value(means[name], scale_of[name]) for name in shown_metrics],
-                           "bar": _bar(means.get(primary), scale_of.get(primary)) if primary else None})
-        return result
-
-    length_rows = rows(dict(sorted(lengths.items())), _bucket_label)
-    slice_tables = []
-    for column in slice_by:
-        ordered = sorted(slices[column].items(), key=lambda item: (-item[1].count, item[0]))
-        slice_tables.append({"column": column, "rows": rows(dict(ordered[:SHOWN_SLICE_VALUES]), str),
-                             "hidden": max(len(ordered) - SHOWN_SLICE_VALUES, 0), "pooled": slice_overflow[column]})
-    return {
-        "primary": primary,
-        "primary_scale": scale_of.get(primary) if primary else None,
-        "slice_metrics": shown_metrics,
-        "histograms": [
-            {"metric": name, "scale": scale_of[name], **histogram(histograms[name], scale_range(scale_of[name]), outside[name])}
-            for name in shown_metrics
-        ],
-        # an example is "worst" only if some example scored higher, "best" only if some scored lower
-        "worst": [item for item in worst.items() if item["score"] < highest],
-        "best": [item for item in best.items() if item["score"] > lowest],
-        "all_equal": lowest == highest,
-        "lowest": lowest if math.isfinite(lowest) else None,
-        "lengths": length_rows,
-        "length_field": inputs[0] if inputs else None,
-        "slices": slice_tables,
-        "has_text": has_text,
-    }
+        slice_tables = []
+        for column in self.slice_by:
+            ordered = sorted(self.slices[column].items(), key=lambda item: (-item[1].count, item[0]))
+            slice_tables.append({"column": column, "rows": rows(dict(ordered[:SHOWN_SLICE_VALUES]), str),
+                                 "hidden": max(len(ordered) - SHOWN_SLICE_VALUES, 0), "pooled": self.slice_overflow[column]})
+        return {
+            "primary": primary,
+            "primary_scale": scale_of.get(primary) if primary else None,
+            "slice_metrics": shown_metrics,
+            "histograms": [
+                {"metric": name, "scale": scale_of[name],
+                 **histogram(self.histograms[name], scale_range(scale_of[name]), self.outside[name])}
+                for name in shown_metrics
+            ],
+            # an example is "worst" only if some example scored higher, "best" only if some scored lower
+            "worst": [item for item in self.worst.items() if item["score"] < self.highest],
+            "best": [item for item in self.best.items() if item["score"] > self.lowest],
+            "all_equal": self.lowest == self.highest,
+            "lowest": self.lowest if math.isfinite(self.lowest) else None,
+            "lengths": rows(dict(sorted(self.lengths.items())), _bucket_label),
+            "length_field": self.inputs[0] if self.inputs else None,
+            "slices": slice_tables,
+        }
 
 
 def _bar(value: float | None, scale: str | None, width: int = 120) -> dict | None:
@@ -419,7 +371,7 @@ def ranked_like_report_json(report: dict, examples: dict[str, Any]) -> None:
     )
 
 
-def page_context(run: RunResult, slice_by: list[str]) -> dict[str, Any]:
+def page_context(run: RunResult, examples: HtmlCollector) -> dict[str, Any]:
     report = run.report
     metrics = []
     confusion = []
@@ -460,7 +412,7 @@ def page_context(run: RunResult, slice_by: list[str]) -> dict[str, Any]:
         "skipped_more": max(report.get("counts", {}).get("skipped", len(skipped)) - min(len(skipped), SHOWN_SKIPPED), 0),
         "stages": sorted(report.get("timing", {}).get("stages_seconds", {}).items(), key=lambda item: -item[1]),
         "versions": [(name, value) for name, value in (report.get("versions") or {}).items() if value],
-        "examples": collect(run, slice_by),
+        "examples": examples.summary(report["metrics"]),
         "task_options": [(name, json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value)
                          for name, value in (report.get("task_options") or {}).items()],
     }
@@ -479,8 +431,11 @@ class HtmlReporter(Reporter):
     filename = "report.html"
     Options = HtmlOptions
 
+    def collector(self, task: Task, metrics: Sequence[Metric]) -> HtmlCollector:
+        return HtmlCollector(task, metrics, list(self.options.slice_by))
+
     def render(self, run: RunResult) -> str:
-        return _environment().get_template("report.html.j2").render(page_context(run, list(self.options.slice_by)))
+        return _environment().get_template("report.html.j2").render(page_context(run, run.collected[self.name]))
 
 
 @hookimpl

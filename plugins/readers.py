@@ -161,7 +161,9 @@ class JsonLinesReader(Reader):
             return RawRecord(number, None, f"malformed JSON: {error}")
         if not isinstance(data, dict):
             return RawRecord(number, None, f"expected a JSON object, found {json_type(data)}")
-        bad = _unpaired_surrogate(data)
+        # a lone surrogate can only come from a \\uD800-\\uDFFF escape (UTF-8 cannot encode one), so a line without
+        # "\\ud" (either case) needs no walk over its values
+        bad = _unpaired_surrogate(data) if "\\ud" in text or "\\uD" in text else None
         if bad is not None:
             return RawRecord(number, None, f"{bad} contains an unpaired surrogate escape (\\ud800-\\udfff), which is not valid Unicode")
         return RawRecord(number, data)

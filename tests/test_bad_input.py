@@ -331,11 +331,12 @@ def test_every_skipped_record_is_in_skipped_jsonl_and_report_json_has_a_summary(
     assert sum(report["skipped_reasons"].values()) == 35
     from types import SimpleNamespace
 
-    from nlpflow.plugins.html_report import HtmlReporter
+    from nlpflow import RunResult
+    from nlpflow.plugins.html_report import HtmlCollector, HtmlReporter
 
-    run = SimpleNamespace(report=report, directory=out / "t", data_path=data, reader=None, task=None,
-                          predictions_path=out / "t" / "predictions.jsonl")
-    run.iter_predictions = lambda: (json.loads(line) for line in run.predictions_path.read_text(encoding="utf-8").splitlines())
+    # the page from the report alone (no examples collected): the skipped table says how many it leaves out
+    nothing_collected = HtmlCollector(SimpleNamespace(input_fields=("text",)), [], [])
+    run = RunResult(report=report, directory=out / "t", data_path=data, collected={"html": nothing_collected})
     assert "15 more in skipped.jsonl." in HtmlReporter().render(run)
 
     # a later run with nothing to skip leaves no skipped.jsonl behind

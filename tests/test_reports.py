@@ -162,8 +162,8 @@ def test_report_html_contents(sentiment_run):
     worst = html[html.index("<h3>Worst</h3>"):html.index("<h3>Best</h3>")]
     assert "Review 5:" in worst and "&lt;script&gt;" in worst
     assert "Review 1:" not in worst  # a correct one
-    # slices: by length (spaCy tokens), by domain, and a missing column
-    assert "By length of text (spaCy tokens)" in text
+    # slices: by length (words), by domain, and a missing column
+    assert "By length of text (words)" in text
     assert "By domain" in text and "restaurants" in text
     assert "(missing)" in text
     # skipped records table
@@ -184,21 +184,38 @@ def test_json_report_metric_entries(sentiment_run):
         assert entry["ci"]["low"] <= entry["value"] <= entry["ci"]["high"]
 
 
-def test_length_slices_count_spacy_tokens(sentiment_run):
-    import spacy
-
+def test_length_slices_count_whitespace_words(sentiment_run):
     from nlpflow.plugins.html_report import _bucket_label, _length_bucket
 
-    tokenizer = spacy.blank("en").tokenizer
     expected: dict[str, int] = {}
     for record in sentiment_records():
-        label = _bucket_label(_length_bucket(len(tokenizer(record["review"]))))
+        label = _bucket_label(_length_bucket(len(record["review"].split())))
         expected[label] = expected.get(label, 0) + 1
     html = (sentiment_run.directory / "report.html").read_text(encoding="utf-8")
     table = html[html.index("By length of"):]
     table = table[:table.index("</table>")]
     found = dict(re.findall(r"<tr><td>([^<]+)</td><td class=\"num\">(\d+)</td>", table))
     assert {k: int(v) for k, v in found.items()} == expected
+
+
+def test_html_report_does_not_read_the_data_file_again(tmp_path, write_pipelines, cache_dir, monkeypatch):
+    """The page's examples and slices come from the run itself: the reader reads the data file once."""
+    from nlpflow.plugins import readers
+
+    reads = []
+    original = readers.JsonLinesReader.read
+
+    def counted(self, path):
+        reads.append(path)
+        yield from original(self, path)
+
+    monkeypatch.setattr(readers.JsonLinesReader, "read", counted)
+    data = write_records(tmp_path / "reviews.jsonl", sentiment_records())
+    config = write_pipelines(PIPELINE.format(data=data.name))
+    [result] = run(["scored"], config=config, output=tmp_path / "out", cache_dir=cache_dir)
+    html = (result.directory / "report.html").read_text(encoding="utf-8")
+    assert "Review 5:" in html and "restaurants" in html
+    assert len(reads) == 1
 
 
 def test_all_equal_scores_show_no_worst_best(tmp_path, write_pipelines, cache_dir):
@@ -223,9 +240,10 @@ def test_top_k_keeps_extremes_earliest_first():
     assert [item["index"] for item in best.items()] == [5, 2, 6]
 
 
-def test_report_without_readable_data_still_renders(sentiment_run):
+def test_report_rendered_after_the_data_file_is_gone_still_shows_input_text(sentiment_run):
     from nlpflow.plugins.html_report import HtmlReporter
 
+    sentiment_run.data_path.unlink()
     sentiment_run.data_path = Path("/nonexistent/file.jsonl")
     html = HtmlReporter().render(sentiment_run)
     assert parse(html).errors == []
