@@ -745,7 +745,7 @@ class Runner:
 
     def _analysis(self) -> dict[str, Any]:
         bootstrap = self.config.report.bootstrap
-        stats = [np.concatenate(parts) if parts else np.zeros((0, 1)) for parts in self.metric_stats]
+        stats = [_joined(parts) for parts in self.metric_stats]
         return self.analysis.summary(
             self.pipeline.metrics, stats, bootstrap.resamples, bootstrap.seed, bootstrap.confidence,
             blame=lambda metric: blamed_on(
@@ -757,14 +757,13 @@ class Runner:
         bootstrap = self.config.report.bootstrap
         results = {}
         for slot, metric in enumerate(self.pipeline.metrics):
-            parts, self.metric_stats[slot] = self.metric_stats[slot], []
-            stats = np.concatenate(parts) if parts else np.zeros((0, 1))
-            # the chunks' arrays go as soon as they are joined: at 1M records one metric's stats are hundreds of MiB
-            del parts
+            stats = _joined(self.metric_stats[slot])
+            # the chunks' arrays go as soon as they are joined (at 1M records one metric's stats are hundreds of MiB);
+            # the joined array stays for the error analysis' slices
+            self.metric_stats[slot] = [stats]
             provider = self.pipeline.providers[("metric", metric.name)]
             with blamed_on(provider, f"metric {metric.name!r} raised while scoring"):
                 results[metric.name] = metric_entry(metric, stats, bootstrap.resamples, bootstrap.seed, bootstrap.confidence, provider)
-            del stats
         return results
 
     def _report(self, metrics: dict, stage: ModelStage | None, started_at: datetime, finished_at: datetime, wall: float) -> dict[str, Any]:
@@ -945,6 +944,13 @@ def _chunks(items: Iterator[Example], size: int) -> Iterator[list[Example]]:
 
 #: one encoder for every predictions.jsonl line: ``json.dumps`` with options builds a new encoder per call
 _LINE_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """One metric's per-chunk stats as one array (without a copy when there is one part)."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.zeros((0, 1))
 
 
 def _round(value: float) -> float | None:

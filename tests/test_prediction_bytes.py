@@ -3,6 +3,7 @@ tests/golden/make_sentiment_scored.py's data with the runner of commit 0bad74d),
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -18,4 +19,7 @@ def test_predictions_bytes_equal_the_recorded_output(tmp_path, cache_dir, monkey
     monkeypatch.setenv("NLPFLOW_OVERLAP", overlap)
     config = write(tmp_path)
     [result] = run(["scored"], config=config, output=tmp_path / "out", cache_dir=cache_dir)
-    assert (result.directory / "predictions.jsonl").read_bytes() == GOLDEN.read_bytes()
+    written = (result.directory / "predictions.jsonl").read_bytes()
+    # the one change since the golden file: each line carries the record's id column, right after "line"
+    assert written.count(b', "id": ') == GOLDEN.read_bytes().count(b"\n")
+    assert re.sub(rb', "id": \d+', b"", written) == GOLDEN.read_bytes()
