@@ -82,12 +82,17 @@ def package_versions() -> dict[str, str | None]:
     return found
 
 
-def file_sha256(path: Path) -> str:
+def handle_sha256(handle: Any) -> str:
+    """sha256 of what is left to read in a binary file handle, read in 1 MiB blocks."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return handle_sha256(handle)
 
 
 def bootstrap_indices(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:

@@ -37,7 +37,7 @@ from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, Out
 from nlpflow.labels import LabelCheck
 from nlpflow.model import DecodeError, ModelStage, run_key as run_key_of
 from nlpflow.progress import Progress
-from nlpflow.report import metric_entry, package_versions, stage_file
+from nlpflow.report import handle_sha256, metric_entry, package_versions, stage_file
 from nlpflow.run_folder import record_run_files, remove_previous_run
 from nlpflow.types import Example, ExampleError, Executor, Prediction, RawRecord, RunCollector, RunResult, TaskModel
 
@@ -299,10 +299,7 @@ class Runner:
                     "stays as it is",
                     path, None, self.pipeline.name,
                 )
-            digest = hashlib.sha256()
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+            return handle_sha256(handle)
 
     def _sources_sha256(self) -> str:
         """sha256 over the sha256 of each file read, in reading order (so reordered files differ too), after
@@ -318,14 +315,12 @@ class Runner:
                             "files stay as they are",
                             source, None, self.pipeline.name,
                         )
-                    file_digest = hashlib.sha256()
-                    for block in iter(lambda: handle.read(1 << 20), b""):
-                        file_digest.update(block)
+                    file_digest = handle_sha256(handle)
             except OSError as error:
                 raise DataError(
                     f"cannot read this file of the data again to fingerprint it: {error.strerror or error}", source, None, self.pipeline.name
                 ) from None
-            digest.update(file_digest.hexdigest().encode() + b"\n")
+            digest.update(file_digest.encode() + b"\n")
         return digest.hexdigest()
 
     # -- running ----------------------------------------------------------

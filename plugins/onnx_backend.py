@@ -28,6 +28,7 @@ import numpy as np
 
 from nlpflow import Backend, LoadedModel, ModelConfig, ModelError, hookimpl
 from nlpflow.hub import checkpoint_config, checkpoint_directory, files_fingerprint, load_tokenizer, require_head, resolve_model_path
+from nlpflow.report import file_sha256
 
 INSTALL_HINT = "backend 'onnxruntime' needs the onnx extra: pip install 'nlpflow[onnx]' (onnxruntime, onnx, onnxscript)"
 
@@ -63,14 +64,6 @@ def cached_graph_path(fingerprint: str, head: str) -> Path:
     from nlpflow.cache import default_cache_dir
 
     return default_cache_dir() / "onnx" / f"{fingerprint}-{head}.onnx"
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def open_session(onnxruntime: Any, model: ModelConfig, graph: Path, chosen: list[Any]) -> Any:
@@ -210,7 +203,7 @@ class OnnxRuntimeBackend(Backend):
         session, graph = shipped_session(onnxruntime, model, path, head, chosen)
         if session is not None:
             # the shipped graph holds its own copy of the weights, so it is part of what the outputs depend on
-            fingerprint = hashlib.sha256(f"{fingerprint}\x00{file_digest(graph)}".encode()).hexdigest()
+            fingerprint = hashlib.sha256(f"{fingerprint}\x00{file_sha256(graph)}".encode()).hexdigest()
         else:
             graph = cached_graph_path(fingerprint, head)
             if not graph.is_file():
