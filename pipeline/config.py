@@ -66,6 +66,9 @@ class DataConfig(_Strict):
     limit: PositiveInt | None = None
     #: column holding each record's id, written as ``id`` in predictions.jsonl; default: ``id`` or ``_id`` where a record has one
     id_field: str | None = None
+    #: longest record in bytes, for readers that take a max_record_bytes option (JSON Lines: 10 MiB by default);
+    #: a longer record fails or is skipped with its line, and is never held whole in memory
+    max_record_bytes: PositiveInt | None = None
 
 
 class BootstrapConfig(_Strict):
@@ -585,7 +588,7 @@ def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
         )
     reader_cls = _lookup(registry, "reader", reader_name, config.location("data", "format"), name)
     reader = _construct(
-        reader_cls, (build_options(reader_cls, config.data.options, config, "data", "options"),), config, "data",
+        reader_cls, (build_options(reader_cls, _reader_options(reader_cls, config.data), config, "data", "options"),), config, "data",
         plugin=registry.provider("reader", reader_name),
     )
     if several_files:
@@ -760,6 +763,14 @@ def _reader_for_files(config: PipelineConfig, path: Path, registry: Registry) ->
             where, name,
         )
     return next(iter(by_reader))
+
+
+def _reader_options(reader_cls: type, data: DataConfig) -> dict[str, Any]:
+    """``data.options``, with ``data.max_record_bytes`` for readers that have that option."""
+    options = dict(data.options)
+    if data.max_record_bytes is not None and "max_record_bytes" in reader_cls.Options.model_fields:
+        options.setdefault("max_record_bytes", data.max_record_bytes)
+    return options
 
 
 def _reader_for(path: Path, registry: Registry) -> str | None:

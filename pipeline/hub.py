@@ -188,19 +188,30 @@ def input_limit(loaded: LoadedModel) -> int:
     return min(usable) if usable else 512
 
 
+#: a generous bound on the characters one token covers: text past ``max_length`` x this is never tokenized
+CHARACTERS_PER_TOKEN = 100
+
+
 def tokenize(loaded: LoadedModel, texts: list[str] | tuple[str, ...], max_length: int, **kwargs: Any) -> tuple[list[dict[str, list[int]]], list[bool]]:
     """Tokenize texts in one batched call, truncated to ``max_length``; also says which were truncated.
 
-    Returns unpadded inputs limited to the names the model accepts.
+    Returns unpadded inputs limited to the names the model accepts. A text longer than
+    :data:`CHARACTERS_PER_TOKEN` x ``max_length`` characters is cut to that first (and counts as truncated):
+    the tokenizer would turn a huge record into millions of tokens only to keep ``max_length`` of them.
     """
     tokenizer = loaded.tokenizer
+    usable = max_length * CHARACTERS_PER_TOKEN
+    texts = list(texts)
+    cut = [len(text) > usable for text in texts]
+    if any(cut):
+        texts = [text[:usable] if long else text for text, long in zip(texts, cut)]
     encoded = tokenizer(
-        list(texts), truncation=True, max_length=max_length, return_overflowing_tokens=True, stride=0, padding=False, **kwargs
+        texts, truncation=True, max_length=max_length, return_overflowing_tokens=True, stride=0, padding=False, **kwargs
     )
     names = [name for name in tokenizer.model_input_names if name in encoded]
     mapping = encoded.pop("overflow_to_sample_mapping", None)
     rows: list[dict[str, list[int]]] = []
-    truncated = [False] * len(texts)
+    truncated = cut
     for row in range(len(encoded["input_ids"])):
         sample = mapping[row] if mapping is not None else row
         if sample < len(rows):

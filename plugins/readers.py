@@ -20,7 +20,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from nlpflow import hookimpl
 from nlpflow.progress import count_lines
@@ -101,10 +101,24 @@ def _open_error(error: BaseException) -> str:
     return getattr(error, "strerror", None) or str(error) or type(error).__name__
 
 
+#: records longer than this (in bytes of the file's text) are bad records, read in bounded blocks and never held whole
+DEFAULT_MAX_RECORD_BYTES = 10 * 1024 * 1024
+
+
+class JsonLinesOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_record_bytes: PositiveInt = Field(
+        DEFAULT_MAX_RECORD_BYTES,
+        description="longest record (line) in bytes; a longer one is a bad record (failed or skipped with its line), "
+        "and is never read whole into memory. data.max_record_bytes sets it too",
+    )
+
+
 class JsonLinesReader(Reader):
     name = "jsonl"
     description = "JSON Lines: one JSON object per line; blank lines are ignored"
     extensions = compressed_too((".jsonl", ".ndjson", ".jsonl.txt"))
+    Options = JsonLinesOptions
 
     def count_hint(self, path: Path) -> int | None:
         return _count_plain_lines(path)
@@ -120,17 +134,33 @@ class JsonLinesReader(Reader):
             yield RawRecord(1, None, f"cannot open the file: {_open_error(error)}")
             return
         errors = _decompression_errors()
+        limit = self.options.max_record_bytes
         with handle:
             number = 0
             while True:
                 try:
-                    raw = handle.readline()
+                    raw = handle.readline(limit + 1)
+                    length = len(raw)
+                    too_long = length > limit
+                    while too_long and not raw.endswith(b"\n"):
+                        # the rest of an oversized line, in blocks, so memory stays bounded whatever its size
+                        raw = handle.readline(1 << 20)
+                        if not raw:
+                            break
+                        length += len(raw)
                 except errors as error:
                     yield RawRecord(number + 1, None, f"cannot read the file: {_open_error(error)}")
                     return
-                if not raw:
+                if not raw and not too_long:
                     return
                 number += 1
+                if too_long:
+                    yield RawRecord(
+                        number, None,
+                        f"the record is {length:,} bytes, over data.max_record_bytes ({limit:,}); raise data.max_record_bytes "
+                        "if records this large are meant to be read",
+                    )
+                    continue
                 record = self._parse(number, raw)
                 if record is not None:
                     yield record
