@@ -368,8 +368,7 @@ class Runner:
                     for chunk in self._prepared_chunks():
                         progress.advance("read", len(chunk))
                         progress.advance("preprocess", len(chunk))
-                        predictions = self._predict(chunk, stage, run_key)
-                        progress.advance("predict", len(chunk))
+                        predictions = self._predict(chunk, stage, run_key, progress)
                         self._score_and_write(chunk, predictions, predictions_file)
                 predictions_file.flush()
                 os.fsync(predictions_file.fileno())
@@ -486,8 +485,7 @@ class Runner:
                     raise item.error
                 progress.advance("read", len(item))
                 progress.advance("preprocess", len(item))
-                predictions = self._predict(item, stage, run_key)
-                progress.advance("predict", len(item))
+                predictions = self._predict(item, stage, run_key, progress)
                 if not to_write.put((item, predictions)) and to_write.failure is not None:
                     raise to_write.failure
             to_write.put(_END)
@@ -539,8 +537,16 @@ class Runner:
                 step(chunk)
             self.stage_seconds[f"preprocess:{step.name}"] += time.perf_counter() - timer
 
-    def _predict(self, chunk: list[Example], stage: ModelStage | None, run_key: str | None) -> list[Prediction]:
+    def _predict(self, chunk: list[Example], stage: ModelStage | None, run_key: str | None, progress: Progress | None = None) -> list[Prediction]:
+        """The chunk's predictions, in order; ``progress`` advances as each model batch finishes (the rest at the end)."""
+        predictions = self._predictions(chunk, stage, run_key, progress)
+        if progress is not None:
+            progress.advance("predict", len(chunk) - self._advanced)
+        return predictions
+
+    def _predictions(self, chunk: list[Example], stage: ModelStage | None, run_key: str | None, progress: Progress | None) -> list[Prediction]:
         timer = time.perf_counter()
+        self._advanced = 0
         if stage is None and self.task.rule_based:
             with blamed_on(
                 self.pipeline.task_plugin,
@@ -592,6 +598,9 @@ class Runner:
                     }
                     self.cache.put_many(fresh)
                     self.counts.saved += len(fresh)
+                if progress is not None:
+                    progress.advance("predict", len(finished))
+                    self._advanced += len(finished)
 
             try:
                 computed = stage.run(chunk, needed=misses, on_batch=store, executor=self.executor)

@@ -74,3 +74,29 @@ def test_loading_model_line_and_quiet_transformers_in_the_api(write_pipelines, t
     assert f"s: loading model {minilm_path}" in [record.getMessage() for record in caplog.records]
     nlpflow.run(["s"], config, tmp_path / "out", use_cache=False, interactive=False, library_logs=True)
     assert seen[-1][0] is True
+
+
+def test_predict_progress_advances_per_model_batch(tmp_path, bert_classifier, monkeypatch):
+    """The predict bar moves as each model batch finishes, not once per chunk, and counts every record once."""
+    import json
+
+    from nlpflow.api import run
+
+    calls: list[int] = []
+    original = Progress.advance
+
+    def spy(self, stage, count):
+        if stage == "predict":
+            calls.append(count)
+        return original(self, stage, count)
+
+    monkeypatch.setattr(Progress, "advance", spy)
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": f"text number {i}", "label": "positive"}) + "\n" for i in range(40)))
+    config = tmp_path / "p.yaml"
+    config.write_text(
+        "pipelines:\n  t:\n    task: sentiment\n    data: {path: d.jsonl}\n    options: {labels: [negative, positive]}\n"
+        f"    model: {{name_or_path: {bert_classifier}, batch_size: 4}}\n    chunk_size: 20\n    report: {{formats: [json]}}\n"
+    )
+    run(["t"], config, tmp_path / "out", use_cache=False, interactive=False)
+    assert sum(calls) == 40
+    assert len([count for count in calls if count > 0]) >= 10  # 40 records in batches of 4, over two chunks
