@@ -53,8 +53,6 @@ def workload(tmp_path_factory, bert_classifier):
         "    data: {path: reviews.jsonl}\n"
         f"    model: {{name_or_path: {json.dumps(str(bert_classifier))}, device: cpu}}\n"
         f"    chunk_size: {CHUNK}\n"
-        # accuracy only: macro_f1's bootstrap (resample_scores) reads attributes the stateless metric no longer has
-        "    metrics: [accuracy]\n"
         "    report: {formats: [json]}\n",
         encoding="utf-8",
     )
