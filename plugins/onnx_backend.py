@@ -28,6 +28,7 @@ import numpy as np
 
 from nlpflow import Backend, LoadedModel, ModelConfig, ModelError, hookimpl
 from nlpflow.hub import checkpoint_config, checkpoint_directory, files_fingerprint, load_tokenizer, require_head, resolve_model_path
+from nlpflow.plugins.torch_backend import AUTO_CLASSES  # the export loads each head as the torch backend does
 from nlpflow.report import file_sha256
 
 INSTALL_HINT = "backend 'onnxruntime' needs the onnx extra: pip install 'nlpflow[onnx]' (onnxruntime, onnx, onnxscript)"
@@ -40,13 +41,6 @@ GRAPH_OUTPUTS: dict[str, dict[str, str]] = {
     "sequence-classification": {"logits": "logits"},
     "embedding": {"sentence_embedding": "embedding"},
     "question-answering": {"start_logits": "start_logits", "end_logits": "end_logits"},
-}
-
-#: head -> (transformers Auto class, architecture suffix the checkpoint must have), as the torch backend loads it
-AUTO_CLASSES = {
-    "sequence-classification": ("AutoModelForSequenceClassification", "ForSequenceClassification"),
-    "embedding": ("AutoModel", None),
-    "question-answering": ("AutoModelForQuestionAnswering", "ForQuestionAnswering"),
 }
 
 SHIPPED_GRAPHS = ("model.onnx", "onnx/model.onnx")
