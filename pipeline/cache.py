@@ -1,6 +1,6 @@
 """A SQLite prediction cache, so an interrupted run resumes where it stopped.
 
-Each prediction is stored as soon as its chunk is done, keyed by a hash of
+Each prediction is stored as soon as its model batch is done, keyed by a hash of
 the model's fingerprint, the task and its options, and the example's
 (preprocessed) inputs. WAL mode and a busy timeout let two runs share a cache
 file at the same time.
