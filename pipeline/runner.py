@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -539,14 +539,20 @@ class Runner:
 
     def _predict(self, chunk: list[Example], stage: ModelStage | None, run_key: str | None, progress: Progress | None = None) -> list[Prediction]:
         """The chunk's predictions, in order; ``progress`` advances as each model batch finishes (the rest at the end)."""
-        predictions = self._predictions(chunk, stage, run_key, progress)
+        advanced = [0]  # records the model batches already counted
+
+        def batch_done(count: int) -> None:
+            if progress is not None:
+                progress.advance("predict", count)
+                advanced[0] += count
+
+        predictions = self._predictions(chunk, stage, run_key, batch_done)
         if progress is not None:
-            progress.advance("predict", len(chunk) - self._advanced)
+            progress.advance("predict", len(chunk) - advanced[0])
         return predictions
 
-    def _predictions(self, chunk: list[Example], stage: ModelStage | None, run_key: str | None, progress: Progress | None) -> list[Prediction]:
+    def _predictions(self, chunk: list[Example], stage: ModelStage | None, run_key: str | None, batch_done: Callable[[int], None]) -> list[Prediction]:
         timer = time.perf_counter()
-        self._advanced = 0
         if stage is None and self.task.rule_based:
             with blamed_on(
                 self.pipeline.task_plugin,
@@ -598,9 +604,7 @@ class Runner:
                     }
                     self.cache.put_many(fresh)
                     self.counts.saved += len(fresh)
-                if progress is not None:
-                    progress.advance("predict", len(finished))
-                    self._advanced += len(finished)
+                batch_done(len(finished))
 
             try:
                 computed = stage.run(chunk, needed=misses, on_batch=store, executor=self.executor)
