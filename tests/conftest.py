@@ -15,6 +15,31 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 
 
+def write_reviews_workload(root: Path, checkpoint: Path, records: int, chunk: int, formats: str, words_per_text: tuple[int, int]) -> Path:
+    """``records`` short reviews of varied lengths in ``root/reviews.jsonl`` and a pipelines file running the sentiment
+    task on them with ``checkpoint``: the shared workload of the resume and executor tests."""
+    import json
+
+    words = ["good", "bad", "great", "awful", "fine", "meh", "love", "hate", "okay", "broken"]
+    shortest, spread = words_per_text
+    with open(root / "reviews.jsonl", "w", encoding="utf-8") as handle:
+        for i in range(records):
+            text = " ".join(words[(i * 7 + k * 3) % len(words)] for k in range(shortest + i % spread)) + f" #{i}"
+            handle.write(json.dumps({"text": text, "label": "positive" if i % 3 else "negative"}) + "\n")
+    config = root / "pipelines.yaml"
+    config.write_text(
+        "pipelines:\n"
+        "  reviews:\n"
+        "    task: sentiment\n"
+        "    data: {path: reviews.jsonl}\n"
+        f"    model: {{name_or_path: {json.dumps(str(checkpoint))}, device: cpu}}\n"
+        f"    chunk_size: {chunk}\n"
+        f"    report: {{formats: [{formats}]}}\n",
+        encoding="utf-8",
+    )
+    return config
+
+
 @pytest.fixture
 def pm():
     """A fresh PluginManager with nlpflow's hook specifications added and no plugins."""

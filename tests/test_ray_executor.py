@@ -32,6 +32,7 @@ from nlpflow.plugins.torch_backend import TorchBackend  # noqa: E402
 from nlpflow.registry import load_registry  # noqa: E402
 from nlpflow.plugins.executors import RayExecutor  # noqa: E402
 from nlpflow.runner import Runner  # noqa: E402
+from tests.conftest import write_reviews_workload  # noqa: E402
 
 RECORDS = 2_000
 CHUNK = 256
@@ -40,23 +41,7 @@ CHUNK = 256
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory, bert_classifier):
     root = tmp_path_factory.mktemp("ray-data")
-    words = ["good", "bad", "great", "awful", "fine", "meh", "love", "hate", "okay", "broken"]
-    with open(root / "reviews.jsonl", "w", encoding="utf-8") as handle:
-        for i in range(RECORDS):
-            text = " ".join(words[(i * 7 + k * 3) % len(words)] for k in range(3 + i % 29)) + f" #{i}"
-            handle.write(json.dumps({"text": text, "label": "positive" if i % 3 else "negative"}) + "\n")
-    config = root / "pipelines.yaml"
-    config.write_text(
-        "pipelines:\n"
-        "  reviews:\n"
-        "    task: sentiment\n"
-        "    data: {path: reviews.jsonl}\n"
-        f"    model: {{name_or_path: {json.dumps(str(bert_classifier))}, device: cpu}}\n"
-        f"    chunk_size: {CHUNK}\n"
-        "    report: {formats: [json]}\n",
-        encoding="utf-8",
-    )
-    return config
+    return write_reviews_workload(root, bert_classifier, RECORDS, CHUNK, "json", (3, 29))
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from nlpflow.cli import main
+from tests.conftest import write_reviews_workload
 
 REPO = Path(__file__).resolve().parent.parent
 RECORDS = 200
@@ -49,23 +50,7 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SI
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory, bert_classifier):
     root = tmp_path_factory.mktemp("resume")
-    words = ["good", "bad", "great", "awful", "fine", "meh", "love", "hate", "okay", "broken"]
-    with open(root / "reviews.jsonl", "w", encoding="utf-8") as handle:
-        for i in range(RECORDS):
-            text = " ".join(words[(i * 7 + k * 3) % len(words)] for k in range(5 + i % 23)) + f" #{i}"
-            handle.write(json.dumps({"text": text, "label": "positive" if i % 3 else "negative"}) + "\n")
-    config = root / "pipelines.yaml"
-    config.write_text(
-        "pipelines:\n"
-        "  reviews:\n"
-        "    task: sentiment\n"
-        "    data: {path: reviews.jsonl}\n"
-        f"    model: {{name_or_path: {json.dumps(str(bert_classifier))}, device: cpu}}\n"
-        f"    chunk_size: {CHUNK}\n"
-        "    report: {formats: [json, markdown]}\n",
-        encoding="utf-8",
-    )
-    return config
+    return write_reviews_workload(root, bert_classifier, RECORDS, CHUNK, "json, markdown", (5, 23))
 
 
 @pytest.fixture(scope="module")
