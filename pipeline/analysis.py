@@ -9,18 +9,21 @@ Two views users ask for after the headline numbers:
   and of each value of the ``report.slice_by`` columns. A slice's value is the metric on that slice's rows
   (macro-F1 or BLEU of the slice), not a mean of per-example scores.
 
-Memory: the slice keys of each scored example (a small int and a few strings) and k examples per metric.
+Memory: per slice column, a 4-byte code of each scored example's slice; k examples per metric.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
+from array import array
 from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 
-from nlpflow.report import bootstrap_interval
+from nlpflow.report import bootstrap_interval, metric_value
+from nlpflow.stats import MetricRows
 from nlpflow.types import Example, Metric
 
 #: worst and best examples kept per metric
@@ -39,7 +42,7 @@ MISSING = "(missing)"
 
 def length_bucket(words: int) -> str:
     """The label of the length bucket holding ``words``: ``"10-19"``, or ``"10000+"`` for the last."""
-    position = max(p for p, edge in enumerate(LENGTH_EDGES) if words >= edge)
+    position = bisect.bisect_right(LENGTH_EDGES, words) - 1
     low = LENGTH_EDGES[position]
     return f"{low}-{LENGTH_EDGES[position + 1] - 1}" if position + 1 < len(LENGTH_EDGES) else f"{low}+"
 
@@ -73,14 +76,17 @@ class _Ranked:
         self.minimum = math.inf
         self.maximum = -math.inf
 
-    def offer(self, score: float, index: int, item: dict) -> None:
-        self.minimum = min(self.minimum, score)
-        self.maximum = max(self.maximum, score)
+    def offer(self, score: float, index: int, make_item: Callable[[], dict]) -> None:
+        """``make_item`` builds the example's entry, called only if the example is kept (most are not)."""
+        if score < self.minimum:
+            self.minimum = score
+        if score > self.maximum:
+            self.maximum = score
         for heap, key in ((self.low, (-score, -index)), (self.high, (score, -index))):
             if len(heap) < RANKED_EXAMPLES:
-                heapq.heappush(heap, (*key, item))
+                heapq.heappush(heap, (*key, make_item()))
             elif key > heap[0][:2]:
-                heapq.heapreplace(heap, (*key, item))
+                heapq.heapreplace(heap, (*key, make_item()))
 
     @property
     def varies(self) -> bool:
@@ -104,9 +110,11 @@ class ErrorAnalysis:
         self.slice_by = list(slice_by)
         self.rank_by = rank_by
         self.ranked: dict[str, _Ranked] = {name: _Ranked() for name in self.metric_names}
-        #: per slice column ("length" first), each scored example's slice key, in the order of the metric stats rows
-        self.keys: dict[str, list[str]] = {column: [] for column in ["length", *self.slice_by]}
-        self.distinct: dict[str, set[str]] = {column: set() for column in self.keys}
+        #: per slice column ("length" first), each scored example's slice as a code into ``names``, in the order of
+        #: the metric stats rows
+        self.codes: dict[str, array] = {column: array("i") for column in ["length", *self.slice_by]}
+        #: per slice column, the code of each slice name
+        self.names: dict[str, dict[str, int]] = {column: {} for column in self.codes}
 
     def add(
         self, example: Example, scores: dict[str, float | None], prediction: Any, reference: Any, identity: dict,
@@ -119,22 +127,28 @@ class ErrorAnalysis:
         for column in self.slice_by:
             value = example.columns.get(column)
             self._key(column, MISSING if value is None else str(value)[:60])
-        item = None
+        made: list[dict] = []
+
+        def make_item() -> dict:
+            if not made:  # one entry per example, shared by the metrics that keep it
+                made.append({"index": example.index, "line": example.line, **identity, "scores": scores,
+                             "inputs": {name: _shown(value) for name, value in inputs.items()},
+                             "prediction": _shown(prediction), "reference": _shown(reference), **confidence(details)})
+            return made[0]
+
         for name, score in scores.items():
             if score is None or name not in self.ranked:
                 continue
-            if item is None:
-                item = {"index": example.index, "line": example.line, **identity, "scores": scores,
-                        "inputs": {name: _shown(value) for name, value in inputs.items()},
-                        "prediction": _shown(prediction), "reference": _shown(reference), **confidence(details)}
-            self.ranked[name].offer(score, example.index, item)
+            self.ranked[name].offer(score, example.index, make_item)
 
     def _key(self, column: str, key: str) -> None:
-        distinct = self.distinct[column]
-        if key not in distinct and len(distinct) >= MAX_SLICE_VALUES:
-            key = OTHER
-        distinct.add(key)
-        self.keys[column].append(key)
+        names = self.names[column]
+        code = names.get(key)
+        if code is None:
+            if len(names) >= MAX_SLICE_VALUES:
+                key = OTHER
+            code = names.setdefault(key, len(names))
+        self.codes[column].append(code)
 
     def ranking_metric(self) -> str | None:
         """report.rank_by, else the first metric whose per-example scores vary, else the first with any."""
@@ -144,7 +158,7 @@ class ErrorAnalysis:
         return next((name for name in with_scores if self.ranked[name].varies), with_scores[0] if with_scores else None)
 
     def summary(
-        self, metrics: Sequence[Metric], stats: Sequence[np.ndarray], resamples: int, seed: int, confidence: float,
+        self, metrics: Sequence[Metric], stats: Sequence[MetricRows], resamples: int, seed: int, confidence: float,
         blame: Callable[[Metric], ContextManager[None]],
     ) -> dict[str, Any]:
         """report.json's ``analysis``: the ranked examples and, per slice column, each slice's metric values.
@@ -153,25 +167,24 @@ class ErrorAnalysis:
         rank = self.ranking_metric()
         ranked = self.ranked.get(rank) if rank else None
         slices = []
-        for column, keys in self.keys.items():
-            if not keys:
+        for column, column_codes in self.codes.items():
+            if not column_codes:
                 continue
-            key_array = np.asarray(keys, dtype=object)
-            counts: dict[str, int] = {}
-            for key in keys:
-                counts[key] = counts.get(key, 0) + 1
+            code_array = np.frombuffer(column_codes, dtype=np.int32)
+            code_counts = np.bincount(code_array, minlength=len(self.names[column]))
+            counts = {key: int(code_counts[code]) for key, code in self.names[column].items() if code_counts[code]}
             if column == "length":
                 order = sorted(counts, key=lambda key: (key == MISSING, int(key.split("-")[0].rstrip("+")) if key != MISSING else 0))
             else:
                 order = sorted(counts, key=lambda key: (-counts[key], key))
             rows = []
             for key in order[:REPORTED_SLICES]:
-                selected = key_array == key
+                selected = code_array == self.names[column][key]
                 values = {}
-                for metric, metric_stats in zip(metrics, stats):
-                    subset = metric_stats[selected]
+                for metric, metric_rows in zip(metrics, stats):
+                    subset = metric_rows.subset(selected)
                     with blame(metric):
-                        value = float(metric.score(subset))
+                        value = metric_value(metric, subset)
                         interval = bootstrap_interval(metric, subset, resamples, seed, confidence)
                     values[metric.name] = {"value": value if math.isfinite(value) else None, "ci": interval}
                 rows.append({"value": key, "n": counts[key], "metrics": values})

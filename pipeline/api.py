@@ -115,7 +115,9 @@ def run(
     resolved = [resolve(p, registry) for p in chosen]
     cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir(), optional=cache_optional) if use_cache else None
     try:
-        with quiet_libraries(not library_logs):
+        # only runs that load a model touch transformers; importing it just to quiet it costs seconds
+        loads_models = any(pipeline.config.model is not None for pipeline in resolved)
+        with quiet_libraries(not library_logs and loads_models):
             return _run_each(resolved, Path(output), cache, interactive, keep_going, lambda: executor_class(address=address, workers=workers))
     finally:
         if cache is not None:

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from nlpflow.errors import OutputError, PluginError
+from nlpflow.stats import MetricRows
 from nlpflow.types import Metric
 
 VERSIONED_PACKAGES = ("nlpflow", "torch", "transformers", "tokenizers", "spacy", "sacrebleu", "rouge-score", "pluggy")
@@ -105,17 +106,36 @@ def bootstrap_indices(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]
         yield rng.integers(0, n, size=n)
 
 
-def bootstrap_counts(n: int, resamples: int, seed: int, block_cells: int = 1 << 22) -> Iterator[np.ndarray]:
-    """The resamples of :func:`bootstrap_indices` as count matrices, a block of resamples at a time.
+#: draw counts of distinct rows (a multinomial) when there are at most this share of distinct rows per example:
+#: a multinomial costs about ten times an index draw per category, so below it the draw is cheaper
+MULTINOMIAL_SHARE = 0.1
 
-    Row ``j`` of a block says how many times each example is drawn in that
-    resample: the same draws, so the same resampled sets, as the index form.
-    A block holds at most ``block_cells`` counts (32 MiB), whatever ``n`` is.
+
+def bootstrap_counts(rows: MetricRows, resamples: int, seed: int, block_cells: int = 1 << 22) -> Iterator[np.ndarray]:
+    """Bootstrap resamples of the examples of ``rows`` as count matrices, a block of resamples at a time.
+
+    Row ``j`` of a block says how many times each distinct row of ``rows`` is drawn in resample ``j``. Two ways
+    to draw, the same distribution (n examples drawn uniformly with replacement), chosen by the shape of the data
+    alone so a run's intervals are reproducible:
+
+    - rows with few distinct values (confusion-matrix cells, 0/1 scores: at most ``MULTINOMIAL_SHARE`` of the
+      examples): one multinomial draw of n over the distinct rows' shares, at a cost that does not grow with n;
+    - otherwise n example indices per resample (:func:`bootstrap_indices`), counted per distinct row: the draws
+      nlpflow made before distinct rows were kept, so these intervals are unchanged.
+
+    A block holds at most ``block_cells`` counts (32 MiB), whatever the size of the data.
     """
-    per_block = max(1, min(resamples, block_cells // max(n, 1)))
+    n, width = rows.n, len(rows.distinct)
+    per_block = max(1, min(resamples, block_cells // max(width, 1)))
+    if width <= MULTINOMIAL_SHARE * n:
+        rng = np.random.default_rng(seed)
+        shares = rows.counts / n
+        for start in range(0, resamples, per_block):
+            yield rng.multinomial(n, shares, size=min(per_block, resamples - start))
+        return
     block: list[np.ndarray] = []
-    for rows in bootstrap_indices(n, resamples, seed):
-        block.append(np.bincount(rows, minlength=n))
+    for drawn in bootstrap_indices(n, resamples, seed):
+        block.append(np.bincount(drawn if rows.ids is None else rows.ids[drawn], minlength=width))
         if len(block) == per_block:
             yield np.stack(block)
             block = []
@@ -123,12 +143,13 @@ def bootstrap_counts(n: int, resamples: int, seed: int, block_cells: int = 1 << 
         yield np.stack(block)
 
 
-def bootstrap_interval(metric: Metric, stats: np.ndarray, resamples: int, seed: int, confidence: float) -> dict[str, Any] | None:
+def bootstrap_interval(metric: Metric, rows: MetricRows, resamples: int, seed: int, confidence: float) -> dict[str, Any] | None:
     """Percentile bootstrap interval of ``metric`` over examples; None with fewer than two examples."""
-    n = len(stats)
-    if n < 2:
+    if rows.n < 2:
         return None
-    values = np.concatenate([np.asarray(metric.resample_scores(stats, counts), dtype=float) for counts in bootstrap_counts(n, resamples, seed)])
+    values = np.concatenate([
+        np.asarray(metric.resample_scores(rows.distinct, counts), dtype=float) for counts in bootstrap_counts(rows, resamples, seed)
+    ])
     alpha = (1 - confidence) / 2
     low, high = np.nanquantile(values, [alpha, 1 - alpha])
     return {
@@ -141,29 +162,37 @@ def bootstrap_interval(metric: Metric, stats: np.ndarray, resamples: int, seed: 
     }
 
 
+def metric_value(metric: Metric, rows: MetricRows) -> float:
+    """The metric over all examples of ``rows``: from distinct rows and counts where the metric accepts counts."""
+    if not rows.n:
+        return float("nan")
+    if metric.accepts_counts:
+        return float(metric.score(rows.distinct, rows.counts))
+    return float(metric.score(rows.expanded()))
+
+
 #: the keys of a metric entry that nlpflow computes; a metric's details() may not replace them
 CORE_METRIC_KEYS = ("value", "ci", "scale", "higher_is_better", "signature", "options", "n")
 
 
 def metric_entry(
-    metric: Metric, stats: np.ndarray, resamples: int, seed: int, confidence: float, plugin: str | None = None
+    metric: Metric, rows: MetricRows, resamples: int, seed: int, confidence: float, plugin: str | None = None
 ) -> dict[str, Any]:
     """One entry of report.json's ``metrics``: value, interval, scale, signature and details.
 
     ``plugin`` (the plugin that registered the metric) is named in the error if details() returns a core key.
     """
-    value = metric.score(stats) if len(stats) else float("nan")
     entry: dict[str, Any] = {
-        "value": _finite(value),
-        "ci": bootstrap_interval(metric, stats, resamples, seed, confidence),
+        "value": _finite(metric_value(metric, rows)),
+        "ci": bootstrap_interval(metric, rows, resamples, seed, confidence),
         "scale": metric.scale,
         "higher_is_better": metric.higher_is_better,
         "signature": metric.signature(),
         "options": metric.options.model_dump(mode="json"),
-        "n": int(len(stats)),
+        "n": rows.n,
     }
-    if len(stats):
-        details = metric.details(stats)
+    if rows.n:
+        details = metric.details(rows.distinct, rows.counts) if metric.accepts_counts else metric.details(rows.expanded())
         clashes = [key for key in CORE_METRIC_KEYS if key in details]
         if clashes:
             raise PluginError(

@@ -38,6 +38,7 @@ from nlpflow.labels import LabelCheck
 from nlpflow.model import DecodeError, ModelStage, run_key as run_key_of
 from nlpflow.progress import Progress
 from nlpflow.report import handle_sha256, metric_entry, package_versions, stage_file
+from nlpflow.stats import RowCollector
 from nlpflow.run_folder import record_run_files, remove_previous_run
 from nlpflow.types import Example, ExampleError, Executor, Prediction, RawRecord, RunCollector, RunResult, TaskModel
 
@@ -96,7 +97,7 @@ class Runner:
         self.overlap = os.environ.get("NLPFLOW_OVERLAP", "1") != "0" if overlap is None else overlap
         self.counts = Counts()
         self.stage_seconds: Counter[str] = Counter()
-        self.metric_stats: list[list[np.ndarray]] = [[] for _ in pipeline.metrics]
+        self.metric_rows = [RowCollector(distinct=metric.accepts_counts) for metric in pipeline.metrics]
         inputs = pipeline.task.input_fields
         self.analysis = ErrorAnalysis(
             [metric.name for metric in pipeline.metrics],
@@ -132,6 +133,7 @@ class Runner:
         label_fields = [mapping[name] for name in task.reference_fields] + ([prediction_column] if needs_prediction else [])
         #: label with case and surrounding spaces folded -> the spellings seen, to warn about look-alike labels
         spellings: dict[str, set[str]] = {}
+        seen_labels: set[Any] = set()
         check_example = task.check_example
         data_path = config.data_path  # a property that builds a Path: once, not per record
         input_columns = [(name, column) for name, column in mapping.items() if name in task.input_fields]
@@ -144,7 +146,7 @@ class Runner:
                 continue
             data = record.data
             missing = [f"{name!r} (column {column!r})" if column != name else repr(name) for name, column in input_columns
-                       if column not in data]
+                       if column not in data] if not all(column in data for _, column in input_columns) else []
             if needs_prediction and prediction_column not in data:
                 missing.append(f"{PREDICTION_FIELD!r} (needed because the pipeline has no model)")
             if config.data.id_field and config.data.id_field not in data:
@@ -154,8 +156,9 @@ class Runner:
                 continue
             for column in label_fields:
                 values = data.get(column)
-                for value in values if isinstance(values, list) else [values]:
-                    if isinstance(value, str):
+                for value in values if isinstance(values, list) else (values,):
+                    if isinstance(value, str) and value not in seen_labels:
+                        seen_labels.add(value)
                         spellings.setdefault(value.strip().casefold(), set()).add(value)
             fields = {name: data[column] for name, column in mapping.items() if column in data and data[column] is not None}
             if needs_prediction:
@@ -660,6 +663,8 @@ class Runner:
                 self.pipeline.task_plugin,
             )
         prediction.details = _json_ready(details)
+        if _plainly_writable(prediction.value, prediction.details):
+            return prediction
         try:
             json.dumps([_json_ready(prediction.value), prediction.details], ensure_ascii=False).encode("utf-8")
         except (TypeError, ValueError, UnicodeEncodeError) as error:
@@ -700,7 +705,7 @@ class Runner:
                         f"metric {metric.name!r}: example_stats returned shape {stats.shape}, expected ({len(scored)}, k)",
                         self.pipeline.providers[("metric", metric.name)],
                     )
-                self.metric_stats[slot].append(stats)
+                self.metric_rows[slot].add(stats)
                 with blamed_on(provider, f"metric {metric.name!r} raised in example_scores on {records}"):
                     scores = metric.example_scores(stats)
                     if scores is not None:
@@ -753,9 +758,9 @@ class Runner:
 
     def _analysis(self) -> dict[str, Any]:
         bootstrap = self.config.report.bootstrap
-        stats = [_joined(parts) for parts in self.metric_stats]
+        rows = [collector.result() for collector in self.metric_rows]
         return self.analysis.summary(
-            self.pipeline.metrics, stats, bootstrap.resamples, bootstrap.seed, bootstrap.confidence,
+            self.pipeline.metrics, rows, bootstrap.resamples, bootstrap.seed, bootstrap.confidence,
             blame=lambda metric: blamed_on(
                 self.pipeline.providers[("metric", metric.name)], f"metric {metric.name!r} raised while scoring a slice of the data"
             ),
@@ -765,13 +770,10 @@ class Runner:
         bootstrap = self.config.report.bootstrap
         results = {}
         for slot, metric in enumerate(self.pipeline.metrics):
-            stats = _joined(self.metric_stats[slot])
-            # the chunks' arrays go as soon as they are joined (at 1M records one metric's stats are hundreds of MiB);
-            # the joined array stays for the error analysis' slices
-            self.metric_stats[slot] = [stats]
+            rows = self.metric_rows[slot].result()
             provider = self.pipeline.providers[("metric", metric.name)]
             with blamed_on(provider, f"metric {metric.name!r} raised while scoring"):
-                results[metric.name] = metric_entry(metric, stats, bootstrap.resamples, bootstrap.seed, bootstrap.confidence, provider)
+                results[metric.name] = metric_entry(metric, rows, bootstrap.resamples, bootstrap.seed, bootstrap.confidence, provider)
         return results
 
     def _report(self, metrics: dict, stage: ModelStage | None, started_at: datetime, finished_at: datetime, wall: float) -> dict[str, Any]:
@@ -954,11 +956,21 @@ def _chunks(items: Iterator[Example], size: int) -> Iterator[list[Example]]:
 _LINE_ENCODER = json.JSONEncoder(ensure_ascii=False)
 
 
-def _joined(parts: list[np.ndarray]) -> np.ndarray:
-    """One metric's per-chunk stats as one array (without a copy when there is one part)."""
-    if len(parts) == 1:
-        return parts[0]
-    return np.concatenate(parts) if parts else np.zeros((0, 1))
+#: types written to JSON as they are (bool and int exactly, not subclasses such as numpy's)
+_JSON_AS_IS = frozenset({str, int, bool, type(None)})
+
+
+def _plainly_writable(value: Any, details: dict) -> bool:
+    """True for the common prediction (a label or text, details of numbers and strings) that JSON surely writes;
+    anything else gets a full trial encoding."""
+    for item in (value, *details.values()):
+        kind = type(item)
+        if kind is str:
+            if not item.isascii():
+                return False  # a lone surrogate would not encode as UTF-8: let the trial encoding find it
+        elif kind not in _JSON_AS_IS and kind is not float:
+            return False
+    return True
 
 
 def _round(value: float) -> float | None:
@@ -967,6 +979,8 @@ def _round(value: float) -> float | None:
 
 
 def _json_ready(value: Any) -> Any:
+    if type(value) in _JSON_AS_IS:  # most values (labels, texts, ids): no walk
+        return value
     if isinstance(value, float):
         return _round(value)
     if isinstance(value, (np.floating,)):

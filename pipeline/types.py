@@ -474,6 +474,12 @@ class Metric(ABC):
     codes assigned in first-seen order, no running counts on the object), so
     stats computed in chunks, processes or machines concatenate into the same
     scores and details. Code a category by a stable function of its text.
+
+    A metric whose rows repeat a lot (a confusion-matrix cell per example, a
+    0/1 match) sets :attr:`accepts_counts`: its :meth:`score` and
+    :meth:`details` then get ``counts``, how many examples have each row,
+    and nlpflow keeps each distinct row once, so memory and the bootstrap
+    stay flat as the data grows. Without it they get every example's row.
     """
 
     name: ClassVar[str]
@@ -485,6 +491,9 @@ class Metric(ABC):
     scale: ClassVar[str] = "0-1"
     higher_is_better: ClassVar[bool] = True
     Options: ClassVar[type[BaseModel]] = NoOptions
+    #: True: :meth:`score` and :meth:`details` take ``(stats, counts)``, distinct rows with how many examples
+    #: have each (a weighted sum where the metric sums rows); False: ``(stats)``, one row per example
+    accepts_counts: ClassVar[bool] = False
 
     def __init__(self, options: BaseModel | None = None):
         self.options = options if options is not None else self.Options()
@@ -494,26 +503,28 @@ class Metric(ABC):
         """Return a float array of shape ``(len(predictions), k)``."""
 
     @abstractmethod
-    def score(self, stats: np.ndarray) -> float:
-        """The metric's value over the rows of ``stats`` (possibly a resample)."""
+    def score(self, stats: np.ndarray, counts: np.ndarray | None = None) -> float:
+        """The metric's value over the rows of ``stats``; with :attr:`accepts_counts`, row ``i`` counts ``counts[i]`` times."""
 
     def resample_scores(self, stats: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """The metric over each of several resamples of ``stats``, one value per row of ``counts``.
 
         ``counts[j, i]`` is how many times row ``i`` is drawn in resample ``j``.
-        This default scores each resample as its own set of rows; metrics whose
-        value is a function of (weighted) column sums override it with one
-        matrix product, ``counts @ stats``, which is what keeps bootstrap
-        intervals cheap on large data.
+        This default scores each resample on its own; metrics whose value is a
+        function of (weighted) column sums override it with one matrix product,
+        ``counts @ stats``, which is what keeps bootstrap intervals cheap on
+        large data.
         """
+        if self.accepts_counts:
+            return np.array([self.score(stats, row) for row in counts], dtype=float)
         return np.array([self.score(np.repeat(stats, row, axis=0)) for row in counts], dtype=float)
 
     def example_scores(self, stats: np.ndarray) -> np.ndarray | None:
         """One score per row, written to ``predictions.jsonl``; ``None`` if the metric has none."""
         return None
 
-    def details(self, stats: np.ndarray) -> dict[str, Any]:
-        """Extra JSON-serialisable results for the report (per-class scores, confusion matrix)."""
+    def details(self, stats: np.ndarray, counts: np.ndarray | None = None) -> dict[str, Any]:
+        """Extra JSON-serialisable results for the report (per-class scores, confusion matrix); ``counts`` as in :meth:`score`."""
         return {}
 
     def signature(self) -> str:

@@ -249,9 +249,21 @@ class _LabelMetric(Metric):
 
     tasks = ("sentiment", "text-classification")
     _names: ClassVar[bool] = False
+    # a row is one confusion-matrix cell (or label-set pair): a run has few distinct rows, kept once with their counts
+    accepts_counts = True
 
     def example_stats(self, predictions: Sequence[Any], references: Sequence[Any]) -> np.ndarray:
         multi = any(isinstance(r, list) for r in references)
+        if not multi:
+            # one row per label pair; a chunk holds few distinct labels, so each is coded (and packed) once
+            columns: dict[str, tuple[float, ...]] = {}
+            for label in {*map(str, predictions), *map(str, references)}:
+                columns[label] = (label_code(label), *(_pack_name(label) if self._names else ()))
+            pairs = [(columns[str(predicted)], columns[str(gold)]) for predicted, gold in zip(predictions, references)]
+            width = 1 + (LABEL_NAME_COLUMNS if self._names else 0)
+            rows = np.array(pairs, dtype=float).reshape(-1, 2, width)
+            # (code, code, name columns, name columns): codes first, as multi-label rows
+            return np.concatenate([rows[:, :, 0], rows[:, 0, 1:], rows[:, 1, 1:]], axis=1)
         rows = []
         for predicted, gold in zip(predictions, references):
             sides = ([_label_slots(predicted or []), _label_slots(gold)] if multi else [[str(predicted)], [str(gold)]])
@@ -306,9 +318,10 @@ def _split(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
     return stats[:, :slots], stats[:, slots:2 * slots], multi
 
 
-def _per_class(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+def _per_class(stats: np.ndarray, counts: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
     """The classes that occur (sklearn's label set: predicted or gold anywhere in ``stats``) as sorted codes,
-    with their true positives, false positives and false negatives, and whether the rows are multi-label."""
+    with their true positives, false positives and false negatives (row ``i`` counted ``counts[i]`` times),
+    and whether the rows are multi-label."""
     predicted, gold, multi = _split(stats)
     codes = np.unique(np.concatenate([predicted.ravel(), gold.ravel()]))
     codes = codes[codes >= 0]
@@ -320,9 +333,10 @@ def _per_class(stats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
         for column in columns.T:
             used = column >= 0
             hot[rows[used], np.searchsorted(codes, column[used])] = True
-    tp = (predicted_hot & gold_hot).sum(0)
-    fp = (predicted_hot & ~gold_hot).sum(0)
-    fn = (~predicted_hot & gold_hot).sum(0)
+    weights = np.ones(len(stats), dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
+    tp = weights @ (predicted_hot & gold_hot)
+    fp = weights @ (predicted_hot & ~gold_hot)
+    fn = weights @ (~predicted_hot & gold_hot)
     return codes, tp, fp, fn, multi
 
 
@@ -334,8 +348,11 @@ class Accuracy(_LabelMetric):
     name = "accuracy"
     description = "Share of examples whose predicted label (or label set) equals the reference"
 
-    def score(self, stats: np.ndarray) -> float:
-        return float(np.mean(self.example_scores(stats))) if len(stats) else float("nan")
+    def score(self, stats: np.ndarray, counts: np.ndarray | None = None) -> float:
+        if not len(stats):
+            return float("nan")
+        correct = self.example_scores(stats)
+        return float(np.mean(correct)) if counts is None else float(counts @ correct / counts.sum())
 
     def resample_scores(self, stats: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return (counts @ self.example_scores(stats)) / counts.sum(axis=1)
@@ -350,10 +367,10 @@ class MacroF1(_LabelMetric):
     description = "Unweighted mean of per-class F1 (as sklearn's f1_score(average='macro')), with per-class scores and confusion matrix"
     _names = True
 
-    def score(self, stats: np.ndarray) -> float:
+    def score(self, stats: np.ndarray, counts: np.ndarray | None = None) -> float:
         if not len(stats):
             return float("nan")
-        _, tp, fp, fn, _ = _per_class(stats)
+        _, tp, fp, fn, _ = _per_class(stats, counts)
         f1 = _safe_divide(2 * tp, 2 * tp + fp + fn)
         # fsum: the mean does not depend on the order of the classes (hash order here, label order in sklearn)
         return math.fsum(f1) / len(f1) if len(f1) else 0.0
@@ -384,8 +401,8 @@ class MacroF1(_LabelMetric):
         kept = present.sum(axis=1)
         return np.where(kept > 0, (f1 * present).sum(axis=1) / np.maximum(kept, 1), 0.0)
 
-    def details(self, stats: np.ndarray) -> dict[str, Any]:
-        codes, tp, fp, fn, multi = _per_class(stats)
+    def details(self, stats: np.ndarray, counts: np.ndarray | None = None) -> dict[str, Any]:
+        codes, tp, fp, fn, multi = _per_class(stats, counts)
         names = _names_of(stats, codes)
         precision = _safe_divide(tp, tp + fp)
         recall = _safe_divide(tp, tp + fn)
@@ -401,7 +418,8 @@ class MacroF1(_LabelMetric):
             position[order] = np.arange(len(order))
             predicted, gold, _ = _split(stats)
             matrix = np.zeros((len(order), len(order)), dtype=int)
-            np.add.at(matrix, (position[np.searchsorted(codes, gold[:, 0])], position[np.searchsorted(codes, predicted[:, 0])]), 1)
+            np.add.at(matrix, (position[np.searchsorted(codes, gold[:, 0])], position[np.searchsorted(codes, predicted[:, 0])]),
+                      1 if counts is None else np.asarray(counts, dtype=int))
             result["confusion_matrix"] = {"labels": [names[i] for i in order], "rows": "reference", "columns": "prediction",
                                           "matrix": matrix.tolist()}
         return result

@@ -414,6 +414,8 @@ class _SquadMetric(Metric):
     tasks = ("question-answering",)
     scale = "0-100"
     function: Any = None
+    # exact match rows are 0 or 1, F1 rows a few common fractions: kept once each with their counts
+    accepts_counts = True
 
     def example_stats(self, predictions: Sequence[Any], references: Sequence[Any]) -> np.ndarray:
         rows = []
@@ -431,8 +433,10 @@ class _SquadMetric(Metric):
                 rows.append((float(normalize_answer(prediction) == ""), 1.0))
         return np.array(rows, dtype=float).reshape(-1, 2)
 
-    def score(self, stats: np.ndarray) -> float:
-        return 100.0 * float(np.mean(stats[:, 0])) if len(stats) else float("nan")
+    def score(self, stats: np.ndarray, counts: np.ndarray | None = None) -> float:
+        if not len(stats):
+            return float("nan")
+        return 100.0 * float(np.mean(stats[:, 0]) if counts is None else counts @ stats[:, 0] / counts.sum())
 
     def resample_scores(self, stats: np.ndarray, counts: np.ndarray) -> np.ndarray:
         return 100.0 * (counts @ stats[:, 0]) / counts.sum(axis=1)
@@ -440,13 +444,16 @@ class _SquadMetric(Metric):
     def example_scores(self, stats: np.ndarray) -> np.ndarray:
         return 100.0 * stats[:, 0]
 
-    def details(self, stats: np.ndarray) -> dict[str, Any]:
+    def details(self, stats: np.ndarray, counts: np.ndarray | None = None) -> dict[str, Any]:
         no_answer = stats[:, 1] > 0
         if not no_answer.any():
             return {}
+        counts = np.ones(len(stats), dtype=np.int64) if counts is None else counts
+        answered = ~no_answer
         return {
-            "has_answer": {"value": self.score(stats[~no_answer]) if (~no_answer).any() else None, "n": int((~no_answer).sum())},
-            "no_answer": {"value": self.score(stats[no_answer]), "n": int(no_answer.sum())},
+            "has_answer": {"value": self.score(stats[answered], counts[answered]) if answered.any() else None,
+                           "n": int(counts[answered].sum())},
+            "no_answer": {"value": self.score(stats[no_answer], counts[no_answer]), "n": int(counts[no_answer].sum())},
         }
 
 

@@ -13,6 +13,7 @@ from nlpflow.api import run
 from nlpflow.cli import main
 from nlpflow.compare import CompareError, approximate_randomization, compare_runs, leaderboard, leaderboard_html, paired_bootstrap
 from nlpflow.report import bootstrap_indices, bootstrap_interval
+from nlpflow.stats import collected
 from nlpflow.plugins.classification import Accuracy, MacroF1
 
 LABELS = ("negative", "positive")
@@ -42,7 +43,7 @@ def test_bootstrap_interval_contains_estimate_and_narrows():
         refs = references(rng, n)
         stats = accuracy_stats(metric, correctness(rng, n, 0.7), refs)
         value = metric.score(stats)
-        ci = bootstrap_interval(metric, stats, resamples=400, seed=1, confidence=0.95)
+        ci = bootstrap_interval(metric, collected(True, stats), resamples=400, seed=1, confidence=0.95)
         assert ci["low"] <= value <= ci["high"]
         widths.append(ci["high"] - ci["low"])
     assert widths[0] > widths[1] > widths[2]

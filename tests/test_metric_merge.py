@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from nlpflow.report import metric_entry
+from nlpflow.stats import collected
 
 KEYWORDS_PLUGIN = Path(__file__).parent.parent / "examples" / "nlpflow-keywords" / "nlpflow_keywords" / "__init__.py"
 
@@ -62,7 +63,8 @@ def pytest_generate_tests(metafunc):
 def test_stats_from_shuffled_chunks_and_fresh_objects_give_the_same_report(metric_class, task):
     predictions, references = _data(task)
     whole = metric_class()
-    expected = metric_entry(whole, np.asarray(whole.example_stats(predictions, references), dtype=float), 200, 3, 0.95)
+    whole_stats = np.asarray(whole.example_stats(predictions, references), dtype=float)
+    expected = metric_entry(whole, collected(whole.accepts_counts, whole_stats), 200, 3, 0.95)
 
     bounds = [0, 5, 6, 19, 33, 34, 50, len(predictions)]
     chunks = list(zip(bounds, bounds[1:]))
@@ -70,6 +72,11 @@ def test_stats_from_shuffled_chunks_and_fresh_objects_give_the_same_report(metri
     # each chunk by a fresh object, in shuffled order: nothing one call learns may reach the next
     parts = {start: np.asarray(metric_class().example_stats(predictions[start:end], references[start:end]), dtype=float)
              for start, end in chunks}
-    merged = np.concatenate([parts[start] for start in sorted(parts)])
-    assert metric_entry(metric_class(), merged, 200, 3, 0.95) == expected
+    rows = collected(whole.accepts_counts, *(parts[start] for start in sorted(parts)))
+    assert metric_entry(metric_class(), rows, 200, 3, 0.95) == expected
     assert expected["ci"] is not None and expected["n"] == len(predictions)
+    # the stored rows do not depend on the chunking either
+    whole_rows = collected(whole.accepts_counts, whole_stats)
+    assert np.array_equal(rows.distinct, whole_rows.distinct)
+    assert (rows.ids is None and whole_rows.ids is None) or np.array_equal(rows.ids, whole_rows.ids)
+    np.testing.assert_array_equal(rows.expanded(), whole_stats)
