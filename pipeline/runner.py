@@ -93,8 +93,9 @@ class Runner:
         self.directory = safe_run_directory(output_dir, pipeline.name)
         self.cache = cache
         self.interactive = interactive
-        #: read/preprocess, model and score/write of successive chunks in three threads (NLPFLOW_OVERLAP=0: one)
-        self.overlap = os.environ.get("NLPFLOW_OVERLAP", "1") != "0" if overlap is None else overlap
+        #: read/preprocess, model and score/write of successive chunks in three threads (NLPFLOW_OVERLAP=1), or one
+        #: after another (NLPFLOW_OVERLAP=0); None: overlapped when a model stage runs
+        self.overlap = {"1": True, "0": False}.get(os.environ.get("NLPFLOW_OVERLAP", "")) if overlap is None else overlap
         self.counts = Counts()
         self.stage_seconds: Counter[str] = Counter()
         self.metric_rows = [RowCollector(distinct=metric.accepts_counts) for metric in pipeline.metrics]
@@ -365,7 +366,9 @@ class Runner:
         self.collectors = self._start_collectors()
         try:
             with progress.running(), open(partial, "w", encoding="utf-8") as predictions_file:
-                if self.overlap:
+                # reading and scoring are Python code that holds the GIL: in threads they pay for switching and
+                # gain nothing unless a model stage (tokenizers, torch: released GIL) runs between them
+                if self.overlap if self.overlap is not None else stage is not None:
                     self._run_overlapped(stage, run_key, progress, predictions_file)
                 else:
                     for chunk in self._prepared_chunks():
@@ -720,13 +723,15 @@ class Runner:
         written_references = [_json_ready(reference) for reference in references]
         lines = []
         encode = _LINE_ENCODER.encode
+        fields = self.config.fields
+        input_columns = [(name, fields.get(name, name)) for name in self.task.input_fields]
         for example, prediction, value, reference, scores in zip(chunk, predictions, prediction_values, written_references, per_example):
-            identity = self._record_identity(example)
+            identity = self._record_identity(example, input_columns)
             if reference is not None:  # a row of the metric stats, in the same order
+                columns = example.columns
                 self.analysis.add(
                     example, scores, value, reference, identity,
-                    {name: _json_ready(example.columns.get(self.config.fields.get(name, name))) for name in self.task.input_fields},
-                    prediction.details,
+                    {name: _json_ready(columns.get(column)) for name, column in input_columns}, prediction.details,
                 )
             line = {"index": example.index, "line": example.line, **identity, "prediction": value, "reference": reference, "scores": scores}
             if prediction.details:
@@ -742,18 +747,21 @@ class Runner:
                 collector.add(chunk, prediction_values, written_references, per_example)
         self.stage_seconds["score and write"] += time.perf_counter() - timer
 
-    def _record_identity(self, example: Example) -> dict[str, Any]:
+    def _record_identity(self, example: Example, input_columns: Sequence[tuple[str, str]]) -> dict[str, Any]:
         """The record's ``id`` (data.id_field, else an ``id`` or ``_id`` column) and, with report.include_inputs, its
         task inputs as read: what error analysis needs without joining predictions.jsonl to the data by line."""
-        config = self.config
+        columns = example.columns
         identity: dict[str, Any] = {}
-        id_field = config.data.id_field or next((name for name in ID_FIELD_GUESSES if name in example.columns), None)
-        if id_field is not None and id_field in example.columns:
-            identity["id"] = _json_ready(example.columns[id_field])
-        if config.report.include_inputs:
-            identity["inputs"] = {
-                name: _json_ready(example.columns.get(config.fields.get(name, name))) for name in self.task.input_fields
-            }
+        id_field = self.config.data.id_field
+        if id_field is None:
+            for guess in ID_FIELD_GUESSES:
+                if guess in columns:
+                    id_field = guess
+                    break
+        if id_field is not None and id_field in columns:
+            identity["id"] = _json_ready(columns[id_field])
+        if self.config.report.include_inputs:
+            identity["inputs"] = {name: _json_ready(columns.get(column)) for name, column in input_columns}
         return identity
 
     def _analysis(self) -> dict[str, Any]:

@@ -175,10 +175,10 @@ class JsonLinesReader(Reader):
         text = text.rstrip("\r\n")
         if number == 1:
             text = text.removeprefix("\ufeff")
-        if not text.strip():
+        if not text or text.isspace():
             return None
         try:
-            data = json.loads(text, object_pairs_hook=_unique_keys)
+            data = _OBJECT_DECODER.decode(text)
         except DuplicateKey as error:
             return RawRecord(number, None, f"the JSON object has the key {error.args[0]!r} twice; which value is meant is unclear")
         except json.JSONDecodeError as error:
@@ -209,6 +209,10 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
         seen: set[str] = set()
         raise DuplicateKey(next(key for key, _ in pairs if key in seen or seen.add(key)))
     return data
+
+
+#: one decoder for every line: json.loads with a hook builds a new JSONDecoder per call
+_OBJECT_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
 
 
 class DelimitedOptions(BaseModel):
