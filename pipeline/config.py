@@ -7,6 +7,7 @@ and column, and for unknown names the closest valid one.
 
 from __future__ import annotations
 
+import difflib
 import re
 import stat
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any, Literal, Sequence, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, field_validator, model_validator
 
-from nlpflow.errors import ConfigError, Location, NlpflowError, PluginError, did_you_mean
+from nlpflow.errors import ConfigError, Location, NlpflowError, PluginError, Problems, did_you_mean
 from nlpflow.registry import DISABLE_ENV, PluginInfo, Registry
 from nlpflow.sources import FileSeriesReader, expand, is_glob
 from nlpflow.types import Backend, Metric, ModelConfig, Preprocessor, Reader, Reporter, Task
@@ -147,9 +148,11 @@ class PipelinesFile(_Strict):
 # --- loading -----------------------------------------------------------------
 
 
-def load_config(path: Path | str = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> dict[str, PipelineConfig]:
+def load_config(
+    path: Path | str = DEFAULT_CONFIG, overrides: Sequence[str] = (), *, problems: list[NlpflowError] | None = None
+) -> dict[str, PipelineConfig | None]:
     """Parse and schema-check a pipelines file, with ``PIPELINE.KEY.PATH=VALUE`` overrides (``--set``) applied;
-    names are resolved later against the registry."""
+    names are resolved later against the registry. ``problems``: as :func:`parse_config`'s."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -157,7 +160,7 @@ def load_config(path: Path | str = DEFAULT_CONFIG, overrides: Sequence[str] = ()
         raise ConfigError(f"pipelines file not found (looked in {path.resolve().parent})", Location(path)) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read pipelines file: {error}", Location(path)) from None
-    return parse_config(text, path, overrides)
+    return parse_config(text, path, overrides, problems=problems)
 
 
 #: most YAML nodes a pipelines file may expand to (aliases count each time they are used):
@@ -170,10 +173,15 @@ MAX_NODES = 100_000
 MAX_DEPTH = 100
 
 
-def parse_config(text: str, source: Path | str = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> dict[str, PipelineConfig]:
+def parse_config(
+    text: str, source: Path | str = DEFAULT_CONFIG, overrides: Sequence[str] = (), *, problems: list[NlpflowError] | None = None
+) -> dict[str, PipelineConfig | None]:
     """Parse pipelines-file text with a safe YAML loader and check it against the schema.
 
-    Raises only :class:`ConfigError`, with the file, line and column of the problem.
+    Raises only :class:`ConfigError`, with the file, line and column of the problem. With a ``problems`` list, the
+    schema's problems are appended to it instead, every one pydantic finds, each with its line (or ``--set`` flag),
+    and each pipeline that has one maps to None; the other pipelines are checked as usual. Text that cannot be
+    parsed as YAML, or that is not a mapping, is still raised: nothing in it can be checked.
     """
     source = Path(source)
     try:
@@ -221,35 +229,75 @@ def parse_config(text: str, source: Path | str = DEFAULT_CONFIG, overrides: Sequ
             f"expected a mapping with a top-level 'pipelines:' key, found {found}", Location(source, *locations.get((), (1, 1)))
         )
 
-    try:
-        parsed = PipelinesFile.model_validate(data)
-    except ValidationError as error:
-        raise _config_error(error, source, locations, data) from None
-    except RecursionError:
-        raise ConfigError("the file is nested too deeply to be a pipelines file", Location(source)) from None
+    report = Problems(problems)
+    #: keys of the pipelines that have a problem: left out of the checks that follow
+    failed: set[Any] = set()
+    checked = _check_schema(data, failed, source, locations, report)
     # the file is checked alone first, so its own mistakes point at its lines and each override's at its flag
     overridden: dict[tuple, str] = {}
     for override in overrides:
-        overridden[_apply_override(data, override)] = override
-        try:
-            parsed = PipelinesFile.model_validate(data)
-        except ValidationError as error:
-            located = _config_error(error, source, locations, data)
-            raise ConfigError(located.message, Location(f"--set {override}"), located.pipeline) from None
+        with report.check():
+            try:
+                overridden[_apply_override(data, override)] = override
+            except ConfigError as error:
+                if error.pipeline is not None:
+                    failed.add(error.pipeline)
+                raise
+            checked = _check_schema(data, failed, source, locations, report, override)
 
-    for name, pipeline in parsed.pipelines.items():
+    pipelines: dict[str, PipelineConfig | None] = {}
+    for name, pipeline in (checked.pipelines if checked is not None else {}).items():
         where = Location(source, *locations.get(("pipelines", name), (None, None)))
         if not PIPELINE_NAME.fullmatch(name):
-            raise ConfigError(
+            error = ConfigError(
                 f"pipeline name {name!r} may contain only letters, digits, '.', '_' and '-', and must start with a letter "
                 "or digit (it names a report folder)",
                 where,
             )
+            error.pipeline = name  # whose problem it is; the message names it already
+            report.add(error)
+            failed.add(name)
+            continue
         pipeline._name = name
         pipeline._source = source
         pipeline._locations = locations
         pipeline._overrides = overridden
-    return parsed.pipelines
+        pipelines[name] = pipeline
+    if not failed:
+        return pipelines
+    every = data.get("pipelines") if isinstance(data.get("pipelines"), dict) else {}
+    return {name: pipelines.get(name) for name in every if isinstance(name, str)}
+
+
+def _check_schema(
+    data: dict, failed: set[Any], source: Path, locations: dict, report: Problems, override: str | None = None
+) -> PipelinesFile | None:
+    """Schema-check the file's data without the pipelines in ``failed``; report each problem (at ``override``'s
+    flag, when given) and add its pipeline to ``failed``, then check the pipelines left. None when no pipeline can be
+    checked: the file's ``pipelines:`` is missing or not a mapping."""
+    pipelines = data.get("pipelines")
+    # the file's own check covers its top level; after it, an override's check covers the pipelines left
+    checked = data if override is None or not isinstance(pipelines, dict) else _without(pipelines, failed)
+    while True:
+        try:
+            return PipelinesFile.model_validate(checked)
+        except ValidationError as error:
+            found = _config_errors(error, source, locations, checked)
+        except RecursionError:
+            raise ConfigError("the file is nested too deeply to be a pipelines file", Location(source)) from None
+        if override is not None:
+            found = [(key, ConfigError(error.message, Location(f"--set {override}"), error.pipeline)) for key, error in found]
+        for _, error in found:
+            report.add(error)
+        new = {key for key, _ in found if key is not None} - failed
+        if not isinstance(pipelines, dict) or (checked is not data and not new):
+            return None
+        failed |= new
+        checked = _without(pipelines, failed)
+
+
+def _without(pipelines: dict, failed: set[Any]) -> dict:
+    return {"pipelines": {name: value for name, value in pipelines.items() if name not in failed}}
 
 
 def _apply_override(data: dict, override: str) -> tuple:
@@ -372,13 +420,39 @@ def _index_positions(
         ancestors.discard(id(node))
 
 
-def _config_error(error: ValidationError, source: Path, locations: dict, data: Any = None) -> ConfigError:
-    """One ConfigError for pydantic's first problem, located in the YAML and worded for users."""
+def _config_errors(error: ValidationError, source: Path, locations: dict, data: Any = None) -> list[tuple[Any, ConfigError]]:
+    """A ConfigError for each of pydantic's problems, located in the YAML and worded for users, with the key of the
+    pipeline it is in (None: outside any pipeline)."""
     errors = error.errors()
     # an unknown key usually explains a missing one ("pipeline:" for "pipelines:"), so report it first
     errors.sort(key=lambda e: e["type"] != "extra_forbidden")
-    first = errors[0]
+    found: dict[str, tuple[Any, ConfigError]] = {}
+    covered: set[int] = set()
+    #: required keys that an unknown key beside them is a misspelling of ("dataa:" for "data:"): said once, by it
+    explained: set[tuple] = set()
+    for index, first in enumerate(errors):
+        if index in covered:
+            continue
+        yaml_path, _ = _yaml_path(first["loc"], data, first["type"] == "missing", _hashable(first.get("input")))
+        if first["type"] == "extra_forbidden" and yaml_path:
+            parent_model = _model_at(yaml_path[:-1])
+            close = difflib.get_close_matches(str(yaml_path[-1]), list(parent_model.model_fields) if parent_model else [], n=1, cutoff=0.5)
+            explained.update((*yaml_path[:-1], name) for name in close)
+        elif first["type"] == "missing" and yaml_path in explained:
+            continue
+        key, located, same = _config_error(index, errors, source, locations, data)
+        covered.update(same)
+        found.setdefault(str(located), (key, located))
+    return list(found.values())
+
+
+def _config_error(index: int, errors: list[dict], source: Path, locations: dict, data: Any) -> tuple[Any, ConfigError, list[int]]:
+    """The ConfigError for ``errors[index]``, the key of its pipeline (None: outside the pipelines), and which of
+    ``errors`` it words (a union's members fail one by one: they are said at once)."""
+    first = errors[index]
     yaml_path, is_key = _yaml_path(first["loc"], data, first["type"] == "missing", _hashable(first.get("input")))
+    key = yaml_path[1] if len(yaml_path) > 1 and yaml_path[0] == "pipelines" else None
+    same = [index]
     position = None
     probe = yaml_path
     while True:
@@ -389,7 +463,7 @@ def _config_error(error: ValidationError, source: Path, locations: dict, data: A
             break
         probe = probe[:-1]
     location = Location(source, *position) if position else Location(source)
-    pipeline = str(yaml_path[1]) if len(yaml_path) > 1 and yaml_path[0] == "pipelines" else None
+    pipeline = str(key) if key is not None else None
     parts = yaml_path[2:] if pipeline else yaml_path
     field_path = ".".join(str(p) for p in parts)
     kind = first["type"]
@@ -405,13 +479,13 @@ def _config_error(error: ValidationError, source: Path, locations: dict, data: A
         pipeline = None
     else:
         # a union (batch_size: int or "auto") fails once per member: say all of them at once
-        same = [e for e in errors if _yaml_path(e["loc"], data, False, _hashable(e.get("input"))) == (yaml_path, is_key)]
-        reasons = list(dict.fromkeys(_clean_message(e["msg"]) for e in same))
+        same = [i for i, e in enumerate(errors) if _yaml_path(e["loc"], data, False, _hashable(e.get("input"))) == (yaml_path, is_key)]
+        reasons = list(dict.fromkeys(_clean_message(errors[i]["msg"]) for i in same))
         if pipeline and not field_path:
             message = f"a pipeline must be a mapping of settings (task:, data:, ...), got {_short(first.get('input'))}"
         else:
             message = f"{field_path or 'value'}: {' or '.join(reasons)} (got {_short(first.get('input'))})"
-    return ConfigError(message, location, pipeline)
+    return key, ConfigError(message, location, pipeline), same
 
 
 def _yaml_path(loc: tuple, data: Any, missing: bool = False, key_input: Any = None) -> tuple[tuple, bool]:
