@@ -596,50 +596,136 @@ class ResolvedPipeline:
         return self.config.name
 
 
-def build_options(cls: type, options: dict[str, Any], config: PipelineConfig, *where: Any) -> BaseModel:
-    """Validate a plugin's options with its Options model, with the YAML location on error."""
+def build_options(cls: type, options: dict[str, Any], config: PipelineConfig, *where: Any, report: Problems | None = None) -> BaseModel:
+    """Validate a plugin's options with its Options model, with the YAML location on error. With a collecting
+    ``report``, every option pydantic finds wrong is a problem of its own."""
     try:
         return cls.Options.model_validate(options)
     except ValidationError as error:
-        return _options_error(error, cls, config, *where)
+        errors = _options_errors(error, cls, config, *where)
     except Exception as error:  # a validator that raises something pydantic does not turn into a ValidationError
         raise ConfigError(f"{cls.name}: invalid options: {type(error).__name__}: {error}", config.location(*where), config.name) from None
+    (report or Problems()).fail(errors)
 
 
-def _options_error(error: ValidationError, cls: type, config: PipelineConfig, *where: Any) -> BaseModel:
+def _options_errors(error: ValidationError, cls: type, config: PipelineConfig, *where: Any) -> list[ConfigError]:
+    """One ConfigError per option pydantic finds wrong (a union's members fail one by one: said at once), unknown
+    options first."""
     errors = error.errors()
     errors.sort(key=lambda e: e["type"] != "extra_forbidden")
-    first = errors[0]
-    key = first["loc"][0] if first["loc"] else None
-    if first["type"] == "extra_forbidden":
-        message = f"{cls.name}: unknown option {key!r}. {did_you_mean(str(key), cls.Options.model_fields)}"
-    elif key is None:
-        message = f"{cls.name}: options: {_clean_message(first['msg'])} (got {_short(first.get('input'))})"
-    else:
-        same = [e for e in errors if e["loc"][:1] == (key,)]
-        reasons = " or ".join(dict.fromkeys(_clean_message(e["msg"]) for e in same))
-        message = f"{cls.name}: option {key!r}: {reasons} (got {_short(first.get('input'))})"
-    location = config.location(*where, key) if key is not None else config.location(*where)
-    raise ConfigError(message, location, config.name) from None
+    found: dict[Any, ConfigError] = {}
+    for index, first in enumerate(errors):
+        key = first["loc"][0] if first["loc"] else None
+        if key is not None and key in found:
+            continue
+        if first["type"] == "extra_forbidden":
+            message = f"{cls.name}: unknown option {key!r}. {did_you_mean(str(key), cls.Options.model_fields)}"
+        elif key is None:
+            message = f"{cls.name}: options: {_clean_message(first['msg'])} (got {_short(first.get('input'))})"
+        else:
+            same = [e for e in errors if e["loc"][:1] == (key,)]
+            reasons = " or ".join(dict.fromkeys(_clean_message(e["msg"]) for e in same))
+            message = f"{cls.name}: option {key!r}: {reasons} (got {_short(first.get('input'))})"
+        location = config.location(*where, key) if key is not None else config.location(*where)
+        found[key if key is not None else ("options", index)] = ConfigError(message, location, config.name)
+    return list(found.values())
 
 
-def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
-    """Check every name in a pipeline against the registry and build its plugin objects."""
+def resolve(config: PipelineConfig, registry: Registry, *, problems: list[NlpflowError] | None = None) -> ResolvedPipeline | None:
+    """Check every name in a pipeline against the registry and build its plugin objects.
+
+    Raises the first problem; with a ``problems`` list, appends each problem to it instead and returns None if there
+    were any. The checks that do not need what a failed one builds still run: an unknown task skips its options,
+    fields, preprocessors and metrics, but the data file, the reporters and the model backend are still checked."""
+    report = Problems(problems)
+    had = len(problems) if problems is not None else 0
     name = config.name
-    task_cls = _lookup(registry, "task", config.task, config.location("task"), name)
-    task = _construct(
-        task_cls, (build_options(task_cls, config.options, config, "options"),), config, "options", plugin=registry.provider("task", config.task)
-    )
+    task_cls = task = None
+    with report.check():
+        task_cls = _lookup(registry, "task", config.task, config.location("task"), name)
+    if task_cls is not None:
+        with report.check():
+            task = _construct(
+                task_cls, (build_options(task_cls, config.options, config, "options", report=report),), config, "options",
+                plugin=registry.provider("task", config.task),
+            )
+        known_fields = {*task_cls.input_fields, *task_cls.reference_fields, "prediction"}
+        for field_name in config.fields:
+            if field_name not in known_fields:
+                report.add(ConfigError(
+                    f"fields: {field_name!r} is not a field of task {task_cls.name!r}. {did_you_mean(field_name, known_fields)}",
+                    config.location("fields", field_name),
+                    name,
+                ))
 
-    known_fields = {*task_cls.input_fields, *task_cls.reference_fields, "prediction"}
-    for field_name in config.fields:
-        if field_name not in known_fields:
-            raise ConfigError(
-                f"fields: {field_name!r} is not a field of task {task_cls.name!r}. {did_you_mean(field_name, known_fields)}",
-                config.location("fields", field_name),
-                name,
+    reader = None
+    with report.check():
+        reader = _resolve_reader(config, registry, report)
+
+    preprocessors = []
+    for position, step in enumerate(config.preprocess if task_cls is not None else []):
+        with report.check():
+            preprocessors.append(_resolve_preprocessor(config, registry, task_cls, position, step, report))
+
+    metrics = []
+    metric_steps = [] if task_cls is None else config.metrics if config.metrics is not None else [StepConfig(name=m) for m in task_cls.default_metrics]
+    for position, step in enumerate(metric_steps):
+        with report.check():
+            where = config.location("metrics", position) if config.metrics is not None else config.location("task")
+            metric_cls = _lookup(registry, "metric", step.name, where, name)
+            if metric_cls.tasks and task_cls.name not in metric_cls.tasks:
+                suitable = [m for m in registry.names("metric") if not registry.get("metric", m).tasks or task_cls.name in registry.get("metric", m).tasks]
+                raise ConfigError(
+                    f"metric {step.name!r} does not apply to task {task_cls.name!r} (it scores {', '.join(metric_cls.tasks)}). Metrics for {task_cls.name!r}: {', '.join(suitable)}",
+                    where,
+                    name,
+                )
+            metric_options = build_options(metric_cls, step.options, config, "metrics", position, report=report)
+            metrics.append(_construct(metric_cls, (metric_options,), config, "metrics", position, plugin=registry.provider("metric", step.name)))
+
+    reporters = []
+    metric_names = [metric.name for metric in metrics]
+    # rank_by names one of the metrics: checked once they all resolved
+    if config.report.rank_by is not None and len(metrics) == len(metric_steps) and task_cls is not None and config.report.rank_by not in metric_names:
+        report.add(ConfigError(
+            f"report.rank_by: {config.report.rank_by!r} is not one of this pipeline's metrics. "
+            f"{did_you_mean(config.report.rank_by, metric_names)}",
+            config.location("report", "rank_by"), name,
+        ))
+    for position, step in enumerate(config.report.formats):
+        with report.check():
+            reporter_cls = _lookup(registry, "reporter", step.name, config.location("report", "formats", position), name)
+            options = step.options
+            if config.report.slice_by and "slice_by" in reporter_cls.Options.model_fields:
+                options.setdefault("slice_by", list(config.report.slice_by))
+            reporter_options = build_options(reporter_cls, options, config, "report", "formats", position, report=report)
+            reporters.append(
+                _construct(reporter_cls, (reporter_options,), config, "report", "formats", position, plugin=registry.provider("reporter", step.name))
             )
 
+    backend = None
+    if config.model is not None:
+        with report.check():
+            backend_cls = _lookup(registry, "backend", config.model.backend, config.location("model", "backend"), name)
+            backend = _construct(backend_cls, (), config, "model", "backend", plugin=registry.provider("backend", config.model.backend))
+
+    if problems is not None and len(problems) > had:
+        return None
+    providers = {
+        (kind, item.name): registry.provider(kind, item.name)
+        for kind, items in (
+            ("task", [task]), ("reader", [reader]), ("preprocessor", preprocessors), ("metric", metrics), ("reporter", reporters),
+            ("backend", [backend] if backend else []),
+        )
+        for item in items
+    }
+    plugins = {plugin: registry.plugin_info(plugin) for plugin in set(providers.values())}
+    return ResolvedPipeline(config, task, reader, preprocessors, metrics, reporters, backend, providers, plugins)
+
+
+def _resolve_reader(config: PipelineConfig, registry: Registry, report: Problems) -> Reader:
+    """The reader for the pipeline's data: the file, folder or glob must exist, and its format be known."""
+    name = config.name
     data_path = config.data_path
     folder_reader = _folder_reader(data_path, registry) if data_path.is_dir() else None
     several_files = folder_reader is None and (is_glob(data_path) or data_path.is_dir())
@@ -662,86 +748,34 @@ def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
         )
     reader_cls = _lookup(registry, "reader", reader_name, config.location("data", "format"), name)
     reader = _construct(
-        reader_cls, (build_options(reader_cls, _reader_options(reader_cls, config.data), config, "data", "options"),), config, "data",
+        reader_cls, (build_options(reader_cls, _reader_options(reader_cls, config.data), config, "data", "options", report=report),), config, "data",
         plugin=registry.provider("reader", reader_name),
     )
-    if several_files:
-        reader = FileSeriesReader(reader)
+    return FileSeriesReader(reader) if several_files else reader
 
-    text_fields = [f for f in task_cls.input_fields]
-    preprocessors = []
-    for position, step in enumerate(config.preprocess):
-        step_cls = _lookup(registry, "preprocessor", step.name, config.location("preprocess", position), name)
-        options = step.options
-        fields = options.pop("fields", None) or text_fields
-        if isinstance(fields, str):
-            fields = [fields]
-        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
-            raise ConfigError(
-                f"preprocessor {step.name!r}: fields must be a list of field names (got {fields!r})",
-                config.location("preprocess", position, "fields"),
-                name,
-            )
-        unknown = [f for f in fields if f not in task_cls.input_fields]
-        if unknown:
-            raise ConfigError(
-                f"preprocessor {step.name!r}: fields {unknown} are not input fields of task {task_cls.name!r} ({', '.join(task_cls.input_fields)})",
-                config.location("preprocess", position),
-                name,
-            )
-        step_options = build_options(step_cls, options, config, "preprocess", position)
-        preprocessors.append(
-            _construct(step_cls, (step_options, fields), config, "preprocess", position, plugin=registry.provider("preprocessor", step.name))
-        )
 
-    metric_steps = config.metrics if config.metrics is not None else [StepConfig(name=m) for m in task_cls.default_metrics]
-    metrics = []
-    for position, step in enumerate(metric_steps):
-        where = config.location("metrics", position) if config.metrics is not None else config.location("task")
-        metric_cls = _lookup(registry, "metric", step.name, where, name)
-        if metric_cls.tasks and task_cls.name not in metric_cls.tasks:
-            suitable = [m for m in registry.names("metric") if not registry.get("metric", m).tasks or task_cls.name in registry.get("metric", m).tasks]
-            raise ConfigError(
-                f"metric {step.name!r} does not apply to task {task_cls.name!r} (it scores {', '.join(metric_cls.tasks)}). Metrics for {task_cls.name!r}: {', '.join(suitable)}",
-                where,
-                name,
-            )
-        metric_options = build_options(metric_cls, step.options, config, "metrics", position)
-        metrics.append(_construct(metric_cls, (metric_options,), config, "metrics", position, plugin=registry.provider("metric", step.name)))
-
-    reporters = []
-    metric_names = [metric.name for metric in metrics]
-    if config.report.rank_by is not None and config.report.rank_by not in metric_names:
+def _resolve_preprocessor(config: PipelineConfig, registry: Registry, task_cls: type, position: int, step: StepConfig, report: Problems) -> Preprocessor:
+    name = config.name
+    step_cls = _lookup(registry, "preprocessor", step.name, config.location("preprocess", position), name)
+    options = step.options
+    fields = options.pop("fields", None) or list(task_cls.input_fields)
+    if isinstance(fields, str):
+        fields = [fields]
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
         raise ConfigError(
-            f"report.rank_by: {config.report.rank_by!r} is not one of this pipeline's metrics. "
-            f"{did_you_mean(config.report.rank_by, metric_names)}",
-            config.location("report", "rank_by"), name,
+            f"preprocessor {step.name!r}: fields must be a list of field names (got {fields!r})",
+            config.location("preprocess", position, "fields"),
+            name,
         )
-    for position, step in enumerate(config.report.formats):
-        reporter_cls = _lookup(registry, "reporter", step.name, config.location("report", "formats", position), name)
-        options = step.options
-        if config.report.slice_by and "slice_by" in reporter_cls.Options.model_fields:
-            options.setdefault("slice_by", list(config.report.slice_by))
-        reporter_options = build_options(reporter_cls, options, config, "report", "formats", position)
-        reporters.append(
-            _construct(reporter_cls, (reporter_options,), config, "report", "formats", position, plugin=registry.provider("reporter", step.name))
+    unknown = [f for f in fields if f not in task_cls.input_fields]
+    if unknown:
+        raise ConfigError(
+            f"preprocessor {step.name!r}: fields {unknown} are not input fields of task {task_cls.name!r} ({', '.join(task_cls.input_fields)})",
+            config.location("preprocess", position),
+            name,
         )
-
-    backend = None
-    if config.model is not None:
-        backend_cls = _lookup(registry, "backend", config.model.backend, config.location("model", "backend"), name)
-        backend = _construct(backend_cls, (), config, "model", "backend", plugin=registry.provider("backend", config.model.backend))
-
-    providers = {
-        (kind, item.name): registry.provider(kind, item.name)
-        for kind, items in (
-            ("task", [task]), ("reader", [reader]), ("preprocessor", preprocessors), ("metric", metrics), ("reporter", reporters),
-            ("backend", [backend] if backend else []),
-        )
-        for item in items
-    }
-    plugins = {plugin: registry.plugin_info(plugin) for plugin in set(providers.values())}
-    return ResolvedPipeline(config, task, reader, preprocessors, metrics, reporters, backend, providers, plugins)
+    step_options = build_options(step_cls, options, config, "preprocess", position, report=report)
+    return _construct(step_cls, (step_options, fields), config, "preprocess", position, plugin=registry.provider("preprocessor", step.name))
 
 
 def _construct(cls: type, arguments: tuple, config: PipelineConfig, *where: Any, plugin: str | None = None) -> Any:
