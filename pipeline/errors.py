@@ -106,6 +106,21 @@ class PipelinesFailed(NlpflowError):
         super().__init__(f"{len(failures)} of {len(results) + len(failures)} pipelines failed: {names}")
 
 
+class ValidationFailed(NlpflowError):
+    """``validate`` found problems, and lists them all rather than stopping at the first.
+
+    ``problems`` holds each one, an error of its own kind (ConfigError, DataError, ModelError, ...) with its
+    location, in the order listed; ``pipelines`` the checked pipelines that have none. The message is every
+    problem's, one after another, then ``summary``; the exit code is the first problem's, as with ``--keep-going``."""
+
+    def __init__(self, problems: Sequence[NlpflowError], pipelines: list, summary: str):
+        self.problems = list(problems)
+        self.pipelines = pipelines
+        self.summary = summary
+        self.exit_code = self.problems[0].exit_code
+        super().__init__("\n".join([*(str(problem) for problem in self.problems), summary]))
+
+
 class _Reported(Exception):
     """Ends a :meth:`Problems.check` block whose problems are already kept."""
 
