@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Sequence
 from nlpflow import run_folder
 from nlpflow.cache import PredictionCache, default_cache_dir
 from nlpflow.config import DEFAULT_CONFIG, PipelineConfig, ResolvedPipeline, load_config, resolve
-from nlpflow.errors import ConfigError, Location, NlpflowError, PipelinesFailed, did_you_mean
+from nlpflow.errors import ConfigError, Location, NlpflowError, PipelinesFailed, ValidationFailed, did_you_mean
 from nlpflow.progress import quiet_libraries
 from nlpflow.registry import Registry, default_registry
 from nlpflow.runner import Runner
@@ -29,12 +29,20 @@ def select(pipelines: dict[str, PipelineConfig], names: Sequence[str], source: P
     if not names:
         chosen = [p for p in pipelines.values() if p.default]
         if not chosen:
-            raise ConfigError("no pipeline is marked default; name one to run. " + did_you_mean("", pipelines), Location(source))
+            raise _no_default(pipelines, source)
         return chosen
     missing = [name for name in names if name not in pipelines]
     if missing:
-        raise ConfigError(f"no pipeline named {missing[0]!r}. {did_you_mean(missing[0], pipelines)}", Location(source))
+        raise _no_such_pipeline(missing[0], pipelines, source)
     return [pipelines[name] for name in names]
+
+
+def _no_default(pipelines: dict, source: Path) -> ConfigError:
+    return ConfigError("no pipeline is marked default; name one to run. " + did_you_mean("", pipelines), Location(source))
+
+
+def _no_such_pipeline(name: str, pipelines: dict, source: Path) -> ConfigError:
+    return ConfigError(f"no pipeline named {name!r}. {did_you_mean(name, pipelines)}", Location(source))
 
 
 def _flag_overrides(chosen: Sequence[PipelineConfig], **settings) -> list[str]:
@@ -55,20 +63,59 @@ def _flag_overrides(chosen: Sequence[PipelineConfig], **settings) -> list[str]:
 def validate(config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), registry: Registry | None = None, *, set: Sequence[str] = ()) -> list[ResolvedPipeline]:
     """Check pipelines without running a model: schema, names and options (ConfigError), the data file's first
     records with the mapped fields (DataError), the model's config without its weights (ModelError), and that the
-    model's labels meet the data's (ConfigError). Raises on the first problem.
+    model's labels meet the data's (ConfigError).
 
     Every pipeline in the file is schema-checked and resolved; the deeper checks (data, model, labels) cover the
     pipelines ``run`` would run with the same names: the named ones, or the default ones. So a file with a
     pipeline whose model is not downloaded here (``default: false``) validates, as ``nlpflow run`` runs.
-    Returns the deeply checked pipelines."""
+
+    Every problem is found before any is raised: each pipeline is checked whatever the others' problems, and
+    within one the data and the model are both checked (the labels need both). Returns the deeply checked
+    pipelines; raises :class:`ValidationFailed` listing every problem, the first one's exit code, when there are any."""
     registry = registry or default_registry()
-    pipelines = load_config(config, set)
-    resolved = {name: resolve(pipeline, registry) for name, pipeline in pipelines.items()}
-    chosen = [resolved[pipeline.name] for pipeline in select(pipelines, names, Path(config))]
+    source = Path(config)
+    loaded: list[NlpflowError] = []
+    try:
+        pipelines = load_config(config, set, problems=loaded)
+    except NlpflowError as error:  # not YAML, or not a mapping: nothing in it can be checked
+        raise ValidationFailed([error], [], "the file cannot be read as pipelines, so no pipeline was checked") from None
+    #: problems by pipeline, in the file's order; None: those outside any pipeline
+    found: dict[str | None, list[NlpflowError]] = {None: [], **{name: [] for name in pipelines}}
+    for error in loaded:
+        owner = getattr(error, "pipeline", None)
+        found[owner if owner in pipelines else None].append(error)
+    resolved = {}
+    for name, pipeline in pipelines.items():
+        if pipeline is not None:
+            checked = resolve(pipeline, registry, problems=found[name])
+            if checked is not None:
+                resolved[name] = checked
+    if names:
+        found[None] += [_no_such_pipeline(name, pipelines, source) for name in names if name not in pipelines]
+        chosen = [name for name in dict.fromkeys(names) if name in pipelines]
+    else:
+        chosen = [name for name, pipeline in pipelines.items() if pipeline is None or pipeline.default]
+        if not chosen and not any(found.values()):
+            found[None].append(_no_default(pipelines, source))
     with quiet_libraries():
-        for pipeline in chosen:
-            Runner(pipeline, Path("reports")).preflight()
-    return chosen
+        for name in chosen:
+            if name in resolved:
+                Runner(resolved[name], Path("reports")).preflight(problems=found[name])
+    ok = [resolved[name] for name in chosen if name in resolved and not found[name]]
+    problems = [error for errors in found.values() for error in errors]
+    if problems:
+        raise ValidationFailed(problems, ok, _summary(found, pipelines))
+    return ok
+
+
+def _summary(found: dict[str | None, list[NlpflowError]], pipelines: dict[str, PipelineConfig | None]) -> str:
+    """``2 of 3 pipelines have problems (3 problems in all)``."""
+    failed = sum(1 for name, pipeline in pipelines.items() if pipeline is None or found[name])
+    count = sum(len(errors) for errors in found.values())
+    text = f"{failed} of {len(pipelines)} pipeline{'' if len(pipelines) == 1 else 's'} {'has' if failed == 1 else 'have'} problems"
+    if found[None]:
+        text += f", and {len(found[None])} {'is' if len(found[None]) == 1 else 'are'} not in a pipeline"
+    return f"{text} ({count} problem{'' if count == 1 else 's'} in all)"
 
 
 def run(

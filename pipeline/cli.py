@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from nlpflow import __version__
-from nlpflow.errors import ConfigError, NlpflowError, PipelinesFailed, RunInterrupted, did_you_mean
+from nlpflow.errors import ConfigError, NlpflowError, PipelinesFailed, RunInterrupted, ValidationFailed, did_you_mean
 from nlpflow.registry import DISABLE_ENV, KINDS, load_registry
 
 
@@ -205,12 +205,24 @@ def _print_results(results) -> None:
 
 
 def _validate(args, registry) -> int:
+    """Every problem as its own ``error:`` line, the pipelines without one as ok, then a summary line."""
     from nlpflow.api import validate
 
-    resolved = validate(args.config, args.pipelines, registry, set=args.set)
-    for pipeline in resolved:
-        print(f"{args.config}: pipeline {pipeline.name!r} ok (task {pipeline.task.name}, {len(pipeline.metrics)} metrics)")
+    try:
+        resolved = validate(args.config, args.pipelines, registry, set=args.set)
+    except ValidationFailed as failed:
+        for problem in failed.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        _print_ok(args.config, failed.pipelines)
+        print(f"{args.config}: {failed.summary}", file=sys.stderr)
+        return failed.exit_code
+    _print_ok(args.config, resolved)
     return 0
+
+
+def _print_ok(config: Path, pipelines) -> None:
+    for pipeline in pipelines:
+        print(f"{config}: pipeline {pipeline.name!r} ok (task {pipeline.task.name}, {len(pipeline.metrics)} metrics)")
 
 
 def _init(args, registry) -> int:

@@ -7,6 +7,7 @@ and column, and for unknown names the closest valid one.
 
 from __future__ import annotations
 
+import difflib
 import re
 import stat
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any, Literal, Sequence, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, field_validator, model_validator
 
-from nlpflow.errors import ConfigError, Location, NlpflowError, PluginError, did_you_mean
+from nlpflow.errors import ConfigError, Location, NlpflowError, PluginError, Problems, did_you_mean
 from nlpflow.registry import DISABLE_ENV, PluginInfo, Registry
 from nlpflow.sources import FileSeriesReader, expand, is_glob
 from nlpflow.types import Backend, Metric, ModelConfig, Preprocessor, Reader, Reporter, Task
@@ -147,9 +148,11 @@ class PipelinesFile(_Strict):
 # --- loading -----------------------------------------------------------------
 
 
-def load_config(path: Path | str = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> dict[str, PipelineConfig]:
+def load_config(
+    path: Path | str = DEFAULT_CONFIG, overrides: Sequence[str] = (), *, problems: list[NlpflowError] | None = None
+) -> dict[str, PipelineConfig | None]:
     """Parse and schema-check a pipelines file, with ``PIPELINE.KEY.PATH=VALUE`` overrides (``--set``) applied;
-    names are resolved later against the registry."""
+    names are resolved later against the registry. ``problems``: as :func:`parse_config`'s."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -157,7 +160,7 @@ def load_config(path: Path | str = DEFAULT_CONFIG, overrides: Sequence[str] = ()
         raise ConfigError(f"pipelines file not found (looked in {path.resolve().parent})", Location(path)) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read pipelines file: {error}", Location(path)) from None
-    return parse_config(text, path, overrides)
+    return parse_config(text, path, overrides, problems=problems)
 
 
 #: most YAML nodes a pipelines file may expand to (aliases count each time they are used):
@@ -170,10 +173,15 @@ MAX_NODES = 100_000
 MAX_DEPTH = 100
 
 
-def parse_config(text: str, source: Path | str = DEFAULT_CONFIG, overrides: Sequence[str] = ()) -> dict[str, PipelineConfig]:
+def parse_config(
+    text: str, source: Path | str = DEFAULT_CONFIG, overrides: Sequence[str] = (), *, problems: list[NlpflowError] | None = None
+) -> dict[str, PipelineConfig | None]:
     """Parse pipelines-file text with a safe YAML loader and check it against the schema.
 
-    Raises only :class:`ConfigError`, with the file, line and column of the problem.
+    Raises only :class:`ConfigError`, with the file, line and column of the problem. With a ``problems`` list, the
+    schema's problems are appended to it instead, every one pydantic finds, each with its line (or ``--set`` flag),
+    and each pipeline that has one maps to None; the other pipelines are checked as usual. Text that cannot be
+    parsed as YAML, or that is not a mapping, is still raised: nothing in it can be checked.
     """
     source = Path(source)
     try:
@@ -221,35 +229,75 @@ def parse_config(text: str, source: Path | str = DEFAULT_CONFIG, overrides: Sequ
             f"expected a mapping with a top-level 'pipelines:' key, found {found}", Location(source, *locations.get((), (1, 1)))
         )
 
-    try:
-        parsed = PipelinesFile.model_validate(data)
-    except ValidationError as error:
-        raise _config_error(error, source, locations, data) from None
-    except RecursionError:
-        raise ConfigError("the file is nested too deeply to be a pipelines file", Location(source)) from None
+    report = Problems(problems)
+    #: keys of the pipelines that have a problem: left out of the checks that follow
+    failed: set[Any] = set()
+    checked = _check_schema(data, failed, source, locations, report)
     # the file is checked alone first, so its own mistakes point at its lines and each override's at its flag
     overridden: dict[tuple, str] = {}
     for override in overrides:
-        overridden[_apply_override(data, override)] = override
-        try:
-            parsed = PipelinesFile.model_validate(data)
-        except ValidationError as error:
-            located = _config_error(error, source, locations, data)
-            raise ConfigError(located.message, Location(f"--set {override}"), located.pipeline) from None
+        with report.check():
+            try:
+                overridden[_apply_override(data, override)] = override
+            except ConfigError as error:
+                if error.pipeline is not None:
+                    failed.add(error.pipeline)
+                raise
+            checked = _check_schema(data, failed, source, locations, report, override)
 
-    for name, pipeline in parsed.pipelines.items():
+    pipelines: dict[str, PipelineConfig | None] = {}
+    for name, pipeline in (checked.pipelines if checked is not None else {}).items():
         where = Location(source, *locations.get(("pipelines", name), (None, None)))
         if not PIPELINE_NAME.fullmatch(name):
-            raise ConfigError(
+            error = ConfigError(
                 f"pipeline name {name!r} may contain only letters, digits, '.', '_' and '-', and must start with a letter "
                 "or digit (it names a report folder)",
                 where,
             )
+            error.pipeline = name  # whose problem it is; the message names it already
+            report.add(error)
+            failed.add(name)
+            continue
         pipeline._name = name
         pipeline._source = source
         pipeline._locations = locations
         pipeline._overrides = overridden
-    return parsed.pipelines
+        pipelines[name] = pipeline
+    if not failed:
+        return pipelines
+    every = data.get("pipelines") if isinstance(data.get("pipelines"), dict) else {}
+    return {name: pipelines.get(name) for name in every if isinstance(name, str)}
+
+
+def _check_schema(
+    data: dict, failed: set[Any], source: Path, locations: dict, report: Problems, override: str | None = None
+) -> PipelinesFile | None:
+    """Schema-check the file's data without the pipelines in ``failed``; report each problem (at ``override``'s
+    flag, when given) and add its pipeline to ``failed``, then check the pipelines left. None when no pipeline can be
+    checked: the file's ``pipelines:`` is missing or not a mapping."""
+    pipelines = data.get("pipelines")
+    # the file's own check covers its top level; after it, an override's check covers the pipelines left
+    checked = data if override is None or not isinstance(pipelines, dict) else _without(pipelines, failed)
+    while True:
+        try:
+            return PipelinesFile.model_validate(checked)
+        except ValidationError as error:
+            found = _config_errors(error, source, locations, checked)
+        except RecursionError:
+            raise ConfigError("the file is nested too deeply to be a pipelines file", Location(source)) from None
+        if override is not None:
+            found = [(key, ConfigError(error.message, Location(f"--set {override}"), error.pipeline)) for key, error in found]
+        for _, error in found:
+            report.add(error)
+        new = {key for key, _ in found if key is not None} - failed
+        if not isinstance(pipelines, dict) or (checked is not data and not new):
+            return None
+        failed |= new
+        checked = _without(pipelines, failed)
+
+
+def _without(pipelines: dict, failed: set[Any]) -> dict:
+    return {"pipelines": {name: value for name, value in pipelines.items() if name not in failed}}
 
 
 def _apply_override(data: dict, override: str) -> tuple:
@@ -372,13 +420,39 @@ def _index_positions(
         ancestors.discard(id(node))
 
 
-def _config_error(error: ValidationError, source: Path, locations: dict, data: Any = None) -> ConfigError:
-    """One ConfigError for pydantic's first problem, located in the YAML and worded for users."""
+def _config_errors(error: ValidationError, source: Path, locations: dict, data: Any = None) -> list[tuple[Any, ConfigError]]:
+    """A ConfigError for each of pydantic's problems, located in the YAML and worded for users, with the key of the
+    pipeline it is in (None: outside any pipeline)."""
     errors = error.errors()
     # an unknown key usually explains a missing one ("pipeline:" for "pipelines:"), so report it first
     errors.sort(key=lambda e: e["type"] != "extra_forbidden")
-    first = errors[0]
+    found: dict[str, tuple[Any, ConfigError]] = {}
+    covered: set[int] = set()
+    #: required keys that an unknown key beside them is a misspelling of ("dataa:" for "data:"): said once, by it
+    explained: set[tuple] = set()
+    for index, first in enumerate(errors):
+        if index in covered:
+            continue
+        yaml_path, _ = _yaml_path(first["loc"], data, first["type"] == "missing", _hashable(first.get("input")))
+        if first["type"] == "extra_forbidden" and yaml_path:
+            parent_model = _model_at(yaml_path[:-1])
+            close = difflib.get_close_matches(str(yaml_path[-1]), list(parent_model.model_fields) if parent_model else [], n=1, cutoff=0.5)
+            explained.update((*yaml_path[:-1], name) for name in close)
+        elif first["type"] == "missing" and yaml_path in explained:
+            continue
+        key, located, same = _config_error(index, errors, source, locations, data)
+        covered.update(same)
+        found.setdefault(str(located), (key, located))
+    return list(found.values())
+
+
+def _config_error(index: int, errors: list[dict], source: Path, locations: dict, data: Any) -> tuple[Any, ConfigError, list[int]]:
+    """The ConfigError for ``errors[index]``, the key of its pipeline (None: outside the pipelines), and which of
+    ``errors`` it words (a union's members fail one by one: they are said at once)."""
+    first = errors[index]
     yaml_path, is_key = _yaml_path(first["loc"], data, first["type"] == "missing", _hashable(first.get("input")))
+    key = yaml_path[1] if len(yaml_path) > 1 and yaml_path[0] == "pipelines" else None
+    same = [index]
     position = None
     probe = yaml_path
     while True:
@@ -389,7 +463,7 @@ def _config_error(error: ValidationError, source: Path, locations: dict, data: A
             break
         probe = probe[:-1]
     location = Location(source, *position) if position else Location(source)
-    pipeline = str(yaml_path[1]) if len(yaml_path) > 1 and yaml_path[0] == "pipelines" else None
+    pipeline = str(key) if key is not None else None
     parts = yaml_path[2:] if pipeline else yaml_path
     field_path = ".".join(str(p) for p in parts)
     kind = first["type"]
@@ -405,13 +479,13 @@ def _config_error(error: ValidationError, source: Path, locations: dict, data: A
         pipeline = None
     else:
         # a union (batch_size: int or "auto") fails once per member: say all of them at once
-        same = [e for e in errors if _yaml_path(e["loc"], data, False, _hashable(e.get("input"))) == (yaml_path, is_key)]
-        reasons = list(dict.fromkeys(_clean_message(e["msg"]) for e in same))
+        same = [i for i, e in enumerate(errors) if _yaml_path(e["loc"], data, False, _hashable(e.get("input"))) == (yaml_path, is_key)]
+        reasons = list(dict.fromkeys(_clean_message(errors[i]["msg"]) for i in same))
         if pipeline and not field_path:
             message = f"a pipeline must be a mapping of settings (task:, data:, ...), got {_short(first.get('input'))}"
         else:
             message = f"{field_path or 'value'}: {' or '.join(reasons)} (got {_short(first.get('input'))})"
-    return ConfigError(message, location, pipeline)
+    return key, ConfigError(message, location, pipeline), same
 
 
 def _yaml_path(loc: tuple, data: Any, missing: bool = False, key_input: Any = None) -> tuple[tuple, bool]:
@@ -522,50 +596,136 @@ class ResolvedPipeline:
         return self.config.name
 
 
-def build_options(cls: type, options: dict[str, Any], config: PipelineConfig, *where: Any) -> BaseModel:
-    """Validate a plugin's options with its Options model, with the YAML location on error."""
+def build_options(cls: type, options: dict[str, Any], config: PipelineConfig, *where: Any, report: Problems | None = None) -> BaseModel:
+    """Validate a plugin's options with its Options model, with the YAML location on error. With a collecting
+    ``report``, every option pydantic finds wrong is a problem of its own."""
     try:
         return cls.Options.model_validate(options)
     except ValidationError as error:
-        return _options_error(error, cls, config, *where)
+        errors = _options_errors(error, cls, config, *where)
     except Exception as error:  # a validator that raises something pydantic does not turn into a ValidationError
         raise ConfigError(f"{cls.name}: invalid options: {type(error).__name__}: {error}", config.location(*where), config.name) from None
+    (report or Problems()).fail(errors)
 
 
-def _options_error(error: ValidationError, cls: type, config: PipelineConfig, *where: Any) -> BaseModel:
+def _options_errors(error: ValidationError, cls: type, config: PipelineConfig, *where: Any) -> list[ConfigError]:
+    """One ConfigError per option pydantic finds wrong (a union's members fail one by one: said at once), unknown
+    options first."""
     errors = error.errors()
     errors.sort(key=lambda e: e["type"] != "extra_forbidden")
-    first = errors[0]
-    key = first["loc"][0] if first["loc"] else None
-    if first["type"] == "extra_forbidden":
-        message = f"{cls.name}: unknown option {key!r}. {did_you_mean(str(key), cls.Options.model_fields)}"
-    elif key is None:
-        message = f"{cls.name}: options: {_clean_message(first['msg'])} (got {_short(first.get('input'))})"
-    else:
-        same = [e for e in errors if e["loc"][:1] == (key,)]
-        reasons = " or ".join(dict.fromkeys(_clean_message(e["msg"]) for e in same))
-        message = f"{cls.name}: option {key!r}: {reasons} (got {_short(first.get('input'))})"
-    location = config.location(*where, key) if key is not None else config.location(*where)
-    raise ConfigError(message, location, config.name) from None
+    found: dict[Any, ConfigError] = {}
+    for index, first in enumerate(errors):
+        key = first["loc"][0] if first["loc"] else None
+        if key is not None and key in found:
+            continue
+        if first["type"] == "extra_forbidden":
+            message = f"{cls.name}: unknown option {key!r}. {did_you_mean(str(key), cls.Options.model_fields)}"
+        elif key is None:
+            message = f"{cls.name}: options: {_clean_message(first['msg'])} (got {_short(first.get('input'))})"
+        else:
+            same = [e for e in errors if e["loc"][:1] == (key,)]
+            reasons = " or ".join(dict.fromkeys(_clean_message(e["msg"]) for e in same))
+            message = f"{cls.name}: option {key!r}: {reasons} (got {_short(first.get('input'))})"
+        location = config.location(*where, key) if key is not None else config.location(*where)
+        found[key if key is not None else ("options", index)] = ConfigError(message, location, config.name)
+    return list(found.values())
 
 
-def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
-    """Check every name in a pipeline against the registry and build its plugin objects."""
+def resolve(config: PipelineConfig, registry: Registry, *, problems: list[NlpflowError] | None = None) -> ResolvedPipeline | None:
+    """Check every name in a pipeline against the registry and build its plugin objects.
+
+    Raises the first problem; with a ``problems`` list, appends each problem to it instead and returns None if there
+    were any. The checks that do not need what a failed one builds still run: an unknown task skips its options,
+    fields, preprocessors and metrics, but the data file, the reporters and the model backend are still checked."""
+    report = Problems(problems)
+    had = len(problems) if problems is not None else 0
     name = config.name
-    task_cls = _lookup(registry, "task", config.task, config.location("task"), name)
-    task = _construct(
-        task_cls, (build_options(task_cls, config.options, config, "options"),), config, "options", plugin=registry.provider("task", config.task)
-    )
+    task_cls = task = None
+    with report.check():
+        task_cls = _lookup(registry, "task", config.task, config.location("task"), name)
+    if task_cls is not None:
+        with report.check():
+            task = _construct(
+                task_cls, (build_options(task_cls, config.options, config, "options", report=report),), config, "options",
+                plugin=registry.provider("task", config.task),
+            )
+        known_fields = {*task_cls.input_fields, *task_cls.reference_fields, "prediction"}
+        for field_name in config.fields:
+            if field_name not in known_fields:
+                report.add(ConfigError(
+                    f"fields: {field_name!r} is not a field of task {task_cls.name!r}. {did_you_mean(field_name, known_fields)}",
+                    config.location("fields", field_name),
+                    name,
+                ))
 
-    known_fields = {*task_cls.input_fields, *task_cls.reference_fields, "prediction"}
-    for field_name in config.fields:
-        if field_name not in known_fields:
-            raise ConfigError(
-                f"fields: {field_name!r} is not a field of task {task_cls.name!r}. {did_you_mean(field_name, known_fields)}",
-                config.location("fields", field_name),
-                name,
+    reader = None
+    with report.check():
+        reader = _resolve_reader(config, registry, report)
+
+    preprocessors = []
+    for position, step in enumerate(config.preprocess if task_cls is not None else []):
+        with report.check():
+            preprocessors.append(_resolve_preprocessor(config, registry, task_cls, position, step, report))
+
+    metrics = []
+    metric_steps = [] if task_cls is None else config.metrics if config.metrics is not None else [StepConfig(name=m) for m in task_cls.default_metrics]
+    for position, step in enumerate(metric_steps):
+        with report.check():
+            where = config.location("metrics", position) if config.metrics is not None else config.location("task")
+            metric_cls = _lookup(registry, "metric", step.name, where, name)
+            if metric_cls.tasks and task_cls.name not in metric_cls.tasks:
+                suitable = [m for m in registry.names("metric") if not registry.get("metric", m).tasks or task_cls.name in registry.get("metric", m).tasks]
+                raise ConfigError(
+                    f"metric {step.name!r} does not apply to task {task_cls.name!r} (it scores {', '.join(metric_cls.tasks)}). Metrics for {task_cls.name!r}: {', '.join(suitable)}",
+                    where,
+                    name,
+                )
+            metric_options = build_options(metric_cls, step.options, config, "metrics", position, report=report)
+            metrics.append(_construct(metric_cls, (metric_options,), config, "metrics", position, plugin=registry.provider("metric", step.name)))
+
+    reporters = []
+    metric_names = [metric.name for metric in metrics]
+    # rank_by names one of the metrics: checked once they all resolved
+    if config.report.rank_by is not None and len(metrics) == len(metric_steps) and task_cls is not None and config.report.rank_by not in metric_names:
+        report.add(ConfigError(
+            f"report.rank_by: {config.report.rank_by!r} is not one of this pipeline's metrics. "
+            f"{did_you_mean(config.report.rank_by, metric_names)}",
+            config.location("report", "rank_by"), name,
+        ))
+    for position, step in enumerate(config.report.formats):
+        with report.check():
+            reporter_cls = _lookup(registry, "reporter", step.name, config.location("report", "formats", position), name)
+            options = step.options
+            if config.report.slice_by and "slice_by" in reporter_cls.Options.model_fields:
+                options.setdefault("slice_by", list(config.report.slice_by))
+            reporter_options = build_options(reporter_cls, options, config, "report", "formats", position, report=report)
+            reporters.append(
+                _construct(reporter_cls, (reporter_options,), config, "report", "formats", position, plugin=registry.provider("reporter", step.name))
             )
 
+    backend = None
+    if config.model is not None:
+        with report.check():
+            backend_cls = _lookup(registry, "backend", config.model.backend, config.location("model", "backend"), name)
+            backend = _construct(backend_cls, (), config, "model", "backend", plugin=registry.provider("backend", config.model.backend))
+
+    if problems is not None and len(problems) > had:
+        return None
+    providers = {
+        (kind, item.name): registry.provider(kind, item.name)
+        for kind, items in (
+            ("task", [task]), ("reader", [reader]), ("preprocessor", preprocessors), ("metric", metrics), ("reporter", reporters),
+            ("backend", [backend] if backend else []),
+        )
+        for item in items
+    }
+    plugins = {plugin: registry.plugin_info(plugin) for plugin in set(providers.values())}
+    return ResolvedPipeline(config, task, reader, preprocessors, metrics, reporters, backend, providers, plugins)
+
+
+def _resolve_reader(config: PipelineConfig, registry: Registry, report: Problems) -> Reader:
+    """The reader for the pipeline's data: the file, folder or glob must exist, and its format be known."""
+    name = config.name
     data_path = config.data_path
     folder_reader = _folder_reader(data_path, registry) if data_path.is_dir() else None
     several_files = folder_reader is None and (is_glob(data_path) or data_path.is_dir())
@@ -588,86 +748,34 @@ def resolve(config: PipelineConfig, registry: Registry) -> ResolvedPipeline:
         )
     reader_cls = _lookup(registry, "reader", reader_name, config.location("data", "format"), name)
     reader = _construct(
-        reader_cls, (build_options(reader_cls, _reader_options(reader_cls, config.data), config, "data", "options"),), config, "data",
+        reader_cls, (build_options(reader_cls, _reader_options(reader_cls, config.data), config, "data", "options", report=report),), config, "data",
         plugin=registry.provider("reader", reader_name),
     )
-    if several_files:
-        reader = FileSeriesReader(reader)
+    return FileSeriesReader(reader) if several_files else reader
 
-    text_fields = [f for f in task_cls.input_fields]
-    preprocessors = []
-    for position, step in enumerate(config.preprocess):
-        step_cls = _lookup(registry, "preprocessor", step.name, config.location("preprocess", position), name)
-        options = step.options
-        fields = options.pop("fields", None) or text_fields
-        if isinstance(fields, str):
-            fields = [fields]
-        if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
-            raise ConfigError(
-                f"preprocessor {step.name!r}: fields must be a list of field names (got {fields!r})",
-                config.location("preprocess", position, "fields"),
-                name,
-            )
-        unknown = [f for f in fields if f not in task_cls.input_fields]
-        if unknown:
-            raise ConfigError(
-                f"preprocessor {step.name!r}: fields {unknown} are not input fields of task {task_cls.name!r} ({', '.join(task_cls.input_fields)})",
-                config.location("preprocess", position),
-                name,
-            )
-        step_options = build_options(step_cls, options, config, "preprocess", position)
-        preprocessors.append(
-            _construct(step_cls, (step_options, fields), config, "preprocess", position, plugin=registry.provider("preprocessor", step.name))
-        )
 
-    metric_steps = config.metrics if config.metrics is not None else [StepConfig(name=m) for m in task_cls.default_metrics]
-    metrics = []
-    for position, step in enumerate(metric_steps):
-        where = config.location("metrics", position) if config.metrics is not None else config.location("task")
-        metric_cls = _lookup(registry, "metric", step.name, where, name)
-        if metric_cls.tasks and task_cls.name not in metric_cls.tasks:
-            suitable = [m for m in registry.names("metric") if not registry.get("metric", m).tasks or task_cls.name in registry.get("metric", m).tasks]
-            raise ConfigError(
-                f"metric {step.name!r} does not apply to task {task_cls.name!r} (it scores {', '.join(metric_cls.tasks)}). Metrics for {task_cls.name!r}: {', '.join(suitable)}",
-                where,
-                name,
-            )
-        metric_options = build_options(metric_cls, step.options, config, "metrics", position)
-        metrics.append(_construct(metric_cls, (metric_options,), config, "metrics", position, plugin=registry.provider("metric", step.name)))
-
-    reporters = []
-    metric_names = [metric.name for metric in metrics]
-    if config.report.rank_by is not None and config.report.rank_by not in metric_names:
+def _resolve_preprocessor(config: PipelineConfig, registry: Registry, task_cls: type, position: int, step: StepConfig, report: Problems) -> Preprocessor:
+    name = config.name
+    step_cls = _lookup(registry, "preprocessor", step.name, config.location("preprocess", position), name)
+    options = step.options
+    fields = options.pop("fields", None) or list(task_cls.input_fields)
+    if isinstance(fields, str):
+        fields = [fields]
+    if not isinstance(fields, list) or not all(isinstance(f, str) for f in fields):
         raise ConfigError(
-            f"report.rank_by: {config.report.rank_by!r} is not one of this pipeline's metrics. "
-            f"{did_you_mean(config.report.rank_by, metric_names)}",
-            config.location("report", "rank_by"), name,
+            f"preprocessor {step.name!r}: fields must be a list of field names (got {fields!r})",
+            config.location("preprocess", position, "fields"),
+            name,
         )
-    for position, step in enumerate(config.report.formats):
-        reporter_cls = _lookup(registry, "reporter", step.name, config.location("report", "formats", position), name)
-        options = step.options
-        if config.report.slice_by and "slice_by" in reporter_cls.Options.model_fields:
-            options.setdefault("slice_by", list(config.report.slice_by))
-        reporter_options = build_options(reporter_cls, options, config, "report", "formats", position)
-        reporters.append(
-            _construct(reporter_cls, (reporter_options,), config, "report", "formats", position, plugin=registry.provider("reporter", step.name))
+    unknown = [f for f in fields if f not in task_cls.input_fields]
+    if unknown:
+        raise ConfigError(
+            f"preprocessor {step.name!r}: fields {unknown} are not input fields of task {task_cls.name!r} ({', '.join(task_cls.input_fields)})",
+            config.location("preprocess", position),
+            name,
         )
-
-    backend = None
-    if config.model is not None:
-        backend_cls = _lookup(registry, "backend", config.model.backend, config.location("model", "backend"), name)
-        backend = _construct(backend_cls, (), config, "model", "backend", plugin=registry.provider("backend", config.model.backend))
-
-    providers = {
-        (kind, item.name): registry.provider(kind, item.name)
-        for kind, items in (
-            ("task", [task]), ("reader", [reader]), ("preprocessor", preprocessors), ("metric", metrics), ("reporter", reporters),
-            ("backend", [backend] if backend else []),
-        )
-        for item in items
-    }
-    plugins = {plugin: registry.plugin_info(plugin) for plugin in set(providers.values())}
-    return ResolvedPipeline(config, task, reader, preprocessors, metrics, reporters, backend, providers, plugins)
+    step_options = build_options(step_cls, options, config, "preprocess", position, report=report)
+    return _construct(step_cls, (step_options, fields), config, "preprocess", position, plugin=registry.provider("preprocessor", step.name))
 
 
 def _construct(cls: type, arguments: tuple, config: PipelineConfig, *where: Any, plugin: str | None = None) -> Any:

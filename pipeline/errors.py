@@ -7,9 +7,11 @@ with its traceback.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 
 class NlpflowError(Exception):
@@ -102,6 +104,64 @@ class PipelinesFailed(NlpflowError):
         self.exit_code = failures[0][1].exit_code
         names = ", ".join(repr(name) for name, _ in failures)
         super().__init__(f"{len(failures)} of {len(results) + len(failures)} pipelines failed: {names}")
+
+
+class ValidationFailed(NlpflowError):
+    """``validate`` found problems, and lists them all rather than stopping at the first.
+
+    ``problems`` holds each one, an error of its own kind (ConfigError, DataError, ModelError, ...) with its
+    location, in the order listed; ``pipelines`` the checked pipelines that have none. The message is every
+    problem's, one after another, then ``summary``; the exit code is the first problem's, as with ``--keep-going``."""
+
+    def __init__(self, problems: Sequence[NlpflowError], pipelines: list, summary: str):
+        self.problems = list(problems)
+        self.pipelines = pipelines
+        self.summary = summary
+        self.exit_code = self.problems[0].exit_code
+        super().__init__("\n".join([*(str(problem) for problem in self.problems), summary]))
+
+
+class _Reported(Exception):
+    """Ends a :meth:`Problems.check` block whose problems are already kept."""
+
+
+class Problems:
+    """Where checks put the problems they find.
+
+    Without a list (what ``run`` does) the first problem is raised where it is found, as if there were no
+    collector. With one (what ``validate`` does) each problem is appended to it and the checks after it go on,
+    so that every problem can be listed at once; a check that needs what a failed one would have built is skipped
+    by its caller."""
+
+    def __init__(self, found: list[NlpflowError] | None = None):
+        self.found = found
+
+    def add(self, error: NlpflowError) -> None:
+        """A problem that does not stop the current check."""
+        if self.found is None:
+            raise error
+        self.found.append(error)
+
+    def fail(self, errors: Sequence[NlpflowError]) -> NoReturn:
+        """Stop the current :meth:`check` with these problems (several, as pydantic finds them): the first is
+        raised without a list; with one, all are kept."""
+        if self.found is None:
+            raise errors[0]
+        self.found.extend(errors)
+        raise _Reported
+
+    @contextmanager
+    def check(self) -> Iterator[None]:
+        """One check: without a list its error propagates; with one it is kept and the code after the block runs."""
+        if self.found is None:
+            yield
+            return
+        try:
+            yield
+        except _Reported:
+            pass
+        except NlpflowError as error:
+            self.found.append(error)
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

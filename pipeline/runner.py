@@ -33,7 +33,7 @@ from nlpflow import __version__
 from nlpflow.analysis import ErrorAnalysis
 from nlpflow.cache import PredictionCache, example_key
 from nlpflow.config import ResolvedPipeline
-from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, PluginError, RunInterrupted
+from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, PluginError, Problems, RunInterrupted
 from nlpflow.labels import LabelCheck
 from nlpflow.model import DecodeError, ModelStage, run_key as run_key_of
 from nlpflow.progress import Progress
@@ -188,10 +188,31 @@ class Runner:
                 self.pipeline.name, config.data_path, "; ".join(" vs ".join(map(repr, group)) for group in look_alikes[:20]),
             )
 
-    def preflight(self, records: int = PREFLIGHT_RECORDS) -> None:
+    def preflight(self, records: int = PREFLIGHT_RECORDS, *, problems: list[NlpflowError] | None = None) -> None:
         """What ``validate`` checks without running the model: the data file opens with its reader and its first
         ``records`` records have the mapped fields, the model's config resolves (no weights are read), and the
-        model's labels meet the data's."""
+        model's labels meet the data's.
+
+        Raises the first problem; with a ``problems`` list, appends each to it instead. The data and the model are
+        checked either way, each without the other; the labels need both, so they are checked only when both pass."""
+        config = self.config
+        report = Problems(problems)
+        data_ok = model_ok = False
+        with report.check():
+            self._check_first_records(records)
+            data_ok = True
+        with report.check():
+            if config.model is not None and self.pipeline.backend is not None:
+                try:
+                    self.pipeline.backend.checkpoint_config(config.model)
+                except ModelError as error:
+                    raise ModelError(f"{config.location('model')}: pipeline {self.pipeline.name!r}: {error}") from None
+            model_ok = True
+        if data_ok and model_ok:
+            self.check_labels()
+
+    def _check_first_records(self, records: int) -> None:
+        """The data's first ``records`` records are read and mapped, as the run will (a DataError if none can be)."""
         config = self.config
         counts, self.counts = self.counts, Counts()
         examples = self.examples()
@@ -208,12 +229,6 @@ class Runner:
             self.counts = counts
             if getattr(self, "_data_file", None) is not None:
                 self._data_file.close()
-        if config.model is not None and self.pipeline.backend is not None:
-            try:
-                self.pipeline.backend.checkpoint_config(config.model)
-            except ModelError as error:
-                raise ModelError(f"{config.location('model')}: pipeline {self.pipeline.name!r}: {error}") from None
-        self.check_labels()
 
     def check_labels(self) -> None:
         """Compare the labels the model can predict with the first chunk's reference labels, before the model loads

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nlpflow import hookimpl, hookspecs
-from nlpflow.errors import ConfigError
+from nlpflow.errors import ConfigError, ValidationFailed
 from nlpflow.registry import KINDS, load_registry
 from nlpflow.types import Metric, Task
 
@@ -154,10 +154,12 @@ def test_unknown_task_suggests_the_closest(registry, write_pipelines, tmp_path):
     config = write_pipelines("pipelines:\n  p:\n    task: sentimnet\n    data: {path: d.jsonl}\n")
     from nlpflow.api import validate
 
-    with pytest.raises(ConfigError) as caught:
+    with pytest.raises(ValidationFailed) as caught:
         validate(config, registry=registry)
-    assert re.match(rf"{re.escape(str(config))}:3:\d+: pipeline 'p': unknown task 'sentimnet'\.", str(caught.value))
-    assert "Did you mean 'sentiment'?" in str(caught.value)
+    [problem] = caught.value.problems
+    assert isinstance(problem, ConfigError)
+    assert re.match(rf"{re.escape(str(config))}:3:\d+: pipeline 'p': unknown task 'sentimnet'\.", str(problem))
+    assert "Did you mean 'sentiment'?" in str(problem)
 
 
 def test_cli_plugins_and_tasks_json(capsys):

@@ -160,3 +160,27 @@ def test_parse_config_on_any_structure_raises_only_nlpflow_errors(document):
     else:
         for name, pipeline in parsed.items():
             assert pipeline.name == name and "/" not in name and not name.startswith(".")
+
+
+@SETTINGS
+@given(document=st.one_of(_values, st.fixed_dictionaries({"pipelines": st.dictionaries(_keys, _values, max_size=3)})))
+def test_listing_every_schema_problem_starts_with_the_one_raised(document):
+    """validate's mode (every problem appended to a list) and run's (the first raised) agree: the list starts with the
+    error run raises, each entry is one located line, and a file without problems parses the same either way."""
+    text = yaml.safe_dump(document, allow_unicode=True)
+    try:
+        first = parse_config(text, "fuzz.yaml")
+    except NlpflowError as error:
+        first = error
+    problems: list[NlpflowError] = []
+    try:
+        parsed = parse_config(text, "fuzz.yaml", problems=problems)
+    except NlpflowError as error:  # the file cannot be parsed at all: the same error either way
+        assert str(error) == str(first) and not problems
+        return
+    if isinstance(first, NlpflowError):
+        assert problems and str(problems[0]) == str(first)
+        assert all(str(problem).startswith("fuzz.yaml") and "\n" not in str(problem) for problem in problems)
+        assert all(pipeline is None or pipeline.name == name for name, pipeline in parsed.items())
+    else:
+        assert not problems and list(parsed) == list(first)
