@@ -97,7 +97,7 @@ def validate(config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), reg
         chosen = [name for name, pipeline in pipelines.items() if pipeline is None or pipeline.default]
         if not chosen and not any(found.values()):
             found[None].append(_no_default(pipelines, source))
-    with quiet_libraries():
+    with quiet_libraries(_loads_models(resolved[name] for name in chosen if name in resolved)):
         for name in chosen:
             if name in resolved:
                 Runner(resolved[name], Path("reports")).preflight(problems=found[name])
@@ -162,9 +162,7 @@ def run(
     resolved = [resolve(p, registry) for p in chosen]
     cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir(), optional=cache_optional) if use_cache else None
     try:
-        # only runs that load a model touch transformers; importing it just to quiet it costs seconds
-        loads_models = any(pipeline.config.model is not None for pipeline in resolved)
-        with quiet_libraries(not library_logs and loads_models):
+        with quiet_libraries(not library_logs and _loads_models(resolved)):
             return _run_each(resolved, Path(output), cache, interactive, keep_going, lambda: executor_class(address=address, workers=workers))
     finally:
         if cache is not None:
@@ -190,3 +188,9 @@ def _run_each(
     if failures:
         raise PipelinesFailed(results, failures)
     return results
+
+
+def _loads_models(pipelines: Iterable[ResolvedPipeline]) -> bool:
+    """Whether any of ``pipelines`` has a model: only those touch transformers, which costs seconds to import
+    just to quiet it."""
+    return any(pipeline.config.model is not None for pipeline in pipelines)
