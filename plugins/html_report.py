@@ -4,20 +4,20 @@ The page shows the run's header (pipeline, task, model, data, counts, timing),
 the metrics with their confidence intervals and signatures, the confusion
 matrix and per-class scores when a metric reports them, the distribution of
 per-example scores, the worst and best examples next to their references,
-mean scores by input length and by the data columns named in
-``report.slice_by``, and the skipped records.
+the slices of report.json's ``analysis`` (each metric with its interval on each
+input-length bucket and each value of the ``slice_by`` columns, as report.md
+shows them), and the skipped records.
 
 The per-example sections are gathered while the run writes each chunk (the
 reporter's ``HtmlCollector``), so neither predictions.jsonl nor the data file is
-read again; only the top-k examples (``heapq``), histogram counts and slice sums
-are kept in memory. Templates are rendered by Jinja2 with autoescaping on; no
-string from the data is ever marked safe, so a record holding
-``<script>...</script>`` shows as text.
+read again; only the top-k examples (``heapq``) and histogram counts are kept in
+memory. Templates are rendered by Jinja2 with autoescaping on; no string from
+the data is ever marked safe, so a record holding ``<script>...</script>`` shows
+as text.
 """
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import json
 import math
@@ -30,6 +30,7 @@ import jinja2
 from pydantic import BaseModel, ConfigDict, Field
 
 from nlpflow import Metric, Reporter, RunCollector, RunResult, Task, hookimpl
+from nlpflow.analysis import MAX_SLICE_VALUES, OTHER
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: worst and best examples shown
@@ -38,12 +39,6 @@ TOP_K = 8
 MAX_CHARS = 400
 #: histogram bins over a metric's scale
 BINS = 20
-#: lower edges of the input-length buckets, in whitespace-separated words (1-2-5 steps)
-LENGTH_EDGES = (0, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-#: distinct values tracked per slice column; the rest are pooled as "(other)"
-MAX_SLICE_VALUES = 200
-#: slice rows shown per column
-SHOWN_SLICE_VALUES = 30
 #: skipped records listed
 SHOWN_SKIPPED = 100
 
@@ -185,61 +180,25 @@ class _TopK:
         return [item for *_, item in sorted(self.heap, key=lambda entry: (-entry[0], -entry[1]))]
 
 
-class _Slice:
-    __slots__ = ("count", "sums", "counts")
-
-    def __init__(self, metrics: list[str]):
-        self.count = 0
-        self.sums = dict.fromkeys(metrics, 0.0)
-        self.counts = dict.fromkeys(metrics, 0)
-
-    def add(self, scores: dict) -> None:
-        self.count += 1
-        for name in self.sums:
-            value = scores.get(name)
-            if value is not None:
-                self.sums[name] += value
-                self.counts[name] += 1
-
-    def means(self) -> dict[str, float | None]:
-        return {name: (self.sums[name] / self.counts[name] if self.counts[name] else None) for name in self.sums}
-
-
-def _length_bucket(words: int) -> int:
-    return bisect.bisect_right(LENGTH_EDGES, words) - 1
-
-
-def _bucket_label(position: int) -> str:
-    low = LENGTH_EDGES[position]
-    if position + 1 < len(LENGTH_EDGES):
-        return f"{low}–{LENGTH_EDGES[position + 1] - 1}"
-    return f"{low}+"
-
-
 class HtmlCollector(RunCollector):
-    """What the page shows about single examples, gathered as the run writes each chunk: score histograms, the
-    top-k worst and best examples with their text, and per-slice sums (by input length in whitespace-separated
-    words, and by the ``slice_by`` columns). Memory is bounded by k, the bins and the distinct slice values."""
+    """What the page shows about single examples, gathered as the run writes each chunk: score histograms and the
+    top-k worst and best examples with their text. Memory is bounded by k and the bins. (Slices are report.json's
+    ``analysis.slices``, computed once for every report.)"""
 
-    def __init__(self, task: Task, metrics: Sequence[Metric], slice_by: list[str]):
+    def __init__(self, task: Task, metrics: Sequence[Metric]):
         self.inputs = list(task.input_fields)
         self.metric_names = [metric.name for metric in metrics]
         self.scales = {metric.name: scale_range(metric.scale) for metric in metrics}
-        self.slice_by = slice_by
         self.seen_metrics: dict[str, None] = {}
         self.histograms: dict[str, list[int]] = {}
         self.outside: dict[str, int] = defaultdict(int)
         self.worst = _TopK(TOP_K, highest=False)
         self.best = _TopK(TOP_K, highest=True)
-        self.lengths: dict[int, _Slice] = {}
-        self.slices: dict[str, dict[str, _Slice]] = {column: {} for column in slice_by}
-        self.slice_overflow: dict[str, int] = defaultdict(int)
         self.primary: str | None = None
         self.lowest = math.inf
         self.highest = -math.inf
 
     def add(self, examples, predictions, references, scores) -> None:
-        length_field = self.inputs[0] if self.inputs else None
         for example, prediction, reference, example_scores in zip(examples, predictions, references, scores):
             present = {name: value for name, value in example_scores.items() if value is not None}
             for name, value in present.items():
@@ -252,25 +211,6 @@ class HtmlCollector(RunCollector):
                 bins[min(int((value - low) / (high - low) * BINS), BINS - 1)] += 1
             if self.primary is None and present:
                 self.primary = next((name for name in self.metric_names if name in present), next(iter(present)))
-
-            text = example.fields.get(length_field) if length_field else None
-            if isinstance(text, str):
-                bucket = _length_bucket(len(text.split()))
-                group = self.lengths.get(bucket)
-                if group is None:
-                    group = self.lengths[bucket] = _Slice(self.metric_names)
-                group.add(present)
-            for column in self.slice_by:
-                value = example.columns.get(column)
-                key = shown_text(value, 60) if value is not None else "(missing)"
-                groups = self.slices[column]
-                group = groups.get(key)
-                if group is None:
-                    if len(groups) >= MAX_SLICE_VALUES:
-                        key = "(other)"
-                        self.slice_overflow[column] += 1
-                    group = groups.setdefault(key, _Slice(self.metric_names))
-                group.add(present)
 
             primary = self.primary
             if primary is not None and primary in present:
@@ -296,25 +236,9 @@ class HtmlCollector(RunCollector):
         primary = self.primary
         shown_metrics = [name for name in metric_entries if name in self.seen_metrics]
         scale_of = {name: metric_entries.get(name, {}).get("scale") for name in shown_metrics}
-
-        def rows(groups: dict[Any, _Slice], label) -> list[dict]:
-            result = []
-            for key, group in groups.items():
-                means = group.means()
-                result.append({"label": label(key), "count": group.count,
-                               "means": [format_value(means[name], scale_of[name]) for name in shown_metrics],
-                               "bar": _bar(means.get(primary), scale_of.get(primary)) if primary else None})
-            return result
-
-        slice_tables = []
-        for column in self.slice_by:
-            ordered = sorted(self.slices[column].items(), key=lambda item: (-item[1].count, item[0]))
-            slice_tables.append({"column": column, "rows": rows(dict(ordered[:SHOWN_SLICE_VALUES]), str),
-                                 "hidden": max(len(ordered) - SHOWN_SLICE_VALUES, 0), "pooled": self.slice_overflow[column]})
         return {
             "primary": primary,
             "primary_scale": scale_of.get(primary) if primary else None,
-            "slice_metrics": shown_metrics,
             "histograms": [
                 {"metric": name, "scale": scale_of[name],
                  **histogram(self.histograms[name], scale_range(scale_of[name]), self.outside[name])}
@@ -325,17 +249,7 @@ class HtmlCollector(RunCollector):
             "best": [item for item in self.best.items() if item["score"] > self.lowest],
             "all_equal": self.lowest == self.highest,
             "lowest": self.lowest if math.isfinite(self.lowest) else None,
-            "lengths": rows(dict(sorted(self.lengths.items())), _bucket_label),
-            "length_field": self.inputs[0] if self.inputs else None,
-            "slices": slice_tables,
         }
-
-
-def _bar(value: float | None, scale: str | None, width: int = 120) -> dict | None:
-    if value is None:
-        return None
-    low, high = scale_range(scale)
-    return {"width": width, "w": round(min(max((value - low) / (high - low), 0.0), 1.0) * width, 1)}
 
 
 # --- the reporter --------------------------------------------------------------------
@@ -371,7 +285,49 @@ def ranked_like_report_json(report: dict, examples: dict[str, Any]) -> None:
     )
 
 
-def page_context(run: RunResult, examples: HtmlCollector) -> dict[str, Any]:
+def slice_tables(report: dict, columns: Sequence[str] | None) -> list[dict]:
+    """report.json's ``analysis.slices`` as the page's tables: each slice's n and each metric's value and interval,
+    formatted on the metric's scale as report.md does, so the three reports agree. The length table always; of the
+    ``slice_by`` columns, those in ``columns`` (None: all)."""
+    analysis = report.get("analysis") or {}
+    metrics = report["metrics"]
+    primary = analysis.get("rank_by") or next(iter(metrics), None)
+    tables = []
+    for table in analysis.get("slices", []):
+        length = "unit" in table  # the input-length table, the only one analysis gives a unit
+        if not length and columns is not None and table["column"] not in columns:
+            continue
+        names = [name for name in metrics if any(name in row["metrics"] for row in table["slices"])]
+        rows = []
+        for row in table["slices"]:
+            cells = []
+            for name in names:
+                entry = {**row["metrics"].get(name, {}), "scale": metrics[name].get("scale")}
+                ci = entry.get("ci")
+                cells.append({
+                    "value": format_value(entry.get("value"), entry["scale"]),
+                    "ci": f"{format_value(ci['low'], entry['scale'])} – {format_value(ci['high'], entry['scale'])}" if ci else "n/a",
+                })
+            bar = None
+            if primary in names:
+                bar = interval_bar({**row["metrics"].get(primary, {}), "scale": metrics[primary].get("scale")}, width=120)
+            if bar is not None:
+                shown = cells[names.index(primary)]
+                bar["label"] = f"{primary} on {row['value']}: {shown['value']}, interval {shown['ci']}"
+            rows.append({"label": row["value"], "n": row["n"], "cells": cells, "bar": bar})
+        tables.append({
+            "column": table["column"],
+            "title": f"input length ({table['unit']})" if length else table["column"],
+            "metrics": names,
+            "primary": primary if primary in names else None,
+            "rows": rows,
+            "not_reported": table.get("not_reported", 0),
+            "pooled": any(row["value"] == OTHER for row in table["slices"]),
+        })
+    return tables
+
+
+def page_context(run: RunResult, examples: HtmlCollector, slice_by: Sequence[str] | None = None) -> dict[str, Any]:
     report = run.report
     metrics = []
     confusion = []
@@ -413,6 +369,8 @@ def page_context(run: RunResult, examples: HtmlCollector) -> dict[str, Any]:
         "stages": sorted(report.get("timing", {}).get("stages_seconds", {}).items(), key=lambda item: -item[1]),
         "versions": [(name, value) for name, value in (report.get("versions") or {}).items() if value],
         "examples": examples.summary(report["metrics"]),
+        "slices": slice_tables(report, slice_by),
+        "max_slice_values": MAX_SLICE_VALUES,
         "task_options": [(name, json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value)
                          for name, value in (report.get("task_options") or {}).items()],
     }
@@ -422,7 +380,10 @@ def page_context(run: RunResult, examples: HtmlCollector) -> dict[str, Any]:
 
 class HtmlOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    slice_by: list[str] = Field(default_factory=list, description="data columns to break scores down by (report.slice_by sets it too)")
+    slice_by: list[str] | None = Field(None, description=(
+        "data columns whose slice tables the page shows, next to the input-length one: each metric with its interval on "
+        "each value, from report.json's analysis.slices; a column named here is sliced there too (report.slice_by sets "
+        "it; default: every report.slice_by column)"))
 
 
 class HtmlReporter(Reporter):
@@ -432,10 +393,11 @@ class HtmlReporter(Reporter):
     Options = HtmlOptions
 
     def collector(self, task: Task, metrics: Sequence[Metric]) -> HtmlCollector:
-        return HtmlCollector(task, metrics, list(self.options.slice_by))
+        return HtmlCollector(task, metrics)
 
     def render(self, run: RunResult) -> str:
-        return _environment().get_template("report.html.j2").render(page_context(run, run.collected[self.name]))
+        context = page_context(run, run.collected[self.name], self.options.slice_by)
+        return _environment().get_template("report.html.j2").render(context)
 
 
 @hookimpl
