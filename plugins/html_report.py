@@ -1,4 +1,4 @@
-"""report.html: one self-contained page (inline CSS and SVG, no scripts, no external requests).
+"""report.html: one self-contained page (inline CSS and SVG, one inline script of ours, no external requests).
 
 The page shows the run's header (pipeline, task, model, data, counts, timing),
 the metrics with their confidence intervals and signatures, the confusion
@@ -6,19 +6,29 @@ matrix and per-class scores when a metric reports them, the distribution of
 per-example scores, the worst and best examples next to their references,
 the slices of report.json's ``analysis`` (each metric with its interval on each
 input-length bucket and each value of the ``slice_by`` columns, as report.md
-shows them), and the skipped records.
+shows them), a table of the run's first :data:`EXAMPLE_ROWS` examples, and the
+skipped records.
 
 The per-example sections are gathered while the run writes each chunk (the
-reporter's ``HtmlCollector``), so neither predictions.jsonl nor the data file is
-read again; only the top-k examples (``heapq``) and histogram counts are kept in
-memory. Templates are rendered by Jinja2 with autoescaping on; no string from
-the data is ever marked safe, so a record holding ``<script>...</script>`` shows
-as text.
+reporter's ``HtmlCollector``), so the data file is not read again; only the
+top-k examples (``heapq``), histogram counts and the table's rows are kept in
+memory. Of predictions.jsonl, only the table's lines are read back, for what a
+collector is not handed: each record's id and its prediction's confidence.
+
+Templates are rendered by Jinja2 with autoescaping on; no string from the data
+is ever marked safe, so a record holding ``<script>...</script>`` shows as text.
+The table's rows are HTML (the page works without JavaScript); its filter and
+sort are :data:`SCRIPT`, which holds no data and reads the rows from the DOM.
+The page's Content-Security-Policy allows that script by its hash and no
+request of any kind.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import heapq
+import itertools
 import json
 import math
 from collections import defaultdict
@@ -27,10 +37,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jinja2
+import markupsafe
 from pydantic import BaseModel, ConfigDict, Field
 
 from nlpflow import Metric, Reporter, RunCollector, RunResult, Task, hookimpl
-from nlpflow.analysis import MAX_SLICE_VALUES, OTHER
+from nlpflow.analysis import MAX_SLICE_VALUES, OTHER, confidence
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: worst and best examples shown
@@ -41,6 +52,11 @@ MAX_CHARS = 400
 BINS = 20
 #: skipped records listed
 SHOWN_SKIPPED = 100
+#: examples in the page's table of examples: the run's first ones (every one is in predictions.jsonl)
+EXAMPLE_ROWS = 2000
+#: the table's filter and sort, run in the page; our own code (no data in it), allowed by the page's CSP hash
+SCRIPT = (TEMPLATES / "examples.js").read_text(encoding="utf-8")
+SCRIPT_HASH = "sha256-" + base64.b64encode(hashlib.sha256(SCRIPT.encode("utf-8")).digest()).decode("ascii")
 
 
 @lru_cache(maxsize=1)
@@ -181,9 +197,10 @@ class _TopK:
 
 
 class HtmlCollector(RunCollector):
-    """What the page shows about single examples, gathered as the run writes each chunk: score histograms and the
-    top-k worst and best examples with their text. Memory is bounded by k and the bins. (Slices are report.json's
-    ``analysis.slices``, computed once for every report.)"""
+    """What the page shows about single examples, gathered as the run writes each chunk: score histograms, the
+    top-k worst and best examples with their text, and the first :data:`EXAMPLE_ROWS` examples (texts cut at
+    :data:`MAX_CHARS`) for the table of examples. Memory is bounded by k, the bins and that many rows. (Slices are
+    report.json's ``analysis.slices``, computed once for every report.)"""
 
     def __init__(self, task: Task, metrics: Sequence[Metric]):
         self.inputs = list(task.input_fields)
@@ -197,9 +214,19 @@ class HtmlCollector(RunCollector):
         self.primary: str | None = None
         self.lowest = math.inf
         self.highest = -math.inf
+        #: the first EXAMPLE_ROWS examples, as the table shows them; ``total``: how many examples the run wrote
+        self.rows: list[dict[str, Any]] = []
+        self.total = 0
 
     def add(self, examples, predictions, references, scores) -> None:
         for example, prediction, reference, example_scores in zip(examples, predictions, references, scores):
+            self.total += 1
+            if len(self.rows) < EXAMPLE_ROWS:
+                self.rows.append({
+                    "index": example.index, "line": example.line,
+                    "inputs": [shown_text(example.fields.get(name)) for name in self.inputs],
+                    "prediction": shown_text(prediction), "reference": shown_text(reference), "scores": dict(example_scores),
+                })
             present = {name: value for name, value in example_scores.items() if value is not None}
             for name, value in present.items():
                 self.seen_metrics.setdefault(name, None)
@@ -327,6 +354,77 @@ def slice_tables(report: dict, columns: Sequence[str] | None) -> list[dict]:
     return tables
 
 
+def _identities(run: RunResult, count: int) -> dict[int, dict[str, Any]]:
+    """Each of the first ``count`` lines of predictions.jsonl's ``id`` and confidence, by record index: what a
+    collector is not handed (the runner picks the id column; the confidence is in the prediction's details)."""
+    found: dict[int, dict[str, Any]] = {}
+    if count:
+        try:
+            for item in itertools.islice(run.iter_predictions(), count):
+                found[item["index"]] = {"id": item.get("id"), **confidence(item.get("details"))}
+        except FileNotFoundError:  # a page rendered from a report alone: no ids or confidences to show
+            pass
+    return found
+
+
+def _column(name: str, sort: bool = False, metric: bool = False, title: str = "") -> dict[str, Any]:
+    """A column of the table of examples; ``sort``: numeric, sorted by clicking its name; ``metric``: a score."""
+    return {"name": name, "sort": sort, "metric": metric, "title": title}
+
+
+def _cell(text: Any, number: float | int | None = None, numeric: bool = False, long: bool = False, title: str = "") -> dict[str, Any]:
+    """A cell of the table of examples; a ``numeric`` one carries its raw ``number`` (or "" for none) for the script."""
+    return {"text": text, "v": ("" if number is None else repr(number)) if numeric else None, "long": long, "title": title}
+
+
+def example_table(run: RunResult, examples: HtmlCollector, primary: str | None) -> dict[str, Any] | None:
+    """The table of the run's first examples: record, line, id, inputs, prediction, reference, each per-example
+    score (with its raw value, which the page's script sorts and filters by) and the confidence where the prediction
+    has one. A row is an error when its ``primary`` score is short of the best its scale allows."""
+    if not examples.rows:
+        return None
+    metrics = run.report["metrics"]
+    names = [name for name in metrics if name in examples.seen_metrics]
+    if primary not in names:
+        primary = names[0] if names else None
+    identities = _identities(run, len(examples.rows))
+    has_id = any(identity.get("id") is not None for identity in identities.values())
+    kinds = sorted({identity["confidence_of"] for identity in identities.values() if "confidence_of" in identity})
+
+    columns = [_column("record", sort=True), _column("line")] + ([_column("id")] if has_id else [])
+    columns += [_column(name) for name in [*examples.inputs, "prediction", "reference"]]
+    columns += [_column(name, sort=True, metric=True) for name in names]
+    columns += [_column("confidence", sort=True, title=", ".join(kinds))] if kinds else []
+    for position, column in enumerate(columns):
+        column["position"] = position  # its cell in each row: what the score limit's choice names
+
+    error_rule, low, high, better = None, 0.0, 1.0, True
+    if primary is not None:
+        low, high = scale_range(metrics[primary].get("scale"))
+        better = metrics[primary].get("higher_is_better", True)
+        error_rule = f"{primary} {'<' if better else '>'} {high if better else low:g}"
+
+    rows = []
+    for row in examples.rows:
+        identity = identities.get(row["index"], {})
+        cells = [_cell(row["index"], row["index"], numeric=True), _cell("" if row["line"] is None else row["line"])]
+        if has_id:
+            cells.append(_cell("" if identity.get("id") is None else shown_text(identity["id"], 80)))
+        cells += [_cell(text, long=True) for text in [*row["inputs"], row["prediction"], row["reference"]]]
+        for name in names:
+            value = row["scores"].get(name)
+            cells.append(_cell("" if value is None else format_value(value, metrics[name].get("scale")), value, numeric=True))
+        if kinds:
+            value = identity.get("confidence")
+            cells.append(_cell("" if value is None else f"{value:.4g}", value, numeric=True, title=identity.get("confidence_of", "")))
+        score = row["scores"].get(primary) if primary else None
+        rows.append({"cells": cells, "error": score is not None and (score < high if better else score > low)})
+    return {
+        "columns": columns, "rows": rows, "shown": len(rows), "total": examples.total, "primary": primary,
+        "error_rule": error_rule, "errors": sum(row["error"] for row in rows),
+    }
+
+
 def page_context(run: RunResult, examples: HtmlCollector, slice_by: Sequence[str] | None = None) -> dict[str, Any]:
     report = run.report
     metrics = []
@@ -371,10 +469,12 @@ def page_context(run: RunResult, examples: HtmlCollector, slice_by: Sequence[str
         "examples": examples.summary(report["metrics"]),
         "slices": slice_tables(report, slice_by),
         "max_slice_values": MAX_SLICE_VALUES,
+        "max_chars": MAX_CHARS,
         "task_options": [(name, json.dumps(value, ensure_ascii=False) if not isinstance(value, str) else value)
                          for name, value in (report.get("task_options") or {}).items()],
     }
     ranked_like_report_json(report, context["examples"])
+    context["table"] = example_table(run, examples, context["examples"]["primary"])
     return context
 
 
@@ -388,7 +488,8 @@ class HtmlOptions(BaseModel):
 
 class HtmlReporter(Reporter):
     name = "html"
-    description = "report.html: one self-contained page with metrics, intervals, confusion matrix, score distribution, examples and slices"
+    description = ("report.html: one self-contained page with metrics, intervals, confusion matrix, score distribution, worst and "
+                   "best examples, slices and a filterable table of examples")
     filename = "report.html"
     Options = HtmlOptions
 
@@ -397,6 +498,8 @@ class HtmlReporter(Reporter):
 
     def render(self, run: RunResult) -> str:
         context = page_context(run, run.collected[self.name], self.options.slice_by)
+        # the one script the page may run: ours, not data, allowed by its hash in the page's CSP
+        context.update(script=markupsafe.Markup(SCRIPT), script_hash=SCRIPT_HASH)
         return _environment().get_template("report.html.j2").render(context)
 
 

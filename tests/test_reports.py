@@ -108,10 +108,20 @@ def test_html_reporter_is_registered(registry):
     assert registry.provider("reporter", "html") == "html_report"
 
 
+def without_page_script(html: str) -> str:
+    """The page less its one script, which must be the table's own code, verbatim (no data in it)."""
+    from nlpflow.plugins.html_report import SCRIPT
+
+    assert html.lower().count("<script") == 1 and html.count(f"<script>{SCRIPT}</script>") == 1
+    return html.replace(f"<script>{SCRIPT}</script>", "")
+
+
 def test_report_html_escapes_data_and_parses(sentiment_run):
     html = (sentiment_run.directory / "report.html").read_text(encoding="utf-8")
     checker = parse(html)
     assert checker.errors == []
+    html = without_page_script(html)
+    checker = parse(html)
     assert "<script" not in html.lower()
     assert "<img" not in html.lower() and "&lt;img src=x onerror=alert(2)&gt;" in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -122,6 +132,11 @@ def test_report_html_escapes_data_and_parses(sentiment_run):
 
 
 def test_report_html_is_self_contained(sentiment_run):
+    import base64
+    import hashlib
+
+    from nlpflow.plugins.html_report import SCRIPT
+
     html = (sentiment_run.directory / "report.html").read_text(encoding="utf-8")
     assert "http://" not in html and "https://" not in html
     assert "url(" not in html and "@import" not in html
@@ -130,6 +145,16 @@ def test_report_html_is_self_contained(sentiment_run):
         for name in ("src", "href", "srcset", "action", "xlink:href", "poster", "data"):
             assert name not in attrs, f"<{tag} {name}=...> would load something"
         assert not any(name.startswith("on") for name in attrs), f"<{tag}> has an event handler"
+    # the script loads nothing and builds no markup from strings
+    for word in ("fetch(", "XMLHttpRequest", "import(", "innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
+                 "eval(", "Function(", "setTimeout(", "WebSocket", "sendBeacon", "src", "href", "://"):
+        assert word not in SCRIPT, word
+    # and the page's policy forbids every request and any script but that one
+    [policy] = [attrs["content"] for tag, attrs in checker.tags if tag == "meta" and attrs.get("http-equiv") == "Content-Security-Policy"]
+    digest = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+    directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+    assert directives["default-src"] == "'none'" and directives["script-src"] == f"'sha256-{digest}'"
+    assert set(directives) == {"default-src", "style-src", "script-src", "base-uri", "form-action"}
 
 
 def test_report_html_contents(sentiment_run):
