@@ -81,7 +81,8 @@ class BootstrapConfig(_Strict):
 class ReportConfig(_Strict):
     #: reporter names, optionally with options: ``[json, {html: {slice_by: [domain]}}]``
     formats: list[StepConfig] = Field(default_factory=lambda: [StepConfig(name=n) for n in ("json", "markdown", "html")])
-    #: data columns to break scores down by; a shortcut for the ``slice_by`` option of every reporter that has one
+    #: data columns to break scores down by (report.json's ``analysis.slices``); also the default of the ``slice_by``
+    #: option of every reporter that has one, and a column named only in such an option is added here
     slice_by: list[str] = Field(default_factory=list)
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     #: write the task's input fields, as read, as ``inputs`` in each line of predictions.jsonl
@@ -702,6 +703,13 @@ def resolve(config: PipelineConfig, registry: Registry, *, problems: list[Nlpflo
             reporters.append(
                 _construct(reporter_cls, (reporter_options,), config, "report", "formats", position, plugin=registry.provider("reporter", step.name))
             )
+    # slices are computed once, by the run's error analysis (report.json's ``analysis.slices``, which every report
+    # shows): a column named only in a reporter's own slice_by option is sliced there too, after report.slice_by's
+    for reporter in reporters:
+        columns = getattr(reporter.options, "slice_by", None)
+        for column in columns if isinstance(columns, (list, tuple)) else ():
+            if column not in config.report.slice_by:
+                config.report.slice_by.append(column)
 
     backend = None
     if config.model is not None:

@@ -341,7 +341,7 @@ def test_every_skipped_record_is_in_skipped_jsonl_and_report_json_has_a_summary(
     from nlpflow.plugins.html_report import HtmlCollector, HtmlReporter
 
     # the page from the report alone (no examples collected): the skipped table says how many it leaves out
-    nothing_collected = HtmlCollector(SimpleNamespace(input_fields=("text",)), [], [])
+    nothing_collected = HtmlCollector(SimpleNamespace(input_fields=("text",)), [])
     run = RunResult(report=report, directory=out / "t", data_path=data, collected={"html": nothing_collected})
     assert "15 more in skipped.jsonl." in HtmlReporter().render(run)
 

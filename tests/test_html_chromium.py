@@ -4,9 +4,10 @@ Chromium is started with ``--remote-debugging-pipe`` (commands on fd 3, events
 on fd 4, NUL-separated JSON), so no websocket client is needed. The test loads
 report.html from a file, with every host name mapped to nothing, and checks:
 no network request besides the page itself, no console message of level error
-or warning, no script exception, the malicious record's ``<script>`` did not
-run (the title is not PWNED) and shows as text, and a screenshot has real
-content. Skipped only where /usr/bin/chromium is missing (CI installs it with
+or warning (a script the page's CSP blocked would log one), no script exception,
+the malicious record's ``<script>`` did not run (the title is not PWNED) and
+shows as text, the table of examples filters by text and errors and sorts by a
+score, and a screenshot has real content. Skipped only where /usr/bin/chromium is missing (CI installs it with
 ``apt-get install -y chromium``).
 """
 
@@ -207,6 +208,27 @@ def test_report_renders_in_chromium_without_requests_errors_or_script(report_fil
         text = browser.send("Runtime.evaluate", {"expression": "document.body.innerText", "returnByValue": True}, session=session)["result"]["value"]
         svgs = browser.send("Runtime.evaluate", {"expression": "document.querySelectorAll('svg.confusion rect').length", "returnByValue": True},
                             session=session)["result"]["value"]
+
+        def evaluate(expression):
+            reply = browser.send("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=session)
+            assert "exceptionDetails" not in reply, reply
+            return reply["result"].get("value")  # none for undefined
+
+        visible = "[...document.querySelectorAll('#ex-table tbody tr')].filter(row => !row.hidden).length"
+        table = {"rows": evaluate(visible), "controls": evaluate("!document.getElementById('ex-filter').hidden")}
+        evaluate("box = document.getElementById('ex-text'); box.value = 'REVIEW number 42.'; box.dispatchEvent(new Event('input'))")
+        table["matching"] = evaluate(visible)
+        table["matching_record"] = evaluate("[...document.querySelectorAll('#ex-table tbody tr')].find(row => !row.hidden).cells[0].textContent")
+        evaluate("box.value = ''; box.dispatchEvent(new Event('input')); document.getElementById('ex-errors').click()")
+        table["errors"] = evaluate(visible)
+        table["errors_marked"] = evaluate("document.querySelectorAll('#ex-table tbody tr[data-error]').length")
+        table["count"] = evaluate("document.getElementById('ex-count').textContent")
+        evaluate("document.getElementById('ex-errors').click(); limit = document.getElementById('ex-max'); limit.value = '0.5';"
+                 "limit.dispatchEvent(new Event('input'))")
+        table["at_most_half"] = evaluate(visible)
+        evaluate("limit.value = ''; limit.dispatchEvent(new Event('input'));"
+                 "[...document.querySelectorAll('#ex-table thead th')].find(th => th.textContent === 'accuracy').querySelector('button').click()")
+        table["sorted"] = evaluate("[...document.querySelectorAll('#ex-table tbody tr')].map(row => row.cells[row.cells.length - 1].dataset.v)")
         shot = base64.b64decode(browser.send("Page.captureScreenshot", {"format": "png"}, session=session)["data"])
         browser.drain(0.3)
     finally:
@@ -214,9 +236,16 @@ def test_report_renders_in_chromium_without_requests_errors_or_script(report_fil
     (tmp_path / "report.png").write_bytes(shot)
 
     assert title == "browser · nlpflow report" and "PWNED" not in title
-    assert scripts == 0 and images == 0
+    assert scripts == 1 and images == 0  # the table's own script, none from the data
     assert PAYLOAD in text, "the record's markup must show as text"
     assert svgs == 9  # 3 x 3 confusion matrix
+    # every example in the table; the script shows its controls, and filters and sorts the rows
+    errors = sum(1 for i in range(60) if i % 4 == 0)  # the records predicted with the next label
+    assert table["rows"] == 60 and table["controls"] is True
+    assert table["matching"] == 1 and table["matching_record"] == "42"
+    assert table["errors"] == table["errors_marked"] == errors and table["count"] == f"showing {errors} of 60 rows"
+    assert table["at_most_half"] == errors  # accuracy per example is 0 or 1
+    assert table["sorted"] == sorted(table["sorted"], key=float) and table["sorted"][0] == "0.0"
 
     requests = [e["params"]["request"]["url"] for e in browser.events if e.get("method") == "Network.requestWillBeSent"]
     assert requests == [url], f"the page made requests: {requests}"

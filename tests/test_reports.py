@@ -108,10 +108,20 @@ def test_html_reporter_is_registered(registry):
     assert registry.provider("reporter", "html") == "html_report"
 
 
+def without_page_script(html: str) -> str:
+    """The page less its one script, which must be the table's own code, verbatim (no data in it)."""
+    from nlpflow.plugins.html_report import SCRIPT
+
+    assert html.lower().count("<script") == 1 and html.count(f"<script>{SCRIPT}</script>") == 1
+    return html.replace(f"<script>{SCRIPT}</script>", "")
+
+
 def test_report_html_escapes_data_and_parses(sentiment_run):
     html = (sentiment_run.directory / "report.html").read_text(encoding="utf-8")
     checker = parse(html)
     assert checker.errors == []
+    html = without_page_script(html)
+    checker = parse(html)
     assert "<script" not in html.lower()
     assert "<img" not in html.lower() and "&lt;img src=x onerror=alert(2)&gt;" in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -122,6 +132,11 @@ def test_report_html_escapes_data_and_parses(sentiment_run):
 
 
 def test_report_html_is_self_contained(sentiment_run):
+    import base64
+    import hashlib
+
+    from nlpflow.plugins.html_report import SCRIPT
+
     html = (sentiment_run.directory / "report.html").read_text(encoding="utf-8")
     assert "http://" not in html and "https://" not in html
     assert "url(" not in html and "@import" not in html
@@ -130,6 +145,16 @@ def test_report_html_is_self_contained(sentiment_run):
         for name in ("src", "href", "srcset", "action", "xlink:href", "poster", "data"):
             assert name not in attrs, f"<{tag} {name}=...> would load something"
         assert not any(name.startswith("on") for name in attrs), f"<{tag}> has an event handler"
+    # the script loads nothing and builds no markup from strings
+    for word in ("fetch(", "XMLHttpRequest", "import(", "innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
+                 "eval(", "Function(", "setTimeout(", "WebSocket", "sendBeacon", "src", "href", "://"):
+        assert word not in SCRIPT, word
+    # and the page's policy forbids every request and any script but that one
+    [policy] = [attrs["content"] for tag, attrs in checker.tags if tag == "meta" and attrs.get("http-equiv") == "Content-Security-Policy"]
+    digest = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
+    directives = dict(part.strip().split(" ", 1) for part in policy.split(";"))
+    assert directives["default-src"] == "'none'" and directives["script-src"] == f"'sha256-{digest}'"
+    assert set(directives) == {"default-src", "style-src", "script-src", "base-uri", "form-action"}
 
 
 def test_report_html_contents(sentiment_run):
@@ -163,7 +188,7 @@ def test_report_html_contents(sentiment_run):
     assert "Review 5:" in worst and "&lt;script&gt;" in worst
     assert "Review 1:" not in worst  # a correct one
     # slices: by length (words), by domain, and a missing column
-    assert "By length of text (words)" in text
+    assert "By input length (words of 'review')" in text
     assert "By domain" in text and "restaurants" in text
     assert "(missing)" in text
     # skipped records table
@@ -184,18 +209,91 @@ def test_json_report_metric_entries(sentiment_run):
         assert entry["ci"]["low"] <= entry["value"] <= entry["ci"]["high"]
 
 
-def test_length_slices_count_whitespace_words(sentiment_run):
-    from nlpflow.plugins.html_report import _bucket_label, _length_bucket
+def text_of(fragment: str) -> str:
+    return "".join(parse(fragment).text).strip()
 
-    expected: dict[str, int] = {}
-    for record in sentiment_records():
-        label = _bucket_label(_length_bucket(len(record["review"].split())))
-        expected[label] = expected.get(label, 0) + 1
+
+def slice_tables(html: str) -> dict[str, list[list[str]]]:
+    """The page's slice tables by heading: each row's cell texts, the header row first."""
+    tables = {}
+    for heading, body in re.findall(r"<h3>By (.*?)</h3>\s*<table class=\"slices\">(.*?)</table>", html, re.S):
+        rows = []
+        for row in re.findall(r"<tr>(.*?)</tr>", body, re.S):
+            cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", re.sub(r"<svg.*?</svg>", "", row, flags=re.S), re.S)
+            rows.append([text_of(cell) for cell in cells])
+        tables[text_of(heading)] = rows
+    return tables
+
+
+def expected_slice_tables(report: dict, columns=None) -> dict[str, list[list[str]]]:
+    """report.json's analysis.slices as the page should show them: value and interval on the metric's scale, n."""
+    def shown(value, scale):
+        return "n/a" if value is None else f"{value:.2f}" if scale == "0-100" else f"{value:.4f}"
+
+    tables = {}
+    for table in report["analysis"]["slices"]:
+        if columns is not None and table["column"] != "length" and table["column"] not in columns:
+            continue
+        names = list(report["metrics"])
+        rank = report["analysis"]["rank_by"]
+        rows = [[table["column"], "n", *[h for name in names for h in (name, "95% CI")], f"{rank} on its scale"]]
+        for row in table["slices"]:
+            cells = [row["value"], str(row["n"])]
+            for name in names:
+                entry, scale = row["metrics"][name], report["metrics"][name]["scale"]
+                ci = entry["ci"]
+                cells += [shown(entry["value"], scale), f"{shown(ci['low'], scale)} – {shown(ci['high'], scale)}" if ci else "n/a"]
+            rows.append(cells + [""])
+        title = f"input length ({table['unit']})" if table["column"] == "length" else table["column"]
+        tables[title] = rows
+    return tables
+
+
+def test_slice_tables_show_report_json_analysis_slices(sentiment_run):
+    """One way to compute slices: the page shows report.json's analysis.slices (each metric recomputed on the slice,
+    with its interval, and each slice's n), not means of per-example scores of its own."""
+    saved = json.loads((sentiment_run.directory / "report.json").read_text(encoding="utf-8"))
     html = (sentiment_run.directory / "report.html").read_text(encoding="utf-8")
-    table = html[html.index("By length of"):]
+    expected = expected_slice_tables(saved)
+    assert list(expected) == ["input length (words of 'review')", "domain", "missing_column"]
+    assert slice_tables(html) == expected
+    # the length buckets count whitespace-separated words of the first input field
+    from nlpflow.analysis import length_bucket
+
+    counts: dict[str, int] = {}
+    for record in sentiment_records():
+        counts[length_bucket(len(record["review"].split()))] = counts.get(length_bucket(len(record["review"].split())), 0) + 1
+    assert {row[0]: int(row[1]) for row in expected["input length (words of 'review')"][1:]} == counts
+    # and an interval drawn for the ranking metric on each slice
+    table = html[html.index("<h3>By domain</h3>"):]
     table = table[:table.index("</table>")]
-    found = dict(re.findall(r"<tr><td>([^<]+)</td><td class=\"num\">(\d+)</td>", table))
-    assert {k: int(v) for k, v in found.items()} == expected
+    assert table.count('role="img"') == len(saved["analysis"]["slices"][1]["slices"])
+
+
+@pytest.mark.parametrize("formats, slice_by, shown", [
+    # a column named only in the html option is sliced by the run's analysis, so every report shows it
+    ("[json, markdown, {html: {slice_by: [domain]}}]", "[]", ["domain"]),
+    # the html option picks which of the analysed columns the page shows
+    ("[json, markdown, {html: {slice_by: []}}]", "[domain]", []),
+    ("[json, markdown, {html: {slice_by: [domain]}}]", "[missing_column]", ["domain"]),
+])
+def test_html_slice_by_option_and_report_slice_by_agree(tmp_path, write_pipelines, cache_dir, formats, slice_by, shown):
+    data = write_records(tmp_path / "reviews.jsonl", sentiment_records())
+    config = write_pipelines(
+        "pipelines:\n  scored:\n    task: sentiment\n    data: {path: %s}\n    fields: {text: review, label: stars}\n"
+        "    report: {formats: %s, slice_by: %s, bootstrap: {resamples: 50}}\n" % (data.name, formats, slice_by)
+    )
+    [result] = run(["scored"], config=config, output=tmp_path / "out", cache_dir=cache_dir)
+    saved = json.loads((result.directory / "report.json").read_text(encoding="utf-8"))
+    analysed = [table["column"] for table in saved["analysis"]["slices"]]
+    assert set(shown) <= set(analysed)
+    html = (result.directory / "report.html").read_text(encoding="utf-8")
+    expected = expected_slice_tables(saved, shown)
+    assert list(expected) == ["input length (words of 'review')", *shown]
+    assert slice_tables(html) == expected
+    markdown = (result.directory / "report.md").read_text(encoding="utf-8")
+    for column in analysed[1:]:
+        assert "## Slices by " + column.replace("_", "\\_") in markdown
 
 
 def test_html_report_does_not_read_the_data_file_again(tmp_path, write_pipelines, cache_dir, monkeypatch):
