@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -94,9 +95,9 @@ def floor(model_dir: str, data: str, output: str, device: str) -> None:
     print(json.dumps({"forward_seconds": forward, "wall_seconds": time.perf_counter() - started}))
 
 
-def timed(command: list[str]) -> tuple[float, str]:
+def timed(command: list[str], environment: dict[str, str] | None = None) -> tuple[float, str]:
     started = time.perf_counter()
-    finished = subprocess.run(command, capture_output=True, text=True)
+    finished = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(environment or {})})
     wall = time.perf_counter() - started
     if finished.returncode != 0:
         sys.exit(f"{' '.join(command[:4])} ... failed ({finished.returncode}): {finished.stderr[-3000:]}")
@@ -110,6 +111,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gpu-report", action="store_true", help="also print time in forward / wall for each side")
+    parser.add_argument("--sequential-too", action="store_true",
+                        help="add a third contender: nlpflow with its stages one after another (NLPFLOW_OVERLAP=0)")
     parser.add_argument("--floor-child", nargs=4, metavar=("MODEL", "DATA", "OUTPUT", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_child:
@@ -125,18 +128,23 @@ def main() -> None:
             "    report: {formats: [json]}\n",
             encoding="utf-8",
         )
+        nlpflow = [sys.executable, "-m", "nlpflow.cli", "run", "overhead", "--config", str(root / "pipelines.yaml"),
+                   "--output", str(root / "out"), "--no-cache"]
         contenders = {
             "floor": [sys.executable, "-m", "benchmarks.overhead", "--floor-child", str(model_dir), str(root / "data.jsonl"),
                       str(root / "floor.jsonl"), args.device],
-            "nlpflow": [sys.executable, "-m", "nlpflow.cli", "run", "overhead", "--config", str(root / "pipelines.yaml"),
-                        "--output", str(root / "out"), "--no-cache"],
+            "nlpflow": nlpflow,
         }
+        environments = {"nlpflow": {"NLPFLOW_OVERLAP": "1"}}
+        if args.sequential_too:
+            contenders["sequential"] = nlpflow
+            environments["sequential"] = {"NLPFLOW_OVERLAP": "0"}
         walls: dict[str, list[float]] = {name: [] for name in contenders}
         forward: dict[str, list[float]] = {name: [] for name in contenders}
         for round_number in range(args.repeat):
             names = list(contenders) if round_number % 2 == 0 else list(reversed(contenders))
             for name in names:
-                wall, stdout = timed(contenders[name])
+                wall, stdout = timed(contenders[name], environments.get(name))
                 walls[name].append(wall)
                 if name == "floor":
                     forward[name].append(json.loads(stdout.strip().splitlines()[-1])["forward_seconds"])
@@ -157,8 +165,11 @@ def main() -> None:
             utilisation = statistics.median(f / w for f, w in zip(forward[name], walls[name]))
             line += f"  forward {statistics.median(forward[name]):.1f} s, device utilisation {utilisation:.1%}"
         print(line)
-    ratios = [f / n for f, n in zip(walls["floor"], walls["nlpflow"])]
-    print(f"  nlpflow records/s over the floor's: median {statistics.median(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+    for name in contenders:
+        if name == "floor":
+            continue
+        ratios = [f / n for f, n in zip(walls["floor"], walls[name])]
+        print(f"  {name} records/s over the floor's: median {statistics.median(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
 
 
 if __name__ == "__main__":
