@@ -3,16 +3,15 @@
 The page shows the run's header (pipeline, task, model, data, counts, timing),
 the metrics with their confidence intervals and signatures, the confusion
 matrix and per-class scores when a metric reports them, the distribution of
-per-example scores, the worst and best examples next to their references,
-the slices of report.json's ``analysis`` (each metric with its interval on each
+per-example scores, the worst and best examples of report.json's ``analysis``
+next to their references, the slices of report.json's ``analysis`` (each metric with its interval on each
 input-length bucket and each value of the ``slice_by`` columns, as report.md
 shows them), a table of the run's first :data:`EXAMPLE_ROWS` examples, and the
 skipped records.
 
 The per-example sections are gathered while the run writes each chunk (the
-reporter's ``HtmlCollector``), so the data file is not read again; only the
-top-k examples (``heapq``), histogram counts and the table's rows are kept in
-memory. Of predictions.jsonl, only the table's lines are read back, for what a
+reporter's ``HtmlCollector``), so the data file is not read again; only
+histogram counts and the table's rows are kept in memory. Of predictions.jsonl, only the table's lines are read back, for what a
 collector is not handed: each record's id and its prediction's confidence.
 
 Templates are rendered by Jinja2 with autoescaping on; no string from the data
@@ -27,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import heapq
 import itertools
 import json
 import math
@@ -44,8 +42,6 @@ from nlpflow import Metric, Reporter, RunCollector, RunResult, Task, hookimpl
 from nlpflow.analysis import MAX_SLICE_VALUES, OTHER, confidence
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-#: worst and best examples shown
-TOP_K = 8
 #: characters of an input, prediction or reference shown per example
 MAX_CHARS = 400
 #: histogram bins over a metric's scale
@@ -176,31 +172,11 @@ def histogram(counts: list[int], bounds: tuple[float, float], outside: int, widt
 # --- gathered during the run ----------------------------------------------------------------
 
 
-class _TopK:
-    """The k lowest (or highest) scored examples seen, earliest first among ties, in O(k) memory."""
-
-    def __init__(self, k: int, highest: bool):
-        self.k = k
-        self.sign = 1 if highest else -1
-        self.heap: list[tuple[float, int, dict]] = []
-
-    def offer(self, score: float, index: int, make) -> None:
-        # heap root is the entry that leaves first: for "lowest", the highest score (then the latest index)
-        key = (self.sign * score, -index)
-        if len(self.heap) < self.k:
-            heapq.heappush(self.heap, (*key, make()))
-        elif key > self.heap[0][:2]:
-            heapq.heapreplace(self.heap, (*key, make()))
-
-    def items(self) -> list[dict]:
-        return [item for *_, item in sorted(self.heap, key=lambda entry: (-entry[0], -entry[1]))]
-
-
 class HtmlCollector(RunCollector):
-    """What the page shows about single examples, gathered as the run writes each chunk: score histograms, the
-    top-k worst and best examples with their text, and the first :data:`EXAMPLE_ROWS` examples (texts cut at
-    :data:`MAX_CHARS`) for the table of examples. Memory is bounded by k, the bins and that many rows. (Slices are
-    report.json's ``analysis.slices``, computed once for every report.)"""
+    """What the page shows about single examples, gathered as the run writes each chunk: score histograms and the
+    first :data:`EXAMPLE_ROWS` examples (texts cut at :data:`MAX_CHARS`) for the table of examples. Memory is bounded
+    by the bins and that many rows. (The worst and best examples and the slices are report.json's ``analysis``,
+    computed once for every report.)"""
 
     def __init__(self, task: Task, metrics: Sequence[Metric]):
         self.inputs = list(task.input_fields)
@@ -209,11 +185,7 @@ class HtmlCollector(RunCollector):
         self.seen_metrics: dict[str, None] = {}
         self.histograms: dict[str, list[int]] = {}
         self.outside: dict[str, int] = defaultdict(int)
-        self.worst = _TopK(TOP_K, highest=False)
-        self.best = _TopK(TOP_K, highest=True)
         self.primary: str | None = None
-        self.lowest = math.inf
-        self.highest = -math.inf
         #: the first EXAMPLE_ROWS examples, as the table shows them; ``total``: how many examples the run wrote
         self.rows: list[dict[str, Any]] = []
         self.total = 0
@@ -239,25 +211,6 @@ class HtmlCollector(RunCollector):
             if self.primary is None and present:
                 self.primary = next((name for name in self.metric_names if name in present), next(iter(present)))
 
-            primary = self.primary
-            if primary is not None and primary in present:
-                score = present[primary]
-
-                def make(example=example, prediction=prediction, reference=reference, score=score):
-                    return {
-                        "index": example.index,
-                        "line": example.line,
-                        "score": score,
-                        "inputs": [(name, shown_text(example.fields[name])) for name in self.inputs if example.fields.get(name) is not None],
-                        "prediction": shown_text(prediction),
-                        "reference": shown_text(reference),
-                    }
-
-                self.lowest = min(self.lowest, score)
-                self.highest = max(self.highest, score)
-                self.worst.offer(score, example.index, make)
-                self.best.offer(score, example.index, make)
-
     def summary(self, metric_entries: dict[str, dict]) -> dict[str, Any]:
         """The page's example sections, with the metrics' scales as report.json states them."""
         primary = self.primary
@@ -271,11 +224,8 @@ class HtmlCollector(RunCollector):
                  **histogram(self.histograms[name], scale_range(scale_of[name]), self.outside[name])}
                 for name in shown_metrics
             ],
-            # an example is "worst" only if some example scored higher, "best" only if some scored lower
-            "worst": [item for item in self.worst.items() if item["score"] < self.highest],
-            "best": [item for item in self.best.items() if item["score"] > self.lowest],
-            "all_equal": self.lowest == self.highest,
-            "lowest": self.lowest if math.isfinite(self.lowest) else None,
+            # filled from report.json's analysis by ranked_like_report_json where it ranked examples
+            "worst": [], "best": [], "all_equal": True, "lowest": None,
         }
 
 

@@ -86,3 +86,16 @@ def test_confidence_is_the_first_numeric_confidence_detail():
     assert confidence({"similarity": 0.41, "scores": {"a": 0.41}}) == {"confidence": 0.41, "confidence_of": "similarity"}
     assert confidence({"probability": None, "score": True}) == {}
     assert confidence(None) == {}
+
+
+def test_ranked_keeps_extremes_earliest_first(monkeypatch):
+    from nlpflow import analysis
+
+    monkeypatch.setattr(analysis, "RANKED_EXAMPLES", 3)
+    ranked = analysis._Ranked()
+    built = []
+    for index, score in enumerate([0.5, 0.1, 0.9, 0.1, 0.3, 1.0, 0.9, 0.1]):
+        ranked.offer(score, index, lambda index=index, score=score: built.append(index) or {"index": index, "score": score})
+    assert [item["index"] for item in ranked.worst()] == [1, 3, 7]
+    assert [item["index"] for item in ranked.best()] == [5, 2, 6]
+    assert len(built) < 8 + 8  # entries are built only for examples a heap keeps

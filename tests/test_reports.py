@@ -326,18 +326,6 @@ def test_all_equal_scores_show_no_worst_best(tmp_path, write_pipelines, cache_di
     assert parse(html).errors == []
 
 
-def test_top_k_keeps_extremes_earliest_first():
-    from nlpflow.plugins.html_report import _TopK
-
-    worst, best = _TopK(3, highest=False), _TopK(3, highest=True)
-    scores = [0.5, 0.1, 0.9, 0.1, 0.3, 1.0, 0.9, 0.1]
-    for index, score in enumerate(scores):
-        worst.offer(score, index, lambda index=index, score=score: {"index": index, "score": score})
-        best.offer(score, index, lambda index=index, score=score: {"index": index, "score": score})
-    assert [item["index"] for item in worst.items()] == [1, 3, 7]
-    assert [item["index"] for item in best.items()] == [5, 2, 6]
-
-
 def test_report_rendered_after_the_data_file_is_gone_still_shows_input_text(sentiment_run):
     from nlpflow.plugins.html_report import HtmlReporter
 
