@@ -76,17 +76,23 @@ class _Ranked:
         self.minimum = math.inf
         self.maximum = -math.inf
 
-    def offer(self, score: float, index: int, make_item: Callable[[], dict]) -> None:
-        """``make_item`` builds the example's entry, called only if the example is kept (most are not)."""
+    def note(self, score: float) -> bool:
+        """Count ``score`` in the range; True if :meth:`offer` would keep its example in either heap. Scores repeat
+        (0/1 matches), and a later example enters a full heap only with a strictly better score."""
         if score < self.minimum:
             self.minimum = score
         if score > self.maximum:
             self.maximum = score
+        low, high = self.low, self.high
+        return len(low) < RANKED_EXAMPLES or len(high) < RANKED_EXAMPLES or score < -low[0][0] or score > high[0][0]
+
+    def offer(self, score: float, index: int, item: dict) -> None:
+        """Keep the example's ``item`` if it is among the k lowest or k highest so far (after :meth:`note`)."""
         for heap, key in ((self.low, (-score, -index)), (self.high, (score, -index))):
             if len(heap) < RANKED_EXAMPLES:
-                heapq.heappush(heap, (*key, make_item()))
+                heapq.heappush(heap, (*key, item))
             elif key > heap[0][:2]:
-                heapq.heapreplace(heap, (*key, make_item()))
+                heapq.heapreplace(heap, (*key, item))
 
     @property
     def varies(self) -> bool:
@@ -118,28 +124,26 @@ class ErrorAnalysis:
 
     def add(
         self, example: Example, scores: dict[str, float | None], prediction: Any, reference: Any, identity: dict,
-        inputs: dict[str, Any], details: dict[str, Any],
+        inputs: Callable[[], dict[str, Any]], details: dict[str, Any],
     ) -> None:
         """One scored example (one row of each metric's stats), with its per-example scores, its task inputs as read
-        and the prediction's details (where its confidence is)."""
-        text = example.columns.get(self.length_column) if self.length_column else None
+        (``inputs()``, called only for an example that is kept) and the prediction's details (its confidence)."""
+        columns = example.columns
+        text = columns.get(self.length_column) if self.length_column else None
         self._key("length", length_bucket(len(text.split())) if isinstance(text, str) else MISSING)
         for column in self.slice_by:
-            value = example.columns.get(column)
+            value = columns.get(column)
             self._key(column, MISSING if value is None else str(value)[:60])
-        made: list[dict] = []
-
-        def make_item() -> dict:
-            if not made:  # one entry per example, shared by the metrics that keep it
-                made.append({"index": example.index, "line": example.line, **identity, "scores": scores,
-                             "inputs": {name: _shown(value) for name, value in inputs.items()},
-                             "prediction": _shown(prediction), "reference": _shown(reference), **confidence(details)})
-            return made[0]
-
+        item = None
         for name, score in scores.items():
-            if score is None or name not in self.ranked:
+            ranked = self.ranked.get(name)
+            if score is None or ranked is None or not ranked.note(score):
                 continue
-            self.ranked[name].offer(score, example.index, make_item)
+            if item is None:  # one entry per example, shared by the metrics that keep it
+                item = {"index": example.index, "line": example.line, **identity, "scores": scores,
+                        "inputs": {name: _shown(value) for name, value in inputs().items()},
+                        "prediction": _shown(prediction), "reference": _shown(reference), **confidence(details)}
+            ranked.offer(score, example.index, item)
 
     def _key(self, column: str, key: str) -> None:
         names = self.names[column]

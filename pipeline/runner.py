@@ -743,10 +743,10 @@ class Runner:
         for example, prediction, value, reference, scores in zip(chunk, predictions, prediction_values, written_references, per_example):
             identity = self._record_identity(example, input_columns)
             if reference is not None:  # a row of the metric stats, in the same order
-                columns = example.columns
                 self.analysis.add(
                     example, scores, value, reference, identity,
-                    {name: _json_ready(columns.get(column)) for name, column in input_columns}, prediction.details,
+                    lambda columns=example.columns: {name: _json_ready(columns.get(column)) for name, column in input_columns},
+                    prediction.details,
                 )
             line = {"index": example.index, "line": example.line, **identity, "prediction": value, "reference": reference, "scores": scores}
             if prediction.details:

@@ -93,9 +93,12 @@ def test_ranked_keeps_extremes_earliest_first(monkeypatch):
 
     monkeypatch.setattr(analysis, "RANKED_EXAMPLES", 3)
     ranked = analysis._Ranked()
-    built = []
-    for index, score in enumerate([0.5, 0.1, 0.9, 0.1, 0.3, 1.0, 0.9, 0.1]):
-        ranked.offer(score, index, lambda index=index, score=score: built.append(index) or {"index": index, "score": score})
+    kept = []
+    for index, score in enumerate([0.5, 0.1, 0.9, 0.1, 0.3, 1.0, 0.9, 0.1, 0.2, 0.9]):
+        if ranked.note(score):
+            kept.append(index)
+            ranked.offer(score, index, {"index": index, "score": score})
     assert [item["index"] for item in ranked.worst()] == [1, 3, 7]
     assert [item["index"] for item in ranked.best()] == [5, 2, 6]
-    assert len(built) < 8 + 8  # entries are built only for examples a heap keeps
+    # after the heaps fill, only strictly better scores are offered: not 0.2 (index 8) nor a third 0.9
+    assert 8 not in kept and 9 not in kept and ranked.minimum == 0.1 and ranked.maximum == 1.0
