@@ -9,7 +9,7 @@ Two views users ask for after the headline numbers:
   and of each value of the ``report.slice_by`` columns. A slice's value is the metric on that slice's rows
   (macro-F1 or BLEU of the slice), not a mean of per-example scores.
 
-Memory: per slice column, a 4-byte code of each scored example's slice; k examples per metric.
+Memory: per slice column, a one-byte code of each scored example's slice; k examples per metric.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from nlpflow.types import Example, Metric
 RANKED_EXAMPLES = 10
 #: lower edges of the input-length buckets, in whitespace-separated words (1-2-5 steps)
 LENGTH_EDGES = (0, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-#: distinct values kept per slice column; the rest are pooled as "(other)"
+#: distinct values kept per slice column; the rest are pooled as "(other)" (with it, codes fit in a byte)
 MAX_SLICE_VALUES = 200
 #: slices per column given a value and interval in the report, the largest first
 REPORTED_SLICES = 30
@@ -118,7 +118,8 @@ class ErrorAnalysis:
         self.ranked: dict[str, _Ranked] = {name: _Ranked() for name in self.metric_names}
         #: per slice column ("length" first), each scored example's slice as a code into ``names``, in the order of
         #: the metric stats rows
-        self.codes: dict[str, array] = {column: array("i") for column in ["length", *self.slice_by]}
+        # a byte each: a column has at most MAX_SLICE_VALUES slices and "(other)"
+        self.codes: dict[str, array] = {column: array("B") for column in ["length", *self.slice_by]}
         #: per slice column, the code of each slice name
         self.names: dict[str, dict[str, int]] = {column: {} for column in self.codes}
 
@@ -174,7 +175,7 @@ class ErrorAnalysis:
         for column, column_codes in self.codes.items():
             if not column_codes:
                 continue
-            code_array = np.frombuffer(column_codes, dtype=np.int32)
+            code_array = np.frombuffer(column_codes, dtype=np.uint8)
             code_counts = np.bincount(code_array, minlength=len(self.names[column]))
             counts = {key: int(code_counts[code]) for key, code in self.names[column].items() if code_counts[code]}
             if column == "length":

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from nlpflow.errors import OutputError, PluginError
-from nlpflow.stats import MetricRows
+from nlpflow.stats import MULTINOMIAL_SHARE, MetricRows
 from nlpflow.types import Metric
 
 VERSIONED_PACKAGES = ("nlpflow", "torch", "transformers", "tokenizers", "spacy", "sacrebleu", "rouge-score", "pluggy")
@@ -106,11 +106,6 @@ def bootstrap_indices(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]
         yield rng.integers(0, n, size=n)
 
 
-#: draw counts of distinct rows (a multinomial) when there are at most this share of distinct rows per example:
-#: a multinomial costs about ten times an index draw per category, so below it the draw is cheaper
-MULTINOMIAL_SHARE = 0.1
-
-
 def bootstrap_counts(rows: MetricRows, resamples: int, seed: int, block_cells: int = 1 << 22) -> Iterator[np.ndarray]:
     """Bootstrap resamples of the examples of ``rows`` as count matrices, a block of resamples at a time.
 
@@ -127,7 +122,7 @@ def bootstrap_counts(rows: MetricRows, resamples: int, seed: int, block_cells: i
     """
     n, width = rows.n, len(rows.distinct)
     per_block = max(1, min(resamples, block_cells // max(width, 1)))
-    if width <= MULTINOMIAL_SHARE * n:
+    if width <= MULTINOMIAL_SHARE * n or not rows.ordered:
         rng = np.random.default_rng(seed)
         shares = rows.counts / n
         for start in range(0, resamples, per_block):

@@ -162,3 +162,17 @@ def test_subsets_keep_only_the_rows_they_use():
     assert subset.n == 3 and subset.counts.tolist() == [2, 1]
     np.testing.assert_array_equal(subset.expanded(), stats[[0, 2, 4]])
     np.testing.assert_array_equal(MetricRows(stats).subset(stats[:, 0] > 0).expanded(), stats[stats[:, 0] > 0])
+
+
+def test_a_large_subset_of_few_rows_keeps_only_counts():
+    stats = np.tile(np.array([[0.0], [1.0], [2.0]]), (100, 1))  # 300 examples, 3 distinct rows
+    rows = collected(True, stats)
+    assert rows.ids.dtype == np.uint8  # a byte per example while there are few distinct rows
+    subset = rows.subset(stats[:, 0] < 2)
+    assert subset.ids is None and not subset.ordered and subset.n == 200 and subset.counts.tolist() == [100, 100]
+    metric = Accuracy()
+    labels = metric.example_stats(["a", "b", "a", "a"] * 50, ["a", "a", "b", "a"] * 50)
+    kept = collected(True, labels).subset(np.ones(200, dtype=bool))
+    assert not kept.ordered
+    interval = bootstrap_interval(metric, kept, 200, SEED, 0.9)
+    assert interval["low"] < metric.score(labels) < interval["high"]
