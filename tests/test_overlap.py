@@ -75,3 +75,20 @@ def test_a_plugin_error_in_the_writer_thread_names_its_record(tmp_path, write_pi
         run(["scored"], config=config, output=tmp_path / "out", cache_dir=cache_dir)
     assert "raised in reference() on record 123" in str(raised.value) and "no reference for this one" in str(raised.value)
     assert worker_threads() == []
+
+
+def test_a_run_without_a_model_stage_runs_its_stages_one_after_another(tmp_path, write_pipelines, cache_dir, monkeypatch):
+    """Reading and scoring given predictions is Python holding the GIL: threads would only add switching. Unset,
+    NLPFLOW_OVERLAP overlaps the stages only around a model stage; set, it forces either way."""
+    from nlpflow.runner import Runner
+
+    overlapped = []
+    original = Runner._run_overlapped
+    monkeypatch.setattr(Runner, "_run_overlapped", lambda self, *args: overlapped.append(True) or original(self, *args))
+    config = write_data(tmp_path, write_pipelines)
+    monkeypatch.delenv("NLPFLOW_OVERLAP", raising=False)
+    run(["scored"], config=config, output=tmp_path / "auto", cache_dir=cache_dir)
+    assert overlapped == []
+    monkeypatch.setenv("NLPFLOW_OVERLAP", "1")
+    run(["scored"], config=config, output=tmp_path / "forced", cache_dir=cache_dir)
+    assert overlapped == [True]
