@@ -516,7 +516,9 @@ class Metric(ABC):
         large data.
         """
         if self.accepts_counts:
-            return np.array([self.score(stats, row) for row in counts], dtype=float)
+            # rows a resample does not draw are left out, not given a count of 0: a class seen only in them is
+            # absent from that resample
+            return np.array([self.score(stats[row > 0], row[row > 0]) for row in counts], dtype=float)
         return np.array([self.score(np.repeat(stats, row, axis=0)) for row in counts], dtype=float)
 
     def example_scores(self, stats: np.ndarray) -> np.ndarray | None:

@@ -41,6 +41,7 @@ def _stats(name, rng, n=150):
     if name == "macro_f1-multi-label":
         metric = MacroF1()
         sets = [[labels[j] for j in range(4) if rng.random() < 0.4] for _ in range(2 * n)]
+        sets[7] = ["rare"]  # a class in one example only: absent from about a third of the resamples
         return metric, metric.example_stats(sets[:n], sets[n:])
     if name == "squad-f1":
         return F1(), np.column_stack([rng.random(n).round(3), rng.random(n) < 0.1]).astype(float)
