@@ -32,6 +32,8 @@ class MetricRows:
     def __init__(self, distinct: np.ndarray, ids: np.ndarray | None = None, counts: np.ndarray | None = None):
         self.distinct = distinct
         self.ids = ids
+        #: whether each example's row is known (not only how many examples have each row)
+        self.ordered = ids is not None or counts is None
         self._counts = counts
 
     @property
@@ -39,7 +41,7 @@ class MetricRows:
         """How many examples."""
         if self.ids is not None:
             return len(self.ids)
-        return len(self.distinct) if self._counts is None else int(self._counts.sum())
+        return len(self.distinct) if self.ordered else int(self._counts.sum())
 
     @property
     def counts(self) -> np.ndarray:
@@ -49,16 +51,11 @@ class MetricRows:
                             else np.bincount(self.ids, minlength=len(self.distinct)))
         return self._counts
 
-    @property
-    def ordered(self) -> bool:
-        """Whether each example's row is known (not only how many examples have each row)."""
-        return self.ids is not None or self._counts is None
-
     def expanded(self) -> np.ndarray:
         """Every example's row, in example order (in row order where only the counts are known)."""
         if self.ids is not None:
             return self.distinct[self.ids]
-        return self.distinct if self._counts is None else np.repeat(self.distinct, self._counts, axis=0)
+        return self.distinct if self.ordered else np.repeat(self.distinct, self._counts, axis=0)
 
     def subset(self, selected: np.ndarray) -> MetricRows:
         """The examples where the boolean mask ``selected`` is true, keeping only the distinct rows they use.
