@@ -89,19 +89,22 @@ class RowCollector:
         if not self.distinct or not len(stats):
             self.parts.append(stats)
             return
-        chunk_rows, first, inverse = np.unique(stats, axis=0, return_index=True, return_inverse=True)
-        global_ids = np.empty(len(chunk_rows), dtype=np.int32)
-        # new rows get ids in the order they first occur in the data, so ids do not depend on the chunking
-        for position in np.argsort(first, kind="stable"):
-            key = chunk_rows[position].tobytes()
-            code = self.known.get(key)
+        data = np.ascontiguousarray(stats, dtype=float)
+        width = data.shape[1] * data.itemsize
+        raw = data.tobytes()
+        known, rows = self.known, self.rows
+        ids = []
+        # rows get ids in the order they first occur in the data, so ids do not depend on the chunking
+        for start in range(0, len(raw), width):
+            key = raw[start:start + width]
+            code = known.get(key)
             if code is None:
-                code = self.known[key] = len(self.rows)
-                self.rows.append(chunk_rows[position])
-            global_ids[position] = code
+                code = known[key] = len(rows)
+                rows.append(data[start // width].copy())
+            ids.append(code)
         # the smallest integer type that holds the ids so far: a byte per example for up to 256 distinct rows
-        id_type = np.uint8 if len(self.rows) <= 1 << 8 else np.uint16 if len(self.rows) <= 1 << 16 else np.int32
-        self.parts.append(global_ids.astype(id_type)[inverse.reshape(-1)])
+        id_type = np.uint8 if len(rows) <= 1 << 8 else np.uint16 if len(rows) <= 1 << 16 else np.int32
+        self.parts.append(np.array(ids, dtype=id_type))
         if len(self.rows) > MAX_DISTINCT_ROWS:
             # too many distinct rows to pay off: from here on one row per example, in order
             self.parts = [np.stack(self.rows)[np.concatenate(self.parts)]]

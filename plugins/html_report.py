@@ -192,24 +192,30 @@ class HtmlCollector(RunCollector):
 
     def add(self, examples, predictions, references, scores) -> None:
         for example, prediction, reference, example_scores in zip(examples, predictions, references, scores):
-            self.total += 1
-            if len(self.rows) < EXAMPLE_ROWS:
-                self.rows.append({
-                    "index": example.index, "line": example.line,
-                    "inputs": [shown_text(example.fields.get(name)) for name in self.inputs],
-                    "prediction": shown_text(prediction), "reference": shown_text(reference), "scores": dict(example_scores),
-                })
-            present = {name: value for name, value in example_scores.items() if value is not None}
-            for name, value in present.items():
-                self.seen_metrics.setdefault(name, None)
+            if len(self.rows) >= EXAMPLE_ROWS:
+                break
+            self.rows.append({
+                "index": example.index, "line": example.line,
+                "inputs": [shown_text(example.fields.get(name)) for name in self.inputs],
+                "prediction": shown_text(prediction), "reference": shown_text(reference), "scores": dict(example_scores),
+            })
+        self.total += len(examples)
+        histograms = self.histograms
+        for example_scores in scores:
+            for name, value in example_scores.items():
+                if value is None:
+                    continue
+                bins = histograms.get(name)
+                if bins is None:  # the metric's first score: the page lists metrics in this order
+                    self.seen_metrics.setdefault(name, None)
+                    bins = histograms[name] = [0] * BINS
+                    if self.primary is None:
+                        self.primary = next((metric for metric in self.metric_names if example_scores.get(metric) is not None), name)
                 low, high = self.scales.get(name, (0.0, 1.0))
-                bins = self.histograms.setdefault(name, [0] * BINS)
                 if value < low or value > high:
                     self.outside[name] += 1
                     value = min(max(value, low), high)
                 bins[min(int((value - low) / (high - low) * BINS), BINS - 1)] += 1
-            if self.primary is None and present:
-                self.primary = next((name for name in self.metric_names if name in present), next(iter(present)))
 
     def summary(self, metric_entries: dict[str, dict]) -> dict[str, Any]:
         """The page's example sections, with the metrics' scales as report.json states them."""
