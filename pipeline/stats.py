@@ -3,8 +3,9 @@
 Most rows repeat. A sentiment run's accuracy and macro-F1 rows are the cells of a confusion matrix, exact match
 is 0 or 1: a million examples have a handful of distinct rows. For a metric that can score rows with their
 multiplicities (``Metric.accepts_counts``) the run keeps each distinct row once and, per example, the id of its
-row (one byte while there are at most 256), so memory grows by a byte or two per example instead of the row's width, and the bootstrap can draw counts of
-distinct rows (:func:`nlpflow.report.bootstrap_counts`) instead of a million indices per resample.
+row (one byte while there are at most 256), so memory grows by a byte or two per example instead of the row's
+width, and the bootstrap can draw counts of distinct rows (:func:`nlpflow.report.bootstrap_counts`) instead of a
+million indices per resample.
 
 Rows that hardly repeat (ROUGE's per-example F-measures) would only pay for the bookkeeping, so once a metric has
 more than :data:`MAX_DISTINCT_ROWS` distinct rows it keeps its rows as they come, one per example. Which of the two
@@ -86,8 +87,10 @@ class RowCollector:
         self.known: dict[bytes, int] = {}
 
     def add(self, stats: np.ndarray) -> None:
-        if not self.distinct or not len(stats):
+        if not self.distinct:
             self.parts.append(stats)
+            return
+        if not len(stats):
             return
         data = np.ascontiguousarray(stats, dtype=float)
         width = data.shape[1] * data.itemsize

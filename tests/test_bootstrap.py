@@ -140,7 +140,7 @@ def test_collected_rows_do_not_depend_on_the_chunking(monkeypatch):
     rng = np.random.default_rng(4)
     stats = rng.integers(0, 6, size=(500, 2)).astype(float)
     one = collected(True, stats)
-    many = collected(True, *np.array_split(stats, [1, 2, 77, 300, 301]))
+    many = collected(True, *np.array_split(stats, [1, 1, 2, 77, 300, 301]))  # an empty chunk too
     assert np.array_equal(one.distinct, many.distinct) and np.array_equal(one.ids, many.ids)
     # distinct rows are numbered in order of first occurrence
     assert np.array_equal(one.distinct[0], stats[0]) and one.ids[0] == 0
