@@ -157,13 +157,15 @@ def bootstrap_interval(metric: Metric, rows: MetricRows, resamples: int, seed: i
     }
 
 
+def _scored_as(metric: Metric, rows: MetricRows) -> tuple:
+    """What ``score`` and ``details`` take for ``rows``: distinct rows and counts where the metric accepts counts,
+    else every example's row."""
+    return (rows.distinct, rows.counts) if metric.accepts_counts else (rows.expanded(),)
+
+
 def metric_value(metric: Metric, rows: MetricRows) -> float:
-    """The metric over all examples of ``rows``: from distinct rows and counts where the metric accepts counts."""
-    if not rows.n:
-        return float("nan")
-    if metric.accepts_counts:
-        return float(metric.score(rows.distinct, rows.counts))
-    return float(metric.score(rows.expanded()))
+    """The metric over all examples of ``rows``."""
+    return float(metric.score(*_scored_as(metric, rows))) if rows.n else float("nan")
 
 
 #: the keys of a metric entry that nlpflow computes; a metric's details() may not replace them
@@ -187,7 +189,7 @@ def metric_entry(
         "n": rows.n,
     }
     if rows.n:
-        details = metric.details(rows.distinct, rows.counts) if metric.accepts_counts else metric.details(rows.expanded())
+        details = metric.details(*_scored_as(metric, rows))
         clashes = [key for key in CORE_METRIC_KEYS if key in details]
         if clashes:
             raise PluginError(

@@ -147,7 +147,7 @@ class Runner:
                 continue
             data = record.data
             missing = [f"{name!r} (column {column!r})" if column != name else repr(name) for name, column in input_columns
-                       if column not in data] if not all(column in data for _, column in input_columns) else []
+                       if column not in data]
             if needs_prediction and prediction_column not in data:
                 missing.append(f"{PREDICTION_FIELD!r} (needed because the pipeline has no model)")
             if config.data.id_field and config.data.id_field not in data:
