@@ -92,3 +92,16 @@ def test_a_run_without_a_model_stage_runs_its_stages_one_after_another(tmp_path,
     monkeypatch.setenv("NLPFLOW_OVERLAP", "1")
     run(["scored"], config=config, output=tmp_path / "forced", cache_dir=cache_dir)
     assert overlapped == [True]
+
+
+def test_a_run_with_a_model_stage_overlaps_its_stages_by_default(tmp_path, bert_classifier, cache_dir, monkeypatch):
+    from nlpflow.runner import Runner
+    from tests.conftest import write_reviews_workload
+
+    overlapped = []
+    original = Runner._run_overlapped
+    monkeypatch.setattr(Runner, "_run_overlapped", lambda self, *args: overlapped.append(True) or original(self, *args))
+    monkeypatch.delenv("NLPFLOW_OVERLAP", raising=False)
+    config = write_reviews_workload(tmp_path, bert_classifier, records=40, chunk=16, formats="json", words_per_text=(2, 5))
+    [result] = run(["reviews"], config=config, output=tmp_path / "out", cache_dir=cache_dir)
+    assert overlapped == [True] and result.report["counts"]["predicted"] == 40
