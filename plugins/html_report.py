@@ -11,8 +11,9 @@ skipped records.
 
 The per-example sections are gathered while the run writes each chunk (the
 reporter's ``HtmlCollector``), so the data file is not read again; only
-histogram counts and the table's rows are kept in memory. Of predictions.jsonl, only the table's lines are read back, for what a
-collector is not handed: each record's id and its prediction's confidence.
+histogram counts and the table's rows are kept in memory. Of predictions.jsonl,
+only the table's lines are read back, for what a collector is not handed: each
+record's id and its prediction's confidence.
 
 Templates are rendered by Jinja2 with autoescaping on; no string from the data
 is ever marked safe, so a record holding ``<script>...</script>`` shows as text.
