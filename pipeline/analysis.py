@@ -122,6 +122,9 @@ class ErrorAnalysis:
         self.codes: dict[str, array] = {column: array("B") for column in ["length", *self.slice_by]}
         #: per slice column, the code of each slice name
         self.names: dict[str, dict[str, int]] = {column: {} for column in self.codes}
+        #: the length slice's code by word count (a bucket's label is built once, not per example)
+        self._length_code: dict[int, int] = {}
+        self._length_codes = self.codes["length"]
 
     def add(
         self, example: Example, scores: dict[str, float | None], prediction: Any, reference: Any, identity: dict,
@@ -131,7 +134,16 @@ class ErrorAnalysis:
         (``inputs()``, called only for an example that is kept) and the prediction's details (its confidence)."""
         columns = example.columns
         text = columns.get(self.length_column) if self.length_column else None
-        self._key("length", length_bucket(len(text.split())) if isinstance(text, str) else MISSING)
+        if isinstance(text, str):
+            words = len(text.split())
+            code = self._length_code.get(words)
+            if code is None:
+                self._key("length", length_bucket(words))
+                self._length_code[words] = self._length_codes[-1]
+            else:
+                self._length_codes.append(code)
+        else:
+            self._key("length", MISSING)
         for column in self.slice_by:
             value = columns.get(column)
             self._key(column, MISSING if value is None else str(value)[:60])

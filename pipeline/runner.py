@@ -138,48 +138,54 @@ class Runner:
         check_example = task.check_example
         data_path = config.data_path  # a property that builds a Path: once, not per record
         input_columns = [(name, column) for name, column in mapping.items() if name in task.input_fields]
+        id_field = config.data.id_field
+        #: the columns every record must have (checked first in one pass; the message is built only when one is missing)
+        required = [column for _, column in input_columns] + ([prediction_column] if needs_prediction else []) + ([id_field] if id_field else [])
+        mapped = list(mapping.items())
+        counts = self.counts
         index = -1
         for record in records:
             index += 1
-            self.counts.read += 1
-            if record.data is None:
+            counts.read += 1
+            data = record.data
+            if data is None:
                 self._fail_or_skip(record.error or "unreadable record", record.line, index, record.source)
                 continue
-            data = record.data
-            missing = [f"{name!r} (column {column!r})" if column != name else repr(name) for name, column in input_columns
-                       if column not in data]
-            if needs_prediction and prediction_column not in data:
-                missing.append(f"{PREDICTION_FIELD!r} (needed because the pipeline has no model)")
-            if config.data.id_field and config.data.id_field not in data:
-                missing.append(f"{config.data.id_field!r} (data.id_field)")
-            if missing:
-                self._fail_or_skip(f"missing field {', '.join(missing)}; the record has {', '.join(map(repr, data)) or 'no fields'}", record.line, index, record.source)
-                continue
-            for column in label_fields:
-                values = data.get(column)
-                for value in values if isinstance(values, list) else (values,):
-                    if isinstance(value, str) and value not in seen_labels:
-                        seen_labels.add(value)
-                        spellings.setdefault(value.strip().casefold(), set()).add(value)
-            fields = {name: data[column] for name, column in mapping.items() if column in data and data[column] is not None}
-            if needs_prediction:
-                fields[PREDICTION_FIELD] = data[prediction_column]
-            example = Example(index=index, line=record.line, fields=fields, columns=data)
-            try:
-                check_example(example)
-            except ExampleError as error:
-                self._fail_or_skip(str(error), record.line, index, record.source)
-                continue
-            except NlpflowError:
-                raise
-            except Exception as error:
-                raise PluginError(
-                    f"task {task.name!r} raised in check_example on record {index} ({data_path}:{record.line}): {type(error).__name__}: {error}",
-                    self.pipeline.task_plugin,
-                ) from error
-            if self.label_check is not None:
-                self.label_check.see(example)
-            yield example
+            for column in required:
+                if column not in data:
+                    self._fail_or_skip(self._missing_fields(data, input_columns, needs_prediction, prediction_column), record.line, index, record.source)
+                    break
+            else:
+                for column in label_fields:
+                    values = data.get(column)
+                    if type(values) is str:  # the common case: one label, most often one seen before
+                        if values not in seen_labels:
+                            seen_labels.add(values)
+                            spellings.setdefault(values.strip().casefold(), set()).add(values)
+                        continue
+                    for value in values if isinstance(values, list) else (values,):
+                        if isinstance(value, str) and value not in seen_labels:
+                            seen_labels.add(value)
+                            spellings.setdefault(value.strip().casefold(), set()).add(value)
+                fields = {name: data[column] for name, column in mapped if data.get(column) is not None}
+                if needs_prediction:
+                    fields[PREDICTION_FIELD] = data[prediction_column]
+                example = Example(index, record.line, fields, data)
+                try:
+                    check_example(example)
+                except ExampleError as error:
+                    self._fail_or_skip(str(error), record.line, index, record.source)
+                    continue
+                except NlpflowError:
+                    raise
+                except Exception as error:
+                    raise PluginError(
+                        f"task {task.name!r} raised in check_example on record {index} ({data_path}:{record.line}): {type(error).__name__}: {error}",
+                        self.pipeline.task_plugin,
+                    ) from error
+                if self.label_check is not None:
+                    self.label_check.see(example)
+                yield example
         look_alikes = sorted(sorted(group) for group in spellings.values() if len(group) > 1)
         if look_alikes:
             log.warning(
@@ -187,6 +193,17 @@ class Runner:
                 "different classes: %s",
                 self.pipeline.name, config.data_path, "; ".join(" vs ".join(map(repr, group)) for group in look_alikes[:20]),
             )
+
+    def _missing_fields(self, data: dict, input_columns: Sequence[tuple[str, str]], needs_prediction: bool, prediction_column: str) -> str:
+        """What a record lacks, for the skip or failure message."""
+        missing = [f"{name!r} (column {column!r})" if column != name else repr(name) for name, column in input_columns
+                   if column not in data]
+        if needs_prediction and prediction_column not in data:
+            missing.append(f"{PREDICTION_FIELD!r} (needed because the pipeline has no model)")
+        id_field = self.config.data.id_field
+        if id_field and id_field not in data:
+            missing.append(f"{id_field!r} (data.id_field)")
+        return f"missing field {', '.join(missing)}; the record has {', '.join(map(repr, data)) or 'no fields'}"
 
     def preflight(self, records: int = PREFLIGHT_RECORDS, *, problems: list[NlpflowError] | None = None) -> None:
         """What ``validate`` checks without running the model: the data file opens with its reader and its first
@@ -680,7 +697,7 @@ class Runner:
                 f"task {self.task.name!r}: {method} returned details of type {type(details).__name__} for {_where(example, self.config)}, expected a dict",
                 self.pipeline.task_plugin,
             )
-        prediction.details = _json_ready(details)
+        prediction.details = _json_ready(details) if details else details
         if _plainly_writable(prediction.value, prediction.details):
             return prediction
         try:
@@ -734,16 +751,18 @@ class Runner:
         self.counts.scored += len(scored)
         self.counts.predicted += len(chunk)
         self.counts.truncated += sum(1 for example in chunk if example.notes.get("truncated"))
-        prediction_values = [_json_ready(prediction.value) for prediction in predictions]
-        written_references = [_json_ready(reference) for reference in references]
+        prediction_values = [value if type(value) in _JSON_AS_IS else _json_ready(value) for value in (prediction.value for prediction in predictions)]
+        written_references = [value if type(value) in _JSON_AS_IS else _json_ready(value) for value in references]
         lines = []
         encode = _LINE_ENCODER.encode
         fields = self.config.fields
         input_columns = [(name, fields.get(name, name)) for name in self.task.input_fields]
+        record_identity = self._record_identity
+        add_to_analysis = self.analysis.add
         for example, prediction, value, reference, scores in zip(chunk, predictions, prediction_values, written_references, per_example):
-            identity = self._record_identity(example, input_columns)
+            identity = record_identity(example, input_columns)
             if reference is not None:  # a row of the metric stats, in the same order
-                self.analysis.add(
+                add_to_analysis(
                     example, scores, value, reference, identity,
                     lambda columns=example.columns: {name: _json_ready(columns.get(column)) for name, column in input_columns},
                     prediction.details,
@@ -767,15 +786,17 @@ class Runner:
         task inputs as read: what error analysis needs without joining predictions.jsonl to the data by line."""
         columns = example.columns
         identity: dict[str, Any] = {}
-        id_field = self.config.data.id_field
+        config = self.config
+        id_field = config.data.id_field
         if id_field is None:
             for guess in ID_FIELD_GUESSES:
                 if guess in columns:
                     id_field = guess
                     break
         if id_field is not None and id_field in columns:
-            identity["id"] = _json_ready(columns[id_field])
-        if self.config.report.include_inputs:
+            value = columns[id_field]
+            identity["id"] = value if type(value) in _JSON_AS_IS else _json_ready(value)
+        if config.report.include_inputs:
             identity["inputs"] = {name: _json_ready(columns.get(column)) for name, column in input_columns}
         return identity
 

@@ -66,15 +66,18 @@ class TextClassification(Task):
         text = example.fields.get("text")
         if not isinstance(text, str):
             raise ExampleError(f"field 'text' must be a string, got {json_type(text)}")
-        if not text.strip():
+        if not text or text.isspace():
             raise ExampleError("field 'text' is empty")
-        label = example.fields.get("label")
+        fields = example.fields
+        label = fields.get("label")
         if label is not None:
-            example.fields["label"] = self._normalise_label(label, "label")
-        if "prediction" in example.fields:
-            example.fields["prediction"] = self._normalise_label(example.fields["prediction"], "prediction")
+            fields["label"] = self._normalise_label(label, "label")
+        if "prediction" in fields:
+            fields["prediction"] = self._normalise_label(fields["prediction"], "prediction")
 
     def _normalise_label(self, value: Any, field: str) -> Any:
+        if type(value) is str and value and not value.isspace() and not self.options.multi_label:
+            return value  # the common case, as is
         if self.options.multi_label:
             if isinstance(value, str):
                 value = [part.strip() for part in value.split(",") if part.strip()]

@@ -178,7 +178,7 @@ class JsonLinesReader(Reader):
         if not text or text.isspace():
             return None
         try:
-            data = _OBJECT_DECODER.decode(text)
+            data = _decoded(text)
         except DuplicateKey as error:
             return RawRecord(number, None, f"the JSON object has the key {error.args[0]!r} twice; which value is meant is unclear")
         except json.JSONDecodeError as error:
@@ -213,6 +213,22 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 #: one decoder for every line: json.loads with a hook builds a new JSONDecoder per call
 _OBJECT_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+_SCAN_OBJECT = _OBJECT_DECODER.scan_once
+
+
+def _decoded(text: str) -> Any:
+    """``_OBJECT_DECODER.decode(text)``, scanning a line that is one object with no surrounding spaces directly
+    (decode's two whitespace matches cost as much as a short record's fields); anything else, errors included,
+    goes through decode itself, so the values and messages are decode's."""
+    if text[0] == "{" and text[-1] == "}":
+        try:
+            data, end = _SCAN_OBJECT(text, 0)
+        except (StopIteration, json.JSONDecodeError):
+            pass
+        else:
+            if end == len(text):
+                return data
+    return _OBJECT_DECODER.decode(text)
 
 
 class DelimitedOptions(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -184,3 +185,25 @@ def test_listing_every_schema_problem_starts_with_the_one_raised(document):
         assert all(pipeline is None or pipeline.name == name for name, pipeline in parsed.items())
     else:
         assert not problems and list(parsed) == list(first)
+
+
+def _outcome(decode, text):
+    try:
+        return ("value", decode(text))
+    except ValueError as error:  # JSONDecodeError and DuplicateKey
+        return (type(error).__name__, str(error))
+
+
+@SETTINGS
+@given(text=st.one_of(
+    st.lists(_pieces, min_size=1, max_size=60).map(lambda parts: b"".join(parts).decode("utf-8", "replace")),
+    st.dictionaries(st.text(max_size=5), st.one_of(st.text(max_size=5), st.integers(), st.none()), max_size=4).map(
+        lambda record: json.dumps(record, ensure_ascii=False)),
+    st.sampled_from(['{"a": 1, "a": 2}', '{"a": 1}{"b": 2}', '{"a": 1} x', ' {"a": 1}', '{"a": {"b": 1, "b": 2}}', '{"a": 1,}']),
+))
+def test_the_jsonl_readers_direct_scan_decodes_as_decode_does(text):
+    """The reader scans a line that is one bare object directly; what it returns or raises is what decode would."""
+    from nlpflow.plugins.readers import _OBJECT_DECODER, _decoded
+
+    if text:
+        assert _outcome(_decoded, text) == _outcome(_OBJECT_DECODER.decode, text)
