@@ -124,7 +124,6 @@ class ErrorAnalysis:
         self.names: dict[str, dict[str, int]] = {column: {} for column in self.codes}
         #: the length slice's code by word count (a bucket's label is built once, not per example)
         self._length_code: dict[int, int] = {}
-        self._length_codes = self.codes["length"]
 
     def add(
         self, example: Example, scores: dict[str, float | None], prediction: Any, reference: Any, identity: dict,
@@ -138,15 +137,14 @@ class ErrorAnalysis:
             words = len(text.split())
             code = self._length_code.get(words)
             if code is None:
-                self._key("length", length_bucket(words))
-                self._length_code[words] = self._length_codes[-1]
-            else:
-                self._length_codes.append(code)
+                code = self._length_code[words] = self._code("length", length_bucket(words))
         else:
-            self._key("length", MISSING)
+            code = self._code("length", MISSING)
+        codes = self.codes
+        codes["length"].append(code)
         for column in self.slice_by:
             value = columns.get(column)
-            self._key(column, MISSING if value is None else str(value)[:60])
+            codes[column].append(self._code(column, MISSING if value is None else str(value)[:60]))
         item = None
         for name, score in scores.items():
             ranked = self.ranked.get(name)
@@ -158,14 +156,15 @@ class ErrorAnalysis:
                         "prediction": _shown(prediction), "reference": _shown(reference), **confidence(details)}
             ranked.offer(score, example.index, item)
 
-    def _key(self, column: str, key: str) -> None:
+    def _code(self, column: str, key: str) -> int:
+        """The code of slice ``key`` of ``column``; a new key past MAX_SLICE_VALUES is pooled as "(other)"."""
         names = self.names[column]
         code = names.get(key)
         if code is None:
             if len(names) >= MAX_SLICE_VALUES:
                 key = OTHER
             code = names.setdefault(key, len(names))
-        self.codes[column].append(code)
+        return code
 
     def ranking_metric(self) -> str | None:
         """report.rank_by, else the first metric whose per-example scores vary, else the first with any."""
