@@ -158,11 +158,6 @@ class Runner:
             else:
                 for column in label_fields:
                     values = data.get(column)
-                    if type(values) is str:  # the common case: one label, most often one seen before
-                        if values not in seen_labels:
-                            seen_labels.add(values)
-                            spellings.setdefault(values.strip().casefold(), set()).add(values)
-                        continue
                     for value in values if isinstance(values, list) else (values,):
                         if isinstance(value, str) and value not in seen_labels:
                             seen_labels.add(value)
@@ -751,8 +746,8 @@ class Runner:
         self.counts.scored += len(scored)
         self.counts.predicted += len(chunk)
         self.counts.truncated += sum(1 for example in chunk if example.notes.get("truncated"))
-        prediction_values = [value if type(value) in _JSON_AS_IS else _json_ready(value) for value in (prediction.value for prediction in predictions)]
-        written_references = [value if type(value) in _JSON_AS_IS else _json_ready(value) for value in references]
+        prediction_values = _each_json_ready([prediction.value for prediction in predictions])
+        written_references = _each_json_ready(references)
         lines = []
         encode = _LINE_ENCODER.encode
         fields = self.config.fields
@@ -1020,6 +1015,11 @@ def _plainly_writable(value: Any, details: dict) -> bool:
 def _round(value: float) -> float | None:
     """Scores rounded so a resumed run (batched differently) writes the same bytes."""
     return round(value, 6) if math.isfinite(value) else None
+
+
+def _each_json_ready(values: Sequence[Any]) -> list[Any]:
+    """:func:`_json_ready` of each value, without a call for the plain ones (a chunk's labels, texts and ids)."""
+    return [value if type(value) in _JSON_AS_IS else _json_ready(value) for value in values]
 
 
 def _json_ready(value: Any) -> Any:

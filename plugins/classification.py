@@ -76,9 +76,10 @@ class TextClassification(Task):
             fields["prediction"] = self._normalise_label(fields["prediction"], "prediction")
 
     def _normalise_label(self, value: Any, field: str) -> Any:
-        if type(value) is str and value and not value.isspace() and not self.options.multi_label:
+        multi_label = self.options.multi_label
+        if not multi_label and type(value) is str and value and not value.isspace():
             return value  # the common case, as is
-        if self.options.multi_label:
+        if multi_label:
             if isinstance(value, str):
                 value = [part.strip() for part in value.split(",") if part.strip()]
             if not isinstance(value, list) or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):

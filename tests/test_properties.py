@@ -207,3 +207,16 @@ def test_the_jsonl_readers_direct_scan_decodes_as_decode_does(text):
 
     if text:
         assert _outcome(_decoded, text) == _outcome(_OBJECT_DECODER.decode, text)
+
+
+def test_a_bare_object_line_is_scanned_without_decode(monkeypatch):
+    """The direct scan is taken for the common line; decode only for the others (here, one with a leading space)."""
+    from nlpflow.plugins import readers
+
+    decoded = []
+    decode = readers._OBJECT_DECODER.decode
+    monkeypatch.setattr(readers._OBJECT_DECODER, "decode", lambda text: decoded.append(text) or decode(text))
+    assert readers._decoded('{"text": "fine", "label": "positive"}') == {"text": "fine", "label": "positive"}
+    assert decoded == []
+    assert readers._decoded(' {"text": "fine"}') == {"text": "fine"}
+    assert decoded == [' {"text": "fine"}']
