@@ -7,7 +7,7 @@
 In one process, for the same checkpoint (loaded from the same directory on
 disk), the same records and the same batch size, it times
 
-- ``nlpflow``: the task plugin's TaskModel driven by ``nlpflow.model.ModelStage``
+- ``nlpflow``: the task plugin's TaskModel driven by ``nlpflow.engine.model_stage.ModelStage``
   (tokenize, plan, collate, forward, decode), in chunks as the runner feeds it;
 - ``pipeline()``: ``transformers.pipeline(task, model=..., tokenizer=..., device="cpu")``
   called on the whole list with ``batch_size``;
@@ -148,9 +148,9 @@ def machine() -> dict[str, Any]:
 def nlpflow_runner(task, model_config, records: list[dict], fields: dict[str, str], chunk_size: int, backend=None):
     """Load the task's model once (on the torch backend unless ``backend`` is given); return (TaskModel, a
     function that predicts every record in chunks)."""
-    from nlpflow.model import ModelStage
+    from nlpflow.engine.model_stage import ModelStage
     from nlpflow.plugins.torch_backend import TorchBackend
-    from nlpflow.types import Example
+    from nlpflow.contract.types import Example
 
     task_model = task.load(model_config, backend or TorchBackend())
 
@@ -222,7 +222,7 @@ def setup_classification(args, workdir: Path) -> dict[str, Any]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers import pipeline as hf_pipeline
 
-    from nlpflow.config import ModelConfig
+    from nlpflow.contract.types import ModelConfig
     from nlpflow.plugins.classification import TextClassification
 
     checkpoint = build_minilm_with_head(workdir / "minilm-classifier", "classification", args.seed)
@@ -280,7 +280,7 @@ def setup_question_answering(args, workdir: Path) -> dict[str, Any]:
     """
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    from nlpflow.config import ModelConfig
+    from nlpflow.contract.types import ModelConfig
     from nlpflow.plugins.question_answering import QuestionAnswering
 
     checkpoint = build_minilm_with_head(workdir / "minilm-qa", "qa", args.seed)
@@ -288,7 +288,7 @@ def setup_question_answering(args, workdir: Path) -> dict[str, Any]:
     config = ModelConfig(name_or_path=str(checkpoint), device=args.device, dtype=args.dtype, batch_size=args.batch_size, max_tokens=args.max_tokens)
     task = QuestionAnswering(QuestionAnswering.Options(method="span", max_seq_length=384, doc_stride=128))
     task_model, nlpflow = nlpflow_runner(task, config, records, {"question": "question", "context": "context"}, args.chunk_size)
-    from nlpflow.types import Example
+    from nlpflow.contract.types import Example
 
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     baseline_model = on_device(AutoModelForQuestionAnswering.from_pretrained(checkpoint), args)
@@ -345,7 +345,7 @@ def setup_translation(args, workdir: Path) -> dict[str, Any]:
     from tests.model_factory import build_t5
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from nlpflow.config import ModelConfig
+    from nlpflow.contract.types import ModelConfig
     from nlpflow.plugins.translation import Translation
 
     checkpoint = build_t5(workdir / "t5", seed=args.seed, size=args.t5_size)
@@ -465,7 +465,7 @@ def backends(args) -> dict[str, Any]:
     ``--zero-shot`` the plain MiniLM encoder zero-shot (the sentiment label descriptions, embedding head).
     ``--task question-answering``: MiniLM with a seeded QA head, span extraction.
     """
-    from nlpflow.config import ModelConfig
+    from nlpflow.contract.types import ModelConfig
     from nlpflow.plugins.classification import SENTIMENT_LABELS, TextClassification
     from nlpflow.plugins.onnx_backend import OnnxRuntimeBackend
     from nlpflow.plugins.torch_backend import TorchBackend

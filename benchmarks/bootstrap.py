@@ -8,10 +8,10 @@ For generated per-example statistics of a sentiment run (accuracy, macro-F1 over
 
 - ``rows``: the interval as nlpflow first computed it, ``metric.score(stats[rows])``
   for each of the 1000 index resamples;
-- ``counts``: :func:`nlpflow.report.metric_entry` over every row (``MetricRows(stats)``):
+- ``counts``: :func:`nlpflow.engine.report.metric_entry` over every row (``MetricRows(stats)``):
   the same index draws as counts, scored with ``Metric.resample_scores``;
 - ``distinct``: ``metric_entry`` over the rows as the runner keeps them now
-  (:func:`nlpflow.stats.collected`: distinct rows with counts, for metrics that accept
+  (:func:`nlpflow.engine.stats.collected`: distinct rows with counts, for metrics that accept
   counts), including the time to collect them; a multinomial draw over distinct rows
   where they are few.
 
@@ -30,8 +30,8 @@ import numpy as np
 
 from nlpflow.plugins.classification import Accuracy, MacroF1
 from nlpflow.plugins.question_answering import F1, ExactMatch
-from nlpflow.report import bootstrap_indices, metric_entry
-from nlpflow.stats import MetricRows, collected
+from nlpflow.engine.report import bootstrap_indices, metric_entry
+from nlpflow.engine.stats import MetricRows, collected
 
 RESAMPLES, SEED, CONFIDENCE = 1000, 0, 0.95
 

@@ -49,7 +49,7 @@ def main() -> None:
 
     from nlpflow.api import validate
     from nlpflow.plugins.executors import LocalExecutor, RayExecutor
-    from nlpflow.runner import Runner
+    from nlpflow.engine.runner import Runner
 
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="nlpflow-ray-bench-"))

@@ -1,14 +1,15 @@
 """nlpflow: plugin-based NLP task pipelines.
 
-This module is the whole public surface, for plugin authors and for Python
-users; everything else in the package is internal and may move::
+This module is the whole public surface, for plugin authors of every kind (tasks, metrics, readers,
+preprocessors, reporters, backends, executors) and for Python users; everything else in the package is
+internal and may move::
 
     from nlpflow import hookimpl, Task, TaskModel, Metric
 
     results = nlpflow.run(["reviews-sentiment"], config="pipelines.yaml")
 
-Importing it is light (no torch, no transformers): the runner behind
-:func:`run` and :func:`validate` is imported on first use.
+Importing it is light (no torch, no transformers): the runner behind :func:`run` and :func:`validate` is
+imported on first use, and the model-loading helpers import transformers only when called.
 """
 
 from __future__ import annotations
@@ -16,10 +17,37 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, PluginError
-from nlpflow.hookspecs import hookimpl
-from nlpflow.hub import has_head, input_limit, tokenize
-from nlpflow.types import (
+from nlpflow.contract.errors import (
+    CacheError,
+    ConfigError,
+    DataError,
+    Location,
+    ModelError,
+    NlpflowError,
+    OutputError,
+    PipelinesFailed,
+    PluginError,
+    ValidationFailed,
+)
+from nlpflow.contract.files import default_cache_dir, file_sha256, handle_sha256, stage_file, write_atomic
+from nlpflow.contract.hub import (
+    CHARACTERS_PER_TOKEN,
+    checkpoint_config,
+    checkpoint_directory,
+    files_fingerprint,
+    has_head,
+    hub_arguments,
+    hub_offline,
+    input_limit,
+    load_tokenizer,
+    not_found_message,
+    require_head,
+    resolve_model_path,
+    tokenize,
+)
+from nlpflow.contract.progress import count_lines
+from nlpflow.contract.report_terms import CONFIDENCE_DETAILS, MAX_SLICE_VALUES, MISSING, OTHER, confidence
+from nlpflow.contract.types import (
     HEADS,
     Backend,
     Example,
@@ -42,6 +70,7 @@ from nlpflow.types import (
     TaskModel,
     json_type,
 )
+from nlpflow.hookspecs import hookimpl
 
 try:
     __version__ = version("nlpflow")
@@ -55,10 +84,18 @@ __all__ = [
     "Task", "TaskModel", "Metric", "Preprocessor", "Reader", "Reporter", "RunCollector", "Backend", "Executor", "NoOptions",
     # records passed between stages
     "Example", "Features", "Prediction", "RawRecord", "RunResult", "LoadedModel", "ModelConfig", "Head", "HEADS",
-    # errors a plugin may raise
-    "NlpflowError", "ConfigError", "DataError", "ModelError", "PluginError", "ExampleError",
+    # errors a plugin may raise, and those nlpflow.run and nlpflow.validate raise
+    "NlpflowError", "ConfigError", "DataError", "ModelError", "PluginError", "OutputError", "CacheError", "ExampleError",
+    "Location", "PipelinesFailed", "ValidationFailed",
     # helpers for task models
-    "tokenize", "input_limit", "has_head", "json_type",
+    "tokenize", "input_limit", "has_head", "json_type", "CHARACTERS_PER_TOKEN",
+    # helpers for backends that load transformers checkpoints
+    "resolve_model_path", "hub_arguments", "hub_offline", "checkpoint_config", "checkpoint_directory", "load_tokenizer",
+    "require_head", "not_found_message", "files_fingerprint",
+    # files: atomic writes, fingerprints, nlpflow's cache folder
+    "write_atomic", "stage_file", "file_sha256", "handle_sha256", "default_cache_dir",
+    # readers' and reporters' helpers: counting records, report.json's analysis terms
+    "count_lines", "confidence", "CONFIDENCE_DETAILS", "MAX_SLICE_VALUES", "OTHER", "MISSING",
     # running pipelines from Python
     "run", "validate",
     "__version__",

@@ -12,14 +12,17 @@ import logging
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from nlpflow import run_folder
-from nlpflow.cache import PredictionCache, default_cache_dir
-from nlpflow.config import DEFAULT_CONFIG, PipelineConfig, ResolvedPipeline, load_config, resolve
-from nlpflow.errors import ConfigError, Location, NlpflowError, PipelinesFailed, ValidationFailed, did_you_mean
-from nlpflow.progress import quiet_libraries
+from nlpflow.engine import run_folder
+from nlpflow.engine.cache import PredictionCache
+from nlpflow.contract.files import default_cache_dir
+from nlpflow.config.schema import DEFAULT_CONFIG, PipelineConfig
+from nlpflow.config.resolve import ResolvedPipeline, resolve
+from nlpflow.config.loader import load_config
+from nlpflow.contract.errors import ConfigError, Location, NlpflowError, PipelinesFailed, ValidationFailed, did_you_mean
+from nlpflow.contract.progress import quiet_libraries
 from nlpflow.registry import Registry, default_registry
-from nlpflow.runner import Runner
-from nlpflow.types import Executor, RunResult
+from nlpflow.engine.runner import Runner
+from nlpflow.contract.types import Executor, RunResult
 
 log = logging.getLogger("nlpflow")
 

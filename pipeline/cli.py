@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
 from nlpflow import __version__
-from nlpflow.errors import ConfigError, NlpflowError, PipelinesFailed, RunInterrupted, ValidationFailed, did_you_mean
+from nlpflow.contract.errors import ConfigError, NlpflowError, PipelinesFailed, RunInterrupted, ValidationFailed, did_you_mean
 from nlpflow.registry import DISABLE_ENV, KINDS, load_registry
 
 
@@ -337,7 +337,7 @@ def _compare(args, registry) -> int:
 
 def _leaderboard(args, registry) -> int:
     from nlpflow.compare import leaderboard, leaderboard_html, leaderboard_markdown
-    from nlpflow.report import write_atomic
+    from nlpflow.contract.files import write_atomic
 
     groups = leaderboard(args.output_dir)
     text = leaderboard_html(groups) if args.format == "html" else leaderboard_markdown(groups)

@@ -51,9 +51,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from nlpflow.errors import NlpflowError
-from nlpflow.report import bootstrap_indices
-from nlpflow.types import ExampleError, Metric
+from nlpflow.contract.errors import NlpflowError
+from nlpflow.engine.report import bootstrap_indices
+from nlpflow.contract.types import ExampleError, Metric
 
 #: the significance level the disagreement between the two tests is judged at
 ALPHA = 0.05

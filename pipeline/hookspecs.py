@@ -15,7 +15,7 @@ from typing import Callable
 
 import pluggy
 
-from nlpflow.types import Backend, Executor, Metric, Preprocessor, Reader, Reporter, Task
+from nlpflow.contract.types import Backend, Executor, Metric, Preprocessor, Reader, Reporter, Task
 
 hookspec = pluggy.HookspecMarker("nlpflow")
 hookimpl = pluggy.HookimplMarker("nlpflow")

@@ -12,8 +12,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from nlpflow.config import PIPELINE_NAME, _reader_for
-from nlpflow.errors import ConfigError, Location, did_you_mean
+from nlpflow.config.schema import PIPELINE_NAME
+from nlpflow.config.resolve import reader_for_path
+from nlpflow.contract.errors import ConfigError, Location, did_you_mean
 from nlpflow.registry import Registry
 
 #: records read to find the columns and the labels
@@ -60,7 +61,7 @@ def write_pipelines_file(task: str, data: Path, output: Path, registry: Registry
     if model is None and task not in TASK_DEFAULTS:
         raise ConfigError(f"task {task!r} has no offline default model; name one with --model NAME_OR_PATH")
 
-    reader_name = _reader_for(data, registry)
+    reader_name = reader_for_path(data, registry)
     if reader_name is None:
         raise ConfigError(f"cannot tell the format of {data.name!r} from its extension. {did_you_mean(data.suffix, registry.names('reader'))}", Location(data))
     records = [record.data for record in islice(registry.get("reader", reader_name)().read(data), SCAN_RECORDS) if record.data is not None]

@@ -19,9 +19,9 @@ from typing import Any, Iterable
 import pluggy
 
 from nlpflow import hookspecs
-from nlpflow.errors import ConfigError, Location, PluginError, did_you_mean
-from nlpflow import hub
-from nlpflow.types import Backend, Executor, Metric, Preprocessor, Reader, Reporter, Task
+from nlpflow.contract.errors import ConfigError, Location, PluginError, did_you_mean
+from nlpflow.contract import hub
+from nlpflow.contract.types import Backend, Executor, Metric, Preprocessor, Reader, Reporter, Task
 
 PROJECT = "nlpflow"
 #: comma-separated plugin names to block, as ``--disable-plugin`` does

@@ -74,7 +74,7 @@ class RayWorker:
     def __init__(self, task: Task, model: ModelConfig, backend: Backend, task_provider: dict[str, Any]):
         import ray
 
-        from nlpflow.model import ModelStage, run_key
+        from nlpflow.engine.model_stage import ModelStage, run_key
         from nlpflow.registry import default_registry
 
         self.node = ray.get_runtime_context().get_node_id()

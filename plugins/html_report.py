@@ -39,8 +39,7 @@ import jinja2
 import markupsafe
 from pydantic import BaseModel, ConfigDict, Field
 
-from nlpflow import Metric, Reporter, RunCollector, RunResult, Task, hookimpl
-from nlpflow.analysis import MAX_SLICE_VALUES, OTHER, confidence
+from nlpflow import MAX_SLICE_VALUES, OTHER, Metric, Reporter, RunCollector, RunResult, Task, confidence, hookimpl
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 #: characters of an input, prediction or reference shown per example

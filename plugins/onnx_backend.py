@@ -26,10 +26,22 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from nlpflow import Backend, LoadedModel, ModelConfig, ModelError, hookimpl
-from nlpflow.hub import checkpoint_config, checkpoint_directory, files_fingerprint, load_tokenizer, require_head, resolve_model_path
+from nlpflow import (
+    Backend,
+    LoadedModel,
+    ModelConfig,
+    ModelError,
+    checkpoint_config,
+    checkpoint_directory,
+    default_cache_dir,
+    file_sha256,
+    files_fingerprint,
+    hookimpl,
+    load_tokenizer,
+    require_head,
+    resolve_model_path,
+)
 from nlpflow.plugins.torch_backend import AUTO_CLASSES  # the export loads each head as the torch backend does
-from nlpflow.report import file_sha256
 
 INSTALL_HINT = "backend 'onnxruntime' needs the onnx extra: pip install 'nlpflow[onnx]' (onnxruntime, onnx, onnxscript)"
 
@@ -55,8 +67,6 @@ def import_onnxruntime():
 
 
 def cached_graph_path(fingerprint: str, head: str) -> Path:
-    from nlpflow.cache import default_cache_dir
-
     return default_cache_dir() / "onnx" / f"{fingerprint}-{head}.onnx"
 
 

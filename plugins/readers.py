@@ -22,9 +22,7 @@ from typing import IO, Any, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from nlpflow import hookimpl
-from nlpflow.progress import count_lines
-from nlpflow.types import RawRecord, Reader, json_type
+from nlpflow import RawRecord, Reader, count_lines, hookimpl, json_type
 
 
 #: the first bytes of every gzip file (RFC 1952)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from nlpflow import hookimpl
-from nlpflow.types import Reporter, RunResult
+from nlpflow import Reporter, RunResult, hookimpl
 
 
 class JsonReporter(Reporter):

@@ -16,9 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from nlpflow import hookimpl
-from nlpflow.errors import ConfigError
-from nlpflow.types import Example, Preprocessor
+from nlpflow import ConfigError, Example, Preprocessor, hookimpl
 
 _SPACES = re.compile(r"\s+")
 

@@ -21,8 +21,21 @@ import numpy as np
 if TYPE_CHECKING:  # annotations only: torch itself is imported on first use
     import torch
 
-from nlpflow import Backend, LoadedModel, ModelConfig, ModelError, hookimpl
-from nlpflow.hub import checkpoint_config, files_fingerprint, hub_arguments, hub_offline, load_tokenizer, not_found_message, require_head, resolve_model_path
+from nlpflow import (
+    Backend,
+    LoadedModel,
+    ModelConfig,
+    ModelError,
+    checkpoint_config,
+    files_fingerprint,
+    hookimpl,
+    hub_arguments,
+    hub_offline,
+    load_tokenizer,
+    not_found_message,
+    require_head,
+    resolve_model_path,
+)
 
 #: head -> (transformers Auto class name, the architecture suffix the checkpoint must have)
 AUTO_CLASSES = {

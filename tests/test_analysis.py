@@ -79,7 +79,7 @@ def test_slices_are_the_metric_on_each_slices_rows_with_an_interval(tmp_path):
 
 
 def test_confidence_is_the_first_numeric_confidence_detail():
-    from nlpflow.analysis import confidence
+    from nlpflow.contract.report_terms import confidence
 
     # QA's span probability over its raw span score; a zero-shot classifier's similarity; nothing numeric: none
     assert confidence({"score": 3.2, "probability": 0.8, "start": 0}) == {"confidence": 0.8, "confidence_of": "probability"}
@@ -89,7 +89,7 @@ def test_confidence_is_the_first_numeric_confidence_detail():
 
 
 def test_ranked_keeps_extremes_earliest_first(monkeypatch):
-    from nlpflow import analysis
+    from nlpflow.engine import analysis
 
     monkeypatch.setattr(analysis, "RANKED_EXAMPLES", 3)
     ranked = analysis._Ranked()

@@ -224,7 +224,7 @@ def test_pipelines_file_not_utf8(tmp_path, capsys):
 
 
 def test_many_pipelines_without_aliases_are_not_an_alias_bomb(tmp_path):
-    from nlpflow.config import MAX_NODES, parse_config
+    from nlpflow.config.loader import MAX_NODES, parse_config
 
     block = (
         "  p{i}:\n    task: sentiment\n    description: d\n    data: {{path: d.jsonl, format: jsonl, on_error: skip}}\n"

@@ -16,10 +16,10 @@ import torch
 
 from benchmarks.data import texts as generated_texts
 from nlpflow.plugins.torch_backend import TorchBackend
-from nlpflow.config import ModelConfig
-from nlpflow.errors import ModelError
-from nlpflow.model import ModelStage
-from nlpflow.types import Example
+from nlpflow.contract.types import ModelConfig
+from nlpflow.contract.errors import ModelError
+from nlpflow.engine.model_stage import ModelStage
+from nlpflow.contract.types import Example
 from nlpflow.plugins.classification import TextClassification
 
 #: heavy-tailed lengths (1 to ~20 sentences), a few very long texts that get truncated, and one-word texts

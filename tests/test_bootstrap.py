@@ -14,13 +14,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nlpflow import stats as stats_module
+from nlpflow.engine import stats as stats_module
 from nlpflow.plugins.classification import Accuracy, MacroF1
 from nlpflow.plugins.question_answering import F1
 from nlpflow.plugins.summarization import Rouge1
 from nlpflow.plugins.translation import Bleu, Chrf, Ter
-from nlpflow.report import bootstrap_counts, bootstrap_indices, bootstrap_interval, metric_entry
-from nlpflow.stats import MetricRows, RowCollector, collected
+from nlpflow.engine.report import bootstrap_counts, bootstrap_indices, bootstrap_interval, metric_entry
+from nlpflow.engine.stats import MetricRows, RowCollector, collected
 
 RESAMPLES = 120
 SEED = 7

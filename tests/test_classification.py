@@ -10,10 +10,10 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 from nlpflow.plugins.torch_backend import TorchBackend
 from nlpflow.api import run
-from nlpflow.config import ModelConfig
-from nlpflow.errors import ModelError
-from nlpflow.model import ModelStage
-from nlpflow.types import Example
+from nlpflow.contract.types import ModelConfig
+from nlpflow.contract.errors import ModelError
+from nlpflow.engine.model_stage import ModelStage
+from nlpflow.contract.types import Example
 from nlpflow.plugins.classification import Accuracy, ClassificationOptions, MacroF1, Sentiment, TextClassification
 
 from tests.conftest import REPO

@@ -12,8 +12,8 @@ import pytest
 from nlpflow.api import run
 from nlpflow.cli import main
 from nlpflow.compare import CompareError, approximate_randomization, compare_runs, leaderboard, leaderboard_html, paired_bootstrap
-from nlpflow.report import bootstrap_indices, bootstrap_interval
-from nlpflow.stats import collected
+from nlpflow.engine.report import bootstrap_indices, bootstrap_interval
+from nlpflow.engine.stats import collected
 from nlpflow.plugins.classification import Accuracy, MacroF1
 
 LABELS = ("negative", "positive")

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from nlpflow.config import MAX_DEPTH, MAX_NODES, load_config, parse_config, resolve
-from nlpflow.errors import ConfigError, PluginError
+from nlpflow.config.loader import MAX_DEPTH, MAX_NODES, load_config, parse_config
+from nlpflow.config.resolve import resolve
+from nlpflow.contract.errors import ConfigError, PluginError
 
 GOOD = "pipelines:\n  reviews:\n    task: sentiment\n    data: {path: d.jsonl}\n"
 
@@ -155,7 +156,7 @@ def test_reader_options_are_checked(delimiter, tmp_path, registry):
 def test_plugin_constructor_that_raises_names_the_plugin(tmp_path):
     from nlpflow import hookimpl
     from nlpflow.registry import load_registry
-    from nlpflow.types import Reporter
+    from nlpflow.contract.types import Reporter
 
     class Exploding(Reporter):
         name = "exploding"

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from nlpflow.plugins.torch_backend import TorchBackend
-from nlpflow.config import ModelConfig
-from nlpflow.model import ModelStage
+from nlpflow.contract.types import ModelConfig
+from nlpflow.engine.model_stage import ModelStage
 from nlpflow.plugins.torch_backend import resolve_device, resolve_dtype
-from nlpflow.types import Example
+from nlpflow.contract.types import Example
 from nlpflow.plugins.classification import ClassificationOptions, Sentiment
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

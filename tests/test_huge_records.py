@@ -64,7 +64,7 @@ def test_a_30_mb_line_is_never_held_whole(tmp_path):
 
 def test_texts_are_cut_before_tokenizing_and_count_as_truncated(bert_classifier):
     from nlpflow import ModelConfig, tokenize
-    from nlpflow.hub import CHARACTERS_PER_TOKEN
+    from nlpflow.contract.hub import CHARACTERS_PER_TOKEN
     from nlpflow.plugins.torch_backend import TorchBackend
 
     loaded = TorchBackend().load(ModelConfig(name_or_path=str(bert_classifier), device="cpu"), "sequence-classification")

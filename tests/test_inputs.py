@@ -284,9 +284,9 @@ def test_parquet_typed_values_become_json_and_binary_that_is_not_text_is_a_bad_r
 
 def test_a_file_of_a_folder_changed_during_the_run_is_a_data_error(tmp_path):
     from nlpflow import hookimpl
-    from nlpflow.errors import DataError
+    from nlpflow.contract.errors import DataError
     from nlpflow.registry import load_registry
-    from nlpflow.types import Preprocessor
+    from nlpflow.contract.types import Preprocessor
 
     shards = tmp_path / "shards"
     shards.mkdir()

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlpflow.report import metric_entry
-from nlpflow.stats import collected
+from nlpflow.engine.report import metric_entry
+from nlpflow.engine.stats import collected
 
 KEYWORDS_PLUGIN = Path(__file__).parent.parent / "examples" / "nlpflow-keywords" / "nlpflow_keywords" / "__init__.py"
 

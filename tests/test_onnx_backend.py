@@ -13,16 +13,16 @@ import yaml
 pytest.importorskip("onnxruntime")
 
 from nlpflow.api import run  # noqa: E402
-from nlpflow.config import ModelConfig  # noqa: E402
-from nlpflow.errors import ModelError  # noqa: E402
-from nlpflow.model import ModelStage  # noqa: E402
+from nlpflow.contract.types import ModelConfig  # noqa: E402
+from nlpflow.contract.errors import ModelError  # noqa: E402
+from nlpflow.engine.model_stage import ModelStage  # noqa: E402
 from nlpflow.plugins import onnx_backend  # noqa: E402
 from nlpflow.plugins.classification import TextClassification  # noqa: E402
 from nlpflow.plugins.onnx_backend import INSTALL_HINT, OnnxRuntimeBackend, cached_graph_path  # noqa: E402
 from nlpflow.plugins.question_answering import QuestionAnswering  # noqa: E402
 from nlpflow.plugins.torch_backend import TorchBackend  # noqa: E402
 from nlpflow.plugins.translation import Translation  # noqa: E402
-from nlpflow.types import Example  # noqa: E402
+from nlpflow.contract.types import Example  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
 from tests.test_question_answering import LONG_CONTEXT, _examples, _rows  # noqa: E402
 

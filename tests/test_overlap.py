@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from nlpflow.api import run
-from nlpflow.errors import DataError, PluginError
+from nlpflow.contract.errors import DataError, PluginError
 
 PIPELINE = """
 pipelines:
@@ -80,7 +80,7 @@ def test_a_plugin_error_in_the_writer_thread_names_its_record(tmp_path, write_pi
 def test_a_run_without_a_model_stage_runs_its_stages_one_after_another(tmp_path, write_pipelines, cache_dir, monkeypatch):
     """Reading and scoring given predictions is Python holding the GIL: threads would only add switching. Unset,
     NLPFLOW_OVERLAP overlaps the stages only around a model stage; set, it forces either way."""
-    from nlpflow.runner import Runner
+    from nlpflow.engine.runner import Runner
 
     overlapped = []
     original = Runner._run_overlapped
@@ -95,7 +95,7 @@ def test_a_run_without_a_model_stage_runs_its_stages_one_after_another(tmp_path,
 
 
 def test_a_run_with_a_model_stage_overlaps_its_stages_by_default(tmp_path, bert_classifier, cache_dir, monkeypatch):
-    from nlpflow.runner import Runner
+    from nlpflow.engine.runner import Runner
     from tests.conftest import write_reviews_workload
 
     overlapped = []

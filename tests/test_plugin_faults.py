@@ -10,7 +10,7 @@ import pytest
 
 from nlpflow import hookimpl
 from nlpflow.cli import main
-from nlpflow.errors import PluginError
+from nlpflow.contract.errors import PluginError
 from nlpflow.registry import load_registry
 import numpy as np
 
@@ -247,7 +247,7 @@ def test_an_exception_in_decode_names_the_record_and_line(bert_classifier, tmp_p
         f"    model: {{name_or_path: {bert_classifier}}}\n    report: {{formats: [json]}}\n"
     )
     from nlpflow.api import run
-    from nlpflow.errors import PluginError
+    from nlpflow.contract.errors import PluginError
 
     with pytest.raises(PluginError) as caught:
         run(["t"], config, tmp_path / "out", use_cache=False)

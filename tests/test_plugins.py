@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from nlpflow import hookimpl, hookspecs
-from nlpflow.errors import ConfigError, ValidationFailed
+from nlpflow.contract.errors import ConfigError, ValidationFailed
 from nlpflow.registry import KINDS, load_registry
-from nlpflow.types import Metric, Task
+from nlpflow.contract.types import Metric, Task
 
 from tests.conftest import REPO
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import logging
 
-from nlpflow.progress import Progress
+from nlpflow.contract.progress import Progress
 
 
 class FakeClock:

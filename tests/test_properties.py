@@ -11,9 +11,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nlpflow.config import parse_config
-from nlpflow.errors import NlpflowError
-from nlpflow.types import RawRecord
+from nlpflow.config.loader import parse_config
+from nlpflow.contract.errors import NlpflowError
+from nlpflow.contract.types import RawRecord
 from nlpflow.plugins.readers import CsvReader, JsonLinesReader, ParquetReader, TsvReader
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -14,10 +14,10 @@ import pytest
 
 from nlpflow.plugins.torch_backend import TorchBackend
 from nlpflow.api import run
-from nlpflow.config import ModelConfig
-from nlpflow.errors import ModelError
-from nlpflow.model import ModelStage
-from nlpflow.types import Example, ExampleError
+from nlpflow.contract.types import ModelConfig
+from nlpflow.contract.errors import ModelError
+from nlpflow.engine.model_stage import ModelStage
+from nlpflow.contract.types import Example, ExampleError
 from nlpflow.plugins.question_answering import F1, ExactMatch, QuestionAnswering, SentenceRetriever, SpanExtractor
 
 from tests.conftest import REPO

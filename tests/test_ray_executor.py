@@ -24,14 +24,14 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from nlpflow.api import validate  # noqa: E402
-from nlpflow.cache import PredictionCache  # noqa: E402
+from nlpflow.engine.cache import PredictionCache  # noqa: E402
 from nlpflow.cli import main  # noqa: E402
 from nlpflow import hookimpl  # noqa: E402
-from nlpflow.errors import ModelError, PluginError  # noqa: E402
+from nlpflow.contract.errors import ModelError, PluginError  # noqa: E402
 from nlpflow.plugins.torch_backend import TorchBackend  # noqa: E402
 from nlpflow.registry import load_registry  # noqa: E402
 from nlpflow.plugins.executors import RayExecutor  # noqa: E402
-from nlpflow.runner import Runner  # noqa: E402
+from nlpflow.engine.runner import Runner  # noqa: E402
 from tests.conftest import write_reviews_workload  # noqa: E402
 
 RECORDS = 2_000

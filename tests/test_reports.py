@@ -258,7 +258,7 @@ def test_slice_tables_show_report_json_analysis_slices(sentiment_run):
     assert list(expected) == ["input length (words of 'review')", "domain", "missing_column"]
     assert slice_tables(html) == expected
     # the length buckets count whitespace-separated words of the first input field
-    from nlpflow.analysis import length_bucket
+    from nlpflow.engine.analysis import length_bucket
 
     counts: dict[str, int] = {}
     for record in sentiment_records():

@@ -31,7 +31,7 @@ CHUNK = 16
 #: runs the CLI with a delay before each chunk's model stage, so a test can kill it part-way
 SLOW_CLI = """
 import sys, time
-import nlpflow.model as model
+import nlpflow.engine.model_stage as model
 original = model.ModelStage.run
 def slow_run(self, *arguments, **options):
     time.sleep(float(sys.argv[1]))
@@ -168,7 +168,7 @@ def test_sigterm_is_handled_like_ctrl_c(workload, baseline, tmp_path):
 
 def test_interrupted_first_run_leaves_no_report_files(workload, tmp_path, monkeypatch, capsys):
     """Ctrl-C part-way through a first run: no predictions.jsonl, no reports, no partial file; the cache keeps what was done."""
-    import nlpflow.model as model
+    import nlpflow.engine.model_stage as model
 
     original = model.ModelStage.run
     calls = []
@@ -276,7 +276,7 @@ def test_killed_run_loses_no_finished_batch(small_batches, small_batches_baselin
 
 
 def test_interrupt_in_a_chunk_keeps_its_finished_batches_and_says_how_many(small_batches, tmp_path, monkeypatch, capsys):
-    import nlpflow.model as model
+    import nlpflow.engine.model_stage as model
 
     original = model.ModelStage.collate
     calls = []
@@ -396,7 +396,7 @@ def test_unusable_cache_is_a_clear_error(workload, tmp_path, capsys):
 
 
 def test_cache_entries_that_do_not_parse_are_recomputed(tmp_path):
-    from nlpflow.cache import PredictionCache
+    from nlpflow.engine.cache import PredictionCache
 
     cache = PredictionCache(tmp_path)
     cache.put_many({"a": {"value": "x", "details": {"b": 1, "a": 2}}})
@@ -409,7 +409,7 @@ def test_cache_entries_that_do_not_parse_are_recomputed(tmp_path):
 OPEN_AND_WRITE = """
 import sys, time
 from pathlib import Path
-from nlpflow.cache import PredictionCache
+from nlpflow.engine.cache import PredictionCache
 start = float(sys.argv[2])
 while time.time() < start:
     pass
@@ -438,7 +438,7 @@ def test_two_processes_creating_the_same_new_cache_both_succeed(tmp_path):
 
 
 def test_a_value_altered_inside_the_cache_is_recomputed_with_one_warning(tmp_path, caplog):
-    from nlpflow.cache import PredictionCache
+    from nlpflow.engine.cache import PredictionCache
 
     cache = PredictionCache(tmp_path)
     cache.put_many({"a": {"value": "LABEL_0"}, "b": {"value": "LABEL_0"}, "c": {"value": "LABEL_1"}})
@@ -448,7 +448,7 @@ def test_a_value_altered_inside_the_cache_is_recomputed_with_one_warning(tmp_pat
         connection.execute("UPDATE predictions SET value = replace(value, 'LABEL_0', 'LABEL_9')")
         assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     cache = PredictionCache(tmp_path)
-    with caplog.at_level("WARNING", logger="nlpflow.cache"):
+    with caplog.at_level("WARNING", logger="nlpflow.engine.cache"):
         assert cache.get_many(["a", "b", "c"]) == {"c": {"value": "LABEL_1"}}
         assert cache.get_many(["a"]) == {}
     warnings = [record.getMessage() for record in caplog.records]
@@ -460,7 +460,7 @@ def test_a_value_altered_inside_the_cache_is_recomputed_with_one_warning(tmp_pat
 
 
 def test_rows_from_before_checksums_are_misses(tmp_path):
-    from nlpflow.cache import PredictionCache
+    from nlpflow.engine.cache import PredictionCache
 
     with sqlite3.connect(tmp_path / "predictions.sqlite") as connection:
         connection.execute("CREATE TABLE predictions (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID")

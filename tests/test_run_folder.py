@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from nlpflow import run_folder
+from nlpflow.engine import run_folder
 from nlpflow.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,7 +103,7 @@ def _many_records_pipeline(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.mark.parametrize("change", ["replaced", "deleted"])
 def test_data_file_replaced_or_deleted_during_the_run_is_a_clear_error(tmp_path, monkeypatch, capsys, change):
     """Chosen behaviour: refuse (exit 3, no report) rather than report a hash of a file that was not the one read."""
-    from nlpflow.runner import Runner
+    from nlpflow.engine.runner import Runner
 
     config, data = _many_records_pipeline(tmp_path)
     out = tmp_path / "out"

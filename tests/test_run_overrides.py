@@ -9,7 +9,7 @@ import pytest
 
 import nlpflow
 from nlpflow.cli import main
-from nlpflow.errors import ConfigError, PipelinesFailed
+from nlpflow.contract.errors import ConfigError, PipelinesFailed
 
 from tests.conftest import REPO
 

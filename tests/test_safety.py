@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from nlpflow.config import ModelConfig, parse_config
-from nlpflow.errors import ConfigError, ModelError, NlpflowError
-from nlpflow.runner import safe_run_directory
+from nlpflow.contract.types import ModelConfig
+from nlpflow.config.loader import parse_config
+from nlpflow.contract.errors import ConfigError, ModelError, NlpflowError
+from nlpflow.engine.runner import safe_run_directory
 
 
 def test_trust_remote_code_is_off_unless_set(monkeypatch, bert_classifier):

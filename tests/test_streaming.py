@@ -8,7 +8,7 @@ from pathlib import Path
 from nlpflow import hookimpl
 from nlpflow.api import run
 from nlpflow.registry import load_registry
-from nlpflow.types import Preprocessor, RawRecord, Reader
+from nlpflow.contract.types import Preprocessor, RawRecord, Reader
 
 
 class CountingReader(Reader):

@@ -11,10 +11,10 @@ import spacy
 from rouge_score import rouge_scorer
 
 from nlpflow.plugins.torch_backend import TorchBackend
-from nlpflow.config import ModelConfig
-from nlpflow.errors import ModelError
-from nlpflow.model import ModelStage
-from nlpflow.types import Example
+from nlpflow.contract.types import ModelConfig
+from nlpflow.contract.errors import ModelError
+from nlpflow.engine.model_stage import ModelStage
+from nlpflow.contract.types import Example
 from nlpflow.plugins.seq2seq import Seq2SeqModel
 from nlpflow.plugins.summarization import RougeLsum, Rouge1, Rouge2, RougeL, Summarization, SummarizationOptions
 from tests.conftest import REPO

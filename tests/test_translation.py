@@ -12,10 +12,10 @@ import sacrebleu
 from pydantic import ValidationError
 
 from nlpflow.plugins.torch_backend import TorchBackend
-from nlpflow.config import ModelConfig
-from nlpflow.errors import ModelError
-from nlpflow.model import ModelStage
-from nlpflow.types import Example
+from nlpflow.contract.types import ModelConfig
+from nlpflow.contract.errors import ModelError
+from nlpflow.engine.model_stage import ModelStage
+from nlpflow.contract.types import Example
 from nlpflow.plugins.seq2seq import Seq2SeqModel
 from nlpflow.plugins.translation import Bleu, Chrf, Ter, Translation, TranslationOptions, reference_streams
 
@@ -193,7 +193,7 @@ def test_signature_counts_references():
 
 
 def test_references_are_checked():
-    from nlpflow.types import ExampleError
+    from nlpflow.contract.types import ExampleError
 
     task = Translation()
     for bad in ([], [1, 2], 3):

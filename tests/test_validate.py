@@ -228,7 +228,7 @@ def test_a_yaml_syntax_error_is_one_problem(write_pipelines, capsys):
 
 def test_the_python_api_raises_every_problem_at_once(write_pipelines, tmp_path, monkeypatch, no_model_loads):
     import nlpflow
-    from nlpflow.errors import DataError, ModelError, ValidationFailed
+    from nlpflow.contract.errors import DataError, ModelError, ValidationFailed
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     config = _sentiment(write_pipelines, tmp_path, "review,label\ngood,positive\n", fields="{text: body, label: label}", model="nobody/no-such-model")

@@ -2,7 +2,7 @@
 
 nlpflow finds it through the entry point in this package's pyproject.toml; it
 uses nothing but nlpflow's public plugin API (``pipeline.hookimpl``,
-``nlpflow.types``, ``nlpflow.model``).
+``nlpflow.contract.types``, ``nlpflow.engine.model_stage``).
 """
 
 from __future__ import annotations

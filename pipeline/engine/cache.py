@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from nlpflow.errors import CacheError
+from nlpflow.contract.errors import CacheError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -28,20 +27,13 @@ CREATE TABLE IF NOT EXISTS predictions (
 ) WITHOUT ROWID;
 """
 
-logger = logging.getLogger("nlpflow.cache")
+logger = logging.getLogger("nlpflow.engine.cache")
 
 
 def value_checksum(value: str) -> str:
     """What a stored value must hash to: SQLite checks its pages, not our bytes, so a flipped byte inside a
     value (LABEL_0 -> LABEL_9) passes ``PRAGMA integrity_check`` and would be served without this."""
     return hashlib.sha256(value.encode("utf-8")).hexdigest()
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("NLPFLOW_CACHE_DIR"):
-        return Path(os.environ["NLPFLOW_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "nlpflow"
 
 
 def example_key(run_key: str, inputs: Mapping[str, Any]) -> str:

@@ -13,9 +13,9 @@ import logging
 from collections import Counter
 from typing import Any
 
-from nlpflow.config import ResolvedPipeline
-from nlpflow.errors import ConfigError, ModelError
-from nlpflow.types import Example
+from nlpflow.config.resolve import ResolvedPipeline
+from nlpflow.contract.errors import ConfigError, ModelError
+from nlpflow.contract.types import Example
 
 log = logging.getLogger("nlpflow")
 

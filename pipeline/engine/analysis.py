@@ -22,22 +22,17 @@ from typing import Any, Callable, ContextManager, Sequence
 
 import numpy as np
 
-from nlpflow.report import bootstrap_interval, metric_value
-from nlpflow.stats import MetricRows
-from nlpflow.types import Example, Metric
+from nlpflow.engine.report import bootstrap_interval, metric_value
+from nlpflow.contract.report_terms import MAX_SLICE_VALUES, MISSING, OTHER, REPORTED_SLICES, confidence
+from nlpflow.engine.stats import MetricRows
+from nlpflow.contract.types import Example, Metric
 
 #: worst and best examples kept per metric
 RANKED_EXAMPLES = 10
 #: lower edges of the input-length buckets, in whitespace-separated words (1-2-5 steps)
 LENGTH_EDGES = (0, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-#: distinct values kept per slice column; the rest are pooled as "(other)" (with it, codes fit in a byte)
-MAX_SLICE_VALUES = 200
-#: slices per column given a value and interval in the report, the largest first
-REPORTED_SLICES = 30
 #: characters of a text kept in a ranked example
 SHOWN_CHARS = 300
-OTHER = "(other)"
-MISSING = "(missing)"
 
 
 def length_bucket(words: int) -> str:
@@ -45,20 +40,6 @@ def length_bucket(words: int) -> str:
     position = bisect.bisect_right(LENGTH_EDGES, words) - 1
     low = LENGTH_EDGES[position]
     return f"{low}-{LENGTH_EDGES[position + 1] - 1}" if position + 1 < len(LENGTH_EDGES) else f"{low}+"
-
-
-#: prediction details that say how sure the model was, in order of preference (QA's probability over its raw span
-#: score; a classifier's softmax score; a zero-shot classifier's cosine similarity)
-CONFIDENCE_DETAILS = ("probability", "score", "similarity")
-
-
-def confidence(details: dict[str, Any] | None) -> dict[str, Any]:
-    """``{"confidence": value, "confidence_of": key}`` from the first confidence detail that is a number, else {}."""
-    for key in CONFIDENCE_DETAILS:
-        value = (details or {}).get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return {"confidence": value, "confidence_of": key}
-    return {}
 
 
 def _shown(value: Any) -> Any:

@@ -4,7 +4,7 @@ Most rows repeat. A sentiment run's accuracy and macro-F1 rows are the cells of 
 is 0 or 1: a million examples have a handful of distinct rows. For a metric that can score rows with their
 multiplicities (``Metric.accepts_counts``) the run keeps each distinct row once and, per example, the id of its
 row (one byte while there are at most 256), so memory grows by a byte or two per example instead of the row's
-width, and the bootstrap can draw counts of distinct rows (:func:`nlpflow.report.bootstrap_counts`) instead of a
+width, and the bootstrap can draw counts of distinct rows (:func:`nlpflow.engine.report.bootstrap_counts`) instead of a
 million indices per resample.
 
 Rows that hardly repeat (ROUGE's per-example F-measures) would only pay for the bookkeeping, so once a metric has

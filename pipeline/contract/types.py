@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Iterator, Literal, Mapping, Sequence, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator
 
-from nlpflow.errors import ModelError
+from nlpflow.contract.errors import ModelError
 
 
 class NoOptions(BaseModel):

@@ -23,11 +23,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from nlpflow.errors import ModelError
-from nlpflow.hub import input_limit
-from nlpflow.types import HEADS, Example, Executor, Features, ModelConfig, Prediction, Task, TaskModel
+from nlpflow.contract.errors import ModelError
+from nlpflow.contract.hub import input_limit
+from nlpflow.contract.types import HEADS, Example, Executor, Features, ModelConfig, Prediction, Task, TaskModel
 
-log = logging.getLogger("nlpflow.model")
+log = logging.getLogger("nlpflow.engine.model_stage")
 
 #: default padded-token budget per batch (rows x longest row) and row cap, for ``batch_size: auto``.
 #: CPU: measured with all-MiniLM-L6-v2 on heavy-tailed texts (BENCHMARKS.md): 8-16 rows were

@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from nlpflow.errors import OutputError
+from nlpflow.contract.errors import OutputError
 
-logger = logging.getLogger("nlpflow.run_folder")
+logger = logging.getLogger("nlpflow.engine.run_folder")
 
 #: how long a run waits for another run writing the same folder before giving up
 LOCK_WAIT_SECONDS = 600.0
@@ -96,6 +96,6 @@ def remove_previous_run(directory: Path, names: Iterable[str], keep: Iterable[Pa
 
 
 def record_run_files(directory: Path, names: Iterable[str]) -> None:
-    from nlpflow.report import write_atomic
+    from nlpflow.contract.files import write_atomic
 
     write_atomic(directory / MANIFEST, json.dumps({"files": sorted(set(names))}, indent=1) + "\n")

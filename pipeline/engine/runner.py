@@ -30,17 +30,18 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from nlpflow import __version__
-from nlpflow.analysis import ErrorAnalysis
-from nlpflow.cache import PredictionCache, example_key
-from nlpflow.config import ResolvedPipeline
-from nlpflow.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, PluginError, Problems, RunInterrupted
-from nlpflow.labels import LabelCheck
-from nlpflow.model import DecodeError, ModelStage, run_key as run_key_of
-from nlpflow.progress import Progress
-from nlpflow.report import handle_sha256, metric_entry, package_versions, stage_file
-from nlpflow.stats import RowCollector
-from nlpflow.run_folder import record_run_files, remove_previous_run
-from nlpflow.types import Example, ExampleError, Executor, Prediction, RawRecord, RunCollector, RunResult, TaskModel
+from nlpflow.engine.analysis import ErrorAnalysis
+from nlpflow.engine.cache import PredictionCache, example_key
+from nlpflow.config.resolve import ResolvedPipeline
+from nlpflow.contract.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, PluginError, Problems, RunInterrupted
+from nlpflow.engine.labels import LabelCheck
+from nlpflow.engine.model_stage import DecodeError, ModelStage, run_key as run_key_of
+from nlpflow.contract.progress import Progress
+from nlpflow.contract.files import handle_sha256, stage_file
+from nlpflow.engine.report import metric_entry, package_versions
+from nlpflow.engine.stats import RowCollector
+from nlpflow.engine.run_folder import record_run_files, remove_previous_run
+from nlpflow.contract.types import Example, ExampleError, Executor, Prediction, RawRecord, RunCollector, RunResult, TaskModel
 
 log = logging.getLogger("nlpflow")
 

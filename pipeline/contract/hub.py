@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from nlpflow.errors import ModelError
-from nlpflow.types import LoadedModel, ModelConfig
+from nlpflow.contract.errors import ModelError
+from nlpflow.contract.types import LoadedModel, ModelConfig
 
 #: hub name -> function returning the folder of a copy shipped inside a package, so it loads with no
 #: network. Filled by the ``register_embedded_models`` hook when plugins load.

@@ -6,70 +6,17 @@ half-written report behind.
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import os
 import platform
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from nlpflow.errors import OutputError, PluginError
-from nlpflow.stats import MULTINOMIAL_SHARE, MetricRows
-from nlpflow.types import Metric
+from nlpflow.contract.errors import PluginError
+from nlpflow.engine.stats import MULTINOMIAL_SHARE, MetricRows
+from nlpflow.contract.types import Metric
 
 VERSIONED_PACKAGES = ("nlpflow", "torch", "transformers", "tokenizers", "spacy", "sacrebleu", "rouge-score", "pluggy")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    os.replace(stage_file(path, text), path)
-
-
-def _current_umask() -> int:
-    """The process umask; reading it means setting it, so it is set straight back."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def stage_file(path: Path, text: str) -> Path:
-    """Write ``text`` to a synced temporary file next to ``path`` and return it, for the caller to rename into place.
-
-    A file that cannot be written (disk full, file size limit, no permission) is an :class:`OutputError` naming it
-    and its size; ``path`` itself is never touched, so what was there stays whole.
-    """
-    data = text.encode("utf-8")
-    temporary: Path | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as handle:
-            temporary = Path(handle.name)
-            # tempfile creates files 0600; a report gets the mode any new file gets under the umask, as predictions.jsonl
-            os.fchmod(handle.fileno(), 0o666 & ~_current_umask())
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        return temporary
-    except OSError as error:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path} ({len(data)} bytes): {error.strerror or error}{_STORAGE_HINT.get(error.errno, '')}") from None
-    except BaseException:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
-        raise
-
-
-#: what to do about the write failures a user can fix
-_STORAGE_HINT = {
-    errno.ENOSPC: "; free some space or choose another --output",
-    errno.EDQUOT: "; the disk quota is used up",
-    errno.EFBIG: "; the file is over the size limit for files here (ulimit -f, or the file system's)",
-}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -81,19 +28,6 @@ def package_versions() -> dict[str, str | None]:
             found[name] = None
     found["python"] = platform.python_version()
     return found
-
-
-def handle_sha256(handle: Any) -> str:
-    """sha256 of what is left to read in a binary file handle, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    for block in iter(lambda: handle.read(1 << 20), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return handle_sha256(handle)
 
 
 def bootstrap_indices(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:

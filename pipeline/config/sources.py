@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
-from nlpflow.types import RawRecord, Reader
+from nlpflow.contract.types import RawRecord, Reader
 
 #: characters that make ``data.path`` a glob pattern rather than one file's name
 GLOB_CHARACTERS = "*?["
