@@ -47,7 +47,7 @@ INSTALL_HINT = "backend 'onnxruntime' needs the onnx extra: pip install 'nlpflow
 
 @dataclass(frozen=True)
 class OnnxHead(TransformersHead):
-    """An onnxruntime head row: the Auto class the export loads, the architecture suffix, the graph's outputs,
+    """An onnxruntime head row: the architecture suffix, the Auto class the export loads, the graph's outputs,
     and the export wrapper's function.
 
     ``graph_outputs`` maps the graph's output names, in order, to the nlpflow output each one is returned as.
@@ -56,6 +56,7 @@ class OnnxHead(TransformersHead):
     as one tensor or a tuple, for ``torch.onnx.export``.
     """
 
+    auto_class: str
     graph_outputs: Mapping[str, str]
     export: Callable[[Any, Mapping[str, Any]], Any]
 
@@ -65,16 +66,19 @@ class OnnxHead(TransformersHead):
 #: torch.onnx's dynamo exporter names an internal node that, and the names collide.)
 ONNX_HEADS: dict[str, OnnxHead] = {
     "sequence-classification": OnnxHead(
-        "AutoModelForSequenceClassification", "ForSequenceClassification", {"logits": "logits"},
-        lambda output, inputs: output.logits.float(),
+        architecture="ForSequenceClassification", auto_class="AutoModelForSequenceClassification",
+        graph_outputs={"logits": "logits"},
+        export=lambda output, inputs: output.logits.float(),
     ),
     "embedding": OnnxHead(
-        "AutoModel", None, {"sentence_embedding": "embedding"},
-        lambda output, inputs: mean_pooled(output.last_hidden_state, inputs["attention_mask"]),
+        architecture=None, auto_class="AutoModel",
+        graph_outputs={"sentence_embedding": "embedding"},
+        export=lambda output, inputs: mean_pooled(output.last_hidden_state, inputs["attention_mask"]),
     ),
     "question-answering": OnnxHead(
-        "AutoModelForQuestionAnswering", "ForQuestionAnswering", {"start_logits": "start_logits", "end_logits": "end_logits"},
-        lambda output, inputs: (output.start_logits.float(), output.end_logits.float()),
+        architecture="ForQuestionAnswering", auto_class="AutoModelForQuestionAnswering",
+        graph_outputs={"start_logits": "start_logits", "end_logits": "end_logits"},
+        export=lambda output, inputs: (output.start_logits.float(), output.end_logits.float()),
     ),
 }
 

@@ -38,12 +38,14 @@ from nlpflow import (
 
 @dataclass(frozen=True)
 class TorchHead(TransformersHead):
-    """A torch head row: the Auto class, the architecture suffix, and how the outputs come from the module.
+    """A torch head row: the architecture suffix, the transformers Auto class that loads it, and how the outputs
+    come from the module.
 
     ``compute(module, inputs, options)`` runs under ``torch.inference_mode()``
     with the inputs on the device and returns the head's outputs off it.
     """
 
+    auto_class: str
     compute: Callable[[Any, Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
 
 
@@ -83,10 +85,14 @@ def _generated_ids(module: Any, inputs: Mapping[str, Any], options: Mapping[str,
 
 #: head name -> how torch loads and computes it; adding a head to this backend is adding a row
 TORCH_HEADS: dict[str, TorchHead] = {
-    "sequence-classification": TorchHead("AutoModelForSequenceClassification", "ForSequenceClassification", _classification_logits),
-    "embedding": TorchHead("AutoModel", None, _pooled_embedding),
-    "question-answering": TorchHead("AutoModelForQuestionAnswering", "ForQuestionAnswering", _answer_span_logits),
-    "generation": TorchHead("AutoModelForSeq2SeqLM", None, _generated_ids),
+    "sequence-classification": TorchHead(
+        architecture="ForSequenceClassification", auto_class="AutoModelForSequenceClassification", compute=_classification_logits,
+    ),
+    "embedding": TorchHead(architecture=None, auto_class="AutoModel", compute=_pooled_embedding),
+    "question-answering": TorchHead(
+        architecture="ForQuestionAnswering", auto_class="AutoModelForQuestionAnswering", compute=_answer_span_logits,
+    ),
+    "generation": TorchHead(architecture=None, auto_class="AutoModelForSeq2SeqLM", compute=_generated_ids),
 }
 
 

@@ -42,14 +42,13 @@ if TYPE_CHECKING:  # annotations only: torch itself is imported on first use
 class TransformersHead:
     """A row of a transformers-based backend's head table: what the shared load steps need to know of a head.
 
-    ``auto_class`` is the transformers Auto class that loads the checkpoint for
-    it (``"AutoModelForSequenceClassification"``); ``architecture`` the suffix
-    the checkpoint's ``architectures`` must end with (``"ForSequenceClassification"``),
-    or None where any checkpoint will do (a plain encoder). Backends subclass it
-    to add what they compute the head with.
+    ``architecture`` is the suffix the checkpoint's ``architectures`` must end
+    with (``"ForSequenceClassification"``), or None where any checkpoint will
+    do (a plain encoder). Backends subclass it to add what they load and
+    compute the head with (a transformers Auto class, an output function, a
+    graph's output names).
     """
 
-    auto_class: str
     architecture: str | None
 
 
