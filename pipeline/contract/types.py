@@ -271,7 +271,7 @@ class Backend(ABC):
     def __init__(self, options: BaseModel | None = None, heads: Mapping[str, Head] | None = None):
         self.options = options if options is not None else self.Options()
         #: every head declared where this backend runs (the registry's); a task names one of them in :meth:`load`
-        self.declared_heads: Mapping[str, Head] = heads if heads is not None else HEADS
+        self.declared_heads: dict[str, Head] = dict(heads if heads is not None else HEADS)  # a dict: a backend is pickled to workers
 
     def load(self, model: ModelConfig, head: str, *, require_fast_tokenizer: bool = True) -> LoadedModel:
         """What a task calls: the model loaded for the head named ``head``, or a ModelError saying why not.
