@@ -47,8 +47,18 @@ from nlpflow.contract.hub import (
 )
 from nlpflow.contract.progress import count_lines
 from nlpflow.contract.report_terms import CONFIDENCE_DETAILS, MAX_SLICE_VALUES, MISSING, OTHER, confidence
+from nlpflow.contract.transformers_backend import (
+    OpenedModel,
+    TransformersBackend,
+    TransformersHead,
+    load_module,
+    parameters_fingerprint,
+    resolve_device,
+    resolve_dtype,
+)
 from nlpflow.contract.types import (
     HEADS,
+    OUTPUT_SHAPES,
     Backend,
     Example,
     ExampleError,
@@ -83,7 +93,9 @@ __all__ = [
     # what plugins subclass
     "Task", "TaskModel", "Metric", "Preprocessor", "Reader", "Reporter", "RunCollector", "Backend", "Executor", "NoOptions",
     # records passed between stages
-    "Example", "Features", "Prediction", "RawRecord", "RunResult", "LoadedModel", "ModelConfig", "Head", "HEADS",
+    "Example", "Features", "Prediction", "RawRecord", "RunResult", "LoadedModel", "ModelConfig",
+    # heads: what a task asks a backend to compute (the built-in ones; plugins declare more with register_heads)
+    "Head", "HEADS", "OUTPUT_SHAPES",
     # errors a plugin may raise, and those nlpflow.run and nlpflow.validate raise
     "NlpflowError", "ConfigError", "DataError", "ModelError", "PluginError", "OutputError", "CacheError", "ExampleError",
     "Location", "PipelinesFailed", "ValidationFailed",
@@ -92,6 +104,9 @@ __all__ = [
     # helpers for backends that load transformers checkpoints
     "resolve_model_path", "hub_arguments", "hub_offline", "checkpoint_config", "checkpoint_directory", "load_tokenizer",
     "require_head", "not_found_message", "files_fingerprint",
+    # the toolkit for transformers-based backends: subclass TransformersBackend, write open() and run()
+    "TransformersBackend", "TransformersHead", "OpenedModel", "resolve_device", "resolve_dtype", "load_module",
+    "parameters_fingerprint",
     # files: atomic writes, fingerprints, nlpflow's cache folder
     "write_atomic", "stage_file", "file_sha256", "handle_sha256", "default_cache_dir",
     # readers' and reporters' helpers: counting records, report.json's analysis terms

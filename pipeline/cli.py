@@ -243,6 +243,16 @@ def _tasks(args, registry) -> int:
         ]
         for kind, _ in KINDS.values()
     }
+    listing["head"] = [
+        {
+            "name": head.name,
+            "plugin": registry.head_plugins.get(head.name, "nlpflow"),
+            "outputs": dict(head.outputs),
+            "backends": [backend for backend in registry.names("backend") if head.name in registry.get("backend", backend).heads],
+            "description": head.description,
+        }
+        for head in registry.heads.values()
+    ]
     if args.json:
         print(json.dumps(listing, indent=2))
         return 0
@@ -252,10 +262,15 @@ def _tasks(args, registry) -> int:
     console = Console()
     for kind, rows in listing.items():
         table = Table(title=f"{kind}s", title_justify="left")
-        for column in ("name", "plugin", "description"):
+        columns = ("name", "plugin", "outputs", "backends", "description") if kind == "head" else ("name", "plugin", "description")
+        for column in columns:
             table.add_column(column)
         for row in rows:
-            table.add_row(row["name"], row["plugin"], row["description"])
+            if kind == "head":
+                outputs = ", ".join(f"{output} ({shape})" for output, shape in row["outputs"].items())
+                table.add_row(row["name"], row["plugin"], outputs, ", ".join(row["backends"]) or "none", row["description"])
+            else:
+                table.add_row(row["name"], row["plugin"], row["description"])
         console.print(table)
     return 0
 

@@ -15,7 +15,7 @@ from typing import Callable
 
 import pluggy
 
-from nlpflow.contract.types import Backend, Executor, Metric, Preprocessor, Reader, Reporter, Task
+from nlpflow.contract.types import Backend, Executor, Head, Metric, Preprocessor, Reader, Reporter, Task
 
 hookspec = pluggy.HookspecMarker("nlpflow")
 hookimpl = pluggy.HookimplMarker("nlpflow")
@@ -93,6 +93,20 @@ def register_backends(register: Callable[[type[Backend]], None]) -> None:
     Called once when the plugin registry is built. Call
     ``register(BackendClass)`` for each :class:`nlpflow.Backend` subclass;
     its ``name`` is what ``model.backend`` refers to (``torch`` by default).
+    """
+
+
+@hookspec
+def register_heads(register: Callable[[Head], None]) -> None:
+    """Declare heads: what a task may ask a backend to compute, beyond the built-in :data:`nlpflow.HEADS`.
+
+    Called once when the plugin registry is built, before any pipeline
+    resolves. Call ``register(Head(name, outputs, description))`` for each
+    head; ``outputs`` maps each output name to its shape (``"row"``,
+    ``"token"`` or ``"ids"``). A task then asks for it by name with
+    ``backend.load(model, name)``, and a backend computes it when its
+    ``head_table`` has a row for that name. Declaring a name that is already
+    declared is an error that names both plugins. Returns nothing.
     """
 
 

@@ -21,7 +21,7 @@ import pluggy
 from nlpflow import hookspecs
 from nlpflow.contract.errors import ConfigError, Location, PluginError, did_you_mean
 from nlpflow.contract import hub
-from nlpflow.contract.types import Backend, Executor, Metric, Preprocessor, Reader, Reporter, Task
+from nlpflow.contract.types import HEADS, Backend, Executor, Head, Metric, Preprocessor, Reader, Reporter, Task
 
 PROJECT = "nlpflow"
 #: comma-separated plugin names to block, as ``--disable-plugin`` does
@@ -72,6 +72,10 @@ class Registry:
     warnings: list[str] = field(default_factory=list)
     #: hub name -> function returning the folder of a copy shipped in a package
     embedded_models: dict[str, Any] = field(default_factory=dict)
+    #: head name -> its declaration: nlpflow's built-in heads, then those plugins declared with register_heads
+    heads: dict[str, Head] = field(default_factory=lambda: dict(HEADS))
+    #: head name -> the plugin that declared it (absent for the built-in heads)
+    head_plugins: dict[str, str] = field(default_factory=dict)
 
     def get(self, kind: str, name: str, location: Location | None = None, pipeline: str | None = None) -> type:
         """The class registered as ``name``; a ConfigError listing the choices if there is none."""
@@ -164,6 +168,8 @@ def load_registry(
         for info in collection_order:
             _collect(registry, info.name, hook_name, kind, base)
     for info in collection_order:
+        _collect_heads(registry, info.name)
+    for info in collection_order:
         _collect_embedded_models(registry, info.name)
     hub.EMBEDDED_MODELS.clear()
     hub.EMBEDDED_MODELS.update(registry.embedded_models)
@@ -210,6 +216,32 @@ def _collect(registry: Registry, plugin_name: str, hook_name: str, kind: str, ba
         registry.failures.append(error)
     except Exception as error:  # a plugin's bug must not stop the others
         registry.failures.append(PluginError(f"raised in {hook_name}: {type(error).__name__}: {error}", plugin_name))
+
+
+def _collect_heads(registry: Registry, plugin_name: str) -> None:
+    """Call one plugin's ``register_heads`` and keep the heads it declares."""
+    manager = registry.plugin_manager
+    plugin = manager.get_plugin(plugin_name)
+    if plugin is None or "register_heads" not in {c.name for c in manager.get_hookcallers(plugin) or []}:
+        return
+    caller = manager.subset_hook_caller("register_heads", remove_plugins=[p for p in manager.get_plugins() if p is not plugin])
+
+    def register(head: Any) -> None:
+        if not isinstance(head, Head):
+            raise PluginError(f"register_heads registered {head!r}, which is not an nlpflow.Head", plugin_name)
+        if head.name in registry.heads:
+            declared_by = registry.head_plugins.get(head.name)
+            by = f"plugin {declared_by!r}" if declared_by else "nlpflow itself"
+            raise PluginError(f"head {head.name!r} is already declared by {by}", plugin_name)
+        registry.heads[head.name] = head
+        registry.head_plugins[head.name] = plugin_name
+
+    try:
+        caller(register=register)
+    except PluginError as error:
+        registry.failures.append(error)
+    except Exception as error:  # a plugin's bug must not stop the others
+        registry.failures.append(PluginError(f"raised in register_heads: {type(error).__name__}: {error}", plugin_name))
 
 
 def _collect_embedded_models(registry: Registry, plugin_name: str) -> None:

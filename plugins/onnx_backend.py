@@ -5,7 +5,7 @@ inside the graph) and question answering; generation stays with the torch
 backend. The graph comes from, in order:
 
 1. ``model.onnx`` or ``onnx/model.onnx`` in the checkpoint folder, when its
-   outputs are the head's (:data:`GRAPH_OUTPUTS`);
+   outputs are the head's (the row's ``graph_outputs`` in :data:`ONNX_HEADS`);
 2. nlpflow's cache, ``<cache dir>/onnx/<weights fingerprint>-<head>.onnx``;
 3. an export of the checkpoint with ``torch.onnx``, written atomically to that
    cache file (the cache dir is ``NLPFLOW_CACHE_DIR`` or ``~/.cache/nlpflow``).
@@ -22,37 +22,64 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from nlpflow import (
-    Backend,
+    Head,
     LoadedModel,
     ModelConfig,
     ModelError,
-    checkpoint_config,
+    OpenedModel,
+    TransformersBackend,
+    TransformersHead,
     checkpoint_directory,
     default_cache_dir,
     file_sha256,
-    files_fingerprint,
     hookimpl,
-    load_tokenizer,
-    require_head,
-    resolve_model_path,
+    load_module,
 )
-from nlpflow.plugins.torch_backend import AUTO_CLASSES  # the export loads each head as the torch backend does
+from nlpflow.plugins.torch_backend import mean_pooled
 
 INSTALL_HINT = "backend 'onnxruntime' needs the onnx extra: pip install 'nlpflow[onnx]' (onnxruntime, onnx, onnxscript)"
 
-#: head -> the graph's output names, in order, and the nlpflow output each one is returned as.
-#: A ``model.onnx`` shipped with a checkpoint is used for a head only when it has these outputs;
-#: ``sentence_embedding`` must then be the mean-pooled, L2-normalised embedding. (The graph name is
-#: not "embedding": torch.onnx's dynamo exporter names an internal node that, and the names collide.)
-GRAPH_OUTPUTS: dict[str, dict[str, str]] = {
-    "sequence-classification": {"logits": "logits"},
-    "embedding": {"sentence_embedding": "embedding"},
-    "question-answering": {"start_logits": "start_logits", "end_logits": "end_logits"},
+@dataclass(frozen=True)
+class OnnxHead(TransformersHead):
+    """An onnxruntime head row: the architecture suffix, the Auto class the export loads, the graph's outputs,
+    and the export wrapper's function.
+
+    ``graph_outputs`` maps the graph's output names, in order, to the nlpflow output each one is returned as.
+    A ``model.onnx`` shipped with a checkpoint is used for a head only when it has these outputs.
+    ``export(output, inputs)`` turns the module's output (and its inputs by name) into exactly those outputs,
+    as one tensor or a tuple, for ``torch.onnx.export``.
+    """
+
+    auto_class: str
+    graph_outputs: Mapping[str, str]
+    export: Callable[[Any, Mapping[str, Any]], Any]
+
+
+#: head name -> how onnxruntime computes it; generation stays with the torch backend. ``sentence_embedding``
+#: in a shipped graph must be the mean-pooled, L2-normalised embedding. (The graph name is not "embedding":
+#: torch.onnx's dynamo exporter names an internal node that, and the names collide.)
+ONNX_HEADS: dict[str, OnnxHead] = {
+    "sequence-classification": OnnxHead(
+        architecture="ForSequenceClassification", auto_class="AutoModelForSequenceClassification",
+        graph_outputs={"logits": "logits"},
+        export=lambda output, inputs: output.logits.float(),
+    ),
+    "embedding": OnnxHead(
+        architecture=None, auto_class="AutoModel",
+        graph_outputs={"sentence_embedding": "embedding"},
+        export=lambda output, inputs: mean_pooled(output.last_hidden_state, inputs["attention_mask"]),
+    ),
+    "question-answering": OnnxHead(
+        architecture="ForQuestionAnswering", auto_class="AutoModelForQuestionAnswering",
+        graph_outputs={"start_logits": "start_logits", "end_logits": "end_logits"},
+        export=lambda output, inputs: (output.start_logits.float(), output.end_logits.float()),
+    ),
 }
 
 SHIPPED_GRAPHS = ("model.onnx", "onnx/model.onnx")
@@ -77,8 +104,8 @@ def open_session(onnxruntime: Any, model: ModelConfig, graph: Path, chosen: list
         raise ModelError(f"model {model.name_or_path!r}: onnxruntime cannot load {graph}: {error}") from None
 
 
-def shipped_session(onnxruntime: Any, model: ModelConfig, path: str, head: str, chosen: list[Any]) -> tuple[Any, Path] | tuple[None, None]:
-    """A session on the checkpoint's own ``model.onnx`` when that computes ``head`` (has the outputs GRAPH_OUTPUTS[head])."""
+def shipped_session(onnxruntime: Any, model: ModelConfig, path: str, row: OnnxHead, chosen: list[Any]) -> tuple[Any, Path] | tuple[None, None]:
+    """A session on the checkpoint's own ``model.onnx`` when that computes the head (has the row's graph outputs)."""
     directory = checkpoint_directory(path, model)
     if directory is None:
         return None, None
@@ -86,16 +113,14 @@ def shipped_session(onnxruntime: Any, model: ModelConfig, path: str, head: str, 
         candidate = directory / relative
         if candidate.is_file():
             session = open_session(onnxruntime, model, candidate, chosen)
-            if set(GRAPH_OUTPUTS[head]) <= {output.name for output in session.get_outputs()}:
+            if set(row.graph_outputs) <= {output.name for output in session.get_outputs()}:
                 return session, candidate
     return None, None
 
 
-def head_graph(module: Any, head: str, input_names: list[str]) -> Any:
-    """A torch module that takes the inputs positionally and returns exactly the head's outputs, in GRAPH_OUTPUTS order."""
+def head_graph(module: Any, row: OnnxHead, input_names: list[str]) -> Any:
+    """A torch module that takes the inputs positionally and returns exactly the row's graph outputs, in order."""
     import torch
-
-    from nlpflow.plugins.torch_backend import mean_pooled
 
     class HeadGraph(torch.nn.Module):
         def __init__(self):
@@ -104,38 +129,31 @@ def head_graph(module: Any, head: str, input_names: list[str]) -> Any:
 
         def forward(self, *inputs):
             arguments = dict(zip(input_names, inputs))
-            output = self.module(**arguments)
-            if head == "sequence-classification":
-                return output.logits.float()
-            if head == "embedding":
-                return mean_pooled(output.last_hidden_state, arguments["attention_mask"])
-            return output.start_logits.float(), output.end_logits.float()
+            return row.export(self.module(**arguments), arguments)
 
     return HeadGraph()
 
 
-def export_graph(model: ModelConfig, checkpoint: Any, tokenizer: Any, head: str, target: Path) -> None:
+def export_graph(model: ModelConfig, checkpoint: Any, tokenizer: Any, head: Head, target: Path) -> None:
     """Export the checkpoint's ``head`` to ``target`` with torch.onnx, on CPU in float32; atomic (temp file, rename)."""
     import torch
 
-    from nlpflow.plugins.torch_backend import load_module
-
-    auto_class_name, _ = AUTO_CLASSES[head]
+    row = ONNX_HEADS[head.name]
     # eager attention: measured to export a graph that matches torch (tests/test_onnx_backend.py checks it)
-    module = load_module(auto_class_name, model, checkpoint, torch.float32, attn_implementation="eager")
+    module = load_module(row.auto_class, model, checkpoint, torch.float32, attn_implementation="eager")
     input_names = [name for name in tokenizer.model_input_names if name in ("input_ids", "attention_mask", "token_type_ids")]
     if "input_ids" not in input_names or "attention_mask" not in input_names:
         raise ModelError(f"model {model.name_or_path!r}: its tokenizer gives {tokenizer.model_input_names}; the onnxruntime backend needs input_ids and attention_mask")
-    wrapper = head_graph(module, head, input_names)
+    wrapper = head_graph(module, row, input_names)
     # eval() on the wrapper itself: export runs it in the mode it is in, and a wrapper in training
     # mode would switch the checkpoint's dropout back on for the traced graph
     wrapper.eval()
     sample = tokenizer(["a short sample", "a somewhat longer sample sentence for tracing"], padding=True, return_tensors="pt")
     arguments = tuple(sample[name] for name in input_names)
-    output_names = list(GRAPH_OUTPUTS[head])
+    output_names = list(row.graph_outputs)
     axes = {name: {0: "rows", 1: "tokens"} for name in input_names}
     for name in output_names:
-        axes[name] = {0: "rows", 1: "tokens"} if head == "question-answering" else {0: "rows"}
+        axes[name] = {0: "rows", 1: "tokens"} if head.outputs[row.graph_outputs[name]] == "token" else {0: "rows"}
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=target.stem + ".", suffix=".onnx.tmp", dir=target.parent)
     os.close(handle)
@@ -158,7 +176,7 @@ def export_graph(model: ModelConfig, checkpoint: Any, tokenizer: Any, head: str,
     except ModelError:
         raise
     except Exception as error:
-        raise ModelError(f"model {model.name_or_path!r}: exporting the {head!r} head to ONNX failed: {type(error).__name__}: {error}") from None
+        raise ModelError(f"model {model.name_or_path!r}: exporting the {head.name!r} head to ONNX failed: {type(error).__name__}: {error}") from None
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
@@ -184,32 +202,25 @@ def providers(onnxruntime: Any, spec: str) -> tuple[list[Any], str]:
     raise ModelError(f"backend 'onnxruntime' runs on cpu or cuda, not {spec!r}; use model.backend: torch for {spec}")
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(TransformersBackend):
     name = "onnxruntime"
     description = "encoder checkpoints exported to ONNX (cached by weights fingerprint) and run with onnxruntime on CPU or CUDA"
-    heads = tuple(GRAPH_OUTPUTS)
+    head_table = ONNX_HEADS
 
-    def checkpoint_config(self, model: ModelConfig) -> Any:
-        return checkpoint_config(model)
-
-    def load_head(self, model: ModelConfig, head: str, *, require_fast_tokenizer: bool = True) -> LoadedModel:
+    def open(self, model: ModelConfig, head: Head, checkpoint: Any, tokenizer: Any, path: str, fingerprint: str | None) -> OpenedModel:
         onnxruntime = import_onnxruntime()
         if model.dtype not in ("auto", "float32"):
             raise ModelError(f"backend 'onnxruntime' runs models in float32, not {model.dtype}; set model.dtype: auto or float32, or use model.backend: torch")
-        checkpoint = checkpoint_config(model)
-        require_head(model, checkpoint, AUTO_CLASSES[head][1])
-        tokenizer = load_tokenizer(model, require_fast_tokenizer)
-        path = resolve_model_path(model.name_or_path)
-        fingerprint = files_fingerprint(path, model)
         if fingerprint is None:
             raise ModelError(f"model {model.name_or_path!r}: no checkpoint files found at {path}; the onnxruntime backend exports from a folder of files")
+        row = self.head_table[head.name]
         chosen, device = providers(onnxruntime, model.device)
-        session, graph = shipped_session(onnxruntime, model, path, head, chosen)
+        session, graph = shipped_session(onnxruntime, model, path, row, chosen)
         if session is not None:
             # the shipped graph holds its own copy of the weights, so it is part of what the outputs depend on
             fingerprint = hashlib.sha256(f"{fingerprint}\x00{file_sha256(graph)}".encode()).hexdigest()
         else:
-            graph = cached_graph_path(fingerprint, head)
+            graph = cached_graph_path(fingerprint, head.name)
             if not graph.is_file():
                 export_graph(model, checkpoint, tokenizer, head, graph)
             session = open_session(onnxruntime, model, graph, chosen)
@@ -217,10 +228,7 @@ class OnnxRuntimeBackend(Backend):
             if model.device != "auto":
                 raise ModelError(f"model {model.name_or_path!r}: onnxruntime could not start CUDA for {graph} (it fell back to {session.get_providers()})")
             device = "cpu"  # onnxruntime falls back to CPU when the CUDA libraries do not load
-        return LoadedModel(
-            tokenizer=tokenizer, checkpoint=checkpoint, config=model, head=head, backend=self, handle=session,
-            name_or_path=model.name_or_path, path=path, fingerprint=fingerprint, device=device, dtype="float32",
-        )
+        return OpenedModel(handle=session, device=device, dtype="float32", fingerprint=fingerprint)
 
     def run(self, loaded: LoadedModel, prepared: Mapping[str, np.ndarray], **options: Any) -> dict[str, Any]:
         session = loaded.handle
@@ -232,7 +240,7 @@ class OnnxRuntimeBackend(Backend):
                     f"the tokenizer gave {', '.join(prepared)}"
                 )
             feeds[graph_input.name] = np.ascontiguousarray(prepared[graph_input.name], dtype=np.int64)
-        names = GRAPH_OUTPUTS[loaded.head]
+        names = self.head_table[loaded.head.name].graph_outputs
         values = session.run(list(names), feeds)
         return {names[graph_name]: np.asarray(value, dtype=np.float32) for graph_name, value in zip(names, values)}
 

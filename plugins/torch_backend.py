@@ -1,7 +1,8 @@
 """The torch backend: transformers checkpoints on CPU, CUDA or MPS, under ``torch.inference_mode()``.
 
-Heads map to Auto classes (sequence classification, a plain encoder with
-mean pooling, question answering, seq2seq generation). Loading is safe by
+Heads map to Auto classes through one table, :data:`TORCH_HEADS` (sequence
+classification, a plain encoder with mean pooling, question answering, seq2seq
+generation); a subclass adds a head with one row. Loading is safe by
 default: remote code only when the pipeline sets ``trust_remote_code``, and
 safetensors weights only unless ``allow_pickle: true``. On CUDA, batches are
 pinned on the collating thread and copied without blocking.
@@ -12,9 +13,8 @@ torch is imported when a model loads, not when the plugin registers, so
 
 from __future__ import annotations
 
-import hashlib
-import warnings
-from typing import TYPE_CHECKING, Any, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
@@ -22,94 +22,31 @@ if TYPE_CHECKING:  # annotations only: torch itself is imported on first use
     import torch
 
 from nlpflow import (
-    Backend,
+    Head,
     LoadedModel,
     ModelConfig,
-    ModelError,
-    checkpoint_config,
-    files_fingerprint,
+    OpenedModel,
+    TransformersBackend,
+    TransformersHead,
     hookimpl,
-    hub_arguments,
-    hub_offline,
-    load_tokenizer,
-    not_found_message,
-    require_head,
-    resolve_model_path,
+    load_module,
+    parameters_fingerprint,
+    resolve_device,
+    resolve_dtype,
 )
 
-#: head -> (transformers Auto class name, the architecture suffix the checkpoint must have)
-AUTO_CLASSES = {
-    "sequence-classification": ("AutoModelForSequenceClassification", "ForSequenceClassification"),
-    "embedding": ("AutoModel", None),
-    "question-answering": ("AutoModelForQuestionAnswering", "ForQuestionAnswering"),
-    "generation": ("AutoModelForSeq2SeqLM", None),
-}
 
+@dataclass(frozen=True)
+class TorchHead(TransformersHead):
+    """A torch head row: the architecture suffix, the transformers Auto class that loads it, and how the outputs
+    come from the module.
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    import torch
+    ``compute(module, inputs, options)`` runs under ``torch.inference_mode()``
+    with the inputs on the device and returns the head's outputs off it.
+    """
 
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {spec!r} was asked for but CUDA is not available (torch {torch.__version__}); use device: auto or cpu")
-    return device
-
-
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    import torch
-
-    if spec != "auto":
-        return getattr(torch, spec)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
-def load_module(auto_class_name: str, config: ModelConfig, checkpoint: Any, dtype: torch.dtype, **model_kwargs: Any) -> torch.nn.Module:
-    """``AutoX.from_pretrained`` with nlpflow's safety rules, every failure a ModelError naming the model."""
-    import transformers
-
-    auto_class = getattr(transformers, auto_class_name)
-    name = config.name_or_path
-    path = resolve_model_path(name)
-    if config.allow_pickle:
-        warnings.warn(
-            f"model {name!r}: allow_pickle is set, so pickle weight files (.bin) may be loaded; "
-            "they can run arbitrary code. Prefer a safetensors checkpoint.",
-            stacklevel=3,
-        )
-    architectures = list(getattr(checkpoint, "architectures", None) or [])
-    try:
-        return auto_class.from_pretrained(
-            path, config=checkpoint, dtype=dtype, use_safetensors=None if config.allow_pickle else True, **hub_arguments(config), **model_kwargs
-        )
-    except ValueError as error:
-        text = str(error)
-        if "Unrecognized configuration class" in text:
-            raise ModelError(
-                f"model {name!r} cannot be loaded with {auto_class_name}: found {', '.join(architectures) or checkpoint.model_type}"
-            ) from None
-        raise ModelError(f"model {name!r}: {text}") from None
-    except OSError as error:
-        text = str(error)
-        if "safetensors" in text.lower() and not config.allow_pickle:
-            raise ModelError(
-                f"model {name!r} has no safetensors weights in {path}; only safetensors load by default. "
-                "Convert it, or set model.allow_pickle: true if you trust the files."
-            ) from None
-        raise ModelError(not_found_message(name, path, hub_offline(), error)) from None
-
-
-def parameters_fingerprint(module: torch.nn.Module) -> str:
-    import torch
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
+    auto_class: str
+    compute: Callable[[Any, Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
 
 
 def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -125,30 +62,54 @@ def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
 
-class TorchBackend(Backend):
+def _float_array(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.float().cpu().numpy()
+
+
+def _classification_logits(module: Any, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"logits": _float_array(module(**inputs).logits)}
+
+
+def _pooled_embedding(module: Any, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"embedding": mean_pooled(module(**inputs).last_hidden_state, inputs["attention_mask"]).cpu().numpy()}
+
+
+def _answer_span_logits(module: Any, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    output = module(**inputs)
+    return {"start_logits": _float_array(output.start_logits), "end_logits": _float_array(output.end_logits)}
+
+
+def _generated_ids(module: Any, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"sequences": module.generate(**inputs, **options).cpu().tolist()}
+
+
+#: head name -> how torch loads and computes it; adding a head to this backend is adding a row
+TORCH_HEADS: dict[str, TorchHead] = {
+    "sequence-classification": TorchHead(
+        architecture="ForSequenceClassification", auto_class="AutoModelForSequenceClassification", compute=_classification_logits,
+    ),
+    "embedding": TorchHead(architecture=None, auto_class="AutoModel", compute=_pooled_embedding),
+    "question-answering": TorchHead(
+        architecture="ForQuestionAnswering", auto_class="AutoModelForQuestionAnswering", compute=_answer_span_logits,
+    ),
+    "generation": TorchHead(architecture=None, auto_class="AutoModelForSeq2SeqLM", compute=_generated_ids),
+}
+
+
+class TorchBackend(TransformersBackend):
     name = "torch"
     description = "transformers models in torch, on CPU, CUDA or MPS (the default)"
-    heads = tuple(AUTO_CLASSES)
+    head_table = TORCH_HEADS
 
-    def checkpoint_config(self, model: ModelConfig) -> Any:
-        return checkpoint_config(model)
-
-    def load_head(self, model: ModelConfig, head: str, *, require_fast_tokenizer: bool = True) -> LoadedModel:
-        auto_class_name, required = AUTO_CLASSES[head]
-        checkpoint = checkpoint_config(model)
-        require_head(model, checkpoint, required)
-        tokenizer = load_tokenizer(model, require_fast_tokenizer)
+    def open(self, model: ModelConfig, head: Head, checkpoint: Any, tokenizer: Any, path: str, fingerprint: str | None) -> OpenedModel:
         device = resolve_device(model.device)
         dtype = resolve_dtype(model.dtype, device)
-        module = load_module(auto_class_name, model, checkpoint, dtype)
+        module = load_module(self.head_table[head.name].auto_class, model, checkpoint, dtype)
         module.eval()
         module.to(device)
-        path = resolve_model_path(model.name_or_path)
-        fingerprint = files_fingerprint(path, model) or parameters_fingerprint(module)
-        return LoadedModel(
-            tokenizer=tokenizer, checkpoint=module.config, config=model, head=head, backend=self, handle=module,
-            name_or_path=model.name_or_path, path=path, fingerprint=fingerprint,
-            device=str(device), dtype=str(dtype).replace("torch.", ""),
+        return OpenedModel(
+            handle=module, device=str(device), dtype=str(dtype).replace("torch.", ""),
+            fingerprint=fingerprint or parameters_fingerprint(module), checkpoint=module.config,
         )
 
     def prepare(self, loaded: LoadedModel, batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -162,22 +123,10 @@ class TorchBackend(Backend):
     def run(self, loaded: LoadedModel, prepared: Mapping[str, torch.Tensor], **options: Any) -> dict[str, Any]:
         import torch
 
-        module = loaded.handle
         with torch.inference_mode():
             if loaded.device != "cpu":
                 prepared = {name: tensor.to(loaded.device, non_blocking=True) for name, tensor in prepared.items()}
-            head = loaded.head
-            if head == "generation":
-                sequences = module.generate(**prepared, **options)
-                return {"sequences": sequences.cpu().tolist()}
-            output = module(**prepared)
-            if head == "sequence-classification":
-                return {"logits": output.logits.float().cpu().numpy()}
-            if head == "embedding":
-                return {"embedding": mean_pooled(output.last_hidden_state, prepared["attention_mask"]).cpu().numpy()}
-            if head == "question-answering":
-                return {"start_logits": output.start_logits.float().cpu().numpy(), "end_logits": output.end_logits.float().cpu().numpy()}
-        raise ModelError(f"backend 'torch' has no head {head!r}")
+            return self.head_table[loaded.head.name].compute(loaded.handle, prepared, options)
 
     def is_out_of_memory(self, error: BaseException) -> bool:
         import torch

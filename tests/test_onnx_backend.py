@@ -104,7 +104,7 @@ def test_a_model_onnx_in_the_checkpoint_is_used_when_it_has_the_heads_outputs(be
     monkeypatch.setattr(onnx_backend, "export_graph", record_export)
     with pytest.raises(ExportChosen):
         OnnxRuntimeBackend().load(ModelConfig(name_or_path=str(checkpoint), device="cpu"), "embedding")
-    assert exported and exported[0][0] == "embedding" and exported[0][1].name.endswith("-embedding.onnx")
+    assert exported and exported[0][0].name == "embedding" and exported[0][1].name.endswith("-embedding.onnx")
 
 
 def _qa(path, backend):

@@ -23,7 +23,7 @@ BUILTIN_PLUGINS = {"readers", "reports", "spacy_steps", "classification", "trans
 
 def test_every_hookspec_has_a_docstring_and_a_kind(pm):
     specs = [name for name in dir(hookspecs) if name.startswith("register_")]
-    assert set(specs) == set(KINDS) | {"register_embedded_models"}
+    assert set(specs) == set(KINDS) | {"register_embedded_models", "register_heads"}
     for name in specs:
         doc = getattr(hookspecs, name).__doc__
         assert doc and "Called" in doc, f"{name} needs a docstring saying when it is called"

@@ -126,8 +126,17 @@ def load_tokenizer(config: ModelConfig, require_fast: bool = True) -> Any:
 
 
 def not_found_message(name: str, path: str, offline: bool, error: Exception) -> str:
+    """Why a model could not be loaded: where it was looked for, or, when ``path`` is a folder that exists, what in it
+    could not be read (a folder holding a model for another backend is there, only not loadable this way)."""
     from huggingface_hub.constants import HF_HUB_CACHE
 
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    if Path(path).is_dir():
+        return (
+            f"model {name!r}: the folder {Path(path).resolve()} exists, but this backend cannot load what is in it ({reason}). "
+            "If it holds a model for another backend, set model.backend to that one (`nlpflow tasks` lists the backends); "
+            "otherwise it needs the files save_pretrained writes (config.json with a model_type, weights, tokenizer)."
+        )
     local = Path(name).expanduser()
     looked = [f"local path {local.resolve()} (not a directory)" if not local.is_dir() else f"local directory {local.resolve()}"]
     looked.append(f"the Hugging Face cache {HF_HUB_CACHE}")
@@ -136,7 +145,7 @@ def not_found_message(name: str, path: str, offline: bool, error: Exception) -> 
         f"model {name!r} is not available. Looked in: {'; '.join(looked)}. "
         f"To fetch it, on a machine with network run `hf download {name}` (or "
         f"`huggingface-cli download {name}`) and copy the cache, or set model.name_or_path to a local directory "
-        f"saved with save_pretrained. ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        f"saved with save_pretrained. ({reason})"
     )
 
 

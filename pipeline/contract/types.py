@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 import re
+from types import MappingProxyType
 from typing import Any, ClassVar, Iterator, Literal, Mapping, Sequence, Union
 
 import numpy as np
@@ -165,21 +166,35 @@ class ModelConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Head:
-    """What a task asks a backend to compute, and the outputs it gets back.
+    """What a task asks a backend to compute, and the outputs it gets back; declared once, by name.
 
     ``outputs`` maps each output name to its shape per batch: ``"row"`` is one
     vector per row (``(rows, k)``), ``"token"`` one value per input token
     (``(rows, width)``; the model stage cuts each row to its own length), and
-    ``"ids"`` a list of token ids per row (generation).
+    ``"ids"`` a list of token ids per row (generation). nlpflow declares the
+    built-in heads (:data:`HEADS`); a plugin declares more with the
+    ``register_heads`` hook, and a backend computes a head when its
+    :attr:`Backend.head_table` has a row for the name.
     """
 
     name: str
     outputs: Mapping[str, str]
     description: str
 
+    def __post_init__(self) -> None:
+        unknown = {output: shape for output, shape in self.outputs.items() if shape not in OUTPUT_SHAPES}
+        if not self.name or not self.outputs or unknown:
+            raise ValueError(
+                f"head {self.name!r}: needs a name and at least one output, each shaped {', '.join(OUTPUT_SHAPES)}"
+                + (f"; got {unknown}" if unknown else "")
+            )
 
-#: The heads every backend is asked for by name. A backend says which it runs in ``Backend.heads``.
-HEADS: dict[str, Head] = {
+
+#: the shapes a head's output may have (see :class:`Head`)
+OUTPUT_SHAPES = ("row", "token", "ids")
+
+#: The heads nlpflow itself declares; the registry starts from these and adds the ones plugins register.
+HEADS: Mapping[str, Head] = MappingProxyType({
     head.name: head
     for head in (
         Head("sequence-classification", {"logits": "row"},
@@ -192,7 +207,7 @@ HEADS: dict[str, Head] = {
              "a sequence-to-sequence checkpoint (AutoModelForSeq2SeqLM): generated token ids per row; "
              "TaskModel.head_options() are generate() keyword arguments"),
     )
-}
+})
 
 
 @dataclass
@@ -210,7 +225,8 @@ class LoadedModel:
     tokenizer: Any
     checkpoint: Any
     config: ModelConfig
-    head: str
+    #: the head this model computes: ``head.name``, and ``head.outputs`` the model stage checks and splits
+    head: Head
     backend: Backend
     handle: Any
     name_or_path: str
@@ -220,7 +236,7 @@ class LoadedModel:
     dtype: str = "float32"
 
     def run(self, batch: Mapping[str, np.ndarray], **options: Any) -> dict[str, Any]:
-        """Run one padded batch (int64 arrays by input name) through the backend; outputs as :data:`HEADS` says.
+        """Run one padded batch (int64 arrays by input name) through the backend; outputs as :attr:`head` says.
 
         The model stage calls this for every batch; a task may call it on a few
         inputs of its own (label descriptions, say) when it is built.
@@ -232,36 +248,56 @@ class Backend(ABC):
     """Runs models for tasks: loads a checkpoint for a :class:`Head` and computes it on padded batches.
 
     The model stage (batching, length sorting, out-of-memory back-off) is the
-    same for every backend; a backend only loads, moves and computes.
+    same for every backend; a backend only loads, moves and computes. Which
+    heads it computes is one table, :attr:`head_table`: a row per head name,
+    holding whatever the backend needs to compute that head (an Auto class and
+    an output function, a graph's output names, ...). Adding a head to a
+    backend is adding a row (a subclass may extend its parent's table).
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    #: the :data:`HEADS` it can compute
+    #: head name -> the backend's own description of how it computes that head
+    head_table: ClassVar[Mapping[str, Any]] = {}
+    #: the names of the heads it computes: ``tuple(head_table)``, derived when a subclass sets a table
     heads: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[BaseModel]] = NoOptions
 
-    def __init__(self, options: BaseModel | None = None):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.head_table:
+            cls.heads = tuple(cls.head_table)
+
+    def __init__(self, options: BaseModel | None = None, heads: Mapping[str, Head] | None = None):
         self.options = options if options is not None else self.Options()
+        #: every head declared where this backend runs (the registry's); a task names one of them in :meth:`load`
+        self.declared_heads: dict[str, Head] = dict(heads if heads is not None else HEADS)  # a dict: a backend is pickled to workers
 
     def load(self, model: ModelConfig, head: str, *, require_fast_tokenizer: bool = True) -> LoadedModel:
-        """What a task calls: the model loaded for ``head``, or a ModelError saying this backend cannot compute it.
+        """What a task calls: the model loaded for the head named ``head``, or a ModelError saying why not.
 
         Generation tasks may pass ``require_fast_tokenizer=False`` (they need no character offsets).
         """
-        if head not in HEADS:
-            raise ModelError(f"there is no head {head!r}. Heads: {', '.join(HEADS)}")
+        declared = self.declared_heads.get(head)
+        if declared is None:
+            raise ModelError(
+                f"there is no head {head!r}. Heads: {', '.join(self.declared_heads)} "
+                "(a plugin declares more with the register_heads hook)"
+            )
         if head not in self.heads:
-            able = ", ".join(name for name in HEADS if name in self.heads) or "none"
+            able = ", ".join(name for name in self.declared_heads if name in self.heads) or "none"
             raise ModelError(
                 f"backend {self.name!r} cannot compute a {head!r} head, which this task needs (it computes: {able}); "
                 "use model.backend: torch for this pipeline"
+                if head in HEADS else
+                f"backend {self.name!r} cannot compute a {head!r} head, which this task needs (it computes: {able}); "
+                "set model.backend to a backend that does (`nlpflow tasks` lists heads and their backends)"
             )
-        return self.load_head(model, head, require_fast_tokenizer=require_fast_tokenizer)
+        return self.load_head(model, declared, require_fast_tokenizer=require_fast_tokenizer)
 
     @abstractmethod
-    def load_head(self, model: ModelConfig, head: str, *, require_fast_tokenizer: bool = True) -> LoadedModel:
-        """Load tokenizer and model for ``head`` (one of :attr:`heads`); a ModelError naming the model when it cannot."""
+    def load_head(self, model: ModelConfig, head: Head, *, require_fast_tokenizer: bool = True) -> LoadedModel:
+        """Load tokenizer and model for ``head`` (its name is one of :attr:`heads`); a ModelError naming the model when it cannot."""
 
     def checkpoint_config(self, model: ModelConfig) -> Any:
         """The checkpoint's transformers config, read without loading weights (for picking a mode)."""

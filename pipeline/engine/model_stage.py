@@ -25,7 +25,7 @@ import numpy as np
 
 from nlpflow.contract.errors import ModelError
 from nlpflow.contract.hub import input_limit
-from nlpflow.contract.types import HEADS, Example, Executor, Features, ModelConfig, Prediction, Task, TaskModel
+from nlpflow.contract.types import Example, Executor, Features, ModelConfig, Prediction, Task, TaskModel
 
 log = logging.getLogger("nlpflow.engine.model_stage")
 
@@ -105,7 +105,7 @@ class ModelStage:
             "input_ids": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
             "labels": -100,
         }
-        self.token_outputs = [name for name, shape in HEADS[loaded.head].outputs.items() if shape == "token"]
+        self.token_outputs = [name for name, shape in loaded.head.outputs.items() if shape == "token"]
         self.head_options = task_model.head_options()
         self.stats = StageStats()
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nlpflow-collate") if kind == "cuda" else None
@@ -303,10 +303,10 @@ class ModelStage:
 
     def _split(self, results: Any, indices: Sequence[int], lengths: np.ndarray, outputs: list[Any]) -> None:
         """Per-row output dicts from one batch's outputs, "token" outputs cut to each row's own length."""
-        expected = HEADS[self.loaded.head].outputs
+        expected = self.loaded.head.outputs
         if not isinstance(results, dict) or set(results) != set(expected):
             found = sorted(results) if isinstance(results, dict) else type(results).__name__
-            raise ModelError(f"backend {self.backend.name!r} returned {found} for head {self.loaded.head!r}, expected {sorted(expected)}")
+            raise ModelError(f"backend {self.backend.name!r} returned {found} for head {self.loaded.head.name!r}, expected {sorted(expected)}")
         for name, values in results.items():
             if len(values) != len(indices):
                 raise ModelError(f"backend {self.backend.name!r} returned {len(values)} rows of {name!r} for a batch of {len(indices)}")
@@ -342,7 +342,7 @@ class ModelStage:
             "path": loaded.path,
             "fingerprint": loaded.fingerprint,
             "backend": self.backend.name,
-            "head": loaded.head,
+            "head": loaded.head.name,
             "device": loaded.device,
             "dtype": loaded.dtype,
             "attention": getattr(handle_config, "_attn_implementation", None),
