@@ -199,7 +199,7 @@ class OnnxRuntimeBackend(Backend):
         checkpoint = checkpoint_config(model)
         require_head(model, checkpoint, AUTO_CLASSES[head][1])
         tokenizer = load_tokenizer(model, require_fast_tokenizer)
-        path = resolve_model_path(model.name_or_path)
+        path = resolve_model_path(model)
         fingerprint = files_fingerprint(path, model)
         if fingerprint is None:
             raise ModelError(f"model {model.name_or_path!r}: no checkpoint files found at {path}; the onnxruntime backend exports from a folder of files")

@@ -73,7 +73,7 @@ def load_module(auto_class_name: str, config: ModelConfig, checkpoint: Any, dtyp
 
     auto_class = getattr(transformers, auto_class_name)
     name = config.name_or_path
-    path = resolve_model_path(name)
+    path = resolve_model_path(config)
     if config.allow_pickle:
         warnings.warn(
             f"model {name!r}: allow_pickle is set, so pickle weight files (.bin) may be loaded; "
@@ -143,7 +143,7 @@ class TorchBackend(Backend):
         module = load_module(auto_class_name, model, checkpoint, dtype)
         module.eval()
         module.to(device)
-        path = resolve_model_path(model.name_or_path)
+        path = resolve_model_path(model)
         fingerprint = files_fingerprint(path, model) or parameters_fingerprint(module)
         return LoadedModel(
             tokenizer=tokenizer, checkpoint=module.config, config=model, head=head, backend=self, handle=module,
