@@ -142,10 +142,7 @@ def parse_config(
             report.add(error)
             failed.add(name)
             continue
-        pipeline._name = name
-        pipeline._source = source
-        pipeline._locations = locations
-        pipeline._overrides = overridden
+        pipeline.place(name, source, locations, overridden)
         pipelines[name] = pipeline
     if not failed:
         return pipelines

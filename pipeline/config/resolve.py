@@ -1,6 +1,6 @@
 """Resolving a checked pipeline against the plugin registry: every name turned into a configured plugin object.
 
-The pipeline's config is read, never changed: what resolving adds (the effective slice columns, the model's folder)
+The pipeline's config is read, never changed: what resolving adds (the effective slice columns; the model's folder, in a copy of the config)
 is kept in the :class:`ResolvedPipeline`. Unknown names are ConfigErrors with the YAML position and the closest
 valid name.
 """

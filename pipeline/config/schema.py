@@ -106,6 +106,11 @@ class PipelineConfig(_Strict):
     #: YAML path -> the flag that gave it its value (``--device``, ``--set PIPELINE.KEY=VALUE``), where its errors point
     _overrides: dict[tuple, str] = PrivateAttr(default_factory=dict)
 
+    def place(self, name: str, source: Path, locations: dict[tuple, tuple[int, int]], overrides: dict[tuple, str]) -> None:
+        """Say where this pipeline was read: its name, its file, the position of every key in the file, and the
+        keys an override set (what the loader knows once it has checked the pipeline)."""
+        self._name, self._source, self._locations, self._overrides = name, source, locations, overrides
+
     @property
     def name(self) -> str:
         return self._name
