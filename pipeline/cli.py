@@ -144,7 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # the reader stopped reading (`nlpflow plugins --json | head`): what is left unwritten goes nowhere, as
         # for any command cut off by a pipe, and the exit status says so as a shell's would (128 + SIGPIPE)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (replaced in-process): nothing is flushed at exit
+            pass
         return 128 + signal.SIGPIPE
     except NlpflowError as error:
         print(f"error: {error}", file=sys.stderr)
