@@ -81,6 +81,7 @@ from nlpflow.contract.types import (
     json_type,
 )
 from nlpflow.hookspecs import hookimpl
+from nlpflow.run_options import Overrides, RunOptions
 
 try:
     __version__ = version("nlpflow")
@@ -112,7 +113,7 @@ __all__ = [
     # readers' and reporters' helpers: counting records, report.json's analysis terms
     "count_lines", "confidence", "CONFIDENCE_DETAILS", "MAX_SLICE_VALUES", "OTHER", "MISSING",
     # running pipelines from Python
-    "run", "validate",
+    "run", "validate", "RunOptions", "Overrides",
     "__version__",
 ]
 

@@ -1,16 +1,16 @@
 """The Python API: what ``nlpflow run`` and ``nlpflow validate`` do, callable from code.
 
-    from nlpflow.api import run
-    results = run(["reviews-sentiment"], config="pipelines.yaml", output="reports")
+    import nlpflow
+    results = nlpflow.run(["reviews-sentiment"], config="pipelines.yaml", output="reports")
     results[0].report["metrics"]["accuracy"]["value"]
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from nlpflow.engine import run_folder
 from nlpflow.engine.cache import PredictionCache
@@ -23,6 +23,7 @@ from nlpflow.contract.progress import quiet_libraries
 from nlpflow.registry import Registry, default_registry
 from nlpflow.engine.runner import Runner
 from nlpflow.contract.types import Executor, RunResult
+from nlpflow.run_options import Overrides, RunOptions
 
 log = logging.getLogger("nlpflow")
 
@@ -48,22 +49,18 @@ def _no_such_pipeline(name: str, pipelines: dict, source: Path) -> ConfigError:
     return ConfigError(f"no pipeline named {name!r}. {did_you_mean(name, pipelines)}", Location(source))
 
 
-def _flag_overrides(chosen: Sequence[PipelineConfig], **settings) -> list[str]:
-    """``--limit``/``--device``/``--batch-size``/``--model`` as ``--set`` overrides of the chosen pipelines."""
-    keys = {"limit": "data.limit", "device": "model.device", "batch_size": "model.batch_size", "model": "model.name_or_path"}
-    overrides = []
-    for setting, value in settings.items():
-        if value is None:
-            continue
-        targets = [p for p in chosen if setting == "limit" or p.model is not None]
-        if not targets:
-            flag = "--" + setting.replace("_", "-")
-            raise ConfigError(f"{flag}: none of the chosen pipelines ({', '.join(p.name for p in chosen)}) has a model: block")
-        overrides += [f"{p.name}.{keys[setting]}={json.dumps(value)}" for p in targets]
-    return overrides
+def _check_model_flags(chosen: Sequence[PipelineConfig], overrides: Overrides) -> None:
+    """A model flag (``--device``, ``--batch-size``, ``--model``) is an error when no chosen pipeline has a model."""
+    if any(pipeline.model is not None for pipeline in chosen):
+        return
+    for flag in overrides.flags():
+        if flag != "--limit":
+            raise ConfigError(f"none of the chosen pipelines ({', '.join(p.name for p in chosen)}) has a model: block", Location(flag))
 
 
-def validate(config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), registry: Registry | None = None, *, set: Sequence[str] = ()) -> list[ResolvedPipeline]:
+def validate(
+    config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), registry: Registry | None = None, *, overrides: Overrides = Overrides()
+) -> list[ResolvedPipeline]:
     """Check pipelines without running a model: schema, names and options (ConfigError), the data file's first
     records with the mapped fields (DataError), the model's config without its weights (ModelError), and that the
     model's labels meet the data's (ConfigError).
@@ -71,6 +68,7 @@ def validate(config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), reg
     Every pipeline in the file is schema-checked and resolved; the deeper checks (data, model, labels) cover the
     pipelines ``run`` would run with the same names: the named ones, or the default ones. So a file with a
     pipeline whose model is not downloaded here (``default: false``) validates, as ``nlpflow run`` runs.
+    ``overrides`` are applied as ``run`` applies them.
 
     Every problem is found before any is raised: each pipeline is checked whatever the others' problems, and
     within one the data and the model are both checked (the labels need both). Returns the deeply checked
@@ -79,7 +77,7 @@ def validate(config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), reg
     source = Path(config)
     loaded: list[NlpflowError] = []
     try:
-        pipelines = load_config(config, set, problems=loaded)
+        pipelines = load_config(config, overrides, problems=loaded)
     except NlpflowError as error:  # not YAML, or not a mapping: nothing in it can be checked
         raise ValidationFailed([error], [], "the file cannot be read as pipelines, so no pipeline was checked") from None
     #: problems by pipeline, in the file's order; None: those outside any pipeline
@@ -103,7 +101,10 @@ def validate(config: Path | str = DEFAULT_CONFIG, names: Sequence[str] = (), reg
     with quiet_libraries(_loads_models(resolved[name] for name in chosen if name in resolved)):
         for name in chosen:
             if name in resolved:
-                Runner(resolved[name], Path("reports")).preflight(problems=found[name])
+                try:
+                    Runner(resolved[name], Path("reports")).preflight(problems=found[name])
+                except NlpflowError as error:  # the label check reads a whole chunk: a bad record past the first few
+                    found[name].append(error)
     ok = [resolved[name] for name in chosen if name in resolved and not found[name]]
     problems = [error for errors in found.values() for error in errors]
     if problems:
@@ -125,48 +126,41 @@ def run(
     names: Sequence[str] = (),
     config: Path | str = DEFAULT_CONFIG,
     output: Path | str = "reports",
-    cache_dir: Path | str | None = None,
-    use_cache: bool = True,
-    registry: Registry | None = None,
-    disabled_plugins: Iterable[str] = (),
-    interactive: bool | None = None,
-    cache_optional: bool = False,
     *,
-    limit: int | None = None,
-    device: str | None = None,
-    batch_size: int | str | None = None,
-    model: str | None = None,
-    set: Sequence[str] = (),
-    keep_going: bool = False,
-    library_logs: bool = False,
-    executor: str = "local",
-    address: str | None = None,
-    workers: int | None = None,
+    registry: Registry | None = None,
+    options: RunOptions = RunOptions(),
+    **settings: Any,
 ) -> list[RunResult]:
-    """Run pipelines from a pipelines file; every pipeline is resolved before the first one runs.
+    """Run pipelines from a pipelines file (the named ones, or those marked default), writing each one's reports
+    under ``output``; every pipeline is resolved before the first one runs.
 
-    ``limit``, ``device``, ``batch_size`` and ``model`` (name or path) override those settings in every chosen
-    pipeline (the model ones in each pipeline that has a model); ``set`` takes ``PIPELINE.KEY.PATH=VALUE`` overrides,
-    VALUE read as YAML. With ``keep_going``, a failing pipeline does not stop the others; :class:`PipelinesFailed`
-    is raised at the end, holding the results and the failures. transformers' own progress bars and notices are
-    off during the run unless ``library_logs``. ``executor`` names where model batches are computed (``local``: in
-    this process; ``ray``: on Ray actors, ``address`` the cluster's, ``workers`` how many).
-    """
-    registry = registry or default_registry(disabled_plugins)
+    How they run is ``options``, a :class:`RunOptions`. Keyword arguments named after its fields replace those
+    fields, so the common cases stay short: ``run(["p"], "pipelines.yaml", "reports", use_cache=False)`` is
+    ``run(["p"], "pipelines.yaml", "reports", options=RunOptions(use_cache=False))``. Setting overrides are
+    ``overrides=Overrides(limit=5, device="cpu", set=["p.options.mode=zero-shot"])``. With ``keep_going``, a
+    failing pipeline does not stop the others; :class:`PipelinesFailed` is raised at the end, holding the results
+    and the failures. ``registry``: the plugins to use (default: the installed ones)."""
+    fields = {option.name for option in dataclasses.fields(RunOptions)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+        raise TypeError(f"run() got unknown options {', '.join(unknown)}; the options are RunOptions' fields: {', '.join(sorted(fields))}")
+    options = dataclasses.replace(options, **settings)
+    registry = registry or default_registry()
+    executor, address, workers = options.executor, options.executor_options.get("address"), options.executor_options.get("workers")
     executor_class = registry.get("executor", executor)
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
-    pipelines = load_config(config)
+    pipelines = load_config(config, options.overrides)
     chosen = select(pipelines, names, Path(config))
-    overrides = _flag_overrides(chosen, limit=limit, device=device, batch_size=batch_size, model=model) + list(set)
-    if overrides:
-        pipelines = load_config(config, overrides)
-        chosen = select(pipelines, [p.name for p in chosen], Path(config))
+    _check_model_flags(chosen, options.overrides)
     resolved = [resolve(p, registry) for p in chosen]
-    cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir(), optional=cache_optional) if use_cache else None
+    cache_dir = options.cache_dir
+    cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir(), optional=options.cache_optional) if options.use_cache else None
     try:
-        with quiet_libraries(not library_logs and _loads_models(resolved)):
-            return _run_each(resolved, Path(output), cache, interactive, keep_going, lambda: executor_class(address=address, workers=workers))
+        with quiet_libraries(not options.library_logs and _loads_models(resolved)):
+            return _run_each(
+                resolved, Path(output), cache, options.interactive, options.keep_going, lambda: executor_class(address=address, workers=workers)
+            )
     finally:
         if cache is not None:
             cache.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from pydantic_core import to_jsonable_python
 from nlpflow import __version__
 from nlpflow.contract.errors import ConfigError, NlpflowError, PipelinesFailed, RunInterrupted, ValidationFailed, did_you_mean
 from nlpflow.registry import DISABLE_ENV, KINDS, load_registry
+from nlpflow.run_options import Overrides, RunOptions
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("-o", "--output", type=Path, default=Path("pipelines.yaml"), help="file to write (default: pipelines.yaml)")
     init.add_argument("--name", default=None, help="pipeline name (default: DATA-TASK)")
     init.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="model (default: the embedded MiniLM, or a rule, where the task has one)")
+    init.add_argument("--backend", default=None, metavar="NAME", help="backend that runs the model, written as model.backend (default: torch; `nlpflow tasks` lists them)")
 
     tasks = commands.add_parser("tasks", help="list tasks, metrics, preprocessors, readers and reporters, with their plugins")
     tasks.add_argument("--json", action="store_true")
@@ -135,7 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry = load_registry(args.disable_plugin, trace=args.trace_hooks or None)
         for failure in [*registry.failures, *registry.warnings]:
             print(f"warning: {failure}", file=sys.stderr)
-        return COMMANDS[args.command](args, registry)
+        code = COMMANDS[args.command](args, registry)
+        sys.stdout.flush()  # here, so that a reader that stopped early is seen below, not at exit
+        return code
+    except BrokenPipeError:
+        # the reader stopped reading (`nlpflow plugins --json | head`): what is left unwritten goes nowhere, as
+        # for any command cut off by a pipe, and the exit status says so as a shell's would (128 + SIGPIPE)
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout is not a file (replaced in-process): nothing is flushed at exit
+            pass
+        return 128 + signal.SIGPIPE
     except NlpflowError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
@@ -157,21 +170,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args, registry) -> int:
     from nlpflow.api import run
 
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(f"--limit must be at least 1, got {args.limit}")
-    batch_size = args.batch_size
-    if batch_size is not None and batch_size != "auto":
-        try:
-            batch_size = int(batch_size)
-        except ValueError:
-            raise ConfigError(f"--batch-size must be a number or auto, got {batch_size!r}") from None
+    overrides = Overrides(limit=args.limit, device=args.device, batch_size=_batch_size(args.batch_size), model=args.model, set=args.set)
+    options = RunOptions(
+        cache_dir=args.cache_dir, use_cache=not args.no_cache, cache_optional=args.cache_optional, keep_going=args.keep_going,
+        overrides=overrides, executor=args.executor, executor_options={"address": args.address, "workers": args.workers},
+    )
     failures = []
     try:
-        results = run(
-            args.pipelines, args.config, args.output, args.cache_dir, not args.no_cache, registry, cache_optional=args.cache_optional,
-            limit=args.limit, device=args.device, batch_size=batch_size, model=args.model, set=args.set, keep_going=args.keep_going,
-            executor=args.executor, address=args.address, workers=args.workers,
-        )
+        results = run(args.pipelines, args.config, args.output, registry=registry, options=options)
     except PipelinesFailed as failed:
         results, failures = failed.results, failed.failures
     if args.json:
@@ -193,6 +199,16 @@ def _run(args, registry) -> int:
     return 0
 
 
+def _batch_size(text: str | None) -> int | str | None:
+    """``--batch-size`` as the schema's type: a number, or ``auto``."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--batch-size must be a number or auto, got {text!r}") from None
+
+
 def _print_results(results) -> None:
     for result in results:
         report = result.report
@@ -209,7 +225,7 @@ def _validate(args, registry) -> int:
     from nlpflow.api import validate
 
     try:
-        resolved = validate(args.config, args.pipelines, registry, set=args.set)
+        resolved = validate(args.config, args.pipelines, registry, overrides=Overrides(set=args.set))
     except ValidationFailed as failed:
         for problem in failed.problems:
             print(f"error: {problem}", file=sys.stderr)
@@ -228,7 +244,7 @@ def _print_ok(config: Path, pipelines) -> None:
 def _init(args, registry) -> int:
     from nlpflow.init import write_pipelines_file
 
-    written = write_pipelines_file(args.task, args.data, args.output, registry, args.name, args.model)
+    written = write_pipelines_file(args.task, args.data, args.output, registry, args.name, args.model, args.backend)
     print(f"wrote {written}; check it, then run `nlpflow validate -c {written}`")
     return 0
 

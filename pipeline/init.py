@@ -47,8 +47,11 @@ COLUMN_GUESSES = {
 MAX_LABELS = 100
 
 
-def write_pipelines_file(task: str, data: Path, output: Path, registry: Registry, name: str | None = None, model: str | None = None) -> Path:
-    """Write a pipelines file for ``task`` over ``data`` at ``output``; a ConfigError if it exists or the data does not fit."""
+def write_pipelines_file(
+    task: str, data: Path, output: Path, registry: Registry, name: str | None = None, model: str | None = None, backend: str | None = None
+) -> Path:
+    """Write a pipelines file for ``task`` over ``data`` at ``output``, its model run by ``backend`` (None: the
+    schema's default, left unwritten); a ConfigError if the file exists or the data does not fit."""
     output = Path(output)
     if output.exists():
         raise ConfigError("the file already exists; nlpflow init never overwrites a file (choose another with -o)", Location(output))
@@ -60,6 +63,10 @@ def write_pipelines_file(task: str, data: Path, output: Path, registry: Registry
     model = model or default_model
     if model is None and task not in TASK_DEFAULTS:
         raise ConfigError(f"task {task!r} has no offline default model; name one with --model NAME_OR_PATH")
+    if backend is not None:
+        registry.get("backend", backend, Location("--backend"))
+        if model is None:
+            raise ConfigError(f"task {task!r} runs a rule by default, with no model for a backend to run; name one with --model NAME_OR_PATH", Location("--backend"))
 
     reader_name = reader_for_path(data, registry)
     if reader_name is None:
@@ -106,7 +113,8 @@ def write_pipelines_file(task: str, data: Path, output: Path, registry: Registry
         lines.append("    options:")
         lines += [f"      {key}: {json.dumps(value, ensure_ascii=False)}" for key, value in options.items()]
     if model:
-        lines.append(f"    model: {{name_or_path: {json.dumps(model)}, device: auto, batch_size: auto}}")
+        chosen_backend = f"backend: {json.dumps(backend)}, " if backend is not None else ""
+        lines.append(f"    model: {{name_or_path: {json.dumps(model)}, {chosen_backend}device: auto, batch_size: auto}}")
     else:
         lines.append("    # no model: a rule-based baseline; add a model: block to run one")
     text = "\n".join(lines) + "\n"

@@ -4,7 +4,8 @@ Built-in plugins (``plugins/``) and third-party packages are found the same
 way, through the ``nlpflow`` entry-point group. A plugin that fails to import,
 implements an unknown hook, raises inside a registration hook or registers
 something of the wrong type is recorded as a failure with its name and left
-out; the others keep working.
+out whole (nothing it registered stays); the others keep working. Loading
+fills the registry it returns and changes nothing outside it.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pluggy
 
 from nlpflow import hookspecs
 from nlpflow.contract.errors import ConfigError, Location, PluginError, did_you_mean
-from nlpflow.contract import hub
 from nlpflow.contract.types import HEADS, Backend, Executor, Head, Metric, Preprocessor, Reader, Reporter, Task
 
 PROJECT = "nlpflow"
@@ -70,8 +70,9 @@ class Registry:
     blocked: list[str] = field(default_factory=list)
     #: problems worth a line that do not stop anything (a disabled name that matches no installed plugin)
     warnings: list[str] = field(default_factory=list)
-    #: hub name -> function returning the folder of a copy shipped in a package
-    embedded_models: dict[str, Any] = field(default_factory=dict)
+    #: hub name -> function returning the folder of a copy shipped in a package (resolving a pipeline looks its
+    #: model up here)
+    embedded_models: dict[str, Callable[[], Any]] = field(default_factory=dict)
     #: head name -> its declaration: nlpflow's built-in heads, then those plugins declared with register_heads
     heads: dict[str, Head] = field(default_factory=lambda: dict(HEADS))
     #: head name -> the plugin that declared it (absent for the built-in heads)
@@ -171,9 +172,21 @@ def load_registry(
         _collect_heads(registry, info.name)
     for info in collection_order:
         _collect_embedded_models(registry, info.name)
-    hub.EMBEDDED_MODELS.clear()
-    hub.EMBEDDED_MODELS.update(registry.embedded_models)
     return registry
+
+
+def _reject(registry: Registry, plugin_name: str, failure: PluginError) -> None:
+    """Record why a plugin failed and leave it out whole: what it registered so far is removed, and its hooks are
+    no longer called, so it is never both listed as loaded and as failed."""
+    registry.failures.append(failure)
+    for entries in registry.entries.values():
+        for name in [name for name, entry in entries.items() if entry.plugin == plugin_name]:
+            del entries[name]
+    for head in [name for name, owner in registry.head_plugins.items() if owner == plugin_name]:
+        del registry.heads[head], registry.head_plugins[head]
+    registry.plugins[:] = [info for info in registry.plugins if info.name != plugin_name]
+    if registry.plugin_manager.has_plugin(plugin_name):
+        registry.plugin_manager.unregister(name=plugin_name)
 
 
 def _register(registry: Registry, name: str, plugin: object) -> None:
@@ -213,9 +226,9 @@ def _collect(registry: Registry, plugin_name: str, hook_name: str, kind: str, ba
     try:
         caller(register=register)
     except PluginError as error:
-        registry.failures.append(error)
+        _reject(registry, plugin_name, error)
     except Exception as error:  # a plugin's bug must not stop the others
-        registry.failures.append(PluginError(f"raised in {hook_name}: {type(error).__name__}: {error}", plugin_name))
+        _reject(registry, plugin_name, PluginError(f"raised in {hook_name}: {type(error).__name__}: {error}", plugin_name))
 
 
 def _collect_heads(registry: Registry, plugin_name: str) -> None:
@@ -239,9 +252,9 @@ def _collect_heads(registry: Registry, plugin_name: str) -> None:
     try:
         caller(register=register)
     except PluginError as error:
-        registry.failures.append(error)
+        _reject(registry, plugin_name, error)
     except Exception as error:  # a plugin's bug must not stop the others
-        registry.failures.append(PluginError(f"raised in register_heads: {type(error).__name__}: {error}", plugin_name))
+        _reject(registry, plugin_name, PluginError(f"raised in register_heads: {type(error).__name__}: {error}", plugin_name))
 
 
 def _collect_embedded_models(registry: Registry, plugin_name: str) -> None:
@@ -251,17 +264,23 @@ def _collect_embedded_models(registry: Registry, plugin_name: str) -> None:
         return
     caller = manager.subset_hook_caller("register_embedded_models", remove_plugins=[p for p in manager.get_plugins() if p is not plugin])
 
+    #: kept only once the hook returns without a problem, so a rejected plugin leaves no embedded model behind
+    registered: dict[str, Callable[[], Any]] = {}
+
     def register(hub_name: Any, locate: Any) -> None:
         if not isinstance(hub_name, str) or not callable(locate):
             raise PluginError(f"register_embedded_models expects register(hub_name: str, locate: callable), got {hub_name!r}, {locate!r}", plugin_name)
-        registry.embedded_models.setdefault(hub_name, locate)
+        registered.setdefault(hub_name, locate)
 
     try:
         caller(register=register)
     except PluginError as error:
-        registry.failures.append(error)
+        _reject(registry, plugin_name, error)
     except Exception as error:
-        registry.failures.append(PluginError(f"raised in register_embedded_models: {type(error).__name__}: {error}", plugin_name))
+        _reject(registry, plugin_name, PluginError(f"raised in register_embedded_models: {type(error).__name__}: {error}", plugin_name))
+    else:
+        for hub_name, locate in registered.items():
+            registry.embedded_models.setdefault(hub_name, locate)
 
 
 _default: Registry | None = None

@@ -44,14 +44,15 @@ def _cli(config, tmp_path, *arguments):
 
 
 def test_limit_reads_only_the_first_records(config, tmp_path):
-    [result] = nlpflow.run(["lead"], config, tmp_path / "out", use_cache=False, interactive=False, limit=5)
+    [result] = nlpflow.run(["lead"], config, tmp_path / "out", use_cache=False, interactive=False, overrides=nlpflow.Overrides(limit=5))
     assert result.report["counts"]["read"] == 5
     assert _cli(config, tmp_path, "lead", "--limit", "3") == 0
     assert json.loads((tmp_path / "out/lead/report.json").read_text())["counts"]["read"] == 3
 
 
 def test_set_overrides_a_setting_parsed_as_yaml(config, tmp_path):
-    [result] = nlpflow.run(["lead"], config, tmp_path / "out", use_cache=False, interactive=False, set=["lead.options.sentences=1"])
+    [result] = nlpflow.run(["lead"], config, tmp_path / "out", use_cache=False, interactive=False,
+                           overrides=nlpflow.Overrides(set=["lead.options.sentences=1"]))
     assert result.report["rule"] == "lead-1" and result.report["task_options"]["sentences"] == 1
 
 
@@ -73,8 +74,8 @@ def test_set_errors_point_at_the_flag(config, tmp_path, capsys, override, messag
 
 
 def test_model_device_and_batch_size_flags(config, tmp_path, minilm_path, capsys):
-    [result] = nlpflow.run(["sentiment"], config, tmp_path / "out", use_cache=False, interactive=False, limit=4,
-                           model=str(minilm_path), device="cpu", batch_size=2)
+    [result] = nlpflow.run(["sentiment"], config, tmp_path / "out", use_cache=False, interactive=False,
+                           overrides=nlpflow.Overrides(limit=4, model=str(minilm_path), device="cpu", batch_size=2))
     model = result.report["model"]
     assert (model["name_or_path"], model["device"], model["batch_size"]) == (str(minilm_path), "cpu", 2)
     assert _cli(config, tmp_path, "sentiment", "--limit", "2", "--batch-size", "3", "--device", "cpu") == 0

@@ -140,7 +140,7 @@ def test_generated_summaries_equal_generate_and_do_not_depend_on_batching(bart_m
 # --- baselines ---------------------------------------------------------------
 
 
-def test_lead_and_centroid_baselines(minilm_path, registry):  # registry: loading plugins registers the embedded MiniLM
+def test_lead_and_centroid_baselines(minilm_path):
     from transformers import AutoModel, AutoTokenizer
 
     rows = news()
@@ -148,7 +148,7 @@ def test_lead_and_centroid_baselines(minilm_path, registry):  # registry: loadin
     nlp = spacy.blank("en")
     nlp.add_pipe("sentencizer")
     split = [[s.text.strip() for s in nlp(d).sents if s.text.strip()] for d in documents]
-    config = ModelConfig(name_or_path="sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+    config = ModelConfig(name_or_path=str(minilm_path), device="cpu")
 
     lead = Summarization(SummarizationOptions(method="lead", sentences=3))
     assert lead.rule_based

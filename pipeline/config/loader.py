@@ -1,5 +1,5 @@
-"""Loading pipelines.yaml: a safe YAML loader that remembers where every key is, ``--set`` overrides, and the
-schema check, every problem a :class:`ConfigError` with the file, line and column.
+"""Loading pipelines.yaml: parsed once by a safe YAML loader that remembers where every key is, overrides applied
+to the parsed data, and the schema check, every problem a :class:`ConfigError` with its file, line and column (or flag).
 """
 
 from __future__ import annotations
@@ -7,22 +7,23 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from nlpflow.config.schema import DEFAULT_CONFIG, PIPELINE_NAME, PipelineConfig, PipelinesFile
 from nlpflow.contract.errors import ConfigError, Location, NlpflowError, Problems, did_you_mean
+from nlpflow.run_options import Overrides
 
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_config(
-    path: Path | str = DEFAULT_CONFIG, overrides: Sequence[str] = (), *, problems: list[NlpflowError] | None = None
+    path: Path | str = DEFAULT_CONFIG, overrides: Overrides = Overrides(), *, problems: list[NlpflowError] | None = None
 ) -> dict[str, PipelineConfig | None]:
-    """Parse and schema-check a pipelines file, with ``PIPELINE.KEY.PATH=VALUE`` overrides (``--set``) applied;
-    names are resolved later against the registry. ``problems``: as :func:`parse_config`'s."""
+    """Parse and schema-check a pipelines file, with ``overrides`` applied; names are resolved later against the
+    registry. ``problems``: as :func:`parse_config`'s."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -43,10 +44,17 @@ MAX_NODES = 100_000
 MAX_DEPTH = 100
 
 
+#: run flag -> the key it sets in each pipeline that has the key's section (``data:`` every pipeline, ``model:`` some)
+FLAG_KEYS = {"--limit": ("data", "limit"), "--device": ("model", "device"), "--batch-size": ("model", "batch_size"), "--model": ("model", "name_or_path")}
+
+
 def parse_config(
-    text: str, source: Path | str = DEFAULT_CONFIG, overrides: Sequence[str] = (), *, problems: list[NlpflowError] | None = None
+    text: str, source: Path | str = DEFAULT_CONFIG, overrides: Overrides = Overrides(), *, problems: list[NlpflowError] | None = None
 ) -> dict[str, PipelineConfig | None]:
     """Parse pipelines-file text with a safe YAML loader and check it against the schema.
+
+    ``overrides`` are applied to the parsed data, the typed flag values first and then each ``--set`` text (its
+    value parsed as YAML there), each checked by the schema at once, so that its errors name its flag.
 
     Raises only :class:`ConfigError`, with the file, line and column of the problem. With a ``problems`` list, the
     schema's problems are appended to it instead, every one pydantic finds, each with its line (or ``--set`` flag),
@@ -104,16 +112,22 @@ def parse_config(
     failed: set[Any] = set()
     checked = _check_schema(data, failed, source, locations, report)
     # the file is checked alone first, so its own mistakes point at its lines and each override's at its flag
+    #: YAML path -> the flag that set it
     overridden: dict[tuple, str] = {}
-    for override in overrides:
+    for flag, value in overrides.flags().items():
+        for path in _apply_flag(data, failed, FLAG_KEYS[flag], value):
+            overridden[path] = flag
+        checked = _check_schema(data, failed, source, locations, report, flag)
+    for override in overrides.set:
+        flag = f"--set {override}"
         with report.check():
             try:
-                overridden[_apply_override(data, override)] = override
+                overridden[_apply_override(data, override)] = flag
             except ConfigError as error:
                 if error.pipeline is not None:
                     failed.add(error.pipeline)
                 raise
-            checked = _check_schema(data, failed, source, locations, report, override)
+            checked = _check_schema(data, failed, source, locations, report, flag)
 
     pipelines: dict[str, PipelineConfig | None] = {}
     for name, pipeline in (checked.pipelines if checked is not None else {}).items():
@@ -128,10 +142,7 @@ def parse_config(
             report.add(error)
             failed.add(name)
             continue
-        pipeline._name = name
-        pipeline._source = source
-        pipeline._locations = locations
-        pipeline._overrides = overridden
+        pipeline.place(name, source, locations, overridden)
         pipelines[name] = pipeline
     if not failed:
         return pipelines
@@ -140,14 +151,14 @@ def parse_config(
 
 
 def _check_schema(
-    data: dict, failed: set[Any], source: Path, locations: dict, report: Problems, override: str | None = None
+    data: dict, failed: set[Any], source: Path, locations: dict, report: Problems, flag: str | None = None
 ) -> PipelinesFile | None:
-    """Schema-check the file's data without the pipelines in ``failed``; report each problem (at ``override``'s
-    flag, when given) and add its pipeline to ``failed``, then check the pipelines left. None when no pipeline can be
-    checked: the file's ``pipelines:`` is missing or not a mapping."""
+    """Schema-check the file's data without the pipelines in ``failed``; report each problem (at ``flag``, the
+    override just applied, when given) and add its pipeline to ``failed``, then check the pipelines left. None when
+    no pipeline can be checked: the file's ``pipelines:`` is missing or not a mapping."""
     pipelines = data.get("pipelines")
     # the file's own check covers its top level; after it, an override's check covers the pipelines left
-    checked = data if override is None or not isinstance(pipelines, dict) else _without(pipelines, failed)
+    checked = data if flag is None or not isinstance(pipelines, dict) else _without(pipelines, failed)
     while True:
         try:
             return PipelinesFile.model_validate(checked)
@@ -155,8 +166,8 @@ def _check_schema(
             found = _config_errors(error, source, locations, checked)
         except RecursionError:
             raise ConfigError("the file is nested too deeply to be a pipelines file", Location(source)) from None
-        if override is not None:
-            found = [(key, ConfigError(error.message, Location(f"--set {override}"), error.pipeline)) for key, error in found]
+        if flag is not None:
+            found = [(key, ConfigError(error.message, Location(flag), error.pipeline)) for key, error in found]
         for _, error in found:
             report.add(error)
         new = {key for key, _ in found if key is not None} - failed
@@ -168,6 +179,20 @@ def _check_schema(
 
 def _without(pipelines: dict, failed: set[Any]) -> dict:
     return {"pipelines": {name: value for name, value in pipelines.items() if name not in failed}}
+
+
+def _apply_flag(data: dict, failed: set[Any], key: tuple[str, str], value: Any) -> list[tuple]:
+    """Set ``SECTION.KEY`` to ``value`` in every pipeline not in ``failed`` that has the section; returns the YAML
+    paths set. The value is typed already: it is placed as it is, for the schema to check."""
+    section, name = key
+    pipelines = data.get("pipelines")
+    paths = []
+    for pipeline_name, pipeline in (pipelines if isinstance(pipelines, dict) else {}).items():
+        if pipeline_name in failed or not isinstance(pipeline, dict) or not isinstance(pipeline.get(section), dict):
+            continue
+        pipeline[section][name] = value
+        paths.append(("pipelines", pipeline_name, section, name))
+    return paths
 
 
 def _apply_override(data: dict, override: str) -> tuple:

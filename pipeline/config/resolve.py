@@ -1,6 +1,8 @@
 """Resolving a checked pipeline against the plugin registry: every name turned into a configured plugin object.
 
-Unknown names are ConfigErrors with the YAML position and the closest valid name.
+The pipeline's config is read, never changed: what resolving adds (the effective slice columns; the model's folder, in a copy of the config)
+is kept in the :class:`ResolvedPipeline`. Unknown names are ConfigErrors with the YAML position and the closest
+valid name.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class ResolvedPipeline:
     providers: dict[tuple[str, str], str]
     #: plugin name -> its name, distribution and version, for each plugin in ``providers``
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    #: the data columns the run's error analysis slices by: ``report.slice_by``, then those named only in a
+    #: reporter's own ``slice_by`` option
+    slice_by: list[str] = field(default_factory=list)
 
     @property
     def task_plugin(self) -> str:
@@ -131,8 +136,9 @@ def resolve(config: PipelineConfig, registry: Registry, *, problems: list[Nlpflo
             metric_cls = _lookup(registry, "metric", step.name, where, name)
             if metric_cls.tasks and task_cls.name not in metric_cls.tasks:
                 suitable = [m for m in registry.names("metric") if not registry.get("metric", m).tasks or task_cls.name in registry.get("metric", m).tasks]
+                listing = f"Metrics for {task_cls.name!r}: {', '.join(suitable)}" if suitable else f"No registered metric scores {task_cls.name!r}"
                 raise ConfigError(
-                    f"metric {step.name!r} does not apply to task {task_cls.name!r} (it scores {', '.join(metric_cls.tasks)}). Metrics for {task_cls.name!r}: {', '.join(suitable)}",
+                    f"metric {step.name!r} does not apply to task {task_cls.name!r} (it scores {', '.join(metric_cls.tasks)}). {listing}",
                     where,
                     name,
                 )
@@ -158,13 +164,7 @@ def resolve(config: PipelineConfig, registry: Registry, *, problems: list[Nlpflo
             reporters.append(
                 _construct(reporter_cls, (reporter_options,), config, "report", "formats", position, plugin=registry.provider("reporter", step.name))
             )
-    # slices are computed once, by the run's error analysis (report.json's ``analysis.slices``, which every report
-    # shows): a column named only in a reporter's own slice_by option is sliced there too, after report.slice_by's
-    for reporter in reporters:
-        columns = getattr(reporter.options, "slice_by", None)
-        for column in columns if isinstance(columns, (list, tuple)) else ():
-            if column not in config.report.slice_by:
-                config.report.slice_by.append(column)
+    slice_by = _slice_columns(config, reporters)
 
     backend = None
     if config.model is not None:
@@ -183,7 +183,38 @@ def resolve(config: PipelineConfig, registry: Registry, *, problems: list[Nlpflo
         for item in items
     }
     plugins = {plugin: registry.plugin_info(plugin) for plugin in set(providers.values())}
-    return ResolvedPipeline(config, task, reader, preprocessors, metrics, reporters, backend, providers, plugins)
+    if config.model is not None:
+        # a copy: the config given is left as it was read
+        config = config.model_copy(update={"model": config.model.in_folder(model_folder(config, registry))})
+    return ResolvedPipeline(config, task, reader, preprocessors, metrics, reporters, backend, providers, plugins, slice_by)
+
+
+def model_folder(config: PipelineConfig, registry: Registry) -> str | None:
+    """The local folder a pipeline's model loads from: ``model.name_or_path`` as a folder (relative to the
+    pipelines file, as ``data.path`` is), else the packaged copy of a model a plugin embeds under that name; None
+    for a hub name (the Hugging Face cache and the hub are searched when it loads)."""
+    name = config.model.name_or_path
+    local = Path(name).expanduser()
+    local = local if local.is_absolute() else config.source.parent / local
+    if local.is_dir():
+        return str(local)
+    locate = registry.embedded_models.get(name)
+    if locate is not None:
+        try:
+            return str(locate())
+        except ImportError:
+            pass  # the package is gone: fall back to the cache and the hub
+    return None
+
+
+def _slice_columns(config: PipelineConfig, reporters: list[Reporter]) -> list[str]:
+    """``report.slice_by``, then each column named only in a reporter's own ``slice_by`` option: slices are computed
+    once, by the run's error analysis (report.json's ``analysis.slices``, which every report shows)."""
+    columns = list(config.report.slice_by)
+    for reporter in reporters:
+        named = getattr(reporter.options, "slice_by", None)
+        columns += [column for column in named if column not in columns] if isinstance(named, (list, tuple)) else []
+    return columns
 
 
 def _resolve_reader(config: PipelineConfig, registry: Registry, report: Problems) -> Reader:
@@ -345,6 +376,7 @@ def _reader_options(reader_cls: type, data: DataConfig) -> dict[str, Any]:
 
 
 def reader_for_path(path: Path, registry: Registry) -> str | None:
+    """The reader whose extensions the file's name ends with (``.jsonl.gz`` counts whole), or None."""
     suffixes = "".join(path.suffixes).lower()
     for reader_name in registry.names("reader"):
         cls = registry.get("reader", reader_name)

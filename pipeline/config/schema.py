@@ -72,7 +72,7 @@ class ReportConfig(_Strict):
     #: reporter names, optionally with options: ``[json, {html: {slice_by: [domain]}}]``
     formats: list[StepConfig] = Field(default_factory=lambda: [StepConfig(name=n) for n in ("json", "markdown", "html")])
     #: data columns to break scores down by (report.json's ``analysis.slices``); also the default of the ``slice_by``
-    #: option of every reporter that has one, and a column named only in such an option is added here
+    #: option of every reporter that has one (a column named only in such an option is sliced too, after these)
     slice_by: list[str] = Field(default_factory=list)
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     #: write the task's input fields, as read, as ``inputs`` in each line of predictions.jsonl
@@ -103,8 +103,13 @@ class PipelineConfig(_Strict):
     _name: str = PrivateAttr("")
     _source: Path = PrivateAttr(DEFAULT_CONFIG)
     _locations: dict[tuple, tuple[int, int]] = PrivateAttr(default_factory=dict)
-    #: YAML path -> the ``--set`` override that gave it its value, which is where its errors point
+    #: YAML path -> the flag that gave it its value (``--device``, ``--set PIPELINE.KEY=VALUE``), where its errors point
     _overrides: dict[tuple, str] = PrivateAttr(default_factory=dict)
+
+    def place(self, name: str, source: Path, locations: dict[tuple, tuple[int, int]], overrides: dict[tuple, str]) -> None:
+        """Say where this pipeline was read: its name, its file, the position of every key in the file, and the
+        keys an override set (what the loader knows once it has checked the pipeline)."""
+        self._name, self._source, self._locations, self._overrides = name, source, locations, overrides
 
     @property
     def name(self) -> str:
@@ -119,7 +124,7 @@ class PipelineConfig(_Strict):
         full = ("pipelines", self._name, *path)
         while full:
             if full in self._overrides:
-                return Location(f"--set {self._overrides[full]}")
+                return Location(self._overrides[full])
             if full in self._locations:
                 line, column = self._locations[full]
                 return Location(self._source, line, column)

@@ -10,32 +10,24 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from nlpflow.contract.errors import ModelError
 from nlpflow.contract.types import LoadedModel, ModelConfig
-
-#: hub name -> function returning the folder of a copy shipped inside a package, so it loads with no
-#: network. Filled by the ``register_embedded_models`` hook when plugins load.
-EMBEDDED_MODELS: dict[str, Callable[[], str]] = {}
 
 
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """A local directory as given, an embedded model's packaged directory, or the hub name unchanged."""
-    local = Path(name_or_path).expanduser()
-    if local.is_dir():
-        return str(local)
-    locate = EMBEDDED_MODELS.get(name_or_path)
-    if locate is not None:
-        try:
-            return str(locate())
-        except ImportError:
-            pass  # the package is gone: fall back to the cache and the hub
-    return name_or_path
+def resolve_model_path(config: ModelConfig) -> str:
+    """Where to load ``config``'s model from: the folder found when its pipeline was resolved (a local folder
+    relative to the pipelines file, or an embedded model's packaged copy); otherwise ``name_or_path`` as a local
+    folder if there is one, or the hub name unchanged."""
+    if config.folder is not None:
+        return config.folder
+    local = Path(config.name_or_path).expanduser()
+    return str(local) if local.is_dir() else config.name_or_path
 
 
 def hub_arguments(config: ModelConfig) -> dict[str, Any]:
@@ -50,7 +42,7 @@ def checkpoint_config(config: ModelConfig) -> Any:
     """The checkpoint's ``config.json`` (AutoConfig), or a ModelError saying where it was looked for."""
     from transformers import AutoConfig
 
-    path = resolve_model_path(config.name_or_path)
+    path = resolve_model_path(config)
     _fail_fast_when_the_hub_is_unreachable(config, path)
     try:
         return AutoConfig.from_pretrained(path, **hub_arguments(config))
@@ -115,7 +107,7 @@ def load_tokenizer(config: ModelConfig, require_fast: bool = True) -> Any:
     """The checkpoint's tokenizer; tasks that need character offsets keep ``require_fast``."""
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(config.name_or_path)
+    path = resolve_model_path(config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **hub_arguments(config))
     except (OSError, ValueError) as error:

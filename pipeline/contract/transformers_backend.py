@@ -88,7 +88,7 @@ class TransformersBackend(Backend):
         checkpoint = self.checkpoint_config(model)
         require_head(model, checkpoint, row.architecture)
         tokenizer = load_tokenizer(model, require_fast_tokenizer)
-        path = resolve_model_path(model.name_or_path)
+        path = resolve_model_path(model)
         files = files_fingerprint(path, model)
         opened = self.open(model, head, checkpoint, tokenizer, path, files)
         fingerprint = opened.fingerprint or files
@@ -144,7 +144,7 @@ def load_module(auto_class_name: str, config: ModelConfig, checkpoint: Any, dtyp
 
     auto_class = getattr(transformers, auto_class_name)
     name = config.name_or_path
-    path = resolve_model_path(name)
+    path = resolve_model_path(config)
     if config.allow_pickle:
         warnings.warn(
             f"model {name!r}: allow_pickle is set, so pickle weight files (.bin) may be loaded; "

@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Iterator, Literal, Mapping, Sequence, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, PositiveInt, PrivateAttr, field_validator
 
 from nlpflow.contract.errors import ModelError
 
@@ -155,6 +155,22 @@ class ModelConfig(BaseModel):
     trust_remote_code: bool = False
     #: allow pickle-based weight files (.bin); off so only safetensors load
     allow_pickle: bool = False
+
+    #: the local folder the model loads from, found when its pipeline is resolved (not part of the YAML)
+    _folder: str | None = PrivateAttr(None)
+
+    @property
+    def folder(self) -> str | None:
+        """The local folder the model loads from: ``name_or_path`` as a folder relative to the pipelines file, or
+        the packaged copy of an embedded model, found when the pipeline was resolved; None when it is neither (a
+        hub name) or the config was not resolved (:func:`nlpflow.resolve_model_path` then reads ``name_or_path``)."""
+        return self._folder
+
+    def in_folder(self, folder: str | None) -> "ModelConfig":
+        """A copy of this config that loads from ``folder`` (what resolving a pipeline does)."""
+        located = self.model_copy()
+        located._folder = folder
+        return located
 
     @field_validator("device")
     @classmethod

@@ -104,7 +104,7 @@ class Runner:
         self.analysis = ErrorAnalysis(
             [metric.name for metric in pipeline.metrics],
             self.config.fields.get(inputs[0], inputs[0]) if inputs else None,
-            self.config.report.slice_by,
+            pipeline.slice_by,
             self.config.report.rank_by,
         )
         #: set by :meth:`check_labels` before the model loads; None for open-ended tasks

@@ -94,7 +94,7 @@ class NumpyBackend(TransformersBackend):
         return {"logits": bag_of_tokens(prepared["input_ids"], prepared["attention_mask"], len(weights)) @ weights + bias}
 
     def _folder(self, model: ModelConfig) -> Path:
-        folder = checkpoint_directory(resolve_model_path(model.name_or_path), model)
+        folder = checkpoint_directory(resolve_model_path(model), model)
         if folder is None:
             raise ModelError(f"model {model.name_or_path!r}: backend 'numpy' loads local folders (or hub snapshots in the cache); none found")
         return folder
