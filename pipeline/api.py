@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -21,10 +22,15 @@ from nlpflow.config.loader import load_config
 from nlpflow.contract.errors import ConfigError, Location, NlpflowError, PipelinesFailed, ValidationFailed, did_you_mean
 from nlpflow.contract.progress import quiet_libraries
 from nlpflow.registry import Registry, default_registry
+from nlpflow.engine.executing import make_executor
 from nlpflow.engine.runner import Runner
 from nlpflow.contract.types import Executor, RunResult
 
 log = logging.getLogger("nlpflow")
+
+#: NLPFLOW_OVERLAP's values: 1 overlaps reading, the model and writing in threads, 0 runs them one after another;
+#: unset, a run overlaps them only around a model stage
+OVERLAP_SETTINGS = {"1": True, "0": False}
 
 
 def select(pipelines: dict[str, PipelineConfig], names: Sequence[str], source: Path) -> list[PipelineConfig]:
@@ -153,9 +159,12 @@ def run(
     this process; ``ray``: on Ray actors, ``address`` the cluster's, ``workers`` how many).
     """
     registry = registry or default_registry(disabled_plugins)
-    executor_class = registry.get("executor", executor)
+    executor_options = {"address": address, "workers": workers}
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    make_executor(registry, executor, executor_options)  # an unknown executor or a bad option fails before any pipeline loads
+    #: the documented switch: read here, at the boundary, and handed to the runner as its overlap option
+    overlap = OVERLAP_SETTINGS.get(os.environ.get("NLPFLOW_OVERLAP", ""))
     pipelines = load_config(config)
     chosen = select(pipelines, names, Path(config))
     overrides = _flag_overrides(chosen, limit=limit, device=device, batch_size=batch_size, model=model) + list(set)
@@ -166,7 +175,9 @@ def run(
     cache = PredictionCache(Path(cache_dir) if cache_dir else default_cache_dir(), optional=cache_optional) if use_cache else None
     try:
         with quiet_libraries(not library_logs and _loads_models(resolved)):
-            return _run_each(resolved, Path(output), cache, interactive, keep_going, lambda: executor_class(address=address, workers=workers))
+            return _run_each(
+                resolved, Path(output), cache, interactive, keep_going, lambda: make_executor(registry, executor, executor_options), overlap
+            )
     finally:
         if cache is not None:
             cache.close()
@@ -174,12 +185,12 @@ def run(
 
 def _run_each(
     resolved: list[ResolvedPipeline], output: Path, cache: PredictionCache | None, interactive: bool | None, keep_going: bool,
-    make_executor: Callable[[], Executor],
+    new_executor: Callable[[], Executor], overlap: bool | None,
 ) -> list[RunResult]:
     results = []
     failures: list[tuple[str, NlpflowError]] = []
     for pipeline in resolved:
-        runner = Runner(pipeline, output, cache, interactive, make_executor())
+        runner = Runner(pipeline, output, cache, interactive, new_executor(), overlap)
         try:
             with run_folder.exclusive(runner.directory, pipeline.name):
                 results.append(runner.run())

@@ -42,7 +42,8 @@ sys.exit(main(sys.argv[2:]))
 """
 
 #: the same with the delay before each model batch (``collate`` runs once per batch that is computed)
-SLOW_BATCHES_CLI = SLOW_CLI.replace("model.ModelStage.run", "model.ModelStage.collate")
+SLOW_BATCHES_CLI = SLOW_CLI.replace("import nlpflow.engine.model_stage as model", "import nlpflow.engine.batches as model").replace(
+    "model.ModelStage.run", "model.ChunkPlan.collate")
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
@@ -276,18 +277,18 @@ def test_killed_run_loses_no_finished_batch(small_batches, small_batches_baselin
 
 
 def test_interrupt_in_a_chunk_keeps_its_finished_batches_and_says_how_many(small_batches, tmp_path, monkeypatch, capsys):
-    import nlpflow.engine.model_stage as model
+    import nlpflow.engine.batches as model
 
-    original = model.ModelStage.collate
+    original = model.ChunkPlan.collate
     calls = []
 
-    def interrupted(self, features, indices):
+    def interrupted(self, indices):
         calls.append(len(indices))
         if len(calls) == 7:  # the third batch of the second chunk
             raise KeyboardInterrupt
-        return original(self, features, indices)
+        return original(self, indices)
 
-    monkeypatch.setattr(model.ModelStage, "collate", interrupted)
+    monkeypatch.setattr(model.ChunkPlan, "collate", interrupted)
     cache = tmp_path / "cache"
     assert main(["run", "reviews", "--config", str(small_batches), "--output", str(tmp_path / "out"), "--cache-dir", str(cache)]) == 130
     assert "interrupted: pipeline 'reviews': 24 predictions made by this run are saved in the cache" in capsys.readouterr().err
