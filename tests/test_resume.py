@@ -486,3 +486,17 @@ def test_unusable_cache_folder_is_an_error_unless_the_cache_is_optional(workload
     assert err.count("going on without the cache (--cache-optional)") == 1
     assert f"cannot open the prediction cache {cache / 'predictions.sqlite'}" in err
     assert (tmp_path / "out" / "reviews" / "predictions.jsonl").read_bytes() == (baseline / "predictions.jsonl").read_bytes()
+
+
+def test_a_fully_cached_run_counts_every_planned_batch_as_skipped(small_batches, tmp_path):
+    """A rerun whose every prediction is in the cache computes no batch, and says so: each batch the first run
+    computed is counted as skipped, not lost (it once reported 0 batches and 0 skipped)."""
+    cache = tmp_path / "cache"
+    assert main(["run", "reviews", "--config", str(small_batches), "--output", str(tmp_path / "first"), "--cache-dir", str(cache)]) == 0
+    first = json.loads((tmp_path / "first" / "reviews" / "report.json").read_text(encoding="utf-8"))
+    assert first["model"]["batches"] > 0 and first["model"]["batches_skipped_as_cached"] == 0
+    assert main(["run", "reviews", "--config", str(small_batches), "--output", str(tmp_path / "again"), "--cache-dir", str(cache)]) == 0
+    again = json.loads((tmp_path / "again" / "reviews" / "report.json").read_text(encoding="utf-8"))
+    assert again["counts"]["from_cache"] == RECORDS
+    assert again["model"]["batches"] == 0
+    assert again["model"]["batches_skipped_as_cached"] == first["model"]["batches"]
