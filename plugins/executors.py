@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from nlpflow import ChunkPlan, Executor, ModelError, StageSpec, hookimpl
 
@@ -122,10 +122,10 @@ class RayOptions(BaseModel):
     """Where the Ray cluster is and how many workers to start on it."""
 
     model_config = ConfigDict(extra="forbid")
-    #: the Ray cluster to join (``auto``: the one ``ray start`` runs on this machine); None: start one in this process
-    address: str | None = None
-    #: worker actors, each loading the model once; None: one per GPU, else one per CPU
-    workers: PositiveInt | None = None
+    address: str | None = Field(
+        None, description="the Ray cluster to join (auto: the one `ray start` runs on this machine); default: start one in this process"
+    )
+    workers: int | None = Field(None, ge=1, description="worker actors, each loading the model once; default: one per GPU, else one per CPU")
 
 
 class RayExecutor(Executor):
