@@ -45,8 +45,23 @@ class blamed_on:
         return self
 
     def __exit__(self, kind: type | None, error: BaseException | None, traceback: Any) -> bool:
-        if error is None or not isinstance(error, Exception) or isinstance(error, (NlpflowError, ExampleError)):
-            return False
+        if error is not None and isinstance(error, Exception):
+            self._blame(error)
+        return False
+
+    def call(self, function: Callable[[Any], Any], argument: Any) -> Any:
+        """``function(argument)`` under the guard: the same as a ``with`` block, at a third of its cost, for a
+        plugin called once per record."""
+        try:
+            return function(argument)
+        except Exception as error:
+            self._blame(error)
+            raise
+
+    def _blame(self, error: Exception) -> None:
+        """Raise the PluginError for ``error``; return (the caller re-raises it) when it is not the plugin's bug."""
+        if isinstance(error, (NlpflowError, ExampleError)):
+            return
         what = self.what if isinstance(self.what, str) else self.what(error)
         cause = error.__cause__ if isinstance(error, Relayed) and error.__cause__ is not None else error
         raise PluginError(f"{what}: {type(cause).__name__}: {cause}", self.plugin) from cause

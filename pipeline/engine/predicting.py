@@ -105,11 +105,10 @@ class Predictor:
         parse = task.parse_prediction
         predictions = []
         example = chunk[0]
-        guard = blamed_on(plugin, lambda error: f"task {task.name!r} raised in parse_prediction on {self._where(example)()}")
+        guarded_parse = blamed_on(plugin, lambda error: f"task {task.name!r} raised in parse_prediction on {self._where(example)()}").call
         for example in chunk:
             try:
-                with guard:
-                    prediction = parse(example.fields[PREDICTION_FIELD])
+                prediction = guarded_parse(parse, example.fields[PREDICTION_FIELD])
             except ExampleError as error:
                 raise DataError(f"field 'prediction': {error}", config.data_path, example.line, self.pipeline.name) from None
             predictions.append(checked_prediction(prediction, self._where(example), plugin, task.name, "parse_prediction"))

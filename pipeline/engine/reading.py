@@ -60,10 +60,10 @@ class ExampleReader:
         mapped = list(mapping.items())
         index = -1
         record: RawRecord | None = None
-        guard = blamed_on(
+        guarded_check = blamed_on(
             self.pipeline.task_plugin,
             lambda error: f"task {task.name!r} raised in check_example on record {index} ({data_path}:{record.line})",
-        )
+        ).call
         for record in records:
             index += 1
             counts.read += 1
@@ -87,8 +87,7 @@ class ExampleReader:
                     fields[PREDICTION_FIELD] = data[prediction_column]
                 example = Example(index, record.line, fields, data)
                 try:
-                    with guard:
-                        check_example(example)
+                    guarded_check(check_example, example)
                 except ExampleError as error:
                     self.fail_or_skip(counts, str(error), record.line, index, record.source)
                     continue
@@ -127,7 +126,8 @@ class ExampleReader:
         self.fingerprint.hold()
         with blamed_on(provider, lambda error: f"reader {reader.name!r} raised after line {last_line} of {data_path}"):
             for record in reader.read(data_path):
-                checked_instance(record, RawRecord, provider, wrong_type)
+                if not isinstance(record, RawRecord):  # checked here first: the guard's call costs more, per record
+                    checked_instance(record, RawRecord, provider, wrong_type)
                 last_line = record.line
                 yield record
 

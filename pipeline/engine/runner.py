@@ -36,6 +36,7 @@ from nlpflow.engine.preprocessing import Preprocessing
 from nlpflow.engine.reading import ExampleReader
 from nlpflow.engine.run_folder import record_run_files
 from nlpflow.engine.scoring import Scoring
+from nlpflow.registry import default_registry
 
 #: records ``validate`` reads from each data file
 PREFLIGHT_RECORDS = 5
@@ -63,8 +64,6 @@ class Runner:
         self, pipeline: ResolvedPipeline, output_dir: Path, cache: PredictionCache | None = None, interactive: bool | None = None,
         executor: Executor | None = None, overlap: bool | None = None,
     ):
-        from nlpflow.registry import default_registry
-
         self.pipeline = pipeline
         self.config = pipeline.config
         self.task = pipeline.task
