@@ -62,7 +62,8 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="warning")
     ray_init_seconds = time.perf_counter() - started
 
-    contenders = {"local": lambda: LocalExecutor(), "ray-1": lambda: RayExecutor(workers=1), "ray-2": lambda: RayExecutor(workers=2)}
+    contenders = {"local": lambda: LocalExecutor(), "ray-1": lambda: RayExecutor(RayExecutor.Options(workers=1)),
+                   "ray-2": lambda: RayExecutor(RayExecutor.Options(workers=2))}
     names = list(contenders)
     rows: dict[str, list[dict]] = {name: [] for name in names}
     for repeat in range(arguments.repeats):

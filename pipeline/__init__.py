@@ -114,6 +114,8 @@ __all__ = [
     "count_lines", "confidence", "CONFIDENCE_DETAILS", "MAX_SLICE_VALUES", "OTHER", "MISSING",
     # running pipelines from Python
     "run", "validate", "RunOptions", "Overrides",
+    # what an executor receives: how to build the model's batch computer, and each chunk's planned batches
+    "StageSpec", "ChunkPlan",
     "__version__",
 ]
 
@@ -123,4 +125,8 @@ def __getattr__(name: str) -> Any:
         from nlpflow import api
 
         return getattr(api, name)
+    if name in ("StageSpec", "ChunkPlan"):  # engine modules: imported when an executor first asks
+        from nlpflow.engine import batches, executing
+
+        return {"StageSpec": executing.StageSpec, "ChunkPlan": batches.ChunkPlan}[name]
     raise AttributeError(f"module 'nlpflow' has no attribute {name!r}")

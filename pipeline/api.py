@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -21,11 +22,16 @@ from nlpflow.config.loader import load_config
 from nlpflow.contract.errors import ConfigError, Location, NlpflowError, PipelinesFailed, ValidationFailed, did_you_mean
 from nlpflow.contract.progress import quiet_libraries
 from nlpflow.registry import Registry, default_registry
+from nlpflow.engine.executing import make_executor
 from nlpflow.engine.runner import Runner
 from nlpflow.contract.types import Executor, RunResult
 from nlpflow.run_options import Overrides, RunOptions
 
 log = logging.getLogger("nlpflow")
+
+#: NLPFLOW_OVERLAP's values: 1 overlaps reading, the model and writing in threads, 0 runs them one after another;
+#: unset, a run overlaps them only around a model stage
+OVERLAP_SETTINGS = {"1": True, "0": False}
 
 
 def select(pipelines: dict[str, PipelineConfig], names: Sequence[str], source: Path) -> list[PipelineConfig]:
@@ -146,10 +152,13 @@ def run(
         raise TypeError(f"run() got unknown options {', '.join(unknown)}; the options are RunOptions' fields: {', '.join(sorted(fields))}")
     options = dataclasses.replace(options, **settings)
     registry = registry or default_registry()
-    executor, address, workers = options.executor, options.executor_options.get("address"), options.executor_options.get("workers")
-    executor_class = registry.get("executor", executor)
+    workers = options.executor_options.get("workers")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    # an unknown executor or a bad option fails before any pipeline loads
+    make_executor(registry, options.executor, options.executor_options)
+    #: the documented switch: read here, at the boundary, and handed to the runner as its overlap option
+    overlap = OVERLAP_SETTINGS.get(os.environ.get("NLPFLOW_OVERLAP", ""))
     pipelines = load_config(config, options.overrides)
     chosen = select(pipelines, names, Path(config))
     _check_model_flags(chosen, options.overrides)
@@ -159,7 +168,8 @@ def run(
     try:
         with quiet_libraries(not options.library_logs and _loads_models(resolved)):
             return _run_each(
-                resolved, Path(output), cache, options.interactive, options.keep_going, lambda: executor_class(address=address, workers=workers)
+                resolved, Path(output), cache, options.interactive, options.keep_going,
+                lambda: make_executor(registry, options.executor, options.executor_options), overlap,
             )
     finally:
         if cache is not None:
@@ -168,12 +178,12 @@ def run(
 
 def _run_each(
     resolved: list[ResolvedPipeline], output: Path, cache: PredictionCache | None, interactive: bool | None, keep_going: bool,
-    make_executor: Callable[[], Executor],
+    new_executor: Callable[[], Executor], overlap: bool | None,
 ) -> list[RunResult]:
     results = []
     failures: list[tuple[str, NlpflowError]] = []
     for pipeline in resolved:
-        runner = Runner(pipeline, output, cache, interactive, make_executor())
+        runner = Runner(pipeline, output, cache, interactive, new_executor(), overlap)
         try:
             with run_folder.exclusive(runner.directory, pipeline.name):
                 results.append(runner.run())

@@ -21,7 +21,9 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from nlpflow import Backend, Executor, ModelConfig, ModelError, Task, hookimpl
+from pydantic import BaseModel, ConfigDict, Field
+
+from nlpflow import ChunkPlan, Executor, ModelError, StageSpec, hookimpl
 
 RAY_INSTALL_HINT = "--executor ray needs Ray: pip install 'nlpflow[ray]'"
 #: packages whose versions must match between the driver and every worker (outputs depend on them)
@@ -45,13 +47,20 @@ def register_executors(register):
 
 
 class LocalExecutor(Executor):
-    """Computes every planned batch in this process (with prefetch on CUDA and out-of-memory back-off)."""
+    """Computes every planned batch in this process, with the model the driver loaded (prefetch on CUDA)."""
 
     name = "local"
     description = "model batches computed in this process"
 
-    def compute(self, chunk: Any) -> Iterator[tuple[list[int], Mapping[str, np.ndarray]]]:
-        return chunk.stage.compute_in_process(chunk)
+    def __init__(self, options: BaseModel | None = None):
+        super().__init__(options)
+        self.computer: Any = None
+
+    def start(self, spec: StageSpec, run_key: str) -> None:
+        self.computer, _ = spec.build()
+
+    def compute(self, plan: ChunkPlan) -> Iterator[tuple[list[int], Mapping[str, np.ndarray]]]:
+        return self.computer.compute(plan)
 
 
 def handshake_versions() -> dict[str, str | None]:
@@ -65,31 +74,20 @@ def handshake_versions() -> dict[str, str | None]:
 
 
 class RayWorker:
-    """One Ray actor: loads the task's model once and computes the planned batches it is sent.
+    """One Ray actor: builds the model's batch computer from the driver's spec once and computes the plans it is sent.
 
     Errors are caught and returned, never raised: a plugin's error must reach
     the user with its own type and text, and must not be retried.
     """
 
-    def __init__(self, task: Task, model: ModelConfig, backend: Backend, task_provider: dict[str, Any]):
+    def __init__(self, spec: StageSpec):
         import ray
-
-        from nlpflow.engine.model_stage import ModelStage, run_key
-        from nlpflow.registry import default_registry
 
         self.node = ray.get_runtime_context().get_node_id()
         self.load_error: str | None = None
         self.run_key: str | None = None
         try:
-            # this process's own plugins: embedded models are found through them, and the task plugin's version here
-            # goes into the run key, so a worker with another version of it is refused
-            installed = {info.name: info for info in default_registry().plugins}
-            mine = installed.get(task_provider["plugin"])
-            if mine is not None:
-                task_provider = {"plugin": mine.name, "distribution": mine.distribution, "version": mine.version}
-            task_model = task.load(model, backend)
-            self.stage = ModelStage(task_model, model)
-            self.run_key = run_key(task, task_model, task_provider)
+            self.computer, self.run_key = spec.build()
         except Exception as error:
             self.load_error = f"{type(error).__name__}: {error}"
 
@@ -100,13 +98,14 @@ class RayWorker:
     def pid(self) -> int:
         return os.getpid()
 
-    def compute(self, collated: dict[str, np.ndarray]) -> dict[str, Any]:
+    def compute(self, plan: ChunkPlan) -> dict[str, Any]:
+        """The plan's ``(indices, outputs)`` pairs: one for its batch, or its parts after running out of memory."""
         started = time.perf_counter()
         try:
-            outputs = self.stage.compute_batch(collated)
+            parts = list(self.computer.compute(plan))
         except Exception as error:
             return {"error": _transportable(error), "node": self.node}
-        return {"outputs": outputs, "node": self.node, "seconds": time.perf_counter() - started}
+        return {"parts": parts, "node": self.node, "seconds": time.perf_counter() - started}
 
 
 def _transportable(error: Exception) -> Exception:
@@ -119,14 +118,27 @@ def _transportable(error: Exception) -> Exception:
         return type(type(error).__name__, (Exception,), {})(str(error))
 
 
+class RayOptions(BaseModel):
+    """Where the Ray cluster is and how many workers to start on it."""
+
+    model_config = ConfigDict(extra="forbid")
+    address: str | None = Field(
+        None, description="the Ray cluster to join (auto: the one `ray start` runs on this machine); default: start one in this process"
+    )
+    workers: int | None = Field(None, ge=1, description="worker actors, each loading the model once; default: one per GPU, else one per CPU")
+
+
 class RayExecutor(Executor):
     """Computes planned batches on Ray actors, each holding the model, with results streamed back in plan order."""
 
     name = "ray"
     description = "model batches computed on Ray actors (one model per actor), in order, through a bounded window"
+    Options = RayOptions
 
-    def __init__(self, address: str | None = None, workers: int | None = None):
-        super().__init__(address, workers)
+    def __init__(self, options: RayOptions | None = None):
+        super().__init__(options)
+        self.address = self.options.address
+        self.workers = self.options.workers
         self.actors: list[Any] = []
         self.window = 0
         self.peak_in_flight = 0
@@ -170,7 +182,7 @@ class RayExecutor(Executor):
                 "`ray start --head` on the head node (then --address auto there, or --address HEAD_IP:6379 elsewhere)"
             ) from None
 
-    def start(self, task: Task, model: ModelConfig, backend: Backend, run_key: str, task_provider: dict[str, Any]) -> None:
+    def start(self, spec: StageSpec, run_key: str) -> None:
         started = time.perf_counter()
         ray = self._ray()
         self._connect(ray)
@@ -185,7 +197,7 @@ class RayExecutor(Executor):
         actor_class = ray.remote(RayWorker).options(
             **per_worker, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS, scheduling_strategy="SPREAD"
         )
-        self.actors = [actor_class.remote(task, model, backend, task_provider) for _ in range(count)]
+        self.actors = [actor_class.remote(spec) for _ in range(count)]
         self.window = IN_FLIGHT_PER_WORKER * count
         try:
             hellos = ray.get([actor.hello.remote() for actor in self.actors], timeout=START_TIMEOUT_SECONDS)
@@ -198,7 +210,7 @@ class RayExecutor(Executor):
         for hello in hellos:
             where = f"Ray worker on node {hello['node']} (pid {hello['pid']})"
             if hello["error"] is not None:
-                raise ModelError(f"{where} could not load model {model.name_or_path!r}: {hello['error']}")
+                raise ModelError(f"{where} could not load model {spec.model.name_or_path!r}: {hello['error']}")
             if hello["versions"] != expected:
                 differ = ", ".join(f"{name} {hello['versions'][name]} (driver {expected[name]})" for name in expected if hello["versions"][name] != expected[name])
                 raise ModelError(f"{where} has different versions from the driver: {differ}; install the same ones on every worker")
@@ -207,26 +219,26 @@ class RayExecutor(Executor):
                 differ = ", ".join(sorted(key for key in mine if mine[key] != theirs.get(key)))
                 raise ModelError(
                     f"{where} loaded a different model or settings from the driver (differs in: {differ}); every worker needs "
-                    f"the same checkpoint {model.name_or_path!r}, task plugin and device kind"
+                    f"the same checkpoint {spec.model.name_or_path!r}, task plugin and device kind"
                 )
         self.started_seconds = time.perf_counter() - started
 
-    def compute(self, chunk: Any) -> Iterator[tuple[list[int], Mapping[str, np.ndarray]]]:
+    def compute(self, plan: ChunkPlan) -> Iterator[tuple[list[int], Mapping[str, np.ndarray]]]:
         ray = self._ray()
         in_flight: deque[tuple[list[int], Any, Any]] = deque()
         load = Counter()
-        for indices in chunk.batches:
+        for position, indices in enumerate(plan.batches):
             while len(in_flight) >= self.window:
-                yield self._finish(ray, in_flight, load)
+                yield from self._finish(ray, in_flight, load)
             # the least busy worker, so one slow worker does not hold the whole window
             actor = min(self.actors, key=lambda a: load[id(a)])
             load[id(actor)] += 1
-            in_flight.append((indices, actor, actor.compute.remote(chunk.collate(indices))))
+            in_flight.append((indices, actor, actor.compute.remote(plan.only(position))))
             self.peak_in_flight = max(self.peak_in_flight, len(in_flight))
         while in_flight:
-            yield self._finish(ray, in_flight, load)
+            yield from self._finish(ray, in_flight, load)
 
-    def _finish(self, ray, in_flight: deque, load: Counter) -> tuple[list[int], Mapping[str, np.ndarray]]:
+    def _finish(self, ray, in_flight: deque, load: Counter) -> list[tuple[list[int], Mapping[str, np.ndarray]]]:
         """The oldest batch's outputs: results come back in plan order, whatever order workers finish in."""
         indices, actor, reference = in_flight.popleft()
         load[id(actor)] -= 1
@@ -242,7 +254,7 @@ class RayExecutor(Executor):
         self.batches_by_node[result["node"]] += 1
         self.worker_seconds += result["seconds"]
         self.batches_done += 1
-        return indices, result["outputs"]
+        return result["parts"]
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -168,7 +168,7 @@ def test_collate_pads_like_the_tokenizer(classifier):
     features = classifier.encode(_examples(TEXTS[:6]))
     stage = ModelStage(classifier, ModelConfig(name_or_path="x", device="cpu"))
     indices = [3, 0, 5]
-    batch = stage.collate(features, indices)
+    batch = stage.chunk_plan(features, [indices]).collate(indices)
     expected = classifier.loaded.tokenizer.pad([features[i].inputs for i in indices], return_tensors="np")
     assert batch.keys() == set(features[0].inputs)
     for key in batch:
@@ -269,4 +269,4 @@ def test_fixed_batch_size_means_that_many_rows_unless_max_tokens_is_set(classifi
     capped = ModelStage(classifier, ModelConfig(name_or_path="x", device="cpu", batch_size=16, max_tokens=600)).plan(features)
     assert len(capped[0]) < 16
     auto = ModelStage(classifier, ModelConfig(name_or_path="x", device="cpu", batch_size="auto"))
-    assert auto.max_tokens < auto.max_rows * 512  # auto keeps the measured CPU budget
+    assert auto.computer.max_tokens < auto.computer.max_rows * 512  # auto keeps the measured CPU budget

@@ -37,7 +37,7 @@ def test_classifier_on_gpu_matches_cpu_labels(bert_classifier):
     gpu = gpu_stage.run(examples)
     cpu = ModelStage(task.load(cpu_config, TorchBackend()), cpu_config).run(examples)
     assert [p.value for p in gpu] == [p.value for p in cpu]
-    assert gpu_stage.pad_multiple == 8
+    assert gpu_stage.computer.pad_multiple == 8
     assert gpu_stage.describe()["device"].startswith("cuda")
 
 
@@ -47,7 +47,7 @@ def test_out_of_memory_backs_off_under_a_forced_small_budget(minilm_path):
     config = ModelConfig(name_or_path=str(minilm_path), batch_size="auto", max_tokens=4_000_000, dtype="float32")
     task_model = task.load(config, TorchBackend())
     stage = ModelStage(task_model, config)
-    stage.max_rows = 4096
+    stage.computer.max_rows = 4096
     examples = _examples(4096, words=200)
     reference = ModelStage(task_model, config.model_copy(update={"batch_size": 8, "max_tokens": 8 * 256})).run(examples[:64])
     total = torch.cuda.get_device_properties(0).total_memory

@@ -80,11 +80,11 @@ def test_a_plugin_error_in_the_writer_thread_names_its_record(tmp_path, write_pi
 def test_a_run_without_a_model_stage_runs_its_stages_one_after_another(tmp_path, write_pipelines, cache_dir, monkeypatch):
     """Reading and scoring given predictions is Python holding the GIL: threads would only add switching. Unset,
     NLPFLOW_OVERLAP overlaps the stages only around a model stage; set, it forces either way."""
-    from nlpflow.engine.runner import Runner
+    from nlpflow.engine import overlap
 
     overlapped = []
-    original = Runner._run_overlapped
-    monkeypatch.setattr(Runner, "_run_overlapped", lambda self, *args: overlapped.append(True) or original(self, *args))
+    original = overlap.run_overlapped
+    monkeypatch.setattr(overlap, "run_overlapped", lambda *args: overlapped.append(True) or original(*args))
     config = write_data(tmp_path, write_pipelines)
     monkeypatch.delenv("NLPFLOW_OVERLAP", raising=False)
     run(["scored"], config=config, output=tmp_path / "auto", cache_dir=cache_dir)
@@ -95,12 +95,12 @@ def test_a_run_without_a_model_stage_runs_its_stages_one_after_another(tmp_path,
 
 
 def test_a_run_with_a_model_stage_overlaps_its_stages_by_default(tmp_path, bert_classifier, cache_dir, monkeypatch):
-    from nlpflow.engine.runner import Runner
+    from nlpflow.engine import overlap
     from tests.conftest import write_reviews_workload
 
     overlapped = []
-    original = Runner._run_overlapped
-    monkeypatch.setattr(Runner, "_run_overlapped", lambda self, *args: overlapped.append(True) or original(self, *args))
+    original = overlap.run_overlapped
+    monkeypatch.setattr(overlap, "run_overlapped", lambda *args: overlapped.append(True) or original(*args))
     monkeypatch.delenv("NLPFLOW_OVERLAP", raising=False)
     config = write_reviews_workload(tmp_path, bert_classifier, records=40, chunk=16, formats="json", words_per_text=(2, 5))
     [result] = run(["reviews"], config=config, output=tmp_path / "out", cache_dir=cache_dir)

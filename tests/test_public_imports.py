@@ -8,9 +8,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 #: built-in plugin modules allowed, for now, to import internal nlpflow modules
-KNOWN_EXCEPTIONS = {
-    "executors.py",  # reworked in the executor change
-}
+KNOWN_EXCEPTIONS: set[str] = set()
 
 
 def internal_imports(path: Path, allowed_prefixes: tuple[str, ...] = ()) -> list[str]:

@@ -32,6 +32,8 @@ from nlpflow.plugins.torch_backend import TorchBackend  # noqa: E402
 from nlpflow.registry import load_registry  # noqa: E402
 from nlpflow.plugins.executors import RayExecutor  # noqa: E402
 from nlpflow.engine.runner import Runner  # noqa: E402
+from nlpflow.engine.predicting import load_model  # noqa: E402
+from nlpflow import StageSpec  # noqa: E402
 from tests.conftest import write_reviews_workload  # noqa: E402
 
 RECORDS = 2_000
@@ -173,9 +175,9 @@ def test_an_interrupted_ray_run_resumes_with_other_workers_to_the_same_bytes(clu
 
     cache.put_many = put_then_stop
     with pytest.raises(KeyboardInterrupt):
-        run_with(RayExecutor(workers=2), workload, tmp_path / "first", cache)
+        run_with(RayExecutor(RayExecutor.Options(workers=2)), workload, tmp_path / "first", cache)
     cache.put_many = original
-    run_with(RayExecutor(workers=1), workload, tmp_path / "again", cache)
+    run_with(RayExecutor(RayExecutor.Options(workers=1)), workload, tmp_path / "again", cache)
     report = same_as_local(tmp_path / "again" / "reviews", local_run)
     assert 0 < report["counts"]["from_cache"] < RECORDS
     assert report["executor"]["workers"] == 1
@@ -214,14 +216,14 @@ def test_a_ray_run_killed_with_sigkill_resumes_locally_to_the_same_bytes(cluster
 
 def test_a_worker_with_another_run_key_is_refused(cluster, workload):
     pipeline = validate(workload, ["reviews"])[0]
-    runner = Runner(pipeline, Path(tempfile.gettempdir()), None, interactive=False)
-    _, run_key = runner._load_model()
+    _, run_key = load_model(pipeline)
     changed = json.loads(run_key)
     changed["model"] = "weights of another checkpoint"
-    executor = RayExecutor(workers=1)
+    executor = RayExecutor(RayExecutor.Options(workers=1))
     try:
         with pytest.raises(ModelError, match=r"loaded a different model or settings from the driver \(differs in: model\)"):
-            executor.start(pipeline.task, pipeline.config.model, pipeline.backend, json.dumps(changed, sort_keys=True), pipeline.task_provider)
+            spec = StageSpec.of(pipeline.task, pipeline.config.model, pipeline.backend, pipeline.task_provider, locate_model=pipeline.locate_model)
+            executor.start(spec, json.dumps(changed, sort_keys=True))
     finally:
         executor.close()
 
@@ -249,7 +251,7 @@ def test_a_plugin_error_on_a_worker_reads_as_it_does_locally(cluster, workload, 
                       .replace("reviews.jsonl", str(workload.parent / "reviews.jsonl")), encoding="utf-8")
     registry = load_registry(extra_plugins=[("failing-backend", FailingBackendPlugin)])
     messages = []
-    for executor in (None, RayExecutor(workers=1)):
+    for executor in (None, RayExecutor(RayExecutor.Options(workers=1))):
         pipeline = validate(config, ["reviews"], registry=registry)[0]
         with pytest.raises(PluginError) as raised:
             Runner(pipeline, tmp_path / "out", None, interactive=False, executor=executor).run()
@@ -288,7 +290,7 @@ def test_a_worker_out_of_memory_computes_the_batch_in_halves(cluster, workload, 
     config.write_text(workload.read_text(encoding="utf-8").replace("device: cpu}", "device: cpu, backend: small-memory-torch}")
                       .replace("reviews.jsonl", str(workload.parent / "reviews.jsonl")), encoding="utf-8")
     pipeline = validate(config, ["reviews"], registry=load_registry(extra_plugins=[("small-memory", SmallMemoryBackendPlugin)]))[0]
-    result = Runner(pipeline, tmp_path / "out", None, interactive=False, executor=RayExecutor(workers=1)).run()
+    result = Runner(pipeline, tmp_path / "out", None, interactive=False, executor=RayExecutor(RayExecutor.Options(workers=1))).run()
     assert result.report["counts"]["predicted"] == RECORDS
     labels = [json.loads(line)["prediction"] for line in (tmp_path / "out" / "reviews" / "predictions.jsonl").open(encoding="utf-8")]
     assert labels == [json.loads(line)["prediction"] for line in (local_run / "predictions.jsonl").open(encoding="utf-8")]

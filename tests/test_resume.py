@@ -42,7 +42,8 @@ sys.exit(main(sys.argv[2:]))
 """
 
 #: the same with the delay before each model batch (``collate`` runs once per batch that is computed)
-SLOW_BATCHES_CLI = SLOW_CLI.replace("model.ModelStage.run", "model.ModelStage.collate")
+SLOW_BATCHES_CLI = SLOW_CLI.replace("import nlpflow.engine.model_stage as model", "import nlpflow.engine.batches as model").replace(
+    "model.ModelStage.run", "model.ChunkPlan.collate")
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 
@@ -276,18 +277,18 @@ def test_killed_run_loses_no_finished_batch(small_batches, small_batches_baselin
 
 
 def test_interrupt_in_a_chunk_keeps_its_finished_batches_and_says_how_many(small_batches, tmp_path, monkeypatch, capsys):
-    import nlpflow.engine.model_stage as model
+    import nlpflow.engine.batches as model
 
-    original = model.ModelStage.collate
+    original = model.ChunkPlan.collate
     calls = []
 
-    def interrupted(self, features, indices):
+    def interrupted(self, indices):
         calls.append(len(indices))
         if len(calls) == 7:  # the third batch of the second chunk
             raise KeyboardInterrupt
-        return original(self, features, indices)
+        return original(self, indices)
 
-    monkeypatch.setattr(model.ModelStage, "collate", interrupted)
+    monkeypatch.setattr(model.ChunkPlan, "collate", interrupted)
     cache = tmp_path / "cache"
     assert main(["run", "reviews", "--config", str(small_batches), "--output", str(tmp_path / "out"), "--cache-dir", str(cache)]) == 130
     assert "interrupted: pipeline 'reviews': 24 predictions made by this run are saved in the cache" in capsys.readouterr().err
@@ -485,3 +486,17 @@ def test_unusable_cache_folder_is_an_error_unless_the_cache_is_optional(workload
     assert err.count("going on without the cache (--cache-optional)") == 1
     assert f"cannot open the prediction cache {cache / 'predictions.sqlite'}" in err
     assert (tmp_path / "out" / "reviews" / "predictions.jsonl").read_bytes() == (baseline / "predictions.jsonl").read_bytes()
+
+
+def test_a_fully_cached_run_counts_every_planned_batch_as_skipped(small_batches, tmp_path):
+    """A rerun whose every prediction is in the cache computes no batch, and says so: each batch the first run
+    computed is counted as skipped, not lost (it once reported 0 batches and 0 skipped)."""
+    cache = tmp_path / "cache"
+    assert main(["run", "reviews", "--config", str(small_batches), "--output", str(tmp_path / "first"), "--cache-dir", str(cache)]) == 0
+    first = json.loads((tmp_path / "first" / "reviews" / "report.json").read_text(encoding="utf-8"))
+    assert first["model"]["batches"] > 0 and first["model"]["batches_skipped_as_cached"] == 0
+    assert main(["run", "reviews", "--config", str(small_batches), "--output", str(tmp_path / "again"), "--cache-dir", str(cache)]) == 0
+    again = json.loads((tmp_path / "again" / "reviews" / "report.json").read_text(encoding="utf-8"))
+    assert again["counts"]["from_cache"] == RECORDS
+    assert again["model"]["batches"] == 0
+    assert again["model"]["batches_skipped_as_cached"] == first["model"]["batches"]

@@ -103,13 +103,13 @@ def _many_records_pipeline(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.mark.parametrize("change", ["replaced", "deleted"])
 def test_data_file_replaced_or_deleted_during_the_run_is_a_clear_error(tmp_path, monkeypatch, capsys, change):
     """Chosen behaviour: refuse (exit 3, no report) rather than report a hash of a file that was not the one read."""
-    from nlpflow.engine.runner import Runner
+    from nlpflow.engine.preprocessing import Preprocessing
 
     config, data = _many_records_pipeline(tmp_path)
     out = tmp_path / "out"
     assert main(["run", "p", "--config", str(config), "--output", str(out), "--no-cache"]) == 0
     earlier = (out / "p" / "report.json").read_bytes()
-    original = Runner._preprocess
+    original = Preprocessing.preprocess
 
     def change_after_the_first_chunk(self, chunk):
         if chunk[0].index == 0:
@@ -121,7 +121,7 @@ def test_data_file_replaced_or_deleted_during_the_run_is_a_clear_error(tmp_path,
                 data.unlink()
         return original(self, chunk)
 
-    monkeypatch.setattr(Runner, "_preprocess", change_after_the_first_chunk)
+    monkeypatch.setattr(Preprocessing, "preprocess", change_after_the_first_chunk)
     assert main(["run", "p", "--config", str(config), "--output", str(out), "--no-cache"]) == 3
     err = capsys.readouterr().err
     assert "Traceback" not in err

@@ -10,7 +10,7 @@ from __future__ import annotations
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
@@ -40,6 +40,9 @@ class ResolvedPipeline:
     #: the data columns the run's error analysis slices by: ``report.slice_by``, then those named only in a
     #: reporter's own ``slice_by`` option
     slice_by: list[str] = field(default_factory=list)
+    #: finds the packaged copy of an embedded model on the disk of the process that calls it (a Ray worker's
+    #: own); None when the model is not an embedded one
+    locate_model: Callable[[], Any] | None = None
 
     @property
     def task_plugin(self) -> str:
@@ -183,10 +186,14 @@ def resolve(config: PipelineConfig, registry: Registry, *, problems: list[Nlpflo
         for item in items
     }
     plugins = {plugin: registry.plugin_info(plugin) for plugin in set(providers.values())}
+    locate_model = None
     if config.model is not None:
+        folder = model_folder(config, registry)
+        if folder is not None and not _local_folder(config).is_dir():
+            locate_model = registry.embedded_models.get(config.model.name_or_path)
         # a copy: the config given is left as it was read
-        config = config.model_copy(update={"model": config.model.in_folder(model_folder(config, registry))})
-    return ResolvedPipeline(config, task, reader, preprocessors, metrics, reporters, backend, providers, plugins, slice_by)
+        config = config.model_copy(update={"model": config.model.in_folder(folder)})
+    return ResolvedPipeline(config, task, reader, preprocessors, metrics, reporters, backend, providers, plugins, slice_by, locate_model)
 
 
 def model_folder(config: PipelineConfig, registry: Registry) -> str | None:
@@ -194,8 +201,7 @@ def model_folder(config: PipelineConfig, registry: Registry) -> str | None:
     pipelines file, as ``data.path`` is), else the packaged copy of a model a plugin embeds under that name; None
     for a hub name (the Hugging Face cache and the hub are searched when it loads)."""
     name = config.model.name_or_path
-    local = Path(name).expanduser()
-    local = local if local.is_absolute() else config.source.parent / local
+    local = _local_folder(config)
     if local.is_dir():
         return str(local)
     locate = registry.embedded_models.get(name)
@@ -205,6 +211,12 @@ def model_folder(config: PipelineConfig, registry: Registry) -> str | None:
         except ImportError:
             pass  # the package is gone: fall back to the cache and the hub
     return None
+
+
+def _local_folder(config: PipelineConfig) -> Path:
+    """``model.name_or_path`` as a path, relative to the pipelines file."""
+    local = Path(config.model.name_or_path).expanduser()
+    return local if local.is_absolute() else config.source.parent / local
 
 
 def _slice_columns(config: PipelineConfig, reporters: list[Reporter]) -> list[str]:

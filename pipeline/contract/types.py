@@ -349,35 +349,38 @@ class Executor(ABC):
     planning batches over each whole chunk, decoding, scoring, writing), so an
     executor only computes batches, and its unit of work is exactly one planned
     batch: a batch holds the same rows wherever it runs, so float results equal
-    the local run's.
+    the local run's. An executor is chosen per run (``--executor``), with its
+    :attr:`Options` (``--address`` and ``--workers`` are the ``ray`` executor's).
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    #: no options yet: an executor is chosen per run (``--executor``), not per pipeline
     Options: ClassVar[type[BaseModel]] = NoOptions
 
-    def __init__(self, address: str | None = None, workers: int | None = None):
-        #: where the workers are (a cluster address; None: the executor's own default)
-        self.address = address
-        #: how many workers compute batches (None: the executor's own default)
-        self.workers = workers
+    def __init__(self, options: BaseModel | None = None):
+        self.options = options if options is not None else self.Options()
 
-    def start(self, task: "Task", model: ModelConfig, backend: Backend, run_key: str, task_provider: dict[str, Any]) -> None:
+    def start(self, spec: Any, run_key: str) -> None:
         """Called once per run, after the driver has loaded the model and before the first chunk.
 
-        A remote executor starts its workers here; each loads the model with
-        ``task.load(model, backend)`` and must reproduce ``run_key`` (the cache
-        key part of the run), or the run is refused.
+        ``spec`` (a picklable ``nlpflow.StageSpec``) says how to build the
+        model's batch computer: ``spec.build()`` returns it and the run key,
+        loading the model unless called in the driver's own process. A remote
+        executor starts its workers here; each must reproduce ``run_key`` (the
+        cache key part of the run), or the run is refused.
         """
 
     @abstractmethod
-    def compute(self, chunk: Any) -> Iterator[tuple[list[int], Mapping[str, np.ndarray]]]:
-        """Compute ``chunk.batches`` (lists of feature indices), yielding ``(indices, outputs)`` in their order.
+    def compute(self, plan: Any) -> Iterator[tuple[list[int], Mapping[str, np.ndarray]]]:
+        """Compute ``plan.batches`` (lists of feature indices), yielding ``(indices, outputs)`` in their order.
 
-        ``chunk.collate(indices)`` gives a batch's padded numpy inputs and
-        ``chunk.stage.compute_batch(inputs)`` is what computing it means; the
-        outputs are the head's arrays, one row per index.
+        ``plan`` is a picklable ``nlpflow.ChunkPlan``: ``plan.collate(indices)``
+        gives a batch's padded numpy inputs and ``plan.only(position)`` the plan
+        of one batch alone; ``computer.compute(plan)``, with the computer
+        ``spec.build()`` returned, computes a plan under the out-of-memory policy
+        every executor shares (a batch cut after running out of memory comes back
+        as its parts, each its own ``(indices, outputs)``). The outputs are the
+        head's arrays, one row per index.
         """
 
     def describe(self) -> dict[str, Any]:

@@ -1,81 +1,36 @@
-"""The model stage: running any task's model over a chunk of examples, on any backend.
+"""The model stage: encoding a chunk of examples for any task's model, planning its batches and decoding their outputs.
 
 This is the hot path, shared by every task and backend. Features are sorted
-by length within the chunk (a bounded window), packed into batches under a
-token budget (padded length x rows), padded once with numpy, prepared by the
-backend (pinned tensors on CUDA, on a worker thread while the current batch
-runs) and computed. The plan covers every example of the chunk, cached or
-not, so cache state never changes what shares a batch (see ``run``). Outputs
-are put back in input order. With
-``batch_size: auto`` a batch that runs out of memory is split in half and
-retried, never skipped, and the smaller size is kept for the rest.
+by length within the chunk (a bounded window) and packed into batches under a
+token budget (padded length x rows); an executor computes the planned batches
+(see ``batches.py``: collated once with numpy, prepared by the backend, the
+one out-of-memory policy) and their outputs are put back in input order and
+decoded. The plan covers every example of the chunk, cached or not, so cache
+state never changes what shares a batch (see ``run``).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from itertools import chain
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from nlpflow.contract.errors import ModelError
-from nlpflow.contract.hub import input_limit
-from nlpflow.contract.types import Example, Executor, Features, ModelConfig, Prediction, Task, TaskModel
+from nlpflow.contract.types import Example, Features, ModelConfig, Prediction, Task, TaskModel
+from nlpflow.engine.batches import BatchComputer, ChunkPlan, StageStats, padded
+from nlpflow.engine.guard import Relayed
 
-log = logging.getLogger("nlpflow.engine.model_stage")
-
-#: default padded-token budget per batch (rows x longest row) and row cap, for ``batch_size: auto``.
-#: CPU: measured with all-MiniLM-L6-v2 on heavy-tailed texts (BENCHMARKS.md): 8-16 rows were
-#: fastest with 1 and 2 threads, 64 rows 20-30% slower (more padding inside a batch, worse cache use).
-DEFAULT_MAX_TOKENS = {"cpu": 4_096, "cuda": 262_144, "mps": 65_536}
-DEFAULT_MAX_ROWS = {"cpu": 16, "cuda": 1024, "mps": 256}
+#: computes a chunk's plan, yielding ``(indices, outputs)`` in plan order: an executor's ``compute``
+Compute = Callable[[ChunkPlan], Iterator[tuple[list[int], Mapping[str, Any]]]]
 
 
-class DecodeError(Exception):
+class DecodeError(Relayed):
     """A task model's ``decode`` failed; names the example so the runner's error can point at its line."""
 
     def __init__(self, example: Example, error: Exception):
         self.example = example
         super().__init__(f"decode failed on record {example.index} (line {example.line}): {type(error).__name__}: {error}")
-
-
-@dataclass
-class StageStats:
-    """What the model stage did, for the report."""
-
-    batches: int = 0
-    rows: int = 0
-    padded_tokens: int = 0
-    real_tokens: int = 0
-    forward_seconds: float = 0.0
-    oom_retries: int = 0
-    largest_batch_rows: int = 0
-    #: planned batches not run because every example in them came from the cache
-    skipped_batches: int = 0
-
-
-@dataclass
-class PlannedChunk:
-    """The planned batches of one chunk that must be computed, in plan order, and how to collate each.
-
-    What an :class:`Executor` receives: the batches were planned over the whole
-    chunk on the driver, so a batch holds the same features wherever it runs.
-    """
-
-    stage: "ModelStage"
-    features: Sequence[Features]
-    lengths: np.ndarray
-    #: feature indices of each batch to compute; batches whose examples all came from the cache are left out
-    batches: list[list[int]]
-
-    def collate(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
-        """The padded int64 inputs of one batch, ready to ship to a worker."""
-        return self.stage.collate(self.features, indices)
 
 
 class ModelStage:
@@ -91,24 +46,18 @@ class ModelStage:
         loaded = task_model.loaded
         self.loaded = loaded
         self.backend = loaded.backend
-        kind = loaded.device.split(":")[0]
-        self.auto = config.batch_size == "auto"
-        self.max_rows = DEFAULT_MAX_ROWS.get(kind, 64) if self.auto else int(config.batch_size)
-        default_tokens = DEFAULT_MAX_TOKENS.get(kind, 16_384)
-        if not self.auto:
-            # a fixed batch_size means that many rows, even of the longest inputs, unless max_tokens says otherwise
-            default_tokens = max(default_tokens, self.max_rows * input_limit(loaded))
-        self.max_tokens = config.max_tokens or default_tokens
-        self.pad_multiple = 8 if kind == "cuda" else 1
+        #: computes planned batches in this process: what the ``local`` executor uses, and its batch limits
+        self.computer = BatchComputer(task_model, config)
         tokenizer = loaded.tokenizer
         self.pad_values = {
             "input_ids": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
             "labels": -100,
         }
         self.token_outputs = [name for name, shape in loaded.head.outputs.items() if shape == "token"]
-        self.head_options = task_model.head_options()
-        self.stats = StageStats()
-        self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nlpflow-collate") if kind == "cuda" else None
+
+    @property
+    def stats(self) -> StageStats:
+        return self.computer.stats
 
     # -- planning ---------------------------------------------------------
 
@@ -119,80 +68,28 @@ class ModelStage:
         """
         lengths = np.fromiter((len(f.inputs["input_ids"]) for f in features), dtype=np.int64, count=len(features))
         order = np.argsort(-lengths, kind="stable")
-        return self._pack(order.tolist(), lengths)
+        return self.computer.pack(order.tolist(), lengths)
 
-    def _pack(self, order: Sequence[int], lengths: np.ndarray) -> list[list[int]]:
-        """Cut indices already sorted longest first into batches under ``max_rows`` and ``max_tokens``.
+    def chunk_plan(self, features: Sequence[Features], batches: list[list[int]], lengths: np.ndarray | None = None) -> ChunkPlan:
+        """What an executor is handed for ``batches`` of ``features``: their token ids and how to pad them."""
+        if lengths is None:
+            lengths = np.fromiter((len(f.inputs["input_ids"]) for f in features), dtype=np.int64, count=len(features))
+        return ChunkPlan([f.inputs for f in features], lengths, batches, self.pad_values, self.computer.pad_multiple)
 
-        Because the first row of each batch is its longest, a batch holds
-        ``max_tokens // padded(first length)`` rows (at least one, at most ``max_rows``).
-        """
-        batches: list[list[int]] = []
-        position, total = 0, len(order)
-        while position < total:
-            width = self._padded(int(lengths[order[position]]))
-            rows = max(1, min(self.max_rows, self.max_tokens // max(width, 1)))
-            batches.append(list(order[position : position + rows]))
-            position += rows
-        return batches
-
-    def _padded(self, length: int) -> int:
-        multiple = self.pad_multiple
-        return -(-length // multiple) * multiple
+    def skip(self, examples: Sequence[Example]) -> None:
+        """Count the planned batches of a chunk whose every prediction came from the cache, as ``run`` counts those
+        it skips (the chunk is encoded and planned, nothing is computed)."""
+        if examples:
+            self.stats.skipped_batches += len(self.plan(self.task_model.encode(examples)))
 
     # -- running ----------------------------------------------------------
-
-    def collate(self, features: Sequence[Features], indices: Sequence[int]) -> dict[str, np.ndarray]:
-        """Pad the features at ``indices`` into int64 arrays.
-
-        One flat numpy copy per input name: every row's values land in the
-        positions where ``arange(width) < length``, which in row-major order are
-        exactly the rows' values one after another.
-        """
-        rows = [features[i].inputs for i in indices]
-        lengths = np.fromiter((len(r["input_ids"]) for r in rows), dtype=np.int64, count=len(rows))
-        width = self._padded(int(lengths.max()))
-        filled = np.arange(width) < lengths[:, None]
-        total = int(lengths.sum())
-        batch = {}
-        for key in rows[0]:
-            array = np.full((len(rows), width), self.pad_values.get(key, 0), dtype=np.int64)
-            array[filled] = np.fromiter(chain.from_iterable(r[key] for r in rows), dtype=np.int64, count=total)
-            batch[key] = array
-        return batch
-
-    def _prepared(self, features: Sequence[Features], indices: Sequence[int]) -> Any:
-        return self.backend.prepare(self.loaded, self.collate(features, indices))
-
-    def compute_batch(self, collated: dict[str, np.ndarray]) -> dict[str, Any]:
-        """The head's outputs for one planned batch of collated inputs: what a remote worker runs per batch.
-
-        Out of memory with ``batch_size: auto``, the rows are computed in two
-        halves (recursively) and their outputs joined: the batch stays the
-        driver's unit of work, whose plan the worker cannot change.
-        """
-        started = time.perf_counter()
-        try:
-            results = self.backend.run(self.loaded, self.backend.prepare(self.loaded, collated), **self.head_options)
-        except Exception as error:
-            if not self.backend.is_out_of_memory(error):
-                raise
-            rows = len(collated["input_ids"])
-            self._back_off(range(rows), error)  # raises unless batch_size is auto and there are rows to split
-            half = rows // 2
-            first = self.compute_batch({name: values[:half] for name, values in collated.items()})
-            second = self.compute_batch({name: values[half:] for name, values in collated.items()})
-            # lists of rows: generated sequences of the two halves may differ in length
-            return {name: list(first[name]) + list(second[name]) for name in first}
-        self.stats.forward_seconds += time.perf_counter() - started
-        return results
 
     def run(
         self,
         examples: Sequence[Example],
         needed: Iterable[int] | None = None,
         on_batch: Callable[[list[tuple[int, Prediction]]], None] | None = None,
-        executor: Executor | None = None,
+        compute: Compute | None = None,
     ) -> list[Prediction | None]:
         """Predict the examples of a chunk; the result is in the same order as ``examples``.
 
@@ -207,9 +104,10 @@ class ModelStage:
         ``(position, prediction)`` pairs of the examples that batch completed,
         so the caller can store them before the next batch starts.
 
-        ``executor`` computes the planned batches (in this process when None);
-        encoding, planning and decoding stay here, so every executor decodes
-        the same outputs in the same order.
+        ``compute`` is the executor's: it computes the :class:`ChunkPlan`
+        (this stage's own :class:`BatchComputer` when not given); encoding,
+        planning and decoding stay here, so every executor decodes the same
+        outputs in the same order.
         """
         if not examples:
             return []
@@ -230,8 +128,8 @@ class ModelStage:
         planned = self.plan(features)
         to_run = [indices for indices in planned if wanted[example_of[indices]].any()]
         self.stats.skipped_batches += len(planned) - len(to_run)
-        chunk = PlannedChunk(self, features, lengths, to_run)
-        computed = executor.compute(chunk) if executor is not None else self.compute_in_process(chunk)
+        computed = (compute or self.computer.compute)(self.chunk_plan(features, to_run, lengths))
+        pad_multiple = self.computer.pad_multiple
         for indices, results in computed:
             self._split(results, indices, lengths, outputs)
             rows = len(indices)
@@ -239,7 +137,7 @@ class ModelStage:
             stats.batches += 1
             stats.rows += rows
             stats.largest_batch_rows = max(stats.largest_batch_rows, rows)
-            stats.padded_tokens += rows * self._padded(int(lengths[indices[0]]))
+            stats.padded_tokens += rows * padded(int(lengths[indices[0]]), pad_multiple)
             stats.real_tokens += int(lengths[indices].sum())
 
             owners = example_of[indices]
@@ -257,43 +155,6 @@ class ModelStage:
         if on_batch is not None and featureless:
             on_batch(featureless)
         return predictions
-
-    def compute_in_process(self, chunk: "PlannedChunk") -> Iterator[tuple[list[int], dict[str, np.ndarray]]]:
-        """The local executor: each planned batch computed here, in plan order, as ``(indices, outputs)``.
-
-        On CUDA the next batch is collated (and pinned) on a worker thread while
-        the current one runs. A batch that runs out of memory (``batch_size:
-        auto``) is re-planned with every batch after it under halved limits.
-        """
-        features, lengths = chunk.features, chunk.lengths
-        pending = list(chunk.batches)
-        pending.reverse()  # a stack: pop() takes the next batch in plan order
-        prepared = None
-        while pending:
-            indices = pending.pop()
-            batch = prepared.result() if prepared is not None else self._prepared(features, indices)
-            prepared = None
-            if self._prefetch is not None and pending:
-                # collate (and pin) the next batch on a worker thread while this one runs on the device
-                prepared = self._prefetch.submit(self._prepared, features, pending[-1])
-            try:
-                started = time.perf_counter()
-                results = self.backend.run(self.loaded, batch, **self.head_options)
-                self.stats.forward_seconds += time.perf_counter() - started
-            except Exception as error:
-                if not self.backend.is_out_of_memory(error):
-                    raise
-                if prepared is not None and not prepared.cancel():
-                    prepared.exception()  # already running: let it finish (without raising) before re-planning
-                prepared = None
-                del batch
-                self._back_off(indices, error)
-                # re-plan this batch and every pending one under the smaller limits, keeping the order
-                remaining_features = list(indices) + [i for group in reversed(pending) for i in group]
-                pending = self._pack(remaining_features, lengths)
-                pending.reverse()
-                continue
-            yield indices, results
 
     def _decode(self, example: Example, features: Sequence[Features], outputs: list[Any], mine: list[int]) -> Prediction:
         try:
@@ -316,26 +177,10 @@ class ModelStage:
                 name: values[row][: lengths[index]] if name in token else values[row] for name, values in results.items()
             }
 
-    def _back_off(self, indices: Sequence[int], error: BaseException) -> None:
-        if not self.auto:
-            raise ModelError(
-                f"out of memory on {self.loaded.device} with a batch of {len(indices)} rows (model.batch_size: {self.max_rows}, "
-                f"model.max_tokens: {self.max_tokens}); set model.batch_size: auto to halve the batch on out-of-memory, "
-                "or lower model.batch_size / model.max_tokens"
-            ) from error
-        if len(indices) <= 1:
-            raise ModelError(
-                f"out of memory on {self.loaded.device} with a single example of {self.task_model.__class__.__name__}; "
-                "lower model.max_length or use a device with more memory"
-            ) from error
-        self.backend.release_memory(self.loaded)
-        self.max_rows = max(1, min(self.max_rows, len(indices) // 2))
-        self.max_tokens = max(1, self.max_tokens // 2)
-        self.stats.oom_retries += 1
-        log.warning("out of memory with %d rows; retrying in smaller batches, at most %d rows from now on", len(indices), self.max_rows)
-
     def describe(self) -> dict[str, Any]:
         loaded = self.loaded
+        computer = self.computer
+        stats = self.stats
         handle_config = getattr(loaded.handle, "config", None)
         return {
             "name_or_path": loaded.name_or_path,
@@ -346,15 +191,15 @@ class ModelStage:
             "device": loaded.device,
             "dtype": loaded.dtype,
             "attention": getattr(handle_config, "_attn_implementation", None),
-            "batch_size": "auto" if self.auto else self.max_rows,
-            "batch_size_that_worked": self.max_rows,
-            "max_tokens": self.max_tokens,
-            "batches": self.stats.batches,
-            "batches_skipped_as_cached": self.stats.skipped_batches,
-            "largest_batch_rows": self.stats.largest_batch_rows,
-            "padding_ratio": round(self.stats.padded_tokens / self.stats.real_tokens, 4) if self.stats.real_tokens else None,
-            "oom_retries": self.stats.oom_retries,
-            "forward_seconds": round(self.stats.forward_seconds, 4),
+            "batch_size": "auto" if computer.auto else computer.max_rows,
+            "batch_size_that_worked": computer.max_rows,
+            "max_tokens": computer.max_tokens,
+            "batches": stats.batches,
+            "batches_skipped_as_cached": stats.skipped_batches,
+            "largest_batch_rows": stats.largest_batch_rows,
+            "padding_ratio": round(stats.padded_tokens / stats.real_tokens, 4) if stats.real_tokens else None,
+            "oom_retries": stats.oom_retries,
+            "forward_seconds": round(stats.forward_seconds, 4),
             "parameters": self.task_model.parameters(),
         }
 

@@ -1,0 +1,18 @@
+"""What a run counts as its phases go (records read, predicted, scored, cached, skipped), for the report and its checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Counts:
+    read: int = 0
+    predicted: int = 0
+    scored: int = 0
+    from_cache: int = 0
+    #: predictions stored in the cache by this run (each model batch's, as soon as it finishes)
+    saved: int = 0
+    truncated: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)

@@ -1,0 +1,164 @@
+"""A chunk's predictions: from the cache, from the model stage through the executor, given in the data, or by the task's rule."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Callable
+
+from nlpflow.config.resolve import ResolvedPipeline
+from nlpflow.contract.errors import ConfigError, DataError, ModelError, NlpflowError
+from nlpflow.contract.progress import Progress
+from nlpflow.contract.types import Example, ExampleError, Prediction, TaskModel
+from nlpflow.engine.cache import PredictionCache, example_key
+from nlpflow.engine.counts import Counts
+from nlpflow.engine.guard import blamed_on, checked_count, checked_instance, checked_prediction
+from nlpflow.engine.json_values import json_ready
+from nlpflow.engine.model_stage import Compute, DecodeError, ModelStage, run_key as run_key_of
+from nlpflow.engine.reading import PREDICTION_FIELD
+
+log = logging.getLogger("nlpflow")
+
+
+def load_model(pipeline: ResolvedPipeline) -> tuple[ModelStage, str]:
+    """The task's model in its model stage, and the cache key part shared by every record of this run."""
+    config = pipeline.config
+    task = pipeline.task
+    where = f"{config.location('model')}: pipeline {pipeline.name!r}"
+    # a model can take minutes to load; say which one before the wait
+    log.info("%s: loading model %s", pipeline.name, config.model.name_or_path)
+    try:
+        task_model = task.load(config.model, pipeline.backend)
+    except ModelError as error:
+        raise ModelError(f"{where}: {error}") from None
+    except ConfigError as error:  # a task option that only shows its problem at load time
+        raise ConfigError(error.message, error.location or config.location("options"), pipeline.name) from None
+    except NlpflowError:
+        raise
+    except Exception as error:
+        raise ModelError(
+            f"{where}: task {task.name!r} could not load model {config.model.name_or_path!r}: {type(error).__name__}: {error}"
+        ) from error
+    checked_instance(task_model, TaskModel, pipeline.task_plugin, lambda found: f"task {task.name!r}: load() returned {found}, expected a TaskModel")
+    return ModelStage(task_model, config.model), run_key_of(task, task_model, pipeline.task_provider)
+
+
+class Predictor:
+    """Predicts chunks one way, chosen once: a model stage (``stage``, with the cache under ``run_key`` and the
+    executor's ``compute``), the task's rule, or the predictions given in the data."""
+
+    def __init__(
+        self, pipeline: ResolvedPipeline, counts: Counts, seconds: Counter[str], cache: PredictionCache | None = None,
+        stage: ModelStage | None = None, run_key: str | None = None, compute: Compute | None = None,
+    ):
+        self.pipeline = pipeline
+        self.task = pipeline.task
+        self.counts = counts
+        self.seconds = seconds
+        self.cache = cache
+        self.stage = stage
+        self.run_key = run_key
+        self.compute = compute
+
+    def _where(self, example: Example) -> Callable[[], str]:
+        """A record as error messages name it: its index and its place in the data file (built only for a message)."""
+        return lambda: f"record {example.index} ({self.pipeline.config.data_path}:{example.line})"
+
+    def predict(self, chunk: list[Example], progress: Progress | None = None) -> list[Prediction]:
+        """The chunk's predictions, in order; ``progress`` advances as each model batch finishes (the rest at the end)."""
+        advanced = [0]  # records the model batches already counted
+
+        def batch_done(count: int) -> None:
+            if progress is not None:
+                progress.advance("predict", count)
+                advanced[0] += count
+
+        timer = time.perf_counter()
+        if self.stage is not None:
+            predictions = self._by_model(chunk, batch_done)
+            self.seconds["model"] += time.perf_counter() - timer
+        elif self.task.rule_based:
+            predictions = self._by_rule(chunk)
+            self.seconds["rule"] += time.perf_counter() - timer
+        else:
+            predictions = self._given(chunk)
+            self.seconds["predictions given"] += time.perf_counter() - timer
+        if progress is not None:
+            progress.advance("predict", len(chunk) - advanced[0])
+        return predictions
+
+    def _by_rule(self, chunk: list[Example]) -> list[Prediction]:
+        task, plugin = self.task, self.pipeline.task_plugin
+        with blamed_on(
+            plugin,
+            f"task {task.name!r} raised in predict_by_rule on records {chunk[0].index}-{chunk[-1].index} "
+            f"(lines {chunk[0].line}-{chunk[-1].line} of {self.pipeline.config.data_path})",
+        ):
+            predictions = task.predict_by_rule(chunk)
+        checked_count(predictions, chunk, plugin, task.name, "predict_by_rule")
+        return [checked_prediction(prediction, self._where(example), plugin, task.name, "predict_by_rule")
+                for prediction, example in zip(predictions, chunk)]
+
+    def _given(self, chunk: list[Example]) -> list[Prediction]:
+        task, plugin, config = self.task, self.pipeline.task_plugin, self.pipeline.config
+        parse = task.parse_prediction
+        predictions = []
+        example = chunk[0]
+        guarded_parse = blamed_on(plugin, lambda error: f"task {task.name!r} raised in parse_prediction on {self._where(example)()}").call
+        for example in chunk:
+            try:
+                prediction = guarded_parse(parse, example.fields[PREDICTION_FIELD])
+            except ExampleError as error:
+                raise DataError(f"field 'prediction': {error}", config.data_path, example.line, self.pipeline.name) from None
+            predictions.append(checked_prediction(prediction, self._where(example), plugin, task.name, "parse_prediction"))
+        return predictions
+
+    def _by_model(self, chunk: list[Example], batch_done: Callable[[int], None]) -> list[Prediction]:
+        task, plugin, config, stage = self.task, self.pipeline.task_plugin, self.pipeline.config, self.stage
+        keys = [example_key(self.run_key, {name: example.fields.get(name) for name in task.input_fields}) for example in chunk]
+        cached = self.cache.get_many(keys) if self.cache is not None else {}
+        cached = {key: value for key, value in cached.items() if isinstance(value, dict) and "value" in value}
+        # A text that repeats within the chunk is computed at each place, as a run without a cache does
+        # (its copies may sit in batches of different shapes, whose last digits can differ).
+        repeated = {key for key, count in Counter(keys).items() if count > 1}
+        misses = [position for position, key in enumerate(keys) if key not in cached or key in repeated]
+        results: list[Prediction | None] = [None] * len(chunk)
+        if misses:
+            missed = set(misses)
+
+            def store(finished: list[tuple[int, Prediction]]) -> None:
+                """Check one model batch's finished predictions and store the cache misses among them at once."""
+                for position, prediction in finished:
+                    results[position] = checked_prediction(prediction, self._where(chunk[position]), plugin, task.name, "decode")
+                if self.cache is not None:
+                    fresh = {
+                        keys[p]: {"value": json_ready(results[p].value), "details": results[p].details, "notes": chunk[p].notes}
+                        for p, _ in finished
+                        if p in missed
+                    }
+                    self.cache.put_many(fresh)
+                    self.counts.saved += len(fresh)
+                batch_done(len(finished))
+
+            def failure(error: BaseException) -> str:
+                if isinstance(error, DecodeError):
+                    example = error.example
+                    return (f"task {task.name!r} raised in decode on record {example.index} ({config.data_path}:{example.line}) "
+                            f"in pipeline {self.pipeline.name!r}")
+                return (f"task {task.name!r} failed on records {chunk[0].index}-{chunk[-1].index} (lines {chunk[0].line}-"
+                        f"{chunk[-1].line} of {config.data_path}) in pipeline {self.pipeline.name!r}")
+
+            with blamed_on(plugin, failure):
+                computed = stage.run(chunk, needed=misses, on_batch=store, compute=self.compute)
+            checked_count(computed, chunk, plugin, task.name, "the model stage")
+        else:
+            stage.skip(chunk)
+        # what was not computed (its planned batches held cache hits only) comes from the cache
+        for position, key in enumerate(keys):
+            if results[position] is None:
+                stored = cached[key]
+                results[position] = Prediction(stored["value"], stored.get("details") or {})
+                chunk[position].notes.update(stored.get("notes") or {})
+                self.counts.from_cache += 1
+        return results  # type: ignore[return-value]
