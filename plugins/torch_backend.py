@@ -1,7 +1,7 @@
 """The torch backend: transformers checkpoints on CPU, CUDA or MPS, under ``torch.inference_mode()``.
 
 Heads map to Auto classes (sequence classification, a plain encoder with
-mean pooling, question answering, seq2seq generation). Loading is safe by
+mean pooling, question answering, seq2seq generation, decoder-only generation). Loading is safe by
 default: remote code only when the pipeline sets ``trust_remote_code``, and
 safetensors weights only unless ``allow_pickle: true``. On CUDA, batches are
 pinned on the collating thread and copied without blocking.
@@ -43,6 +43,7 @@ AUTO_CLASSES = {
     "embedding": ("AutoModel", None),
     "question-answering": ("AutoModelForQuestionAnswering", "ForQuestionAnswering"),
     "generation": ("AutoModelForSeq2SeqLM", None),
+    "causal-generation": ("AutoModelForCausalLM", None),
 }
 
 
@@ -125,6 +126,56 @@ def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
 
+def causal_generate(
+    module: torch.nn.Module, tokenizer: Any, inputs: Mapping[str, torch.Tensor], *,
+    eos_token_id: list[int], pad_token_id: int, stop_strings: list[str] | None = None, seed: int | None = None,
+    **generate_options: Any,
+) -> list[list[int]]:
+    """Decoder-only generation on a right-padded batch: the new token ids of each row, cut before its end token.
+
+    The model stage pads on the right; a decoder-only model must see every row
+    end at the same position, so each row is moved right by its padding (one
+    gather) before ``generate()``, which derives position ids from the
+    attention mask and keeps its KV cache. A row ends at any of
+    ``eos_token_id`` or at a stop string (transformers' ``stop_strings``), and
+    the batch ends once every row has.
+
+    With ``do_sample``, the random generator is seeded from ``seed`` and the
+    batch's own input ids, inside a forked RNG state: a batch samples the same
+    tokens whatever ran before it (a resumed run, another Ray worker), and the
+    process's global RNG is left as it was. The same batch gives the same
+    samples; a different batch size groups rows differently and samples differently.
+    """
+    import torch
+
+    mask = inputs["attention_mask"]
+    width = mask.shape[1]
+    shift = width - mask.sum(1)
+    # left-aligned column j of a row is its right-padded column j - shift (mod width: the padding wraps to the left)
+    source = (torch.arange(width, device=mask.device)[None, :] - shift[:, None]) % width
+    aligned = {name: tensor.gather(1, source) for name, tensor in inputs.items()}
+    options = {**generate_options, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
+    if stop_strings:
+        options.update(stop_strings=stop_strings, tokenizer=tokenizer)
+    if generate_options.get("do_sample"):
+        digest = hashlib.sha256(str(seed).encode() + inputs["input_ids"].cpu().numpy().tobytes()).digest()
+        devices = [mask.device.index or 0] if mask.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int.from_bytes(digest[:8], "little"))
+            sequences = module.generate(**aligned, **options)
+    else:
+        sequences = module.generate(**aligned, **options)
+    ends = set(eos_token_id)
+    rows = []
+    for row in sequences[:, width:].cpu().tolist():
+        cut = next((position for position, token in enumerate(row) if token in ends), len(row))
+        # a row ended by a stop string is filled with padding up to the batch's longest
+        while cut and stop_strings and row[cut - 1] == pad_token_id:
+            cut -= 1
+        rows.append(row[:cut])
+    return rows
+
+
 class TorchBackend(Backend):
     name = "torch"
     description = "transformers models in torch, on CPU, CUDA or MPS (the default)"
@@ -167,6 +218,8 @@ class TorchBackend(Backend):
             if loaded.device != "cpu":
                 prepared = {name: tensor.to(loaded.device, non_blocking=True) for name, tensor in prepared.items()}
             head = loaded.head
+            if head == "causal-generation":
+                return {"sequences": causal_generate(module, loaded.tokenizer, prepared, **options)}
             if head == "generation":
                 sequences = module.generate(**prepared, **options)
                 return {"sequences": sequences.cpu().tolist()}

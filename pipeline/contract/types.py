@@ -191,6 +191,10 @@ HEADS: dict[str, Head] = {
         Head("generation", {"sequences": "ids"},
              "a sequence-to-sequence checkpoint (AutoModelForSeq2SeqLM): generated token ids per row; "
              "TaskModel.head_options() are generate() keyword arguments"),
+        Head("causal-generation", {"sequences": "ids"},
+             "a decoder-only checkpoint (AutoModelForCausalLM): the new token ids per row, cut before the end token; "
+             "TaskModel.head_options() are generate() keyword arguments plus eos_token_id and pad_token_id (required), "
+             "stop_strings and seed (for do_sample)"),
     )
 }
 
