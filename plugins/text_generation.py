@@ -76,8 +76,9 @@ class PromptBuilder:
     """A Jinja2 prompt template over a record's fields, checked when it is built and when each record is rendered.
 
     ``variables`` are the fields the template names; :meth:`render` raises a
-    ConfigError naming the record's line when one of them is missing, since a
-    misspelled field is the pipeline's mistake, not the record's.
+    ConfigError when a record lacks one of them (the runner adds the options'
+    YAML line and the record's data line), since a misspelled field is the
+    pipeline's mistake, not the record's.
     """
 
     def __init__(self, template: str):
@@ -92,11 +93,11 @@ class PromptBuilder:
         except jinja2.TemplateSyntaxError as error:
             raise ValueError(f"the prompt template does not parse: {error.message} (template line {error.lineno})") from None
 
-    def render(self, fields: Mapping[str, Any], where: str) -> str:
+    def render(self, fields: Mapping[str, Any]) -> str:
         missing = [name for name in self.variables if fields.get(name) is None]
         if missing:
             raise ConfigError(
-                f"options.prompt: the template names {', '.join(map(repr, missing))}, which the record at {where} does not have; "
+                f"options.prompt: the template names {', '.join(map(repr, missing))}, which the record does not have; "
                 f"it has {', '.join(map(repr, sorted(fields))) or 'no fields'}"
             )
         return self.template.render(**fields)
@@ -148,7 +149,7 @@ class TextGeneration(TextToTextTask):
         super().check_example(example)
         # the record's columns, with the mapped fields under their task names (``prompt`` for the prompt column)
         fields = {**example.columns, **example.fields}
-        example.fields["prompt"] = self.prompt.render(fields, f"line {example.line}")
+        example.fields["prompt"] = self.prompt.render(fields)
 
     def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         return CausalGenerator(load_causal(model, backend, self.name), self.options)

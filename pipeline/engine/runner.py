@@ -172,6 +172,9 @@ class Runner:
                 except ExampleError as error:
                     self._fail_or_skip(str(error), record.line, index, record.source)
                     continue
+                except ConfigError as error:  # a task option whose problem shows on a record (a template naming a missing field)
+                    raise ConfigError(f"{error.message} (record {index}, {data_path}:{record.line})",
+                                      error.location or config.location("options"), self.pipeline.name) from None
                 except NlpflowError:
                     raise
                 except Exception as error:
