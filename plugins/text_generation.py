@@ -93,6 +93,10 @@ class PromptBuilder:
         except jinja2.TemplateSyntaxError as error:
             raise ValueError(f"the prompt template does not parse: {error.message} (template line {error.lineno})") from None
 
+    def __reduce__(self):
+        # a compiled Jinja2 template does not pickle; the task travels to Ray workers, which compile it again
+        return PromptBuilder, (self.source,)
+
     def render(self, fields: Mapping[str, Any]) -> str:
         missing = [name for name in self.variables if fields.get(name) is None]
         if missing:
