@@ -1,7 +1,8 @@
 """The torch backend: transformers checkpoints on CPU, CUDA or MPS, under ``torch.inference_mode()``.
 
 Heads map to Auto classes (sequence classification, a plain encoder with
-mean pooling, question answering, seq2seq generation, decoder-only generation). Loading is safe by
+mean pooling, question answering, seq2seq generation, a causal LM's token log-probabilities and
+decoder-only generation). Loading is safe by
 default: remote code only when the pipeline sets ``trust_remote_code``, and
 safetensors weights only unless ``allow_pickle: true``. On CUDA, batches are
 pinned on the collating thread and copied without blocking.
@@ -28,6 +29,7 @@ from nlpflow import (
     ModelError,
     checkpoint_config,
     files_fingerprint,
+    has_head,
     hookimpl,
     hub_arguments,
     hub_offline,
@@ -43,8 +45,14 @@ AUTO_CLASSES = {
     "embedding": ("AutoModel", None),
     "question-answering": ("AutoModelForQuestionAnswering", "ForQuestionAnswering"),
     "generation": ("AutoModelForSeq2SeqLM", None),
+    "token-logprobs": ("AutoModelForCausalLM", None),
     "causal-generation": ("AutoModelForCausalLM", None),
 }
+
+#: architecture suffixes of causal language models (GPT2LMHeadModel, LlamaForCausalLM, ...)
+CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+#: the heads that need a causal language model; every other head needs a checkpoint that is not one
+CAUSAL_HEADS = ("token-logprobs", "causal-generation")
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -101,6 +109,43 @@ def load_module(auto_class_name: str, config: ModelConfig, checkpoint: Any, dtyp
                 "Convert it, or set model.allow_pickle: true if you trust the files."
             ) from None
         raise ModelError(not_found_message(name, path, hub_offline(), error)) from None
+
+
+def require_causal_fit(config: ModelConfig, checkpoint: Any, head: str) -> None:
+    """A causal LM only for the causal heads, and those only for a causal LM (AutoModelForCausalLM would put a
+    random LM head on an encoder, and AutoModel would silently drop a causal LM's): one ModelError naming the model,
+    what it is, and the heads that fit it."""
+    architectures = list(getattr(checkpoint, "architectures", None) or [])
+    causal = any(architecture.endswith(CAUSAL_ARCHITECTURES) for architecture in architectures)
+    if causal == (head in CAUSAL_HEADS):
+        return
+    found = ", ".join(architectures) or f"no trained head (model_type {checkpoint.model_type!r})"
+    if causal:
+        raise ModelError(
+            f"model {config.name_or_path!r} is a causal language model ({found}); the {head!r} head needs an encoder checkpoint. "
+            f"Heads that fit it: {', '.join(CAUSAL_HEADS)} (tasks language-modeling, text-generation)"
+        )
+    fitting = [name for name in AUTO_CLASSES if name not in CAUSAL_HEADS and (AUTO_CLASSES[name][1] is None or has_head(checkpoint, AUTO_CLASSES[name][1]))]
+    raise ModelError(
+        f"model {config.name_or_path!r} is not a causal language model (found {found}); the {head!r} head needs a "
+        f"*{' or *'.join(CAUSAL_ARCHITECTURES)} checkpoint. Heads that fit it: {', '.join(fitting)}"
+    )
+
+
+def token_logprobs(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """The ``token-logprobs`` head: log p(target_ids[i] | input_ids[: i + 1]) per position, float32 (rows, width).
+
+    The log-softmax runs in float32 on one row at a time, so a bf16 model gives float32 log-probabilities and a
+    large vocabulary never needs a float32 copy of the whole batch's logits.
+    """
+    import torch
+
+    targets = inputs["target_ids"]
+    logits = module(**{name: tensor for name, tensor in inputs.items() if name != "target_ids"}).logits
+    logprobs = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+    for row in range(len(logits)):
+        logprobs[row] = torch.log_softmax(logits[row].float(), dim=-1).gather(-1, targets[row].unsqueeze(-1)).squeeze(-1)
+    return logprobs.cpu().numpy()
 
 
 def parameters_fingerprint(module: torch.nn.Module) -> str:
@@ -188,6 +233,7 @@ class TorchBackend(Backend):
         auto_class_name, required = AUTO_CLASSES[head]
         checkpoint = checkpoint_config(model)
         require_head(model, checkpoint, required)
+        require_causal_fit(model, checkpoint, head)
         tokenizer = load_tokenizer(model, require_fast_tokenizer)
         device = resolve_device(model.device)
         dtype = resolve_dtype(model.dtype, device)
@@ -223,6 +269,8 @@ class TorchBackend(Backend):
             if head == "generation":
                 sequences = module.generate(**prepared, **options)
                 return {"sequences": sequences.cpu().tolist()}
+            if head == "token-logprobs":
+                return {"logprobs": token_logprobs(module, prepared)}
             output = module(**prepared)
             if head == "sequence-classification":
                 return {"logits": output.logits.float().cpu().numpy()}

@@ -48,14 +48,14 @@ def test_special_tokens_as_the_real_models_have_them(gpt2_lm, llama_lm, qwen2_lm
 def _mean_loss(path, text: str) -> float:
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
-    ids = torch.tensor([tokenizer(text)["input_ids"][:128]])
+    ids = torch.tensor([tokenizer(text)["input_ids"][:64]])
     with torch.inference_mode():
         return float(model(input_ids=ids, labels=ids).loss)
 
 
-def test_training_lowers_the_loss_on_unseen_text(tmp_path):
-    trained = factory.train_gpt2(tmp_path / "trained", steps=30)
-    untrained = factory.build_gpt2(tmp_path / "untrained", texts=[p for p in factory.SHAKESPEARE.read_text().split("\n\n")],
-                                   vocab_size=2000)
+def test_training_lowers_the_loss_on_unseen_text(tmp_path, trained_gpt2_lm):
+    untrained = factory.build_gpt2(tmp_path / "untrained", texts=factory.SHAKESPEARE.read_text().split("\n\n"), vocab_size=2000,
+                                   context=64)
     heldout = "First Citizen:\nWe are accounted poor citizens, the patricians good.\n\nAll:\nSpeak, speak."
-    assert _mean_loss(trained, heldout) < _mean_loss(untrained, heldout) - math.log(2)
+    assert AutoTokenizer.from_pretrained(untrained).vocab == AutoTokenizer.from_pretrained(trained_gpt2_lm).vocab
+    assert _mean_loss(trained_gpt2_lm, heldout) < _mean_loss(untrained, heldout) - math.log(2)
