@@ -167,7 +167,7 @@ def test_long_prompt_is_cut_from_the_left_counted_and_warned(gpt2_lm, caplog):
 
 
 def test_a_checkpoint_that_is_not_decoder_only_is_refused_by_name(bert_classifier):
-    with pytest.raises(ModelError, match=r"is not a decoder-only language model \(expected \*ForCausalLM"):
+    with pytest.raises(ModelError, match=r"is not a causal language model .*Heads that fit it: sequence-classification"):
         task_and_model(bert_classifier)
 
 
