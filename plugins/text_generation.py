@@ -25,7 +25,7 @@ from typing import Any, Literal, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from nlpflow import (
-    CHARACTERS_PER_TOKEN, Backend, ConfigError, Example, ExampleError, Features, LoadedModel, ModelConfig, ModelError, Prediction,
+    CHARACTERS_PER_TOKEN, Backend, ConfigError, Example, Features, LoadedModel, ModelConfig, ModelError, Prediction,
     TaskModel, hookimpl, input_limit,
 )
 from nlpflow.plugins.seq2seq import TextToTextTask
