@@ -175,7 +175,7 @@ class _Rouge(Metric):
     """One rouge-score type; stats rows hold the example's F-measure, precision and recall (of the reference with
     the best F-measure, as rouge-score's score_multi)."""
 
-    tasks = ("summarization",)
+    tasks = ("summarization", "text-generation")
     scale = "0-1"
     Options = RougeOptions
     rouge_type: ClassVar[str]

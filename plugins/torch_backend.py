@@ -2,7 +2,8 @@
 
 Heads map to Auto classes through one table, :data:`TORCH_HEADS` (sequence
 classification, a plain encoder with mean pooling, question answering, seq2seq
-generation); a subclass adds a head with one row. Loading is safe by
+generation, a causal LM's token log-probabilities and decoder-only generation);
+a subclass adds a head with one row. Loading is safe by
 default: remote code only when the pipeline sets ``trust_remote_code``, and
 safetensors weights only unless ``allow_pickle: true``. On CUDA, batches are
 pinned on the collating thread and copied without blocking.
@@ -12,6 +13,8 @@ torch is imported when a model loads, not when the plugin registers, so
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -25,9 +28,11 @@ from nlpflow import (
     Head,
     LoadedModel,
     ModelConfig,
+    ModelError,
     OpenedModel,
     TransformersBackend,
     TransformersHead,
+    has_head,
     hookimpl,
     load_module,
     parameters_fingerprint,
@@ -41,12 +46,15 @@ class TorchHead(TransformersHead):
     """A torch head row: the architecture suffix, the transformers Auto class that loads it, and how the outputs
     come from the module.
 
-    ``compute(module, inputs, options)`` runs under ``torch.inference_mode()``
-    with the inputs on the device and returns the head's outputs off it.
+    ``compute(loaded, inputs, options)`` runs under ``torch.inference_mode()``
+    with the inputs on the device (the module is ``loaded.handle``) and returns
+    the head's outputs off it. ``causal``: the head needs a causal language
+    model, and every other head needs a checkpoint that is not one.
     """
 
     auto_class: str
-    compute: Callable[[Any, Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
+    compute: Callable[[LoadedModel, Mapping[str, Any], Mapping[str, Any]], dict[str, Any]]
+    causal: bool = False
 
 
 def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -66,21 +74,95 @@ def _float_array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.float().cpu().numpy()
 
 
-def _classification_logits(module: Any, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    return {"logits": _float_array(module(**inputs).logits)}
+def _classification_logits(loaded: LoadedModel, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"logits": _float_array(loaded.handle(**inputs).logits)}
 
 
-def _pooled_embedding(module: Any, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    return {"embedding": mean_pooled(module(**inputs).last_hidden_state, inputs["attention_mask"]).cpu().numpy()}
+def _pooled_embedding(loaded: LoadedModel, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"embedding": mean_pooled(loaded.handle(**inputs).last_hidden_state, inputs["attention_mask"]).cpu().numpy()}
 
 
-def _answer_span_logits(module: Any, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    output = module(**inputs)
+def _answer_span_logits(loaded: LoadedModel, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    output = loaded.handle(**inputs)
     return {"start_logits": _float_array(output.start_logits), "end_logits": _float_array(output.end_logits)}
 
 
-def _generated_ids(module: Any, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    return {"sequences": module.generate(**inputs, **options).cpu().tolist()}
+def _generated_ids(loaded: LoadedModel, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"sequences": loaded.handle.generate(**inputs, **options).cpu().tolist()}
+
+
+def token_logprobs(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
+    """The ``token-logprobs`` head: log p(target_ids[i] | input_ids[: i + 1]) per position, float32 (rows, width).
+
+    The log-softmax runs in float32 on one row at a time, so a bf16 model gives float32 log-probabilities and a
+    large vocabulary never needs a float32 copy of the whole batch's logits.
+    """
+    import torch
+
+    targets = inputs["target_ids"]
+    logits = module(**{name: tensor for name, tensor in inputs.items() if name != "target_ids"}).logits
+    logprobs = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+    for row in range(len(logits)):
+        logprobs[row] = torch.log_softmax(logits[row].float(), dim=-1).gather(-1, targets[row].unsqueeze(-1)).squeeze(-1)
+    return logprobs.cpu().numpy()
+
+
+def causal_generate(
+    module: torch.nn.Module, tokenizer: Any, inputs: Mapping[str, torch.Tensor], *,
+    eos_token_id: list[int], pad_token_id: int, stop_strings: list[str] | None = None, seed: int | None = None,
+    **generate_options: Any,
+) -> list[list[int]]:
+    """Decoder-only generation on a right-padded batch: the new token ids of each row, cut before its end token.
+
+    The model stage pads on the right; a decoder-only model must see every row
+    end at the same position, so each row is moved right by its padding (one
+    gather) before ``generate()``, which derives position ids from the
+    attention mask and keeps its KV cache. A row ends at any of
+    ``eos_token_id`` or at a stop string (transformers' ``stop_strings``), and
+    the batch ends once every row has.
+
+    With ``do_sample``, the random generator is seeded from ``seed`` and the
+    batch's own input ids, inside a forked RNG state: a batch samples the same
+    tokens whatever ran before it (a resumed run, another Ray worker), and the
+    process's global RNG is left as it was. The same batch gives the same
+    samples; a different batch size groups rows differently and samples differently.
+    """
+    import torch
+
+    mask = inputs["attention_mask"]
+    width = mask.shape[1]
+    shift = width - mask.sum(1)
+    # left-aligned column j of a row is its right-padded column j - shift (mod width: the padding wraps to the left)
+    source = (torch.arange(width, device=mask.device)[None, :] - shift[:, None]) % width
+    aligned = {name: tensor.gather(1, source) for name, tensor in inputs.items()}
+    options = {**generate_options, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
+    if stop_strings:
+        options.update(stop_strings=stop_strings, tokenizer=tokenizer)
+    if generate_options.get("do_sample"):
+        digest = hashlib.sha256(str(seed).encode() + inputs["input_ids"].cpu().numpy().tobytes()).digest()
+        devices = [mask.device.index or 0] if mask.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int.from_bytes(digest[:8], "little"))
+            sequences = module.generate(**aligned, **options)
+    else:
+        sequences = module.generate(**aligned, **options)
+    ends = set(eos_token_id)
+    rows = []
+    for row in sequences[:, width:].cpu().tolist():
+        cut = next((position for position, token in enumerate(row) if token in ends), len(row))
+        # a row ended by a stop string is filled with padding up to the batch's longest
+        while cut and stop_strings and row[cut - 1] == pad_token_id:
+            cut -= 1
+        rows.append(row[:cut])
+    return rows
+
+
+def _token_logprobs(loaded: LoadedModel, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"logprobs": token_logprobs(loaded.handle, inputs)}
+
+
+def _causal_generated_ids(loaded: LoadedModel, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"sequences": causal_generate(loaded.handle, loaded.tokenizer, inputs, **options)}
 
 
 #: head name -> how torch loads and computes it; adding a head to this backend is adding a row
@@ -93,7 +175,34 @@ TORCH_HEADS: dict[str, TorchHead] = {
         architecture="ForQuestionAnswering", auto_class="AutoModelForQuestionAnswering", compute=_answer_span_logits,
     ),
     "generation": TorchHead(architecture=None, auto_class="AutoModelForSeq2SeqLM", compute=_generated_ids),
+    "token-logprobs": TorchHead(architecture=None, auto_class="AutoModelForCausalLM", compute=_token_logprobs, causal=True),
+    "causal-generation": TorchHead(architecture=None, auto_class="AutoModelForCausalLM", compute=_causal_generated_ids, causal=True),
 }
+
+#: architecture suffixes of causal language models (GPT2LMHeadModel, LlamaForCausalLM, ...)
+CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+
+
+def require_causal_fit(config: ModelConfig, checkpoint: Any, head: str, table: Mapping[str, TorchHead]) -> None:
+    """A causal LM only for the causal heads, and those only for a causal LM (AutoModelForCausalLM would put a
+    random LM head on an encoder, and AutoModel would silently drop a causal LM's): one ModelError naming the model,
+    what it is, and the heads of ``table`` that fit it."""
+    architectures = list(getattr(checkpoint, "architectures", None) or [])
+    causal = any(architecture.endswith(CAUSAL_ARCHITECTURES) for architecture in architectures)
+    if causal == table[head].causal:
+        return
+    found = ", ".join(architectures) or f"no trained head (model_type {checkpoint.model_type!r})"
+    if causal:
+        fitting = [name for name, row in table.items() if row.causal]
+        raise ModelError(
+            f"model {config.name_or_path!r} is a causal language model ({found}); the {head!r} head needs an encoder checkpoint. "
+            f"Heads that fit it: {', '.join(fitting)} (tasks language-modeling, text-generation)"
+        )
+    fitting = [name for name, row in table.items() if not row.causal and (row.architecture is None or has_head(checkpoint, row.architecture))]
+    raise ModelError(
+        f"model {config.name_or_path!r} is not a causal language model (found {found}); the {head!r} head needs a "
+        f"*{' or *'.join(CAUSAL_ARCHITECTURES)} checkpoint. Heads that fit it: {', '.join(fitting)}"
+    )
 
 
 class TorchBackend(TransformersBackend):
@@ -102,6 +211,7 @@ class TorchBackend(TransformersBackend):
     head_table = TORCH_HEADS
 
     def open(self, model: ModelConfig, head: Head, checkpoint: Any, tokenizer: Any, path: str, fingerprint: str | None) -> OpenedModel:
+        require_causal_fit(model, checkpoint, head.name, self.head_table)
         device = resolve_device(model.device)
         dtype = resolve_dtype(model.dtype, device)
         module = load_module(self.head_table[head.name].auto_class, model, checkpoint, dtype)
@@ -126,7 +236,7 @@ class TorchBackend(TransformersBackend):
         with torch.inference_mode():
             if loaded.device != "cpu":
                 prepared = {name: tensor.to(loaded.device, non_blocking=True) for name, tensor in prepared.items()}
-            return self.head_table[loaded.head.name].compute(loaded.handle, prepared, options)
+            return self.head_table[loaded.head.name].compute(loaded, prepared, options)
 
     def is_out_of_memory(self, error: BaseException) -> bool:
         import torch

@@ -102,7 +102,7 @@ def sum_rows(stats: np.ndarray, as_int: bool) -> list[Any]:
 class _SacreMetric(Metric):
     """A sacreBLEU metric with per-sentence sufficient statistics as the stats rows."""
 
-    tasks = ("translation",)
+    tasks = ("translation", "text-generation")
     scale = "0-100"
     #: statistics are integer counts (BLEU, chrF) rather than floats (TER)
     integer_stats: ClassVar[bool] = True

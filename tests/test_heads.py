@@ -32,8 +32,8 @@ TOKEN_CLASSIFICATION = Head(
 )
 
 
-def _token_logits(module: Any, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    return {"logits": module(**inputs).logits.float().cpu().numpy()}
+def _token_logits(loaded: LoadedModel, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    return {"logits": loaded.handle(**inputs).logits.float().cpu().numpy()}
 
 
 class TokenTorchBackend(TorchBackend):

@@ -222,6 +222,14 @@ HEADS: Mapping[str, Head] = MappingProxyType({
         Head("generation", {"sequences": "ids"},
              "a sequence-to-sequence checkpoint (AutoModelForSeq2SeqLM): generated token ids per row; "
              "TaskModel.head_options() are generate() keyword arguments"),
+        Head("token-logprobs", {"logprobs": "token"},
+             "a causal language model (*ForCausalLM, *LMHeadModel; AutoModelForCausalLM) fed input_ids, attention_mask and "
+             "target_ids (the token that follows each position): float32 log-probability of target_ids[i] given "
+             "input_ids[: i + 1], from a float32 log-softmax whatever the model's dtype"),
+        Head("causal-generation", {"sequences": "ids"},
+             "a decoder-only checkpoint (AutoModelForCausalLM): the new token ids per row, cut before the end token; "
+             "TaskModel.head_options() are generate() keyword arguments plus eos_token_id and pad_token_id (required), "
+             "stop_strings and seed (for do_sample)"),
     )
 })
 

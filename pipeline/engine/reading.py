@@ -7,7 +7,7 @@ from itertools import islice
 from typing import Any, Iterable, Iterator, Sequence
 
 from nlpflow.config.resolve import ResolvedPipeline
-from nlpflow.contract.errors import DataError
+from nlpflow.contract.errors import ConfigError, DataError
 from nlpflow.contract.types import Example, ExampleError, RawRecord
 from nlpflow.engine.counts import Counts
 from nlpflow.engine.fingerprint import DataFingerprint
@@ -91,6 +91,9 @@ class ExampleReader:
                 except ExampleError as error:
                     self.fail_or_skip(counts, str(error), record.line, index, record.source)
                     continue
+                except ConfigError as error:  # a task option whose problem shows on a record (a template naming a missing field)
+                    raise ConfigError(f"{error.message} (record {index}, {data_path}:{record.line})",
+                                      error.location or config.location("options"), self.pipeline.name) from None
                 if label_check is not None:
                     label_check.see(example)
                 yield example
