@@ -300,7 +300,7 @@ def test_sampled_generation_on_the_ray_executor_writes_the_local_bytes(gpt2_lm, 
     monkeypatch.setenv("RAY_TMPDIR", scratch)
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="warning", _temp_dir=scratch)
     try:
-        Runner(validate(config, ["gen"])[0], tmp_path / "ray", None, interactive=False, executor=RayExecutor(workers=1)).run()
+        Runner(validate(config, ["gen"])[0], tmp_path / "ray", None, interactive=False, executor=RayExecutor(RayExecutor.Options(workers=1))).run()
     finally:
         ray.shutdown()
     local = (tmp_path / "local" / "gen" / "predictions.jsonl").read_bytes()
