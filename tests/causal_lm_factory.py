@@ -135,7 +135,7 @@ def build_qwen2(path, seed: int = 0, context: int = TINY["context"]) -> pathlib.
 def train_gpt2(path, text_path=SHAKESPEARE, steps: int = 120, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
                context: int = 128, batch_size: int = 16, learning_rate: float = 3e-3) -> pathlib.Path:
     """A GPT-2 trained ``steps`` AdamW steps on random ``context``-token slices of the text at ``text_path``
-    (tokenizer trained on the same text); deterministic for a seed. The defaults take about 20 s on two CPU cores."""
+    (tokenizer trained on the same text); deterministic for a seed. The defaults take about 20-40 s on two CPU cores."""
     import torch
     from transformers import GPT2LMHeadModel
 
@@ -146,6 +146,10 @@ def train_gpt2(path, text_path=SHAKESPEARE, steps: int = 120, seed: int = 0, hid
     from transformers import AutoTokenizer
 
     ids = torch.tensor(AutoTokenizer.from_pretrained(path)(text)["input_ids"])
+    threads = torch.get_num_threads()
+    # One thread: these steps are too small to split, and on a shared machine two threads waiting on each other
+    # made a step ten times slower (2.6 s against 0.29 s at a load of 10 on two cores).
+    torch.set_num_threads(1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
@@ -160,6 +164,7 @@ def train_gpt2(path, text_path=SHAKESPEARE, steps: int = 120, seed: int = 0, hid
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
+    torch.set_num_threads(threads)
     model.eval()
     model.save_pretrained(path)
     return path
