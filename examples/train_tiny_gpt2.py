@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = result.report["metrics"]
         shown = ", ".join(f"{name} {metrics[name]['value']:.3f} [{metrics[name]['ci']['low']:.3f}, {metrics[name]['ci']['high']:.3f}]"
                           for name in METRICS)
-        print(f"{result.report['pipeline']['name'] if isinstance(result.report.get('pipeline'), dict) else result.directory.name}: {shown}")
+        print(f"{result.directory.name}: {shown}")
     print(f"reports in {args.output / 'reports'}")
     return 0
 
