@@ -24,7 +24,7 @@ import re
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field
 
 from nlpflow import (
     Backend,
@@ -46,8 +46,9 @@ from nlpflow import (
 
 class LanguageModelingOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    stride: PositiveInt | None = Field(
+    stride: int | None = Field(
         None,
+        gt=0,
         description="overlapping windows (the transformers docs' perplexity loop): a window of model.max_length tokens starts "
         "every STRIDE tokens and scores only the tokens not scored before; default: lm-evaluation-harness's disjoint "
         "rolling windows",

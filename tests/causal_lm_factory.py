@@ -135,31 +135,36 @@ def build_qwen2(path, seed: int = 0, context: int = TINY["context"]) -> pathlib.
 def train_gpt2(path, text_path=SHAKESPEARE, steps: int = 120, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4,
                context: int = 128, batch_size: int = 16, learning_rate: float = 3e-3) -> pathlib.Path:
     """A GPT-2 trained ``steps`` AdamW steps on random ``context``-token slices of the text at ``text_path``
-    (tokenizer trained on the same text); deterministic for a seed. The defaults take about 20 s on two CPU cores."""
+    (tokenizer trained on the same text); deterministic for a seed. The defaults take about 20-40 s on two CPU cores."""
     import torch
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoTokenizer, GPT2LMHeadModel
 
     text = pathlib.Path(text_path).read_text(encoding="utf-8")
     paragraphs = [p for p in text.split("\n\n") if p.strip()]
     path = build_gpt2(path, seed=seed, texts=paragraphs, hidden=hidden, layers=layers, heads=heads, context=context, vocab_size=2000)
     model = GPT2LMHeadModel.from_pretrained(path)
-    from transformers import AutoTokenizer
-
-    ids = torch.tensor(AutoTokenizer.from_pretrained(path)(text)["input_ids"])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
-        model.train()
-        for step in range(steps):
-            starts = torch.randint(0, len(ids) - context, (batch_size,))
-            batch = torch.stack([ids[s : s + context] for s in starts.tolist()])
-            # Linear decay to a tenth: the small model settles instead of bouncing at the high rate.
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate * (1 - 0.9 * step / steps)
-            loss = model(input_ids=batch, labels=batch).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
+    ids = torch.tensor(AutoTokenizer.from_pretrained(path)(text, verbose=False)["input_ids"])
+    threads = torch.get_num_threads()
+    # One thread: these steps are too small to split, and on a shared machine two threads waiting on each other
+    # made a step ten times slower (2.6 s against 0.29 s at a load of 10 on two cores).
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
+            model.train()
+            for step in range(steps):
+                starts = torch.randint(0, len(ids) - context, (batch_size,))
+                batch = torch.stack([ids[s : s + context] for s in starts.tolist()])
+                # Linear decay to a tenth: the small model settles instead of bouncing at the high rate.
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate * (1 - 0.9 * step / steps)
+                loss = model(input_ids=batch, labels=batch).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     model.save_pretrained(path)
     return path

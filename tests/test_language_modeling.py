@@ -150,7 +150,7 @@ def test_strided_windows_score_each_token_after_the_first_of_its_window_once(win
 
 @pytest.mark.parametrize("stride", [WINDOW, WINDOW // 2])
 def test_perplexity_equals_the_transformers_docs_loop(tmp_path, gpt2_lm, stride):
-    texts = documents()
+    texts = documents(3)
     result, rows = run_pipeline(tmp_path, gpt2_lm, texts, options={"stride": stride})
     tokenizer = AutoTokenizer.from_pretrained(gpt2_lm)
     model = AutoModelForCausalLM.from_pretrained(gpt2_lm).eval()

@@ -31,6 +31,12 @@ def _data(task: str, n: int = 60) -> tuple[list, list]:
         return [pick() for _ in range(n)], [pick() or ["mixed"] for _ in range(n)]
     if task == "question-answering":
         return [_sentence(rng) for _ in range(n)], [[_sentence(rng), _sentence(rng)] if i % 7 else [] for i in range(n)]
+    if task == "language-modeling":
+        from nlpflow.plugins.language_modeling import document_counts
+
+        documents = [_sentence(rng) for _ in range(n)]
+        return ([{"loglikelihood": -rng.uniform(1.0, 60.0), "tokens": rng.randint(1, 20)} for _ in documents],
+                [document_counts(document) for document in documents])
     if task == "keywords":
         return [rng.sample(WORDS, 3) for _ in range(n)], [rng.sample(WORDS, 2) for _ in range(n)]
     return [_sentence(rng) for _ in range(n)], [_sentence(rng) for _ in range(n)]

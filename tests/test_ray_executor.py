@@ -294,3 +294,17 @@ def test_a_worker_out_of_memory_computes_the_batch_in_halves(cluster, workload, 
     assert result.report["counts"]["predicted"] == RECORDS
     labels = [json.loads(line)["prediction"] for line in (tmp_path / "out" / "reviews" / "predictions.jsonl").open(encoding="utf-8")]
     assert labels == [json.loads(line)["prediction"] for line in (local_run / "predictions.jsonl").open(encoding="utf-8")]
+
+
+def test_a_causal_lm_run_on_ray_writes_the_bytes_of_a_local_run(cluster, gpt2_lm, tmp_path):
+    # windows of one document land in different batches on different workers; decode joins them on the driver
+    heldout = Path(__file__).resolve().parent.parent / "examples/data/shakespeare_heldout.jsonl"
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(json.dumps({"pipelines": {"lm": {
+        "task": "language-modeling", "data": {"path": str(heldout)}, "options": {"stride": 24},
+        "model": {"name_or_path": str(gpt2_lm), "device": "cpu", "max_length": 48, "batch_size": 4}, "chunk_size": 5,
+    }}}), encoding="utf-8")
+    assert main(["run", "lm", "--config", str(config), "--output", str(tmp_path / "local"), "--no-cache"]) == 0
+    pipeline = validate(config, ["lm"])[0]
+    Runner(pipeline, tmp_path / "ray", None, interactive=False, executor=RayExecutor()).run()
+    assert (tmp_path / "ray/lm/predictions.jsonl").read_bytes() == (tmp_path / "local/lm/predictions.jsonl").read_bytes()
