@@ -203,14 +203,27 @@ def _register(registry: Registry, name: str, plugin: object) -> None:
     registry.plugins.append(PluginInfo(name=name, version=None, hooks=hooks))
 
 
-def _collect(registry: Registry, plugin_name: str, hook_name: str, kind: str, base: type) -> None:
-    """Call one plugin's implementation of one registration hook and keep what it registers."""
+def _call_registration(registry: Registry, plugin_name: str, hook_name: str, register: Callable[..., None]) -> bool:
+    """Call one plugin's implementation of one registration hook with ``register``; False when the plugin does not
+    implement it or was rejected (a PluginError from ``register``, or anything the hook raised: left out whole)."""
     manager = registry.plugin_manager
     plugin = manager.get_plugin(plugin_name)
     if plugin is None or hook_name not in {c.name for c in manager.get_hookcallers(plugin) or []}:
-        return
-    others = [p for p in manager.get_plugins() if p is not plugin]
-    caller = manager.subset_hook_caller(hook_name, remove_plugins=others)
+        return False
+    caller = manager.subset_hook_caller(hook_name, remove_plugins=[p for p in manager.get_plugins() if p is not plugin])
+    try:
+        caller(register=register)
+    except PluginError as error:
+        _reject(registry, plugin_name, error)
+        return False
+    except Exception as error:  # a plugin's bug must not stop the others
+        _reject(registry, plugin_name, PluginError(f"raised in {hook_name}: {type(error).__name__}: {error}", plugin_name))
+        return False
+    return True
+
+
+def _collect(registry: Registry, plugin_name: str, hook_name: str, kind: str, base: type) -> None:
+    """Call one plugin's implementation of one registration hook and keep what it registers."""
 
     def register(cls: Any) -> None:
         if not (isinstance(cls, type) and issubclass(cls, base)):
@@ -223,21 +236,11 @@ def _collect(registry: Registry, plugin_name: str, hook_name: str, kind: str, ba
             raise PluginError(f"{kind} {name!r} is already registered by plugin {existing.plugin!r}", plugin_name)
         registry.entries[kind][name] = Registered(cls, plugin_name)
 
-    try:
-        caller(register=register)
-    except PluginError as error:
-        _reject(registry, plugin_name, error)
-    except Exception as error:  # a plugin's bug must not stop the others
-        _reject(registry, plugin_name, PluginError(f"raised in {hook_name}: {type(error).__name__}: {error}", plugin_name))
+    _call_registration(registry, plugin_name, hook_name, register)
 
 
 def _collect_heads(registry: Registry, plugin_name: str) -> None:
     """Call one plugin's ``register_heads`` and keep the heads it declares."""
-    manager = registry.plugin_manager
-    plugin = manager.get_plugin(plugin_name)
-    if plugin is None or "register_heads" not in {c.name for c in manager.get_hookcallers(plugin) or []}:
-        return
-    caller = manager.subset_hook_caller("register_heads", remove_plugins=[p for p in manager.get_plugins() if p is not plugin])
 
     def register(head: Any) -> None:
         if not isinstance(head, Head):
@@ -249,22 +252,12 @@ def _collect_heads(registry: Registry, plugin_name: str) -> None:
         registry.heads[head.name] = head
         registry.head_plugins[head.name] = plugin_name
 
-    try:
-        caller(register=register)
-    except PluginError as error:
-        _reject(registry, plugin_name, error)
-    except Exception as error:  # a plugin's bug must not stop the others
-        _reject(registry, plugin_name, PluginError(f"raised in register_heads: {type(error).__name__}: {error}", plugin_name))
+    _call_registration(registry, plugin_name, "register_heads", register)
 
 
 def _collect_embedded_models(registry: Registry, plugin_name: str) -> None:
-    manager = registry.plugin_manager
-    plugin = manager.get_plugin(plugin_name)
-    if plugin is None or "register_embedded_models" not in {c.name for c in manager.get_hookcallers(plugin) or []}:
-        return
-    caller = manager.subset_hook_caller("register_embedded_models", remove_plugins=[p for p in manager.get_plugins() if p is not plugin])
-
-    #: kept only once the hook returns without a problem, so a rejected plugin leaves no embedded model behind
+    """Call one plugin's ``register_embedded_models``; what it registers is kept only once the hook returns without
+    a problem, so a rejected plugin leaves no embedded model behind."""
     registered: dict[str, Callable[[], Any]] = {}
 
     def register(hub_name: Any, locate: Any) -> None:
@@ -272,13 +265,7 @@ def _collect_embedded_models(registry: Registry, plugin_name: str) -> None:
             raise PluginError(f"register_embedded_models expects register(hub_name: str, locate: callable), got {hub_name!r}, {locate!r}", plugin_name)
         registered.setdefault(hub_name, locate)
 
-    try:
-        caller(register=register)
-    except PluginError as error:
-        _reject(registry, plugin_name, error)
-    except Exception as error:
-        _reject(registry, plugin_name, PluginError(f"raised in register_embedded_models: {type(error).__name__}: {error}", plugin_name))
-    else:
+    if _call_registration(registry, plugin_name, "register_embedded_models", register):
         for hub_name, locate in registered.items():
             registry.embedded_models.setdefault(hub_name, locate)
 

@@ -173,7 +173,8 @@ def resolve(config: PipelineConfig, registry: Registry, *, problems: list[Nlpflo
     if config.model is not None:
         with report.check():
             backend_cls = _lookup(registry, "backend", config.model.backend, config.location("model", "backend"), name)
-            backend = _construct(backend_cls, (None, registry.heads), config, "model", "backend", plugin=registry.provider("backend", config.model.backend))
+            backend_options = build_options(backend_cls, config.model.backend_options, config, "model", "backend_options", report=report)
+            backend = _construct(backend_cls, (backend_options, registry.heads), config, "model", "backend", plugin=registry.provider("backend", config.model.backend))
 
     if problems is not None and len(problems) > had:
         return None

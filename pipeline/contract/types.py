@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Iterator, Literal, Mapping, Sequence, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, PositiveInt, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, field_validator
 
 from nlpflow.contract.errors import ModelError
 
@@ -155,6 +155,8 @@ class ModelConfig(BaseModel):
     trust_remote_code: bool = False
     #: allow pickle-based weight files (.bin); off so only safetensors load
     allow_pickle: bool = False
+    #: the backend's own options, validated by its ``Options`` model (``nlpflow tasks --options BACKEND`` lists them)
+    backend_options: dict[str, Any] = Field(default_factory=dict)
 
     #: the local folder the model loads from, found when its pipeline is resolved (not part of the YAML)
     _folder: str | None = PrivateAttr(None)
