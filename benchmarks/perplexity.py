@@ -1,10 +1,18 @@
 """Perplexity: a whole ``nlpflow run`` of language-modeling against the transformers docs' strided loop, same windows.
 
-    python -m benchmarks.perplexity --documents 40 --rounds 3
+    python -m benchmarks.perplexity --corpus long --documents 40 --rounds 3
+    python -m benchmarks.perplexity --corpus paragraphs --documents 400 --vocab 50257 --rounds 3
 
 The model is a random-weight GPT-2 (4 layers, 256 wide, 4 heads, context 256) with a byte-level BPE trained on the
-test corpus (tests/causal_lm_factory.py), saved with ``save_pretrained``. The documents are ``--documents`` passages
-of about 2 KB from examples/data/shakespeare.txt (about 1,000 tokens each, several windows each).
+test corpus (tests/causal_lm_factory.py), saved with ``save_pretrained``. ``--vocab N`` gives the model an
+N-row embedding and LM head (GPT-2's is 50,257) while the tokenizer keeps its 1,000 ids: the vocabulary projection
+and log-softmax cost what a real-size vocabulary costs, though no text ever uses the ids past 1,000.
+
+- ``--corpus long``: ``--documents`` passages of about 2 KB from examples/data/shakespeare.txt (about 1,000 tokens
+  each, several full windows each).
+- ``--corpus paragraphs``: the first ``--documents`` paragraphs of examples/data/shakespeare.txt, split at blank
+  lines, each its own document (heavy-tailed, like WikiText's lines: most a few to tens of tokens, a few over a
+  window), as a corpus scored per paragraph is.
 
 - ``docs loop``: the loop of the transformers docs' "Perplexity of fixed-length models", one window per forward
   (batch 1) under ``torch.no_grad()``, over each document's tokens after the BOS token, with ``max_length`` = the
@@ -50,6 +58,22 @@ def passages(count: int, size: int = 2000) -> list[str]:
     return found
 
 
+def paragraphs(count: int) -> list[str]:
+    """The first ``count`` non-empty paragraphs (speeches, split at blank lines)."""
+    return [block.strip() for block in SHAKESPEARE.read_text(encoding="utf-8").split("\n\n") if block.strip()][:count]
+
+
+def with_vocabulary(checkpoint: Path, vocab_size: int) -> None:
+    """Rebuild the saved GPT-2 with ``vocab_size`` embedding and LM-head rows (seeded), keeping its tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config.from_pretrained(checkpoint)
+    config.vocab_size = vocab_size
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).eval().save_pretrained(checkpoint)
+
+
 def docs_loop(model, tokenizer, texts: list[str], max_length: int, stride: int) -> list[tuple[float, int]]:
     """The transformers docs' loop per document: (log-likelihood, scored tokens), one window per forward."""
     import torch
@@ -87,7 +111,11 @@ def nlpflow_run(folder: Path, config: Path) -> list[tuple[float, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", choices=("long", "paragraphs"), default="long",
+                        help="long: ~2 KB passages; paragraphs: each blank-line paragraph its own document")
     parser.add_argument("--documents", type=int, default=40)
+    parser.add_argument("--vocab", type=int, default=None,
+                        help="the model's vocabulary size (embedding and LM-head rows); default: the tokenizer's 1,000")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--context", type=int, default=256, help="the model's context: the window (max_length)")
     args = parser.parse_args(argv)
@@ -97,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="nlpflow-perplexity-"))
     checkpoint = build_gpt2(folder / "gpt2", hidden=256, layers=4, heads=4, context=args.context)
-    texts = passages(args.documents)
+    if args.vocab is not None:
+        with_vocabulary(checkpoint, args.vocab)
+    texts = passages(args.documents) if args.corpus == "long" else paragraphs(args.documents)
     data = folder / "documents.jsonl"
     data.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
     stride = args.context // 2
@@ -110,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
     tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
-    print(f"{len(texts)} documents, {tokens} tokens; GPT-2 4x256, window {args.context}, stride {stride}; torch threads {torch.get_num_threads()}")
+    lengths = sorted(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    print(f"{args.corpus}: {len(texts)} documents, {tokens} tokens (per document: median {lengths[len(lengths) // 2]}, "
+          f"max {lengths[-1]}); GPT-2 4x256, vocabulary {model.config.vocab_size} (tokenizer {len(tokenizer)}), "
+          f"window {args.context}, stride {stride}; torch threads {torch.get_num_threads()}")
 
     times: dict[str, list[float]] = {"docs loop": [], "nlpflow": []}
     outputs = {}

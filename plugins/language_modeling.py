@@ -43,6 +43,9 @@ from nlpflow import (
     json_type,
 )
 
+#: the head's "not scored" target (transformers' ignore index): the window's context before its first scored target
+UNSCORED_TARGET = -100
+
 
 class LanguageModelingOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -138,7 +141,9 @@ class CausalLanguageModel(TaskModel):
         features = []
         for position, tokens in enumerate(encoded):
             for sequence, first_scored in self.windows(tokens):
-                inputs = {"input_ids": sequence[:-1], "attention_mask": [1] * (len(sequence) - 1), "target_ids": sequence[1:]}
+                # targets before first_scored are context only: -100 tells the head not to compute them
+                targets = [UNSCORED_TARGET] * first_scored + sequence[first_scored + 1 :]
+                inputs = {"input_ids": sequence[:-1], "attention_mask": [1] * (len(sequence) - 1), "target_ids": targets}
                 features.append(Features(position, inputs, extra=first_scored))
         return features
 

@@ -15,6 +15,7 @@ torch is imported when a model loads, not when the plugin registers, so
 from __future__ import annotations
 
 import hashlib
+import inspect
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -91,19 +92,42 @@ def _generated_ids(loaded: LoadedModel, inputs: Mapping[str, Any], options: Mapp
     return {"sequences": loaded.handle.generate(**inputs, **options).cpu().tolist()}
 
 
+def accepts_logits_to_keep(module: torch.nn.Module) -> bool:
+    """Whether the causal LM's forward takes ``logits_to_keep`` (transformers >= 4.50 for GPT-2, Llama, Qwen2, ...):
+    then the model's own head code (its LM head and any logit scaling or soft-capping) runs at the kept positions only."""
+    return "logits_to_keep" in inspect.signature(module.forward).parameters
+
+
 def token_logprobs(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> np.ndarray:
     """The ``token-logprobs`` head: log p(target_ids[i] | input_ids[: i + 1]) per position, float32 (rows, width).
 
-    The log-softmax runs in float32 on one row at a time, so a bf16 model gives float32 log-probabilities and a
-    large vocabulary never needs a float32 copy of the whole batch's logits.
+    Only scored positions are computed: those with a real token (attention mask 1) and a target of at least 0; the
+    others (-100, transformers' ignore index, which is also what the model stage pads ``target_ids`` with) give 0.0. The vocabulary projection runs through the model's own forward with ``logits_to_keep`` set to
+    the columns where any row is scored (all columns, sliced afterwards, for a model without that argument), so the
+    unscored context of an overlapping window costs the model body only. The log-softmax runs in float32 on one
+    row's scored positions at a time, so a bf16 model gives float32 log-probabilities and a large vocabulary never
+    needs a float32 copy of the whole batch's logits.
     """
     import torch
 
     targets = inputs["target_ids"]
-    logits = module(**{name: tensor for name, tensor in inputs.items() if name != "target_ids"}).logits
-    logprobs = torch.empty(targets.shape, dtype=torch.float32, device=logits.device)
+    scored = (targets >= 0) & inputs["attention_mask"].bool()
+    logprobs = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
+    columns = scored.any(0).nonzero().squeeze(-1)
+    if not len(columns):
+        return logprobs.cpu().numpy()
+    body = {name: tensor for name, tensor in inputs.items() if name != "target_ids"}
+    if accepts_logits_to_keep(module):
+        logits = module(**body, logits_to_keep=columns).logits
+    else:
+        logits = module(**body).logits[:, columns]
+    kept_scored, kept_targets = scored[:, columns], targets[:, columns]
     for row in range(len(logits)):
-        logprobs[row] = torch.log_softmax(logits[row].float(), dim=-1).gather(-1, targets[row].unsqueeze(-1)).squeeze(-1)
+        positions = kept_scored[row]
+        if not positions.any():
+            continue
+        row_logprobs = torch.log_softmax(logits[row][positions].float(), dim=-1)
+        logprobs[row, columns[positions]] = row_logprobs.gather(-1, kept_targets[row][positions].unsqueeze(-1)).squeeze(-1)
     return logprobs.cpu().numpy()
 
 

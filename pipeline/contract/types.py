@@ -227,7 +227,8 @@ HEADS: Mapping[str, Head] = MappingProxyType({
         Head("token-logprobs", {"logprobs": "token"},
              "a causal language model (*ForCausalLM, *LMHeadModel; AutoModelForCausalLM) fed input_ids, attention_mask and "
              "target_ids (the token that follows each position): float32 log-probability of target_ids[i] given "
-             "input_ids[: i + 1], from a float32 log-softmax whatever the model's dtype"),
+             "input_ids[: i + 1], from a float32 log-softmax whatever the model's dtype; computed only where target_ids >= 0 "
+             "and the attention mask is 1 (-100, also the padding, marks context: 0.0 there)"),
         Head("causal-generation", {"sequences": "ids"},
              "a decoder-only checkpoint (AutoModelForCausalLM): the new token ids per row, cut before the end token; "
              "TaskModel.head_options() are generate() keyword arguments plus eos_token_id and pad_token_id (required), "

@@ -52,6 +52,7 @@ class ModelStage:
         self.pad_values = {
             "input_ids": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
             "labels": -100,
+            "target_ids": -100,  # the token-logprobs head's "not scored"
         }
         self.token_outputs = [name for name, shape in loaded.head.outputs.items() if shape == "token"]
 
