@@ -275,7 +275,7 @@ def _tasks(args, registry) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(markup=False)  # descriptions and types are printed as written: [str], nlpflow[parquet]
     for kind, rows in listing.items():
         table = Table(title=f"{kind}s", title_justify="left")
         columns = ("name", "plugin", "outputs", "backends", "description") if kind == "head" else ("name", "plugin", "description")
@@ -307,7 +307,7 @@ def _options(args, registry) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(markup=False)  # descriptions and types are printed as written: [str], nlpflow[parquet]
     for item in found:
         table = Table(title=f"options of {item['kind']} {item['name']!r} (plugin {item['plugin']})", title_justify="left")
         for column in ("option", "type", "default", "description"):
