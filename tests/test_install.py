@@ -3,7 +3,6 @@ example third-party plugin installed next to it runs through that venv's ``nlpfl
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
@@ -13,6 +12,8 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+
+from tests.test_public_imports import internal_imports
 
 REPO = Path(__file__).resolve().parent.parent
 KEYWORDS = REPO / "examples" / "nlpflow-keywords"
@@ -65,17 +66,5 @@ def test_wheel_in_a_fresh_venv_imports_as_nlpflow_and_runs_the_example_plugin(tm
 
 def test_the_example_plugin_imports_only_nlpflow_from_nlpflow():
     """A third-party plugin needs the public module and nothing internal: no nlpflow.x, no pipeline, no plugins."""
-    offenders = []
-    for path in sorted((KEYWORDS / "nlpflow_keywords").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-            if isinstance(node, ast.Import):
-                modules = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                modules = [node.module or ""] if node.level == 0 else []
-            else:
-                continue
-            for module in modules:
-                top = module.split(".")[0]
-                if top in ("pipeline", "plugins") or (top == "nlpflow" and module != "nlpflow"):
-                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: {module}")
+    offenders = [offender for path in sorted((KEYWORDS / "nlpflow_keywords").rglob("*.py")) for offender in internal_imports(path)]
     assert offenders == []
