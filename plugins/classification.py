@@ -9,21 +9,27 @@ Two ways to classify, picked by ``options.mode`` (``auto`` looks at the checkpoi
 - ``zero-shot``: a sentence encoder (such as the embedded all-MiniLM-L6-v2)
   embeds the text and a description of each label; the label whose
   description is most similar (cosine) wins.
+- ``loglikelihood``: a causal language model scores each label as the
+  continuation of a prompt (lm-evaluation-harness's ``multiple_choice``); the
+  likeliest label wins, see :class:`LoglikelihoodClassifier`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import random
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator, model_validator
 
 from nlpflow import (
     Backend, Example, ExampleError, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, Task, TaskModel,
-    has_head, hookimpl, input_limit, json_type, tokenize,
+    ConfigError, has_head, hookimpl, input_limit, json_type, tokenize,
 )
+from nlpflow.plugins.prompting import PromptBuilder, chat_text, uses_chat_template
 
 #: Zero-shot descriptions: each label's embedding is the mean of its descriptions' embeddings
 #: (a prototype), which is steadier than any single phrasing.
@@ -35,22 +41,55 @@ SENTIMENT_LABELS = {
 }
 
 
+class FewShotOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    k: NonNegativeInt = Field(0, description="how many solved examples go before each prompt")
+    source: str | None = Field(None, description="JSON Lines file of solved examples with the data's field names (text, label); needed when k > 0")
+    sampler: Literal["first", "random", "balanced"] = Field(
+        "first", description="first: the file's first k; random: k drawn per record; balanced: drawn per record, labels taking turns")
+    seed: int = Field(0, description="with the record's index, seeds the random and balanced samplers")
+
+    @model_validator(mode="after")
+    def _source_when_k(self) -> "FewShotOptions":
+        if self.k and not self.source:
+            raise ValueError("few_shot.k > 0 needs few_shot.source, a JSON Lines file of solved examples")
+        return self
+
+
 class ClassificationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: dict[str, str | list[str]] | list[str] | None = Field(None, description="dataset labels; for zero-shot, a mapping label -> description or list of descriptions (a plain list uses each label as its own description)")
     label_map: dict[str, str] = Field(default_factory=dict, description="dataset label -> model label (id2label name), when the names differ")
-    mode: Literal["auto", "sequence-classification", "zero-shot"] = Field(
-        "auto", description="auto: sequence-classification when the checkpoint has a classification head, else zero-shot"
+    mode: Literal["auto", "sequence-classification", "zero-shot", "loglikelihood"] = Field(
+        "auto", description="auto: sequence-classification when the checkpoint has a classification head, else zero-shot; "
+        "loglikelihood: a causal LM scores each label after the prompt"
     )
     multi_label: bool = Field(False, description="each text has a set of labels (a list, or a comma-separated string)")
     threshold: float = Field(0.5, ge=0, le=1, description="multi-label: a label is predicted when its probability reaches this")
     template: str = Field("{}", description="zero-shot: the label description is put in this template")
+    prompt: str = Field("{{ text }}\nLabel:", description="loglikelihood: Jinja2 template over the record's fields; each label is scored as its continuation")
+    system: str | None = Field(None, description="loglikelihood: system message, in the chat template or else before the prompt with a blank line")
+    chat_template: Literal["auto", True, False] = Field(
+        "auto", description="loglikelihood: wrap the prompt in the tokenizer's chat template: auto (when it has one), true (it must), false")
+    target_delimiter: str = Field(" ", description="loglikelihood: between the prompt and the label (not used with a chat template)")
+    fewshot_delimiter: str = Field("\n\n", description="loglikelihood: between few-shot examples and before the prompt (not used with a chat template)")
+    few_shot: FewShotOptions = Field(default_factory=lambda: FewShotOptions(), description="loglikelihood: solved examples put before each prompt")
+
+    @field_validator("prompt")
+    @classmethod
+    def _template_parses(cls, template: str) -> str:
+        PromptBuilder(template)
+        return template
 
 
 class SentimentOptions(ClassificationOptions):
     labels: dict[str, str | list[str]] | list[str] | None = Field(
         default_factory=lambda: dict(SENTIMENT_LABELS),
         description=ClassificationOptions.model_fields["labels"].description + "; default: positive and negative with zero-shot descriptions",
+    )
+    prompt: str = Field(
+        "{{ text }}\nQuestion: Is this text positive or negative?\nAnswer:",
+        description=ClassificationOptions.model_fields["prompt"].description,
     )
 
 
@@ -61,6 +100,14 @@ class TextClassification(Task):
     reference_fields = ("label",)
     default_metrics = ("accuracy", "macro_f1")
     Options = ClassificationOptions
+
+    def __init__(self, options: BaseModel | None = None):
+        super().__init__(options)
+        self.prompt = PromptBuilder(self.options.prompt)
+        few_shot = self.options.few_shot
+        self.shots = read_few_shot_source(few_shot.source) if few_shot.k and self.options.mode == "loglikelihood" else []
+        if self.shots and few_shot.k > len(self.shots):
+            raise ConfigError(f"options.few_shot: k is {few_shot.k} but {few_shot.source} has only {len(self.shots)} examples")
 
     def check_example(self, example: Example) -> None:
         text = example.fields.get("text")
@@ -74,6 +121,36 @@ class TextClassification(Task):
             fields["label"] = self._normalise_label(label, "label")
         if "prediction" in fields:
             fields["prediction"] = self._normalise_label(fields["prediction"], "prediction")
+        if self.options.mode == "loglikelihood":
+            # rendered here, like text-generation's prompt, so the prediction cache keys on the text the model reads
+            fields["prompt"] = self.prompt.render({**example.columns, **fields})
+            fields["few_shot"] = [[self.prompt.render(shot), self._answer(shot["label"])] for shot in self._sample_shots(example.index)]
+
+    def _answer(self, label: Any) -> str:
+        """The text scored for a dataset label: its model label through ``options.label_map``."""
+        return self.options.label_map.get(str(label), str(label))
+
+    def _sample_shots(self, index: int) -> list[dict[str, Any]]:
+        """``few_shot.k`` solved examples for record ``index``; seeded by (seed, index), so the same whatever the batching."""
+        few_shot = self.options.few_shot
+        if not few_shot.k:
+            return []
+        if few_shot.sampler == "first":
+            return self.shots[: few_shot.k]
+        generator = random.Random(f"{few_shot.seed}:{index}")
+        if few_shot.sampler == "random":
+            return generator.sample(self.shots, few_shot.k)
+        by_label: dict[str, list[dict[str, Any]]] = {}
+        for shot in self.shots:
+            by_label.setdefault(str(shot["label"]), []).append(shot)
+        pools = [generator.sample(pool, len(pool)) for _, pool in sorted(by_label.items())]
+        generator.shuffle(pools)
+        chosen: list[dict[str, Any]] = []
+        while len(chosen) < few_shot.k:
+            for pool in pools:
+                if pool and len(chosen) < few_shot.k:
+                    chosen.append(pool.pop())
+        return chosen
 
     def _normalise_label(self, value: Any, field: str) -> Any:
         multi_label = self.options.multi_label
@@ -99,6 +176,10 @@ class TextClassification(Task):
 
     def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         options = self.options
+        if self._mode(model, backend) == "loglikelihood":
+            _check_loglikelihood_options(options, model.name_or_path)
+            # the backend refuses an encoder checkpoint here, naming the heads it fits
+            return LoglikelihoodClassifier(backend.load(model, "token-logprobs"), options)
         if self._mode(model, backend) == "zero-shot":
             _check_zero_shot_labels(options, model.name_or_path)
             return ZeroShotClassifier(backend.load(model, "embedding"), options)
@@ -106,6 +187,9 @@ class TextClassification(Task):
 
     def output_labels(self, model: ModelConfig, backend: Backend) -> list[str]:
         options = self.options
+        if self._mode(model, backend) == "loglikelihood":
+            _check_loglikelihood_options(options, model.name_or_path)
+            return dataset_labels(list(options.labels), options, model.name_or_path, zero_shot=True)
         if self._mode(model, backend) == "zero-shot":
             _check_zero_shot_labels(options, model.name_or_path)
             return dataset_labels(list(options.labels), options, model.name_or_path, zero_shot=True)
@@ -119,6 +203,33 @@ def _check_zero_shot_labels(options: ClassificationOptions, model_name: str) -> 
             f"zero-shot classification with {model_name!r} needs options.labels "
             "(a list of labels, or a mapping from label to a description)"
         )
+
+
+def _check_loglikelihood_options(options: ClassificationOptions, model_name: str) -> None:
+    if not options.labels:
+        raise ModelError(f"classification by log-likelihood with {model_name!r} needs options.labels, the labels to score")
+    if options.multi_label:
+        raise ModelError(f"classification by log-likelihood with {model_name!r} picks one label; multi_label is not supported")
+
+
+def read_few_shot_source(path: str) -> list[dict[str, Any]]:
+    """The solved examples of ``few_shot.source``: JSON Lines records with a non-empty ``text`` and a ``label``."""
+    records = []
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except OSError as error:
+        raise ConfigError(f"options.few_shot.source: cannot read {path}: {error.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"options.few_shot.source {path}:{number}: not JSON ({error.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or record.get("label") in (None, ""):
+            raise ConfigError(f"options.few_shot.source {path}:{number}: a record needs a string 'text' and a 'label'")
+        records.append(record)
+    return records
 
 
 def dataset_labels(model_labels: list[str], options: ClassificationOptions, model_name: str, zero_shot: bool) -> list[str]:
@@ -237,6 +348,99 @@ class ZeroShotClassifier(_TextClassifierModel):
         return prediction
 
 
+#: the ``token-logprobs`` head's "not scored" target: the context before a label's tokens
+UNSCORED_TARGET = -100
+
+
+class LoglikelihoodClassifier(TaskModel):
+    """Each label scored as the continuation of the prompt by a causal LM (lm-evaluation-harness's ``multiple_choice``).
+
+    The context is the system message, the few-shot examples and the rendered prompt: in the chat template (each
+    example a user and an assistant turn, the label following the assistant's opening directly), or joined by
+    ``fewshot_delimiter`` with ``target_delimiter`` before each label. Context and label are tokenized as
+    lm-evaluation-harness does: whitespace at the end of the context moves to the label, context and label are
+    encoded together and split at the context's length. One feature per (record, label), batched by the model
+    stage; the prompt's forward is computed once per label (no shared-prefix cache).
+
+    The prediction's value holds two argmaxes, ``label`` (of the summed log-likelihood) and ``label_norm`` (of the
+    log-likelihood per character of the label text), which ``accuracy`` and ``accuracy_norm`` score; its details
+    hold each label's ``loglikelihood`` and ``probability`` (softmax over the labels' log-likelihoods).
+    """
+
+    def __init__(self, loaded: LoadedModel, options: ClassificationOptions):
+        super().__init__(loaded)
+        self.options = options
+        self.model_labels = list(options.labels)
+        self.labels = dataset_labels(self.model_labels, options, loaded.name_or_path, zero_shot=True)
+        self.use_chat_template = uses_chat_template(loaded, options.chat_template)
+        self.delimiter = "" if self.use_chat_template else options.target_delimiter
+        self.window = input_limit(loaded)
+        for label in self.model_labels:
+            if not loaded.tokenizer(self.delimiter + label, add_special_tokens=False)["input_ids"]:
+                raise ModelError(f"model {loaded.name_or_path!r}: label {label!r} tokenizes to nothing, so it cannot be scored")
+
+    def parameters(self) -> dict[str, Any]:
+        template = self.loaded.tokenizer.chat_template if self.use_chat_template else None
+        return {
+            "window": self.window, "labels": self.labels, "model_labels": self.model_labels, "loglikelihood": True,
+            "chat_template": hashlib.sha256(template.encode()).hexdigest() if template else None,
+            **self.options.model_dump(include={"system", "target_delimiter", "fewshot_delimiter"}),
+        }
+
+    def context(self, example: Example) -> str:
+        """The text before each label: system message, few-shot examples and prompt."""
+        options, prompt, shots = self.options, example.fields["prompt"], example.fields["few_shot"]
+        if self.use_chat_template:
+            return chat_text(self.loaded, options.system, [tuple(shot) for shot in shots], prompt)
+        parts = [f"{question}{options.target_delimiter}{answer}" for question, answer in shots] + [prompt]
+        text = options.fewshot_delimiter.join(parts)
+        return f"{options.system}\n\n{text}" if options.system else text
+
+    def split_tokens(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-evaluation-harness's ``_encode_pair``: trailing whitespace of the context moves to the continuation;
+        the pair is encoded whole and split at the context's token count."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        tokenizer = self.loaded.tokenizer
+        whole = tokenizer(context + continuation, add_special_tokens=False, verbose=False)["input_ids"]
+        context_ids = tokenizer(context, add_special_tokens=False, verbose=False)["input_ids"]
+        return list(whole[: len(context_ids)]), list(whole[len(context_ids):])
+
+    def encode(self, examples: Sequence[Example]) -> list[Features]:
+        features = []
+        for position, example in enumerate(examples):
+            context = self.context(example)
+            for label in self.model_labels:
+                context_ids, label_ids = self.split_tokens(context, self.delimiter + label)
+                if not label_ids:
+                    raise ModelError(f"model {self.loaded.name_or_path!r}: label {label!r} tokenizes to nothing after the prompt of record {example.index}")
+                if not context_ids:
+                    raise ModelError(f"record {example.index}: the prompt tokenizes to nothing, so no label can be scored after it")
+                # lm-evaluation-harness keeps the last window + 1 tokens, cutting the context from the left
+                sequence = (context_ids + label_ids)[-(self.window + 1):]
+                if len(sequence) < len(context_ids) + len(label_ids):
+                    example.notes["truncated"] = True
+                unscored = len(sequence) - len(label_ids) - 1
+                inputs = {"input_ids": sequence[:-1], "attention_mask": [1] * (len(sequence) - 1),
+                          "target_ids": [UNSCORED_TARGET] * unscored + label_ids}
+                features.append(Features(position, inputs, extra=unscored))
+        return features
+
+    def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Mapping[str, Any]]) -> Prediction:
+        loglikelihoods = np.array([np.asarray(output["logprobs"], dtype=np.float64)[feature.extra:].sum()
+                                   for feature, output in zip(features, outputs)])
+        lengths = np.array([len(self.delimiter + label) for label in self.model_labels], dtype=np.float64)
+        exponentials = np.exp(loglikelihoods - loglikelihoods.max())
+        probabilities = exponentials / exponentials.sum()
+        best, best_norm = int(np.argmax(loglikelihoods)), int(np.argmax(loglikelihoods / lengths))
+        details = {
+            "loglikelihood": {label: float(value) for label, value in zip(self.labels, loglikelihoods)},
+            "probability": {label: round(float(p), 6) for label, p in zip(self.labels, probabilities)},
+        }
+        return Prediction({"label": self.labels[best], "label_norm": self.labels[best_norm]}, details)
+
+
 # --- metrics -----------------------------------------------------------------
 
 
@@ -256,7 +460,12 @@ class _LabelMetric(Metric):
     # a row is one confusion-matrix cell (or label-set pair): a run has few distinct rows, kept once with their counts
     accepts_counts = True
 
+    #: which argmax of a log-likelihood prediction (``{"label": ..., "label_norm": ...}``) this metric scores
+    _prediction_key: ClassVar[str] = "label"
+
     def example_stats(self, predictions: Sequence[Any], references: Sequence[Any]) -> np.ndarray:
+        key = self._prediction_key
+        predictions = [prediction[key] if isinstance(prediction, dict) else prediction for prediction in predictions]
         multi = any(isinstance(r, list) for r in references)
         if not multi:
             # one row per label pair; a chunk holds few distinct labels, so each is coded (and packed) once
@@ -366,6 +575,13 @@ class Accuracy(_LabelMetric):
         return (predicted == gold).all(axis=1).astype(float)
 
 
+class AccuracyNorm(Accuracy):
+    name = "accuracy_norm"
+    description = ("Accuracy of the label whose log-likelihood per character is highest (lm-evaluation-harness's acc_norm); "
+                   "the same as accuracy for other modes' predictions")
+    _prediction_key = "label_norm"
+
+
 class MacroF1(_LabelMetric):
     name = "macro_f1"
     description = "Unweighted mean of per-class F1 (as sklearn's f1_score(average='macro')), with per-class scores and confusion matrix"
@@ -457,4 +673,5 @@ def register_tasks(register):
 @hookimpl
 def register_metrics(register):
     register(Accuracy)
+    register(AccuracyNorm)
     register(MacroF1)

@@ -1,6 +1,6 @@
 """Text generation with a decoder-only language model: a prompt in, its continuation out.
 
-The prompt is built in two steps. :class:`PromptBuilder` renders the
+The prompt is built in two steps. :class:`~nlpflow.plugins.prompting.PromptBuilder` renders the
 ``prompt`` option, a Jinja2 template over the record's fields, when the
 record is checked, and stores the result as the example's ``prompt`` field,
 so the prediction cache keys on the rendered text. :class:`CausalGenerator`
@@ -25,9 +25,10 @@ from typing import Any, Literal, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
 from nlpflow import (
-    CHARACTERS_PER_TOKEN, Backend, ConfigError, Example, Features, LoadedModel, ModelConfig, ModelError, Prediction,
+    CHARACTERS_PER_TOKEN, Backend, Example, Features, LoadedModel, ModelConfig, ModelError, Prediction,
     TaskModel, hookimpl, input_limit,
 )
+from nlpflow.plugins.prompting import PromptBuilder, chat_text, uses_chat_template
 from nlpflow.plugins.seq2seq import TextToTextTask
 
 log = logging.getLogger("nlpflow.plugins.text_generation")
@@ -72,41 +73,6 @@ class TextGenerationOptions(BaseModel):
         return self
 
 
-class PromptBuilder:
-    """A Jinja2 prompt template over a record's fields, checked when it is built and when each record is rendered.
-
-    ``variables`` are the fields the template names; :meth:`render` raises a
-    ConfigError when a record lacks one of them (the runner adds the options'
-    YAML line and the record's data line), since a misspelled field is the
-    pipeline's mistake, not the record's.
-    """
-
-    def __init__(self, template: str):
-        import jinja2
-        from jinja2 import meta
-
-        self.source = template
-        environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
-        try:
-            self.variables = tuple(sorted(meta.find_undeclared_variables(environment.parse(template))))
-            self.template = environment.from_string(template)
-        except jinja2.TemplateSyntaxError as error:
-            raise ValueError(f"the prompt template does not parse: {error.message} (template line {error.lineno})") from None
-
-    def __reduce__(self):
-        # a compiled Jinja2 template does not pickle; the task travels to Ray workers, which compile it again
-        return PromptBuilder, (self.source,)
-
-    def render(self, fields: Mapping[str, Any]) -> str:
-        missing = [name for name in self.variables if fields.get(name) is None]
-        if missing:
-            raise ConfigError(
-                f"options.prompt: the template names {', '.join(map(repr, missing))}, which the record does not have; "
-                f"it has {', '.join(map(repr, sorted(fields))) or 'no fields'}"
-            )
-        return self.template.render(**fields)
-
-
 def end_token_ids(loaded: LoadedModel) -> list[int]:
     """The ids that end a row: the tokenizer's and checkpoint's end-of-sequence ids and the end-of-turn tokens it has."""
     tokenizer = loaded.tokenizer
@@ -147,13 +113,7 @@ class CausalGenerator(TaskModel):
         super().__init__(loaded)
         self.options = options
         tokenizer = loaded.tokenizer
-        has_template = bool(getattr(tokenizer, "chat_template", None))
-        if options.chat_template is True and not has_template:
-            raise ModelError(
-                f"model {loaded.name_or_path!r}: options.chat_template is true but its tokenizer has no chat template; "
-                "set chat_template: auto or false"
-            )
-        self.use_chat_template = has_template and options.chat_template is not False
+        self.use_chat_template = uses_chat_template(loaded, options.chat_template)
         # the window holds the prompt and the tokens generated after it
         self.prompt_limit = max(1, input_limit(loaded) - options.max_new_tokens)
         self.end_ids = end_token_ids(loaded)
@@ -188,8 +148,7 @@ class CausalGenerator(TaskModel):
         """The rendered prompt as the model reads it: in the chat template, or after the system message."""
         system = self.options.system
         if self.use_chat_template:
-            messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-            return self.loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return chat_text(self.loaded, system, [], prompt)
         return f"{system}\n\n{prompt}" if system else prompt
 
     def encode(self, examples: Sequence[Example]) -> list[Features]:

@@ -26,7 +26,7 @@ def test_options_of_a_task_have_type_default_and_description(capsys):
         "name": "threshold", "type": "float", "default": 0.5, "required": False,
         "description": "multi-label: a label is predicted when its probability reaches this",
     }
-    assert options["mode"]["type"] == "Literal['auto', 'sequence-classification', 'zero-shot']"
+    assert options["mode"]["type"] == "Literal['auto', 'sequence-classification', 'zero-shot', 'loglikelihood']"
     assert options["labels"]["type"] == "dict[str, str | list[str]] | list[str] | None"
     assert options["label_map"]["default"] == {}
 

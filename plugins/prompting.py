@@ -1,0 +1,68 @@
+"""Prompts for causal language models: a Jinja2 template over a record's fields, and the tokenizer's chat template.
+
+Shared by the tasks that prompt a decoder-only model (text generation, classification by log-likelihood), so
+the ``prompt``, ``system`` and ``chat_template`` options mean the same thing in each.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping, Sequence
+
+from nlpflow import ConfigError, LoadedModel, ModelError
+
+
+class PromptBuilder:
+    """A Jinja2 prompt template over a record's fields, checked when it is built and when each record is rendered.
+
+    ``variables`` are the fields the template names; :meth:`render` raises a
+    ConfigError when a record lacks one of them (the runner adds the options'
+    YAML line and the record's data line), since a misspelled field is the
+    pipeline's mistake, not the record's.
+    """
+
+    def __init__(self, template: str):
+        import jinja2
+        from jinja2 import meta
+
+        self.source = template
+        environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
+        try:
+            self.variables = tuple(sorted(meta.find_undeclared_variables(environment.parse(template))))
+            self.template = environment.from_string(template)
+        except jinja2.TemplateSyntaxError as error:
+            raise ValueError(f"the prompt template does not parse: {error.message} (template line {error.lineno})") from None
+
+    def __reduce__(self):
+        # a compiled Jinja2 template does not pickle; the task travels to Ray workers, which compile it again
+        return PromptBuilder, (self.source,)
+
+    def render(self, fields: Mapping[str, Any]) -> str:
+        missing = [name for name in self.variables if fields.get(name) is None]
+        if missing:
+            raise ConfigError(
+                f"options.prompt: the template names {', '.join(map(repr, missing))}, which the record does not have; "
+                f"it has {', '.join(map(repr, sorted(fields))) or 'no fields'}"
+            )
+        return self.template.render(**fields)
+
+
+def uses_chat_template(loaded: LoadedModel, chat_template: Literal["auto", True, False]) -> bool:
+    """Whether prompts go through the tokenizer's chat template: ``auto`` when it has one, ``True`` when it must
+    (a ModelError if it has none), ``False`` never."""
+    has_template = bool(getattr(loaded.tokenizer, "chat_template", None))
+    if chat_template is True and not has_template:
+        raise ModelError(
+            f"model {loaded.name_or_path!r}: options.chat_template is true but its tokenizer has no chat template; "
+            "set chat_template: auto or false"
+        )
+    return has_template and chat_template is not False
+
+
+def chat_text(loaded: LoadedModel, system: str | None, turns: Sequence[tuple[str, str]], prompt: str) -> str:
+    """The chat template over the system message, earlier ``(user, assistant)`` turns (few-shot examples) and the
+    prompt as the last user turn, ending with the generation prompt (the assistant's turn opening)."""
+    messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
+    for user, assistant in turns:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    messages.append({"role": "user", "content": prompt})
+    return loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
