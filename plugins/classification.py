@@ -17,19 +17,17 @@ Two ways to classify, picked by ``options.mode`` (``auto`` looks at the checkpoi
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import random
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nlpflow import (
     Backend, Example, ExampleError, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, Task, TaskModel,
     ConfigError, has_head, hookimpl, input_limit, json_type, tokenize,
 )
-from nlpflow.plugins.prompting import PromptBuilder, chat_text, uses_chat_template
+from nlpflow.plugins.prompting import FewShotOptions, PromptBuilder, chat_text, read_few_shot_source, sample_shots, uses_chat_template
 
 #: Zero-shot descriptions: each label's embedding is the mean of its descriptions' embeddings
 #: (a prototype), which is steadier than any single phrasing.
@@ -39,21 +37,6 @@ SENTIMENT_LABELS = {
     "negative": ["It was bad.", "Awful, disappointing, a waste of money and time.", "I hate it", "I am unhappy with it",
                  "Poor quality, bad experience."],
 }
-
-
-class FewShotOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    k: NonNegativeInt = Field(0, description="how many solved examples go before each prompt")
-    source: str | None = Field(None, description="JSON Lines file of solved examples with the data's field names (text, label); needed when k > 0")
-    sampler: Literal["first", "random", "balanced"] = Field(
-        "first", description="first: the file's first k; random: k drawn per record; balanced: drawn per record, labels taking turns")
-    seed: int = Field(0, description="with the record's index, seeds the random and balanced samplers")
-
-    @model_validator(mode="after")
-    def _source_when_k(self) -> "FewShotOptions":
-        if self.k and not self.source:
-            raise ValueError("few_shot.k > 0 needs few_shot.source, a JSON Lines file of solved examples")
-        return self
 
 
 class ClassificationOptions(BaseModel):
@@ -124,33 +107,11 @@ class TextClassification(Task):
         if self.options.mode == "loglikelihood":
             # rendered here, like text-generation's prompt, so the prediction cache keys on the text the model reads
             fields["prompt"] = self.prompt.render({**example.columns, **fields})
-            fields["few_shot"] = [[self.prompt.render(shot), self._answer(shot["label"])] for shot in self._sample_shots(example.index)]
+            fields["few_shot"] = [[self.prompt.render(shot), self._answer(shot["label"])] for shot in sample_shots(self.shots, self.options.few_shot, example.index)]
 
     def _answer(self, label: Any) -> str:
         """The text scored for a dataset label: its model label through ``options.label_map``."""
         return self.options.label_map.get(str(label), str(label))
-
-    def _sample_shots(self, index: int) -> list[dict[str, Any]]:
-        """``few_shot.k`` solved examples for record ``index``; seeded by (seed, index), so the same whatever the batching."""
-        few_shot = self.options.few_shot
-        if not few_shot.k:
-            return []
-        if few_shot.sampler == "first":
-            return self.shots[: few_shot.k]
-        generator = random.Random(f"{few_shot.seed}:{index}")
-        if few_shot.sampler == "random":
-            return generator.sample(self.shots, few_shot.k)
-        by_label: dict[str, list[dict[str, Any]]] = {}
-        for shot in self.shots:
-            by_label.setdefault(str(shot["label"]), []).append(shot)
-        pools = [generator.sample(pool, len(pool)) for _, pool in sorted(by_label.items())]
-        generator.shuffle(pools)
-        chosen: list[dict[str, Any]] = []
-        while len(chosen) < few_shot.k:
-            for pool in pools:
-                if pool and len(chosen) < few_shot.k:
-                    chosen.append(pool.pop())
-        return chosen
 
     def _normalise_label(self, value: Any, field: str) -> Any:
         multi_label = self.options.multi_label
@@ -210,26 +171,6 @@ def _check_loglikelihood_options(options: ClassificationOptions, model_name: str
         raise ModelError(f"classification by log-likelihood with {model_name!r} needs options.labels, the labels to score")
     if options.multi_label:
         raise ModelError(f"classification by log-likelihood with {model_name!r} picks one label; multi_label is not supported")
-
-
-def read_few_shot_source(path: str) -> list[dict[str, Any]]:
-    """The solved examples of ``few_shot.source``: JSON Lines records with a non-empty ``text`` and a ``label``."""
-    records = []
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except OSError as error:
-        raise ConfigError(f"options.few_shot.source: cannot read {path}: {error.strerror}") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"options.few_shot.source {path}:{number}: not JSON ({error.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or record.get("label") in (None, ""):
-            raise ConfigError(f"options.few_shot.source {path}:{number}: a record needs a string 'text' and a 'label'")
-        records.append(record)
-    return records
 
 
 def dataset_labels(model_labels: list[str], options: ClassificationOptions, model_name: str, zero_shot: bool) -> list[str]:

@@ -6,7 +6,11 @@ the ``prompt``, ``system`` and ``chat_template`` options mean the same thing in 
 
 from __future__ import annotations
 
+import json
+import random
 from typing import Any, Literal, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
 
 from nlpflow import ConfigError, LoadedModel, ModelError
 
@@ -66,3 +70,62 @@ def chat_text(loaded: LoadedModel, system: str | None, turns: Sequence[tuple[str
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
     messages.append({"role": "user", "content": prompt})
     return loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+class FewShotOptions(BaseModel):
+    """Solved examples put before each prompt (lm-evaluation-harness's num_fewshot and fewshot sampler)."""
+
+    model_config = ConfigDict(extra="forbid")
+    k: NonNegativeInt = Field(0, description="how many solved examples go before each prompt")
+    source: str | None = Field(None, description="JSON Lines file of solved examples with the data's field names (text, label); needed when k > 0")
+    sampler: Literal["first", "random", "balanced"] = Field(
+        "first", description="first: the file's first k; random: k drawn per record; balanced: drawn per record, labels taking turns")
+    seed: int = Field(0, description="with the record's index, seeds the random and balanced samplers")
+
+    @model_validator(mode="after")
+    def _source_when_k(self) -> "FewShotOptions":
+        if self.k and not self.source:
+            raise ValueError("few_shot.k > 0 needs few_shot.source, a JSON Lines file of solved examples")
+        return self
+
+
+def read_few_shot_source(path: str) -> list[dict[str, Any]]:
+    """The solved examples of ``few_shot.source``: JSON Lines records with a non-empty ``text`` and a ``label``."""
+    records = []
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except OSError as error:
+        raise ConfigError(f"options.few_shot.source: cannot read {path}: {error.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"options.few_shot.source {path}:{number}: not JSON ({error.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or record.get("label") in (None, ""):
+            raise ConfigError(f"options.few_shot.source {path}:{number}: a record needs a string 'text' and a 'label'")
+        records.append(record)
+    return records
+
+
+def sample_shots(shots: Sequence[dict[str, Any]], few_shot: FewShotOptions, index: int) -> list[dict[str, Any]]:
+    """``few_shot.k`` solved examples for record ``index``; seeded by (seed, index), so the same whatever the batching."""
+    if not few_shot.k:
+        return []
+    if few_shot.sampler == "first":
+        return shots[: few_shot.k]
+    generator = random.Random(f"{few_shot.seed}:{index}")
+    if few_shot.sampler == "random":
+        return generator.sample(shots, few_shot.k)
+    by_label: dict[str, list[dict[str, Any]]] = {}
+    for shot in shots:
+        by_label.setdefault(str(shot["label"]), []).append(shot)
+    pools = [generator.sample(pool, len(pool)) for _, pool in sorted(by_label.items())]
+    generator.shuffle(pools)
+    chosen: list[dict[str, Any]] = []
+    while len(chosen) < few_shot.k:
+        for pool in pools:
+            if pool and len(chosen) < few_shot.k:
+                chosen.append(pool.pop())
+    return chosen
