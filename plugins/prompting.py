@@ -1,7 +1,8 @@
 """Prompts for causal language models: a Jinja2 template over a record's fields, and the tokenizer's chat template.
 
-Shared by the tasks that prompt a decoder-only model (text generation, classification by log-likelihood), so
-the ``prompt``, ``system`` and ``chat_template`` options mean the same thing in each.
+Shared by the tasks that prompt a decoder-only model (text generation, classification by log-likelihood, and
+question answering, translation and summarization by generation), so the ``prompt``, ``system`` and
+``chat_template`` options mean the same thing in each.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import random
 from typing import Any, Literal, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator, model_validator
 
 from nlpflow import ConfigError, LoadedModel, ModelError
 
@@ -24,11 +25,13 @@ class PromptBuilder:
     pipeline's mistake, not the record's.
     """
 
-    def __init__(self, template: str):
+    def __init__(self, template: str, option: str = "options.prompt"):
         import jinja2
         from jinja2 import meta
 
         self.source = template
+        #: where the template is set, for the error a record without one of its fields raises
+        self.option = option
         environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
         try:
             self.variables = tuple(sorted(meta.find_undeclared_variables(environment.parse(template))))
@@ -38,16 +41,47 @@ class PromptBuilder:
 
     def __reduce__(self):
         # a compiled Jinja2 template does not pickle; the task travels to Ray workers, which compile it again
-        return PromptBuilder, (self.source,)
+        return PromptBuilder, (self.source, self.option)
 
     def render(self, fields: Mapping[str, Any]) -> str:
         missing = [name for name in self.variables if fields.get(name) is None]
         if missing:
             raise ConfigError(
-                f"options.prompt: the template names {', '.join(map(repr, missing))}, which the record does not have; "
+                f"{self.option}: the template names {', '.join(map(repr, missing))}, which the record does not have; "
                 f"it has {', '.join(map(repr, sorted(fields))) or 'no fields'}"
             )
         return self.template.render(**fields)
+
+
+def is_causal_lm(checkpoint: Any) -> bool:
+    """Whether a checkpoint's config describes a decoder-only language model: an architecture transformers maps to
+    ``AutoModelForCausalLM`` or named ``*ForCausalLM`` / ``*LMHeadModel``, and no encoder-decoder."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if getattr(checkpoint, "is_encoder_decoder", False):
+        return False
+    causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    return any(
+        architecture in causal_classes or architecture.endswith(("ForCausalLM", "LMHeadModel"))
+        for architecture in getattr(checkpoint, "architectures", None) or []
+    )
+
+
+class PromptOptions(BaseModel):
+    """The options of every task that prompts a causal LM: the template, the system message, the chat template."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | None = Field(None, description="Jinja2 template over the record's fields; default: the task's own")
+    system: str | None = Field(None, description="system message: in the chat template, or else put before the prompt with a blank line")
+    chat_template: Literal["auto", True, False] = Field(
+        "auto", description="wrap the prompt in the tokenizer's chat template: auto (when it has one), true (it must), false")
+
+    @field_validator("prompt")
+    @classmethod
+    def _template_parses(cls, template: str | None) -> str | None:
+        if template is not None:
+            PromptBuilder(template)
+        return template
 
 
 def uses_chat_template(loaded: LoadedModel, chat_template: Literal["auto", True, False]) -> bool:
@@ -129,3 +163,11 @@ def sample_shots(shots: Sequence[dict[str, Any]], few_shot: FewShotOptions, inde
             if pool and len(chosen) < few_shot.k:
                 chosen.append(pool.pop())
     return chosen
+
+
+class FewShotPromptOptions(PromptOptions):
+    """Prompt options with solved examples before the prompt, joined as lm-evaluation-harness joins them."""
+
+    target_delimiter: str = Field(" ", description="between a few-shot example's prompt and its answer (not used with a chat template)")
+    fewshot_delimiter: str = Field("\n\n", description="between few-shot examples and before the prompt (not used with a chat template)")
+    few_shot: FewShotOptions = Field(default_factory=lambda: FewShotOptions(), description="solved examples put before each prompt")

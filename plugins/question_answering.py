@@ -1,7 +1,8 @@
 """Extractive question answering: a span from the context answers the question, scored with the
 official SQuAD exact match and F1.
 
-Two ways to answer, picked by ``options.method`` (``auto`` looks at the checkpoint):
+Three ways to answer, picked by ``options.method`` (``auto`` looks at the checkpoint: ``generate`` for a causal
+LM, ``span`` for a ``*ForQuestionAnswering`` head, else ``sentence-retrieval``):
 
 - ``span``: any ``AutoModelForQuestionAnswering`` checkpoint. Each (question,
   context) pair is cut into overlapping windows (``max_seq_length`` tokens,
@@ -20,6 +21,10 @@ Two ways to answer, picked by ``options.method`` (``auto`` looks at the checkpoi
   embedded all-MiniLM-L6-v2). The context is split into sentences with spaCy,
   the question and every sentence are embedded (mean pooling, L2-normalised)
   and the sentence most similar to the question is the answer.
+- ``generate``: a causal LM continues a prompt (``options.prompting``, default
+  :data:`DEFAULT_PROMPT`), after few-shot examples answered with their first
+  gold answer; the answer step takes the answer from the continuation (see
+  :mod:`nlpflow.plugins.prompted_generation`).
 
 Answers in the data may be a string, a list of strings, or SQuAD's
 ``{"text": [...], "answer_start": [...]}``. An empty list means "no answer"
@@ -40,11 +45,17 @@ from nlpflow import (
     Backend, Example, ExampleError, Features, LoadedModel, Metric, ModelConfig, Prediction, Task, TaskModel,
     has_head, hookimpl, input_limit, json_type, tokenize,
 )
+from nlpflow.plugins.prompted_generation import PromptedGeneration, PromptedGenerationOptions
+from nlpflow.plugins.prompting import is_causal_lm
+
+#: the prompt of method generate (lm-evaluation-harness's SQuAD layout)
+DEFAULT_PROMPT = "Context: {{ context }}\nQuestion: {{ question }}\nAnswer:"
 
 
 class QuestionAnsweringOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    method: Literal["auto", "span", "sentence-retrieval"] = Field("auto", description="auto: span when the checkpoint has a *ForQuestionAnswering head, else sentence-retrieval")
+    method: Literal["auto", "span", "sentence-retrieval", "generate"] = Field(
+        "auto", description="auto: generate for a causal LM, span when the checkpoint has a *ForQuestionAnswering head, else sentence-retrieval")
     max_seq_length: PositiveInt | None = Field(None, description="span: tokens per window (question + context + special tokens); default: the model's input limit")
     doc_stride: int | None = Field(None, ge=0, description="span: tokens shared by consecutive windows; default min(128, max_seq_length // 2) as in transformers' pipeline; always lowered to fit next to a long question")
     max_answer_length: PositiveInt = Field(30, description="span: longest answer in tokens")
@@ -55,6 +66,8 @@ class QuestionAnsweringOptions(BaseModel):
     null_threshold: float = Field(0.0, description="with allow_no_answer: answer nothing when the null score (CLS start + end logit, lowest over windows) exceeds the best span's start + end logit by more than this")
     lang: str = Field("en", description="sentence-retrieval: spaCy language for sentence splitting, and an optional trained pipeline")
     spacy_model: str | None = Field(None, description="sentence-retrieval: a trained spaCy pipeline for sentence splitting; default: spacy.blank(lang) with a sentencizer")
+    prompting: PromptedGenerationOptions = Field(
+        default_factory=lambda: PromptedGenerationOptions(), description=f"generate: the prompt (default {DEFAULT_PROMPT!r}), few-shot examples, generation settings and answer step")
 
 
 class QuestionAnswering(Task):
@@ -64,6 +77,14 @@ class QuestionAnswering(Task):
     reference_fields = ("answers",)
     default_metrics = ("exact_match", "f1")
     Options = QuestionAnsweringOptions
+
+    def __init__(self, options: BaseModel | None = None):
+        super().__init__(options)
+        # auto may pick generate once the checkpoint is known, so the prompt is checked on every record then too
+        self.prompting = (
+            PromptedGeneration(self.options.prompting, DEFAULT_PROMPT, "answers", self._normalise_answers)
+            if self.options.method in ("auto", "generate") else None
+        )
 
     def check_example(self, example: Example) -> None:
         for name in self.input_fields:
@@ -76,6 +97,8 @@ class QuestionAnswering(Task):
             example.fields["answers"] = self._normalise_answers(example.fields["answers"])
         if "prediction" in example.fields:
             example.fields["prediction"] = _prediction_text(example.fields["prediction"])
+        if self.prompting is not None:
+            self.prompting.render(example)
 
     def _normalise_answers(self, value: Any) -> list[str]:
         if isinstance(value, str):
@@ -117,7 +140,13 @@ class QuestionAnswering(Task):
         options = self.options
         method = options.method
         if method == "auto":
-            method = "span" if has_head(backend.checkpoint_config(model), "ForQuestionAnswering") else "sentence-retrieval"
+            checkpoint = backend.checkpoint_config(model)
+            if is_causal_lm(checkpoint):
+                method = "generate"
+            else:
+                method = "span" if has_head(checkpoint, "ForQuestionAnswering") else "sentence-retrieval"
+        if method == "generate":
+            return self.prompting.load(model, backend)
         if method == "sentence-retrieval":
             return SentenceRetriever(backend.load(model, "embedding"), options)
         return SpanExtractor(backend.load(model, "question-answering"), options)

@@ -112,7 +112,8 @@ def load_seq2seq(model: ModelConfig, backend: Backend, task: str) -> LoadedModel
         found = ", ".join(architectures) or "no architectures in config.json"
         raise ModelError(
             f"task {task!r}: model {model.name_or_path!r} is not a sequence-to-sequence generation checkpoint "
-            f"(expected *ForConditionalGeneration or *MTModel, found {found})"
+            f"(expected *ForConditionalGeneration or *MTModel, found {found}), nor a causal language model to prompt "
+            "(*ForCausalLM, *LMHeadModel)"
         )
     # generation needs no character offsets, so python tokenizers (MarianTokenizer) are fine
     return backend.load(model, "generation", require_fast_tokenizer=False)

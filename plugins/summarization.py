@@ -5,7 +5,10 @@
 - ``generate`` (default): any ``AutoModelForSeq2SeqLM`` checkpoint (BART, T5,
   Pegasus, ...) run by :class:`plugins.seq2seq.Seq2SeqModel`. A document longer
   than the model window keeps its leading whole sentences that fit (spaCy
-  sentencizer) and is counted as truncated.
+  sentencizer) and is counted as truncated. A causal LM instead continues a
+  prompt (``options.prompting``, default :data:`DEFAULT_PROMPT`; see
+  :mod:`nlpflow.plugins.prompted_generation`), whose beginning is cut when it
+  is too long.
 - ``centroid``: a sentence encoder (the embedded all-MiniLM-L6-v2 works
   offline) embeds every sentence of the document; the ``sentences`` closest
   (cosine) to the mean of the document's sentence embeddings are returned in
@@ -34,13 +37,23 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from nlpflow import Backend, Example, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, TaskModel, hookimpl, input_limit, tokenize
-from nlpflow.plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, load_seq2seq
+from nlpflow.plugins.prompted_generation import PromptedGeneration, PromptedGenerationOptions
+from nlpflow.plugins.prompting import is_causal_lm
+from nlpflow.plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, check_references, load_seq2seq
+
+#: the prompt of method generate with a causal LM (the "TL;DR:" cue of the GPT-2 paper)
+DEFAULT_PROMPT = "{{ document }}\n\nTL;DR:"
 
 
 class SummarizationOptions(GenerationOptions):
-    method: Literal["generate", "lead", "centroid"] = "generate"
+    method: Literal["generate", "lead", "centroid"] = Field(
+        "generate", description="generate: a sequence-to-sequence model writes the summary, or a causal LM continues a prompt; "
+        "lead: the first sentences; centroid: the sentences nearest the document's mean embedding")
     sentences: PositiveInt = Field(3, description="lead and centroid: how many sentences the summary has")
     lang: str = Field("en", description="language of the spaCy sentencizer (spacy.blank) used to split documents")
+    prompting: PromptedGenerationOptions = Field(
+        default_factory=lambda: PromptedGenerationOptions(),
+        description=f"generate with a causal LM: the prompt (default {DEFAULT_PROMPT!r}), few-shot examples, generation settings and answer step")
 
 
 @lru_cache(maxsize=8)
@@ -63,6 +76,18 @@ class Summarization(TextToTextTask):
     default_metrics = ("rouge1", "rouge2", "rougeL", "rougeLsum")
     Options = SummarizationOptions
 
+    def __init__(self, options: BaseModel | None = None):
+        super().__init__(options)
+        self.prompting = (
+            PromptedGeneration(self.options.prompting, DEFAULT_PROMPT, "summary", lambda value: check_references(value, "summary"))
+            if self.options.method == "generate" else None
+        )
+
+    def check_example(self, example: Example) -> None:
+        super().check_example(example)
+        if self.prompting is not None:
+            self.prompting.render(example)
+
     @property
     def rule_based(self) -> bool:
         return self.options.method == "lead"
@@ -81,6 +106,8 @@ class Summarization(TextToTextTask):
         options = self.options
         if options.method == "lead":
             raise ModelError(f"task {self.name!r}: method 'lead' runs no model; remove the pipeline's model: block")
+        if options.method == "generate" and is_causal_lm(backend.checkpoint_config(model)):
+            return self.prompting.load(model, backend)
         if options.method == "generate":
             return Seq2SeqModel(load_seq2seq(model, backend, self.name), options, "document", by_sentences=True, lang=options.lang)
         return ExtractiveSummarizer(backend.load(model, "embedding"), options)

@@ -28,7 +28,7 @@ from nlpflow import (
     CHARACTERS_PER_TOKEN, Backend, Example, Features, LoadedModel, ModelConfig, ModelError, Prediction,
     TaskModel, hookimpl, input_limit,
 )
-from nlpflow.plugins.prompting import PromptBuilder, chat_text, uses_chat_template
+from nlpflow.plugins.prompting import PromptBuilder, PromptOptions, chat_text, uses_chat_template
 from nlpflow.plugins.seq2seq import TextToTextTask
 
 log = logging.getLogger("nlpflow.plugins.text_generation")
@@ -37,12 +37,10 @@ log = logging.getLogger("nlpflow.plugins.text_generation")
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>")
 
 
-class TextGenerationOptions(BaseModel):
+class GenerationSettings(BaseModel):
+    """How a causal LM continues a prompt; shared by every task that generates with one."""
+
     model_config = ConfigDict(extra="forbid")
-    prompt: str = Field("{{ prompt }}", description="Jinja2 template over the record's fields (the prompt field and any other column)")
-    system: str | None = Field(None, description="system message: in the chat template, or else put before the prompt with a blank line")
-    chat_template: Literal["auto", True, False] = Field(
-        "auto", description="wrap the prompt in the tokenizer's chat template: auto (when it has one), true (it must), false")
     max_new_tokens: PositiveInt = Field(128, description="most tokens generated per row")
     stop: list[str] = Field([], description="strings that end a row, besides the tokenizer's end-of-sequence and end-of-turn tokens")
     num_beams: PositiveInt = Field(1, description="beam search with this many beams (1: greedy)")
@@ -52,25 +50,23 @@ class TextGenerationOptions(BaseModel):
     top_k: NonNegativeInt | None = Field(None, description="sample among the k likeliest tokens (do_sample only)")
     seed: int = Field(0, description="seed of sampling; with the batch's inputs it seeds each batch")
 
-    @field_validator("prompt")
-    @classmethod
-    def _template_parses(cls, template: str) -> str:
-        PromptBuilder(template)
-        return template
-
     @field_validator("stop")
     @classmethod
-    def _stop_not_empty(cls, stop: list[str]) -> list[str]:
-        if any(not text for text in stop):
+    def _stop_not_empty(cls, stop: list[str] | None) -> list[str] | None:
+        if stop and any(not text for text in stop):
             raise ValueError("an empty stop string would end every row at once")
         return stop
 
     @model_validator(mode="after")
-    def _sampling_settings_need_sampling(self) -> "TextGenerationOptions":
+    def _sampling_settings_need_sampling(self) -> "GenerationSettings":
         given = [name for name in ("temperature", "top_p", "top_k") if getattr(self, name) is not None]
         if given and not self.do_sample:
             raise ValueError(f"{', '.join(given)} only apply when sampling; set do_sample: true or remove them")
         return self
+
+
+class TextGenerationOptions(GenerationSettings, PromptOptions):
+    prompt: str = Field("{{ prompt }}", description="Jinja2 template over the record's fields (the prompt field and any other column)")
 
 
 def end_token_ids(loaded: LoadedModel) -> list[int]:
@@ -107,9 +103,12 @@ class TextGeneration(TextToTextTask):
 
 
 class CausalGenerator(TaskModel):
-    """Wraps each rendered prompt for the model, cuts it from the left to the context, and decodes the new tokens."""
+    """Wraps each rendered prompt for the model, cuts it from the left to the context, and decodes the new tokens.
 
-    def __init__(self, loaded: LoadedModel, options: TextGenerationOptions):
+    Subclasses change what the model reads (:meth:`model_text`), which strings end a row (:meth:`stop_strings`)
+    and what is made of the continuation (:meth:`decode`)."""
+
+    def __init__(self, loaded: LoadedModel, options: GenerationSettings | TextGenerationOptions):
         super().__init__(loaded)
         self.options = options
         tokenizer = loaded.tokenizer
@@ -130,8 +129,13 @@ class CausalGenerator(TaskModel):
         if options.do_sample:
             sampling = {name: getattr(options, name) for name in ("temperature", "top_p", "top_k") if getattr(options, name) is not None}
             self.generate_options.update(sampling, seed=options.seed)
-        if options.stop:
-            self.generate_options["stop_strings"] = list(options.stop)
+        self.stop = self.stop_strings()
+        if self.stop:
+            self.generate_options["stop_strings"] = list(self.stop)
+
+    def stop_strings(self) -> list[str]:
+        """The strings that end a row (the end-of-sequence and end-of-turn tokens always do)."""
+        return list(self.options.stop)
 
     def parameters(self) -> dict[str, Any]:
         template = self.loaded.tokenizer.chat_template if self.use_chat_template else None
@@ -144,9 +148,9 @@ class CausalGenerator(TaskModel):
     def head_options(self) -> dict[str, Any]:
         return self.generate_options
 
-    def model_text(self, prompt: str) -> str:
+    def model_text(self, example: Example) -> str:
         """The rendered prompt as the model reads it: in the chat template, or after the system message."""
-        system = self.options.system
+        system, prompt = self.options.system, example.fields["prompt"]
         if self.use_chat_template:
             return chat_text(self.loaded, system, [], prompt)
         return f"{system}\n\n{prompt}" if system else prompt
@@ -154,7 +158,7 @@ class CausalGenerator(TaskModel):
     def encode(self, examples: Sequence[Example]) -> list[Features]:
         limit = self.prompt_limit
         usable = limit * CHARACTERS_PER_TOKEN
-        texts = [self.model_text(example.fields["prompt"]) for example in examples]
+        texts = [self.model_text(example) for example in examples]
         # a huge prompt is cut to its last characters first: only its last ``limit`` tokens are kept anyway
         shortened = [len(text) > usable for text in texts]
         texts = [text[-usable:] if cut else text for text, cut in zip(texts, shortened)]
@@ -177,7 +181,7 @@ class CausalGenerator(TaskModel):
     def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Mapping[str, Any]]) -> Prediction:
         ids = outputs[0]["sequences"]
         text = self.loaded.tokenizer.decode(ids, skip_special_tokens=True)
-        found = [position for position in (text.find(stop) for stop in self.options.stop) if position >= 0]
+        found = [position for position in (text.find(stop) for stop in self.stop) if position >= 0]
         if found:
             return Prediction(text[: min(found)], {"finish": "stop", "new_tokens": len(ids)})
         finish = "length" if len(ids) >= self.options.max_new_tokens else "stop"

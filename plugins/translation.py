@@ -5,6 +5,11 @@ NLLB, ...) run by :class:`plugins.seq2seq.Seq2SeqModel`. Multilingual models
 take ``source_lang``/``target_lang`` (the tokenizer's ``src_lang`` and the
 forced first token of the output); T5-style models take a ``prefix``.
 
+A causal LM translates by prompting instead (``options.prompting``, see
+:mod:`nlpflow.plugins.prompted_generation`): its default prompt is
+lm-evaluation-harness's ``"{source_lang} phrase: {source}\n{target_lang} phrase:"``,
+with ``source_lang`` and ``target_lang`` as language names (``English``, ``German``).
+
 The metrics keep sacreBLEU's own per-sentence sufficient statistics (from the
 metric's ``_extract_corpus_statistics``, the function ``corpus_score`` itself
 uses), so the sum over any set of rows gives exactly ``corpus_score`` on those
@@ -20,13 +25,19 @@ from typing import Any, ClassVar, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from nlpflow import Backend, LoadedModel, Metric, ModelConfig, ModelError, TaskModel, hookimpl
-from nlpflow.plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, load_seq2seq
+from nlpflow import Backend, Example, LoadedModel, Metric, ModelConfig, ModelError, TaskModel, hookimpl
+from nlpflow.plugins.prompted_generation import PromptedGeneration, PromptedGenerationOptions
+from nlpflow.plugins.prompting import is_causal_lm
+from nlpflow.plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, check_references, load_seq2seq
 
 
 class TranslationOptions(GenerationOptions):
     source_lang: str | None = Field(None, description='source language code of a multilingual model (M2M100: "en"; NLLB: "eng_Latn"); sets tokenizer.src_lang')
     target_lang: str | None = Field(None, description="target language code; its token is forced as the first generated token")
+    prompting: PromptedGenerationOptions = Field(
+        default_factory=lambda: PromptedGenerationOptions(),
+        description="a causal LM: the prompt (default \"{source_lang} phrase: {{ source }}\\n{target_lang} phrase:\", "
+        "the languages as names), few-shot examples, generation settings and answer step")
 
 
 
@@ -39,7 +50,28 @@ class Translation(TextToTextTask):
     default_metrics = ("bleu", "chrf", "ter")
     Options = TranslationOptions
 
+    def __init__(self, options: BaseModel | None = None):
+        super().__init__(options)
+        options = self.options
+        languages = {name: value for name, value in (("source_lang", options.source_lang), ("target_lang", options.target_lang)) if value}
+        # a sequence-to-sequence checkpoint ignores the prompt, so it renders (unread) without the language names too
+        default = (f"{options.source_lang or 'Source'} phrase: {{{{ source }}}}\n"
+                   f"{options.target_lang or 'Target'} phrase:")
+        self.prompting = PromptedGeneration(options.prompting, default, "reference", lambda value: check_references(value, "reference"), languages)
+
+    def check_example(self, example: Example) -> None:
+        super().check_example(example)
+        self.prompting.render(example)
+
     def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
+        if is_causal_lm(backend.checkpoint_config(model)):
+            if self.options.prompting.prompt is None and not self.options.target_lang:
+                raise ModelError(
+                    f"model {model.name_or_path!r} is a causal language model, prompted to translate: its default prompt "
+                    "names the languages, so set options.target_lang (and source_lang) to language names (German, English), "
+                    "or write options.prompting.prompt"
+                )
+            return self.prompting.load(model, backend)
         loaded = load_seq2seq(model, backend, self.name)
         forced_bos = set_languages(loaded, self.options.source_lang, self.options.target_lang)
         return Seq2SeqModel(loaded, self.options, "source", forced_bos_token_id=forced_bos, source_lang=self.options.source_lang)

@@ -1,0 +1,182 @@
+"""Question answering, translation and summarization by prompting a causal LM: the options, the few-shot
+examples, the stop strings and the answer step those three tasks share.
+
+Not a plugin (it registers nothing): each task keeps a :class:`PromptedGeneration` for its ``prompting`` options,
+which renders the prompt and the few-shot examples when a record is checked (so ``validate`` reports a template
+naming a missing field before any model loads) and loads a :class:`PromptedAnswerer`, the text-generation model
+stage with lm-evaluation-harness's few-shot layout, its default stop strings and an answer step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from nlpflow import Backend, ConfigError, Example, ExampleError, LoadedModel, ModelConfig, Prediction, TaskModel
+from nlpflow.plugins.prompting import FewShotPromptOptions, PromptBuilder, chat_text, sample_shots
+from nlpflow.plugins.text_generation import CausalGenerator, GenerationSettings
+
+#: where the prompting options sit in a task's options, for error messages
+OPTION = "options.prompting"
+
+
+class AnswerOptions(BaseModel):
+    """How the answer is taken from the continuation, before the task's metrics score it."""
+
+    model_config = ConfigDict(extra="forbid")
+    first_line: bool = Field(False, description="keep the continuation's first non-blank line")
+    regex: str | None = Field(None, description="a regular expression with one group: the answer is the group of its first match (empty when none)")
+    strip: bool = Field(True, description="strip whitespace from both ends of the answer")
+
+    @field_validator("regex")
+    @classmethod
+    def _one_group(cls, regex: str | None) -> str | None:
+        if regex is None:
+            return None
+        try:
+            groups = re.compile(regex).groups
+        except re.error as error:
+            raise ValueError(f"answer.regex does not compile: {error}") from None
+        if groups != 1:
+            raise ValueError(f"answer.regex must have exactly one group (the answer); {regex!r} has {groups}")
+        return regex
+
+
+def extract_answer(continuation: str, options: AnswerOptions) -> tuple[str, bool]:
+    """The answer in a continuation, and whether ``options.regex`` matched (True without a regex):
+    first line, then the regex's group, then strip, in that order."""
+    text = continuation
+    if options.first_line:
+        text = next((line for line in text.splitlines() if line.strip()), "")
+    matched = True
+    if options.regex is not None:
+        found = re.search(options.regex, text)
+        matched = found is not None
+        text = (found.group(1) or "") if found else ""
+    return (text.strip() if options.strip else text), matched
+
+
+class PromptedGenerationOptions(GenerationSettings, FewShotPromptOptions):
+    """A task's ``prompting`` options: prompt, few-shot examples, generation settings and the answer step."""
+
+    stop: list[str] | None = Field(
+        None, description="strings that end a row (besides end-of-sequence and end-of-turn); default: fewshot_delimiter, "
+        "or none with a chat template")
+    answer: AnswerOptions = Field(default_factory=lambda: AnswerOptions(), description="how the answer is taken from the continuation")
+
+    @field_validator("few_shot")
+    @classmethod
+    def _no_labels_to_balance(cls, few_shot: Any) -> Any:
+        if few_shot.sampler == "balanced":
+            raise ValueError("few_shot.sampler 'balanced' takes turns between labels, and generated answers have none; use first or random")
+        return few_shot
+
+
+def first_text(value: str | list[str]) -> str:
+    """A reference's first text: the string itself, or a list's first."""
+    return value if isinstance(value, str) else value[0]
+
+
+class PromptedGeneration:
+    """One task's prompting: the template (its ``prompt`` option, else the task's default) and the few-shot pool.
+
+    ``answer_field`` names the record field whose first text answers a few-shot example (QA: ``answers``,
+    translation: ``reference``, summarization: ``summary``); ``normalise`` turns a shot's value of it into the
+    task's form (a string or list of strings), raising ExampleError for one it cannot take. ``constants`` are
+    extra template variables every record has (translation's language names)."""
+
+    def __init__(self, options: PromptedGenerationOptions, default_prompt: str, answer_field: str,
+                 normalise: Callable[[Any], Any], constants: Mapping[str, Any] | None = None):
+        self.options = options
+        self.builder = PromptBuilder(options.prompt or default_prompt, option=f"{OPTION}.prompt")
+        self.answer_field = answer_field
+        self.constants = dict(constants or {})
+        few_shot = options.few_shot
+        self.shots = self._read_shots(few_shot.source, normalise) if few_shot.k else []
+        if few_shot.k > len(self.shots):
+            raise ConfigError(f"{OPTION}.few_shot: k is {few_shot.k} but {few_shot.source} has only {len(self.shots)} examples")
+
+    def _read_shots(self, path: str, normalise: Callable[[Any], Any]) -> list[dict[str, Any]]:
+        """The solved examples of ``few_shot.source``: JSON Lines records with the template's fields and an answer."""
+        where = f"{OPTION}.few_shot.source"
+        try:
+            lines = open(path, encoding="utf-8").read().splitlines()
+        except OSError as error:
+            raise ConfigError(f"{where}: cannot read {path}: {error.strerror}") from None
+        needed = [name for name in self.builder.variables if name not in self.constants]
+        shots = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"{where} {path}:{number}: not JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise ConfigError(f"{where} {path}:{number}: a record must be a JSON object")
+            missing = [name for name in (*needed, self.answer_field) if record.get(name) is None]
+            if missing:
+                raise ConfigError(f"{where} {path}:{number}: the record lacks {', '.join(map(repr, missing))}, which the prompt "
+                                  f"template or the answer needs; it has {', '.join(map(repr, sorted(record))) or 'no fields'}")
+            try:
+                answer = normalise(record[self.answer_field])
+            except ExampleError as error:
+                raise ConfigError(f"{where} {path}:{number}: {error}") from None
+            if not answer:
+                raise ConfigError(f"{where} {path}:{number}: field {self.answer_field!r} has no answer to show")
+            shots.append({**record, self.answer_field: answer})
+        return shots
+
+    def render(self, example: Example) -> None:
+        """The record's prompt and its few-shot examples (each a rendered prompt and its answer), stored in its
+        fields for :class:`PromptedAnswerer`."""
+        fields = {**self.constants, **example.columns, **example.fields}
+        example.fields["prompt"] = self.builder.render(fields)
+        example.fields["few_shot"] = [
+            [self.builder.render({**self.constants, **shot}), first_text(shot[self.answer_field])]
+            for shot in sample_shots(self.shots, self.options.few_shot, example.index)
+        ]
+
+    def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
+        # the backend refuses a checkpoint that is not a causal LM, naming the heads it fits
+        return PromptedAnswerer(backend.load(model, "causal-generation", require_fast_tokenizer=False), self.options)
+
+
+class PromptedAnswerer(CausalGenerator):
+    """The causal-generation model stage, reading the few-shot examples before the prompt and answering from the
+    continuation.
+
+    Without a chat template, the model reads the system message, then each few-shot example (its prompt,
+    ``target_delimiter`` and its answer) and the prompt, joined by ``fewshot_delimiter``; rows stop at
+    ``fewshot_delimiter`` too, since a base model goes on to write the next example. With a chat template, each
+    example is a user and an assistant turn and rows stop at end-of-turn only (a fixed "\\n\\n" cuts chat models
+    short: lm-evaluation-harness issue #1837)."""
+
+    options: PromptedGenerationOptions
+
+    def stop_strings(self) -> list[str]:
+        if self.options.stop is not None:
+            return list(self.options.stop)
+        return [] if self.use_chat_template else [self.options.fewshot_delimiter]
+
+    def parameters(self) -> dict[str, Any]:
+        return {**super().parameters(), "stop": self.stop}
+
+    def model_text(self, example: Example) -> str:
+        options, prompt = self.options, example.fields["prompt"]
+        shots = [(question, answer) for question, answer in example.fields["few_shot"]]
+        if self.use_chat_template:
+            return chat_text(self.loaded, options.system, shots, prompt)
+        text = options.fewshot_delimiter.join([f"{question}{options.target_delimiter}{answer}" for question, answer in shots] + [prompt])
+        return f"{options.system}\n\n{text}" if options.system else text
+
+    def decode(self, example: Example, features, outputs) -> Prediction:
+        generated = super().decode(example, features, outputs)
+        answer, matched = extract_answer(generated.value, self.options.answer)
+        details = {"continuation": generated.value, **generated.details}
+        if not matched:
+            details["answer_matched"] = False
+        return Prediction(answer, details)
