@@ -15,8 +15,8 @@ from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nlpflow import Backend, ConfigError, Example, ExampleError, LoadedModel, ModelConfig, Prediction, TaskModel
-from nlpflow.plugins.prompting import FewShotPromptOptions, PromptBuilder, chat_text, sample_shots
+from nlpflow import Backend, ConfigError, Example, ExampleError, ModelConfig, ModelError, Prediction, TaskModel
+from nlpflow.plugins.prompting import FewShotPromptOptions, PromptBuilder, chat_text, is_causal_lm, sample_shots
 from nlpflow.plugins.text_generation import CausalGenerator, GenerationSettings
 
 #: where the prompting options sit in a task's options, for error messages
@@ -143,6 +143,17 @@ class PromptedGeneration:
     def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         # the backend refuses a checkpoint that is not a causal LM, naming the heads it fits
         return PromptedAnswerer(backend.load(model, "causal-generation", require_fast_tokenizer=False), self.options)
+
+
+def refuse_causal_lm(model: ModelConfig, backend: Backend, task: str, method: str) -> None:
+    """A ModelError when a task's encoder method is given a causal LM, naming the method that fits it."""
+    checkpoint = backend.checkpoint_config(model)
+    if is_causal_lm(checkpoint):
+        found = ", ".join(getattr(checkpoint, "architectures", None) or [])
+        raise ModelError(
+            f"task {task!r}: model {model.name_or_path!r} is a causal language model ({found}); method {method!r} needs an encoder "
+            "checkpoint. Methods that fit it: generate (prompting it; method auto picks it)"
+        )
 
 
 class PromptedAnswerer(CausalGenerator):

@@ -45,7 +45,7 @@ from nlpflow import (
     Backend, Example, ExampleError, Features, LoadedModel, Metric, ModelConfig, Prediction, Task, TaskModel,
     has_head, hookimpl, input_limit, json_type, tokenize,
 )
-from nlpflow.plugins.prompted_generation import PromptedGeneration, PromptedGenerationOptions
+from nlpflow.plugins.prompted_generation import PromptedGeneration, PromptedGenerationOptions, refuse_causal_lm
 from nlpflow.plugins.prompting import is_causal_lm
 
 #: the prompt of method generate (lm-evaluation-harness's SQuAD layout)
@@ -147,6 +147,7 @@ class QuestionAnswering(Task):
                 method = "span" if has_head(checkpoint, "ForQuestionAnswering") else "sentence-retrieval"
         if method == "generate":
             return self.prompting.load(model, backend)
+        refuse_causal_lm(model, backend, self.name, method)
         if method == "sentence-retrieval":
             return SentenceRetriever(backend.load(model, "embedding"), options)
         return SpanExtractor(backend.load(model, "question-answering"), options)

@@ -37,7 +37,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from nlpflow import Backend, Example, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, TaskModel, hookimpl, input_limit, tokenize
-from nlpflow.plugins.prompted_generation import PromptedGeneration, PromptedGenerationOptions
+from nlpflow.plugins.prompted_generation import PromptedGeneration, PromptedGenerationOptions, refuse_causal_lm
 from nlpflow.plugins.prompting import is_causal_lm
 from nlpflow.plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, check_references, load_seq2seq
 
@@ -110,6 +110,7 @@ class Summarization(TextToTextTask):
             return self.prompting.load(model, backend)
         if options.method == "generate":
             return Seq2SeqModel(load_seq2seq(model, backend, self.name), options, "document", by_sentences=True, lang=options.lang)
+        refuse_causal_lm(model, backend, self.name, options.method)
         return ExtractiveSummarizer(backend.load(model, "embedding"), options)
 
 
