@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nlpflow import Backend, ConfigError, Example, ExampleError, ModelConfig, ModelError, Prediction, TaskModel
+from nlpflow import Backend, ConfigError, Example, ExampleError, LoadedModel, ModelConfig, ModelError, Prediction, TaskModel, file_sha256
 from nlpflow.plugins.prompting import FewShotPromptOptions, PromptBuilder, chat_text, is_causal_lm, sample_shots
 from nlpflow.plugins.text_generation import CausalGenerator, GenerationSettings
 
@@ -96,6 +97,8 @@ class PromptedGeneration:
         self.constants = dict(constants or {})
         few_shot = options.few_shot
         self.shots = self._read_shots(few_shot.source, normalise) if few_shot.k else []
+        # the cache keys on the record's input fields and the options: the file's bytes join them through the model stage
+        self.shots_sha256 = file_sha256(Path(few_shot.source)) if few_shot.k else None
         if few_shot.k > len(self.shots):
             raise ConfigError(f"{OPTION}.few_shot: k is {few_shot.k} but {few_shot.source} has only {len(self.shots)} examples")
 
@@ -142,7 +145,8 @@ class PromptedGeneration:
 
     def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         # the backend refuses a checkpoint that is not a causal LM, naming the heads it fits
-        return PromptedAnswerer(backend.load(model, "causal-generation", require_fast_tokenizer=False), self.options)
+        loaded = backend.load(model, "causal-generation", require_fast_tokenizer=False)
+        return PromptedAnswerer(loaded, self.options, shots_sha256=self.shots_sha256)
 
 
 def refuse_causal_lm(model: ModelConfig, backend: Backend, task: str, method: str) -> None:
@@ -168,13 +172,17 @@ class PromptedAnswerer(CausalGenerator):
 
     options: PromptedGenerationOptions
 
+    def __init__(self, loaded: LoadedModel, options: PromptedGenerationOptions, shots_sha256: str | None = None):
+        super().__init__(loaded, options)
+        self.shots_sha256 = shots_sha256
+
     def stop_strings(self) -> list[str]:
         if self.options.stop is not None:
             return list(self.options.stop)
         return [] if self.use_chat_template else [self.options.fewshot_delimiter]
 
     def parameters(self) -> dict[str, Any]:
-        return {**super().parameters(), "stop": self.stop}
+        return {**super().parameters(), "stop": self.stop, "few_shot_source_sha256": self.shots_sha256}
 
     def model_text(self, example: Example) -> str:
         options, prompt = self.options, example.fields["prompt"]

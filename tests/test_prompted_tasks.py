@@ -280,6 +280,21 @@ def test_random_few_shot_is_seeded_per_record_and_a_record_keeps_its_shots(gpt2_
     assert all(answer in {"Das Haus ist klein.", "Guten Morgen, mein Freund.", "Wir gingen zum Markt."} for shots in first for _, answer in shots)
 
 
+def test_the_cache_keys_on_the_few_shot_file(gpt2_lm, tmp_path):
+    source = Path(write_shots(tmp_path, "shots.jsonl", TRANSLATION_RECORDS[:1]))
+    options = {"source_lang": "English", "target_lang": "German", "prompting": {"max_new_tokens": 4, "few_shot": {"k": 1, "source": str(source)}}}
+    config = write_pipeline(tmp_path, "translation", gpt2_lm, TRANSLATION_RECORDS, options)
+
+    def from_cache() -> int:
+        [result] = nlpflow.run(["prompted"], config, tmp_path / "out", cache_dir=tmp_path / "cache", interactive=False)
+        return result.report["counts"]["from_cache"]
+
+    assert from_cache() == 0
+    assert from_cache() == len(TRANSLATION_RECORDS)
+    write_shots(tmp_path, "shots.jsonl", TRANSLATION_RECORDS[1:2])
+    assert from_cache() == 0
+
+
 # --- errors ------------------------------------------------------------------------------
 
 
