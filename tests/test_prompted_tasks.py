@@ -172,6 +172,21 @@ def test_greedy_answers_equal_the_transformers_pipeline_and_are_scored(task_name
         assert metrics["rougeL"]["value"] == pytest.approx(sum(s["rougeL"].fmeasure for s in scores) / len(scores))
 
 
+@pytest.mark.parametrize("task_name", ["question-answering", "translation"])
+def test_chat_model_answers_equal_the_transformers_pipeline_on_the_chat_messages(task_name, qwen2_lm, tmp_path):
+    from transformers import pipeline
+
+    _, _, records, defaults, render = TASKS[task_name]
+    options = {**defaults, "prompting": {"max_new_tokens": NEW_TOKENS, "system": "Be brief."}}
+    _, rows = run_pipeline(write_pipeline(tmp_path, task_name, qwen2_lm, records, options), tmp_path / "out")
+    assert not any(row.get("notes") for row in rows)  # no prompt was cut, so the pipeline reads the same text
+    generator = pipeline("text-generation", model=str(qwen2_lm), device="cpu")
+    expected = [generator([{"role": "system", "content": "Be brief."}, {"role": "user", "content": render(record)}],
+                          max_new_tokens=NEW_TOKENS, do_sample=False, return_full_text=False)[0]["generated_text"] for record in records]
+    assert [row["details"]["continuation"] for row in rows] == expected
+    assert [row["prediction"] for row in rows] == [text.strip() for text in expected]
+
+
 def test_exact_match_counts_answers_equal_to_a_gold_answer(gpt2_lm, tmp_path):
     """Half the questions get their model's own answer as a gold one: exact match is then exactly one half."""
     _, rows = run_pipeline(write_pipeline(tmp_path, "question-answering", gpt2_lm, QA_RECORDS, {"prompting": {"max_new_tokens": NEW_TOKENS}}), tmp_path / "first")
