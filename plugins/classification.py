@@ -140,7 +140,7 @@ class TextClassification(Task):
         if self._mode(model, backend) == "loglikelihood":
             _check_loglikelihood_options(options, model.name_or_path)
             # the backend refuses an encoder checkpoint here, naming the heads it fits
-            return LoglikelihoodClassifier(backend.load(model, "token-logprobs"), options)
+            return LoglikelihoodClassifier(backend.load(model, "choice-logprobs"), options)
         if self._mode(model, backend) == "zero-shot":
             _check_zero_shot_labels(options, model.name_or_path)
             return ZeroShotClassifier(backend.load(model, "embedding"), options)
@@ -289,10 +289,6 @@ class ZeroShotClassifier(_TextClassifierModel):
         return prediction
 
 
-#: the ``token-logprobs`` head's "not scored" target: the context before a label's tokens
-UNSCORED_TARGET = -100
-
-
 class LoglikelihoodClassifier(TaskModel):
     """Each label scored as the continuation of the prompt by a causal LM (lm-evaluation-harness's ``multiple_choice``).
 
@@ -300,12 +296,17 @@ class LoglikelihoodClassifier(TaskModel):
     example a user and an assistant turn, the label following the assistant's opening directly), or joined by
     ``fewshot_delimiter`` with ``target_delimiter`` before each label. Context and label are tokenized as
     lm-evaluation-harness does: whitespace at the end of the context moves to the label, context and label are
-    encoded together and split at the context's length. One feature per (record, label), batched by the model
-    stage; the prompt's forward is computed once per label (no shared-prefix cache).
+    encoded together and split at the context's length. One feature per record, through the ``choice-logprobs``
+    head: the context's forward runs once and every label is scored against its KV cache.
+
+    A context too long for the window is cut from the left, as lm-evaluation-harness does, so that the longest
+    label fits after it; every label is then scored after the same context (lm-evaluation-harness cuts per label,
+    so its labels may see contexts of different lengths).
 
     The prediction's value holds two argmaxes, ``label`` (of the summed log-likelihood) and ``label_norm`` (of the
     log-likelihood per character of the label text), which ``accuracy`` and ``accuracy_norm`` score; its details
-    hold each label's ``loglikelihood`` and ``probability`` (softmax over the labels' log-likelihoods).
+    hold each label's ``loglikelihood``, ``probability`` (softmax over the labels' log-likelihoods) and ``greedy``
+    (every token of the label was the model's greedy choice).
     """
 
     def __init__(self, loaded: LoadedModel, options: ClassificationOptions):
@@ -352,25 +353,33 @@ class LoglikelihoodClassifier(TaskModel):
         features = []
         for position, example in enumerate(examples):
             context = self.context(example)
-            for label in self.model_labels:
-                context_ids, label_ids = self.split_tokens(context, self.delimiter + label)
+            pairs = [self.split_tokens(context, self.delimiter + label) for label in self.model_labels]
+            for label, (_, label_ids) in zip(self.model_labels, pairs):
                 if not label_ids:
                     raise ModelError(f"model {self.loaded.name_or_path!r}: label {label!r} tokenizes to nothing after the prompt of record {example.index}")
-                if not context_ids:
-                    raise ModelError(f"record {example.index}: the prompt tokenizes to nothing, so no label can be scored after it")
-                # lm-evaluation-harness keeps the last window + 1 tokens, cutting the context from the left
-                sequence = (context_ids + label_ids)[-(self.window + 1):]
-                if len(sequence) < len(context_ids) + len(label_ids):
-                    example.notes["truncated"] = True
-                unscored = len(sequence) - len(label_ids) - 1
-                inputs = {"input_ids": sequence[:-1], "attention_mask": [1] * (len(sequence) - 1),
-                          "target_ids": [UNSCORED_TARGET] * unscored + label_ids}
-                features.append(Features(position, inputs, extra=unscored))
+            # every label's context tokens are the same unless the context's last token merged with a label's first
+            # (never with a delimiter that starts with whitespace); then the labels share the common part and the
+            # tokens after it are scored with the label
+            shared = _common_prefix([context_ids for context_ids, _ in pairs])
+            choices = [context_ids[len(shared):] + label_ids for context_ids, label_ids in pairs]
+            # a label's last token is never fed, so context + longest label may be one token longer than the window
+            room = self.window + 1 - max(map(len, choices))
+            if room < 1:
+                raise ModelError(f"record {example.index}: a label is {max(map(len, choices))} tokens long, which leaves no room "
+                                 f"for the prompt in the model's window of {self.window} tokens")
+            if len(shared) > room:
+                shared = shared[-room:]
+                example.notes["truncated"] = True
+            if not shared:
+                raise ModelError(f"record {example.index}: the prompt tokenizes to nothing, so no label can be scored after it")
+            input_ids = shared + [token for choice in choices for token in choice]
+            choice_index = [0] * len(shared) + [k for k, choice in enumerate(choices, 1) for _ in choice]
+            features.append(Features(position, {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "choice_index": choice_index}))
         return features
 
     def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Mapping[str, Any]]) -> Prediction:
-        loglikelihoods = np.array([np.asarray(output["logprobs"], dtype=np.float64)[feature.extra:].sum()
-                                   for feature, output in zip(features, outputs)])
+        loglikelihoods = np.asarray(outputs[0]["loglikelihood"], dtype=np.float64)
+        greedy = [bool(value) for value in outputs[0]["greedy"]]
         lengths = np.array([len(self.delimiter + label) for label in self.model_labels], dtype=np.float64)
         exponentials = np.exp(loglikelihoods - loglikelihoods.max())
         probabilities = exponentials / exponentials.sum()
@@ -378,8 +387,17 @@ class LoglikelihoodClassifier(TaskModel):
         details = {
             "loglikelihood": {label: float(value) for label, value in zip(self.labels, loglikelihoods)},
             "probability": {label: round(float(p), 6) for label, p in zip(self.labels, probabilities)},
+            "greedy": dict(zip(self.labels, greedy)),
         }
         return Prediction({"label": self.labels[best], "label_norm": self.labels[best_norm]}, details)
+
+
+def _common_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
+    first = sequences[0]
+    length = min(map(len, sequences))
+    for other in sequences[1:]:
+        length = next((i for i in range(length) if other[i] != first[i]), length)
+    return list(first[:length])
 
 
 # --- metrics -----------------------------------------------------------------

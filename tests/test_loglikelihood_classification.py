@@ -58,10 +58,10 @@ def loop_loglikelihood(model, tokenizer, context: str, continuation: str) -> flo
     return float(sum(logprobs[position - 1, whole[position]] for position in range(context_length, len(whole))))
 
 
-@pytest.mark.parametrize("fixture", ["gpt2_lm", "llama_lm"])
+@pytest.mark.parametrize("fixture", ["gpt2_lm", "llama_lm", "qwen2_lm"])
 def test_equal_to_one_forward_per_label_loop(tmp_path, request, fixture):
     path = request.getfixturevalue(fixture)
-    options = {"prompt": "Review: {{ text }}\nSentiment:", "system": "Classify reviews."}
+    options = {"prompt": "Review: {{ text }}\nSentiment:", "system": "Classify reviews.", "chat_template": False}
     _, rows = run_pipeline(tmp_path, path, options=options)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -74,6 +74,7 @@ def test_equal_to_one_forward_per_label_loop(tmp_path, request, fixture):
         assert row["prediction"]["label"] == max(expected, key=expected.get)
         norm = {label: expected[label] / len(" " + label) for label in LABELS}
         assert row["prediction"]["label_norm"] == max(norm, key=norm.get)
+        assert set(row["details"]["greedy"]) == set(LABELS)
         probabilities = np.exp(np.array([expected[label] for label in LABELS]))
         probabilities /= probabilities.sum()
         assert [row["details"]["probability"][label] for label in LABELS] == pytest.approx(probabilities, abs=1e-6)
@@ -195,10 +196,77 @@ def test_a_label_that_tokenizes_to_nothing_is_named(tmp_path, gpt2_lm):
 
 
 def test_an_encoder_checkpoint_is_refused_naming_the_model(tmp_path, bert_classifier):
-    with pytest.raises(ModelError, match=r"is not a causal language model.*token-logprobs"):
+    with pytest.raises(ModelError, match=r"is not a causal language model.*choice-logprobs"):
         run_pipeline(tmp_path, bert_classifier)
 
 
 def test_few_shot_needs_a_source():
     with pytest.raises(ValueError, match="few_shot.k > 0 needs few_shot.source"):
         ClassificationOptions(mode="loglikelihood", labels=LABELS, few_shot={"k": 2})
+
+
+def _loop_choice(model, context_ids: list[int], choice_ids: list[int]) -> tuple[float, bool]:
+    with torch.no_grad():
+        logits = model(torch.tensor([(context_ids + choice_ids)[:-1]])).logits[0].double()
+    logprobs = torch.log_softmax(logits, dim=-1)[len(context_ids) - 1:]
+    targets = torch.tensor(choice_ids)
+    return float(logprobs.gather(-1, targets[:, None]).sum()), bool((logprobs.argmax(-1) == targets).all())
+
+
+@pytest.mark.parametrize("fixture", ["gpt2_lm", "llama_lm", "qwen2_lm"])
+def test_choice_logprobs_head_equals_one_forward_per_choice(request, fixture):
+    """Rows of different context lengths and numbers of choices, choices of one to four tokens, in one padded batch."""
+    from nlpflow.plugins.torch_backend import choice_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(request.getfixturevalue(fixture)).eval()
+    vocabulary = model.config.vocab_size
+    generator = np.random.default_rng(7)
+    rows = [([int(t) for t in generator.integers(5, vocabulary, size)],
+             [[int(t) for t in generator.integers(5, vocabulary, n)] for n in lengths])
+            for size, lengths in [(9, [1, 3, 2]), (3, [4, 1]), (14, [2, 2, 1, 3]), (1, [1])]]
+    width = max(len(context) + sum(map(len, choices)) for context, choices in rows)
+    batch = {name: torch.zeros((len(rows), width), dtype=torch.long) for name in ("input_ids", "attention_mask", "choice_index")}
+    for row, (context, choices) in enumerate(rows):
+        ids = context + [t for choice in choices for t in choice]
+        segments = [0] * len(context) + [k for k, choice in enumerate(choices, 1) for _ in choice]
+        batch["input_ids"][row, : len(ids)] = torch.tensor(ids)
+        batch["attention_mask"][row, : len(ids)] = 1
+        batch["choice_index"][row, : len(ids)] = torch.tensor(segments)
+    with torch.inference_mode():
+        loglikelihoods, greedy = choice_logprobs(model, batch)
+    for row, (context, choices) in enumerate(rows):
+        expected = [_loop_choice(model, context, choice) for choice in choices]
+        assert loglikelihoods[row].tolist() == pytest.approx([value for value, _ in expected], rel=1e-5)
+        assert greedy[row].tolist() == [is_greedy for _, is_greedy in expected]
+    # a choice made of the model's own greedy continuation is greedy
+    context = rows[0][0]
+    with torch.no_grad():
+        first = int(model(torch.tensor([context])).logits[0, -1].argmax())
+        second = int(model(torch.tensor([context + [first]])).logits[0, -1].argmax())
+    ids = context + [first, second] + rows[0][1][1]
+    single = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones((1, len(ids)), dtype=torch.long),
+              "choice_index": torch.tensor([[0] * len(context) + [1, 1] + [2] * len(rows[0][1][1])])}
+    with torch.inference_mode():
+        assert choice_logprobs(model, single)[1][0].tolist() == [True, False]
+
+
+def test_a_long_prompt_is_cut_from_the_left_so_the_longest_label_fits(tmp_path, gpt2_lm):
+    window = 12
+    labels = ["positive", "negative", "so very very neutral"]
+    result, rows = run_pipeline(tmp_path, gpt2_lm, options={"labels": labels}, model={"max_length": window})
+    model = AutoModelForCausalLM.from_pretrained(gpt2_lm).eval()
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_lm)
+    for record, row in zip(RECORDS, rows):
+        context = record["text"] + "\nLabel:"
+        context = context.rstrip()
+        spaces = len(record["text"] + "\nLabel:") - len(context)
+        context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        label_ids = {label: tokenizer(context + " " * spaces + " " + label, add_special_tokens=False)["input_ids"][len(context_ids):]
+                     for label in labels}
+        kept = context_ids[-(window + 1 - max(map(len, label_ids.values()))):]
+        for label in labels:
+            assert len(kept) + len(label_ids[label]) - 1 <= window
+            expected, _ = _loop_choice(model, kept, label_ids[label])
+            assert row["details"]["loglikelihood"][label] == pytest.approx(expected, rel=1e-5)
+    report = json.loads((result.directory / "report.json").read_text(encoding="utf-8"))
+    assert "truncated" in json.dumps(report)
