@@ -77,6 +77,7 @@ from nlpflow.contract.types import (
     RunCollector,
     RunResult,
     Task,
+    TaskContext,
     TaskModel,
     json_type,
 )
@@ -94,7 +95,7 @@ __all__ = [
     # what plugins subclass
     "Task", "TaskModel", "Metric", "Preprocessor", "Reader", "Reporter", "RunCollector", "Backend", "Executor", "NoOptions",
     # records passed between stages
-    "Example", "Features", "Prediction", "RawRecord", "RunResult", "LoadedModel", "ModelConfig",
+    "Example", "Features", "Prediction", "RawRecord", "RunResult", "LoadedModel", "ModelConfig", "TaskContext",
     # heads: what a task asks a backend to compute (the built-in ones; plugins declare more with register_heads)
     "Head", "HEADS", "OUTPUT_SHAPES",
     # errors a plugin may raise, and those nlpflow.run and nlpflow.validate raise

@@ -25,9 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nlpflow import (
     Backend, Example, ExampleError, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, Task, TaskModel,
-    ConfigError, has_head, hookimpl, input_limit, json_type, tokenize,
+    ConfigError, TaskContext, has_head, hookimpl, input_limit, json_type, tokenize,
 )
-from nlpflow.plugins.prompting import FewShotOptions, PromptBuilder, chat_text, read_few_shot_source, sample_shots, uses_chat_template
+from nlpflow.plugins.prompting import (
+    FewShotOptions, PromptBuilder, chat_text, check_pool_size, read_few_shot_source, sample_shots, shots_from_examples, uses_chat_template,
+)
 
 #: Zero-shot descriptions: each label's embedding is the mean of its descriptions' embeddings
 #: (a prototype), which is steadier than any single phrasing.
@@ -39,13 +41,18 @@ SENTIMENT_LABELS = {
 }
 
 
+#: architecture suffixes of causal language models (GPT2LMHeadModel, LlamaForCausalLM, ...), as the torch backend
+#: tells them from encoders
+CAUSAL_LM_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+
+
 class ClassificationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: dict[str, str | list[str]] | list[str] | None = Field(None, description="dataset labels; for zero-shot, a mapping label -> description or list of descriptions (a plain list uses each label as its own description)")
     label_map: dict[str, str] = Field(default_factory=dict, description="dataset label -> model label (id2label name), when the names differ")
     mode: Literal["auto", "sequence-classification", "zero-shot", "loglikelihood"] = Field(
-        "auto", description="auto: sequence-classification when the checkpoint has a classification head, else zero-shot; "
-        "loglikelihood: a causal LM scores each label after the prompt"
+        "auto", description="auto: sequence-classification when the checkpoint has a classification head, loglikelihood when it "
+        "is a causal LM, else zero-shot; loglikelihood: a causal LM scores each label after the prompt"
     )
     multi_label: bool = Field(False, description="each text has a set of labels (a list, or a comma-separated string)")
     threshold: float = Field(0.5, ge=0, le=1, description="multi-label: a label is predicted when its probability reaches this")
@@ -87,10 +94,34 @@ class TextClassification(Task):
     def __init__(self, options: BaseModel | None = None):
         super().__init__(options)
         self.prompt = PromptBuilder(self.options.prompt)
+        #: the method, once :meth:`prepare` has read the checkpoint's config under ``mode: auto``
+        self.mode = self.options.mode
+        #: the few-shot pool; None until :meth:`prepare` has read it (no few-shot examples are rendered before)
+        self.shots: list[dict[str, Any]] | None = None if self._few_shot else []
+
+    @property
+    def _few_shot(self) -> bool:
+        return bool(self.options.few_shot.k) and self.mode == "loglikelihood"
+
+    def prepare(self, context: TaskContext) -> None:
+        """Picks the method under ``mode: auto`` (prompts are rendered in :meth:`check_example` for loglikelihood), then
+        reads the few-shot pool: ``few_shot.source`` relative to the pipelines file, with the pipeline's field names,
+        or, without a source, the pipeline's own examples (a first pass over the data; a record is never its own shot)."""
+        if self.options.mode == "auto" and context.model is not None and context.backend is not None:
+            try:
+                self.mode = self._mode(context.model, context.backend)
+            except ModelError:
+                pass  # a checkpoint that cannot be read is reported where the model loads (and by validate's model check)
+        self.shots = None if self._few_shot else []
+        if not self._few_shot:
+            return
         few_shot = self.options.few_shot
-        self.shots = read_few_shot_source(few_shot.source) if few_shot.k and self.options.mode == "loglikelihood" else []
-        if self.shots and few_shot.k > len(self.shots):
-            raise ConfigError(f"options.few_shot: k is {few_shot.k} but {few_shot.source} has only {len(self.shots)} examples")
+        if few_shot.source is not None:
+            shots = read_few_shot_source(few_shot.source, fields=context.fields, folder=context.folder)
+        else:
+            shots = shots_from_examples(context.examples())
+        check_pool_size(shots, few_shot)
+        self.shots = shots
 
     def check_example(self, example: Example) -> None:
         text = example.fields.get("text")
@@ -104,10 +135,19 @@ class TextClassification(Task):
             fields["label"] = self._normalise_label(label, "label")
         if "prediction" in fields:
             fields["prediction"] = self._normalise_label(fields["prediction"], "prediction")
-        if self.options.mode == "loglikelihood":
+        if self.mode == "loglikelihood":
             # rendered here, like text-generation's prompt, so the prediction cache keys on the text the model reads
             fields["prompt"] = self.prompt.render({**example.columns, **fields})
-            fields["few_shot"] = [[self.prompt.render(shot), self._answer(shot["label"])] for shot in sample_shots(self.shots, self.options.few_shot, example.index)]
+            if self.shots is not None:
+                fields["few_shot"] = [[self.prompt.render(shot), self._answer(shot["label"])]
+                                      for shot in sample_shots(self.shots, self.options.few_shot, example.index)]
+
+    def cache_inputs(self, example: Example) -> Mapping[str, Any]:
+        if self.mode != "loglikelihood":
+            return super().cache_inputs(example)
+        # the context the model reads: the rendered prompt and few-shot examples (which depend on the record's index
+        # and, drawn from the data itself, on the other records)
+        return {name: example.fields.get(name) for name in ("prompt", "few_shot")}
 
     def _answer(self, label: Any) -> str:
         """The text scored for a dataset label: its model label through ``options.label_map``."""
@@ -131,9 +171,16 @@ class TextClassification(Task):
         return value
 
     def _mode(self, model: ModelConfig, backend: Backend) -> str:
+        """``options.mode``, or under ``auto`` the one the checkpoint's config (its ``architectures``) fits: a
+        classification head, a causal language model (by log-likelihood), else a sentence encoder (zero-shot)."""
         if self.options.mode != "auto":
             return self.options.mode
-        return "sequence-classification" if has_head(backend.checkpoint_config(model), "ForSequenceClassification") else "zero-shot"
+        checkpoint = backend.checkpoint_config(model)
+        if has_head(checkpoint, "ForSequenceClassification"):
+            return "sequence-classification"
+        if any(has_head(checkpoint, suffix) for suffix in CAUSAL_LM_ARCHITECTURES):
+            return "loglikelihood"
+        return "zero-shot"
 
     def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         options = self.options

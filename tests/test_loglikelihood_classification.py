@@ -4,6 +4,7 @@ the same at every batch size, few-shot sampling, the chat template, accuracy_nor
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import nlpflow
-from nlpflow import Example, ModelError
+from nlpflow import Example, ModelError, TaskContext
 from nlpflow.plugins.classification import Accuracy, AccuracyNorm, ClassificationOptions, TextClassification
 
 RECORDS = [
@@ -110,6 +111,7 @@ def test_chat_template_with_few_shot_turns_equals_the_loop(tmp_path, qwen2_lm):
 
 
 def _render(task: TextClassification, index: int) -> dict:
+    task.prepare(TaskContext("test", Path("."), {"text": "text", "label": "label"}, lambda: iter(())))
     example = Example(index=index, line=index + 1, fields={"text": "Fine.", "label": "neutral"}, columns={"source": "web"})
     task.check_example(example)
     return example.fields
@@ -200,9 +202,6 @@ def test_an_encoder_checkpoint_is_refused_naming_the_model(tmp_path, bert_classi
         run_pipeline(tmp_path, bert_classifier)
 
 
-def test_few_shot_needs_a_source():
-    with pytest.raises(ValueError, match="few_shot.k > 0 needs few_shot.source"):
-        ClassificationOptions(mode="loglikelihood", labels=LABELS, few_shot={"k": 2})
 
 
 def _loop_choice(model, context_ids: list[int], choice_ids: list[int]) -> tuple[float, bool]:
@@ -270,3 +269,117 @@ def test_a_long_prompt_is_cut_from_the_left_so_the_longest_label_fits(tmp_path, 
             assert row["details"]["loglikelihood"][label] == pytest.approx(expected, rel=1e-5)
     report = json.loads((result.directory / "report.json").read_text(encoding="utf-8"))
     assert "truncated" in json.dumps(report)
+
+
+def _plain_context(shots: list[dict], record: dict) -> str:
+    parts = [f"{shot['text']}\nLabel: {shot['label']}" for shot in shots] + [f"{record['text']}\nLabel:"]
+    return "\n\n".join(parts)
+
+
+def test_few_shot_from_the_same_data_never_shows_a_record_itself(tmp_path, gpt2_lm):
+    result, rows = run_pipeline(tmp_path, gpt2_lm, options={"few_shot": {"k": 2}})
+    model = AutoModelForCausalLM.from_pretrained(gpt2_lm).eval()
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_lm)
+    for position, (record, row) in enumerate(zip(RECORDS, rows)):
+        # sampler first: the data's first two records, leaving the record itself out
+        shots = [other for index, other in enumerate(RECORDS) if index != position][:2]
+        context = _plain_context(shots, record)
+        for label in LABELS:
+            expected = loop_loglikelihood(model, tokenizer, context, " " + label)
+            assert row["details"]["loglikelihood"][label] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["first", "random", "balanced"])
+def test_a_same_data_pool_gives_every_sampler_other_records_only(sampler):
+    records = [{"text": f"text {index}", "label": LABELS[index % 3]} for index in range(9)]
+    examples = [Example(index=index, line=index + 1, fields=dict(record)) for index, record in enumerate(records)]
+    task = TextClassification(ClassificationOptions(mode="loglikelihood", labels=LABELS,
+                                                    few_shot={"k": 4, "sampler": sampler}))
+    task.prepare(TaskContext("test", Path("."), {"text": "text", "label": "label"}, lambda: iter(examples)))
+    for index, record in enumerate(records):
+        example = Example(index=index, line=index + 1, fields=dict(record))
+        task.check_example(example)
+        shown = [question for question, _ in example.fields["few_shot"]]
+        assert len(shown) == 4 and len(set(shown)) == 4
+        assert f"{record['text']}\nLabel:" not in shown
+    # k must leave one record out for each: 9 labelled records give 8
+    task = TextClassification(ClassificationOptions(mode="loglikelihood", labels=LABELS, few_shot={"k": 9}))
+    with pytest.raises(nlpflow.ConfigError, match="k is 9 but the data has 9 examples with a label, so 8 for each record"):
+        task.prepare(TaskContext("test", Path("."), {"text": "text", "label": "label"}, lambda: iter(examples)))
+
+
+def test_few_shot_source_is_read_beside_the_pipelines_file_with_its_field_names(tmp_path, gpt2_lm, monkeypatch):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "shots.jsonl").write_text("".join(json.dumps({"review": s["text"], "sentiment": s["label"]}) + "\n" for s in SHOTS),
+                                        encoding="utf-8")
+    (folder / "data.jsonl").write_text("".join(json.dumps({"review": r["text"], "sentiment": r["label"]}) + "\n" for r in RECORDS),
+                                       encoding="utf-8")
+    pipeline = {"task": "text-classification", "data": {"path": "data.jsonl"}, "fields": {"text": "review", "label": "sentiment"},
+                "options": {"mode": "loglikelihood", "labels": LABELS, "prompt": "{{ review }}\nLabel:",
+                            "few_shot": {"k": 2, "source": "shots.jsonl"}},
+                "model": {"name_or_path": str(gpt2_lm), "device": "cpu"}}
+    config = folder / "pipelines.yaml"
+    config.write_text(json.dumps({"pipelines": {"fields": pipeline}}), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # not the pipelines file's folder
+    nlpflow.validate(config, ["fields"])
+    [result] = nlpflow.run(["fields"], config=config, output=tmp_path / "out", use_cache=False)
+    rows = [json.loads(line) for line in (result.directory / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    model = AutoModelForCausalLM.from_pretrained(gpt2_lm).eval()
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_lm)
+    context = _plain_context(SHOTS[:2], RECORDS[0])
+    for label in LABELS:
+        assert rows[0]["details"]["loglikelihood"][label] == pytest.approx(
+            loop_loglikelihood(model, tokenizer, context, " " + label), rel=1e-5)
+    # a shot lacking the mapped label column is named by its column
+    (folder / "shots.jsonl").write_text(json.dumps({"review": "Fine."}) + "\n", encoding="utf-8")
+    with pytest.raises(nlpflow.ConfigError, match=r"shots.jsonl:1: a record needs a non-empty 'sentiment'"):
+        nlpflow.run(["fields"], config=config, output=tmp_path / "out", use_cache=False)
+
+
+def test_same_data_few_shot_validates_pickles_and_keys_the_cache_on_the_shots(tmp_path, gpt2_lm):
+    import pickle
+
+    options = {"few_shot": {"k": 2, "sampler": "random", "seed": 3}}
+    data = tmp_path / "cached.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in RECORDS), encoding="utf-8")
+    pipeline = {"task": "text-classification", "data": {"path": data.name}, "metrics": ["accuracy"],
+                "options": {"mode": "loglikelihood", "labels": LABELS, **options},
+                "model": {"name_or_path": str(gpt2_lm), "device": "cpu"}}
+    config = tmp_path / "cached.yaml"
+    config.write_text(json.dumps({"pipelines": {"cached": pipeline}}), encoding="utf-8")
+    [resolved] = nlpflow.validate(config, ["cached"])
+    cache = tmp_path / "cache"
+
+    def predictions():
+        [result] = nlpflow.run(["cached"], config=config, output=tmp_path / "out", cache_dir=cache)
+        return (result.directory / "predictions.jsonl").read_bytes()
+
+    first = predictions()
+    assert predictions() == first  # from the cache, byte for byte
+    # the prepared task travels pickled (the Ray executor's workers) and renders the same few-shot examples
+    task = resolved.task
+    task.prepare(TaskContext("cached", tmp_path, {"text": "text", "label": "label"},
+                             lambda: iter(Example(i, i + 1, dict(r)) for i, r in enumerate(RECORDS))))
+    copy = pickle.loads(pickle.dumps(task))
+    for index, record in enumerate(RECORDS):
+        mine, theirs = Example(index, index + 1, dict(record)), Example(index, index + 1, dict(record))
+        task.check_example(mine)
+        copy.check_example(theirs)
+        assert mine.fields == theirs.fields
+    # another record's text changes the pool: the records that show it as a shot are predicted again, not read back
+    changed = [dict(record) for record in RECORDS]
+    changed[4]["text"] = "Everything about it was wonderful."
+    data.write_text("".join(json.dumps(record) + "\n" for record in changed), encoding="utf-8")
+    fresh = [json.loads(line) for line in predictions().decode().splitlines()]
+    [uncached] = nlpflow.run(["cached"], config=config, output=tmp_path / "out2", use_cache=False)
+    expected = [json.loads(line) for line in (uncached.directory / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [row["details"] for row in fresh] == [row["details"] for row in expected]
+    assert [row["details"] for row in fresh[:4]] != [json.loads(line)["details"] for line in first.decode().splitlines()[:4]]
+
+
+def test_mode_auto_scores_a_causal_lm_by_loglikelihood(tmp_path, gpt2_lm):
+    _, auto = run_pipeline(tmp_path, gpt2_lm, name="auto", options={"mode": "auto", "chat_template": False})
+    _, explicit = run_pipeline(tmp_path, gpt2_lm, name="explicit", options={"chat_template": False})
+    assert [row["details"] for row in auto] == [row["details"] for row in explicit]
+    assert "loglikelihood" in auto[0]["details"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import re
 from types import MappingProxyType
-from typing import Any, ClassVar, Iterator, Literal, Mapping, Sequence, Union
+from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping, Sequence, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, field_validator
@@ -445,6 +445,31 @@ class TaskModel(ABC):
         return {}
 
 
+@dataclass(frozen=True)
+class TaskContext:
+    """What :meth:`Task.prepare` learns about the pipeline a task runs in.
+
+    ``folder`` is the pipelines file's folder: a path in the task's options is
+    read relative to it, as ``data.path`` and a local ``model.name_or_path``
+    are. ``fields`` maps each of the task's canonical fields to the data's
+    column (the pipeline's ``fields:`` mapping, identity where it has none).
+    ``examples()`` reads the pipeline's data once more, through the same
+    reader, ``data.limit``, field mapping and :meth:`Task.check_example`, and
+    yields the examples the run will predict, in file order (records that fail
+    or are skipped as in the run); nothing is read unless it is called.
+    ``model`` and ``backend`` are the pipeline's (None without a model): a
+    task that picks a method by the checkpoint reads
+    ``backend.checkpoint_config(model)`` (no weights are loaded).
+    """
+
+    pipeline: str
+    folder: Path
+    fields: Mapping[str, str]
+    examples: Callable[[], Iterator[Example]]
+    model: ModelConfig | None = None
+    backend: Backend | None = None
+
+
 class Task(ABC):
     """A kind of NLP work: which fields it reads, how it predicts, what it is scored against.
 
@@ -472,6 +497,20 @@ class Task(ABC):
     def __init__(self, options: BaseModel | None = None):
         self.options = options if options is not None else self.Options()
 
+    def prepare(self, context: TaskContext) -> None:
+        """Called once before any record is checked for the run, and by ``validate``; the default does nothing.
+
+        A task reads here what its options name relative to the pipelines file
+        (``context.folder``) and, only if it needs the whole data before the
+        first prediction (few-shot examples drawn from the data itself), calls
+        ``context.examples()``: the runner's first pass over the data, with
+        :meth:`check_example` run on each example before this method returns
+        (so ``check_example`` must not need what ``prepare`` is still
+        gathering). ``validate`` hands only the records it checks. What the task
+        keeps travels with it, pickled, to a remote executor's workers. Raise a
+        :class:`ConfigError` for a problem with the options.
+        """
+
     def check_example(self, example: Example) -> None:
         """Validate and normalise ``example.fields`` in place.
 
@@ -482,6 +521,12 @@ class Task(ABC):
             value = example.fields.get(name)
             if not isinstance(value, str):
                 raise ExampleError(f"field {name!r} must be a string, got {json_type(value)}")
+
+    def cache_inputs(self, example: Example) -> Mapping[str, Any]:
+        """What of a checked example the model reads, for the prediction cache's key (with the run's task options
+        and model): by default its :attr:`input_fields`. A task whose ``check_example`` derives the model's input
+        from more than those fields (a rendered prompt with few-shot examples) returns that input too."""
+        return {name: example.fields.get(name) for name in self.input_fields}
 
     def reference(self, example: Example) -> Any:
         """The gold answer metrics compare with; ``None`` when the record has none."""

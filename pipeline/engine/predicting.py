@@ -116,7 +116,7 @@ class Predictor:
 
     def _by_model(self, chunk: list[Example], batch_done: Callable[[int], None]) -> list[Prediction]:
         task, plugin, config, stage = self.task, self.pipeline.task_plugin, self.pipeline.config, self.stage
-        keys = [example_key(self.run_key, {name: example.fields.get(name) for name in task.input_fields}) for example in chunk]
+        keys = [example_key(self.run_key, task.cache_inputs(example)) for example in chunk]
         cached = self.cache.get_many(keys) if self.cache is not None else {}
         cached = {key: value for key, value in cached.items() if isinstance(value, dict) and "value" in value}
         # A text that repeats within the chunk is computed at each place, as a run without a cache does

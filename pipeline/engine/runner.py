@@ -17,18 +17,20 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO
+from itertools import islice
+from typing import IO, Iterator
 
 from nlpflow.config.resolve import ResolvedPipeline
-from nlpflow.contract.errors import DataError, ModelError, NlpflowError, OutputError, Problems, RunInterrupted
+from nlpflow.contract.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, Problems, RunInterrupted
 from nlpflow.contract.progress import Progress
-from nlpflow.contract.types import Example, Executor, Prediction, RunResult
+from nlpflow.contract.types import Example, Executor, Prediction, RunResult, TaskContext
 from nlpflow.engine import overlap as chunk_loop
 from nlpflow.engine import reporting
 from nlpflow.engine.cache import PredictionCache
 from nlpflow.engine.counts import Counts
 from nlpflow.engine.executing import StageSpec, make_executor
 from nlpflow.engine.fingerprint import DataFingerprint
+from nlpflow.engine.guard import blamed_on
 from nlpflow.engine.labels import LabelCheck
 from nlpflow.engine.model_stage import ModelStage
 from nlpflow.engine.predicting import Predictor, load_model
@@ -95,6 +97,7 @@ class Runner:
         report = Problems(problems)
         data_ok = model_ok = False
         with report.check():
+            self.prepare_task(records)
             self._check_first_records(records)
             data_ok = True
         with report.check():
@@ -106,6 +109,30 @@ class Runner:
             model_ok = True
         if data_ok and model_ok:
             self.check_labels()
+
+    def prepare_task(self, records: int | None = None) -> None:
+        """Call the task's ``prepare`` once, before any record is checked; ``records``: the number of records its
+        first pass over the data may read (``validate``'s), None for all of them."""
+        config, pipeline = self.config, self.pipeline
+        task = self.task
+
+        def examples() -> Iterator[Example]:
+            read = self.reader.examples(Counts())  # the first pass counts apart from the run
+            try:
+                yield from (read if records is None else islice(read, records))
+            finally:
+                read.close()
+                self.fingerprint.close()
+
+        fields = {name: config.fields.get(name, name) for name in (*task.input_fields, *task.reference_fields)}
+        context = TaskContext(pipeline.name, config.source.parent, fields, examples, config.model, pipeline.backend)
+        with blamed_on(pipeline.task_plugin, f"task {task.name!r} raised in prepare for pipeline {pipeline.name!r}"):
+            try:
+                task.prepare(context)
+            except ConfigError as error:
+                if error.location is not None:
+                    raise
+                raise ConfigError(error.message, config.location("options"), pipeline.name) from None
 
     def _check_first_records(self, records: int) -> None:
         """The data's first ``records`` records are read and mapped, as the run will (a DataError if none can be)."""
@@ -134,6 +161,7 @@ class Runner:
         started_at = datetime.now(timezone.utc)
         started = time.perf_counter()
         self._make_folder()
+        self.prepare_task()
         self.check_labels()
         stage, run_key = self._load_model() if self.config.model is not None else (None, None)
         try:
