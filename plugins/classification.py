@@ -41,6 +41,9 @@ SENTIMENT_LABELS = {
 }
 
 
+#: the keys of a log-likelihood prediction's value: the argmax of the log-likelihood and of it per character
+LOGLIKELIHOOD_PREDICTION_KEYS = frozenset({"label", "label_norm"})
+
 #: architecture suffixes of causal language models (GPT2LMHeadModel, LlamaForCausalLM, ...), as the torch backend
 #: tells them from encoders
 CAUSAL_LM_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
@@ -134,7 +137,12 @@ class TextClassification(Task):
         if label is not None:
             fields["label"] = self._normalise_label(label, "label")
         if "prediction" in fields:
-            fields["prediction"] = self._normalise_label(fields["prediction"], "prediction")
+            prediction = fields["prediction"]
+            if isinstance(prediction, dict) and set(prediction) == LOGLIKELIHOOD_PREDICTION_KEYS:
+                # a log-likelihood run's predictions.jsonl, scored again (or compared) as given predictions
+                fields["prediction"] = {key: self._normalise_label(value, f"prediction.{key}") for key, value in sorted(prediction.items())}
+            else:
+                fields["prediction"] = self._normalise_label(prediction, "prediction")
         if self.mode == "loglikelihood":
             # rendered here, like text-generation's prompt, so the prediction cache keys on the text the model reads
             fields["prompt"] = self.prompt.render({**example.columns, **fields})

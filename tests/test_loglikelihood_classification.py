@@ -383,3 +383,53 @@ def test_mode_auto_scores_a_causal_lm_by_loglikelihood(tmp_path, gpt2_lm):
     _, explicit = run_pipeline(tmp_path, gpt2_lm, name="explicit", options={"chat_template": False})
     assert [row["details"] for row in auto] == [row["details"] for row in explicit]
     assert "loglikelihood" in auto[0]["details"]
+
+
+def test_a_loglikelihood_run_reads_downstream_as_any_classification_run(tmp_path, gpt2_lm, capsys):
+    """The prediction's value is {"label", "label_norm"}: report.json, report.md (per-class scores, confusion matrix,
+    slices), report.html, `nlpflow compare` and a no-model pipeline scoring the run's predictions.jsonl all read it."""
+    from nlpflow.cli import main
+
+    records = [{**record, "domain": ["web", "shop"][index % 2], "id": f"r{index}"} for index, record in enumerate(RECORDS)]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    metrics = ["accuracy", "accuracy_norm", "macro_f1"]
+    run = {"task": "text-classification", "data": {"path": "data.jsonl", "id_field": "id"}, "metrics": metrics,
+           "options": {"mode": "loglikelihood", "labels": LABELS, "few_shot": {"k": 1}},
+           "model": {"name_or_path": str(gpt2_lm), "device": "cpu"},
+           "report": {"formats": ["json", "markdown", "html"], "slice_by": ["domain"]}}
+    rescored = {"task": "text-classification", "data": {"path": "rescored.jsonl"}, "metrics": metrics,
+                "options": {"labels": LABELS}}
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(json.dumps({"pipelines": {"ll": run, "rescored": rescored}}), encoding="utf-8")
+    [result] = nlpflow.run(["ll"], config=config, output=tmp_path / "out", use_cache=False)
+    rows = [json.loads(line) for line in (result.directory / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+    gold = [record["label"] for record in records]
+    predicted = [row["prediction"]["label"] for row in rows]
+    report = json.loads((result.directory / "report.json").read_text(encoding="utf-8"))
+    confusion = report["metrics"]["macro_f1"]["confusion_matrix"]
+    assert set(report["metrics"]["macro_f1"]["per_class"]) == set(gold) | set(predicted)
+    for reference in set(gold):
+        for prediction in set(predicted):
+            count = sum(1 for g, p in zip(gold, predicted) if (g, p) == (reference, prediction))
+            assert confusion["matrix"][confusion["labels"].index(reference)][confusion["labels"].index(prediction)] == count
+    markdown = (result.directory / "report.md").read_text(encoding="utf-8")
+    assert "Confusion matrix" in markdown and "## Slices by domain" in markdown and "| accuracy\\_norm |" in markdown
+    assert "Confusion" in (result.directory / "report.html").read_text(encoding="utf-8")
+    # a no-model pipeline scoring the run's predictions as given ones gives the same values
+    for row, record in zip(rows, records):
+        assert row["reference"] == record["label"]
+    rescored_data = tmp_path / "rescored.jsonl"
+    rescored_data.write_text("".join(json.dumps({"text": record["text"], "label": record["label"], "prediction": row["prediction"]}) + "\n"
+                                     for record, row in zip(records, rows)), encoding="utf-8")
+    [again] = nlpflow.run(["rescored"], config=config, output=tmp_path / "again", use_cache=False)
+    scores = json.loads((again.directory / "report.json").read_text(encoding="utf-8"))["metrics"]
+    assert {name: scores[name]["value"] for name in metrics} == {name: report["metrics"][name]["value"] for name in metrics}
+    # compare: another system's predictions joined by id, in the same {"label", "label_norm"} shape
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"id": record["id"], "prediction": {"label": record["label"], "label_norm": "neutral"}}) + "\n"
+                             for record in records), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "out" / "ll"), str(other), "--json", "--resamples", "50", "--trials", "50"]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    text = json.dumps(compared)
+    assert "accuracy_norm" in text and "other.jsonl" in text
