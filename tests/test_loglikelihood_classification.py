@@ -433,3 +433,20 @@ def test_a_loglikelihood_run_reads_downstream_as_any_classification_run(tmp_path
     compared = json.loads(capsys.readouterr().out)
     text = json.dumps(compared)
     assert "accuracy_norm" in text and "other.jsonl" in text
+
+
+def test_validate_checks_a_same_data_pool_against_the_whole_data(tmp_path, gpt2_lm):
+    records = [{"text": f"Review {index}.", "label": LABELS[index % 3]} for index in range(8)]
+    (tmp_path / "eight.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+
+    def validate(k: int):
+        pipeline = {"task": "text-classification", "data": {"path": "eight.jsonl"},
+                    "options": {"mode": "loglikelihood", "labels": LABELS, "few_shot": {"k": k}},
+                    "model": {"name_or_path": str(gpt2_lm), "device": "cpu"}}
+        config = tmp_path / "eight.yaml"
+        config.write_text(json.dumps({"pipelines": {"eight": pipeline}}), encoding="utf-8")
+        return nlpflow.validate(config, ["eight"])
+
+    validate(7)  # more than the records validate itself checks
+    with pytest.raises(nlpflow.ValidationFailed, match=r"eight.yaml.*options.*k is 8 but the data has 8 examples with a label, so 7"):
+        validate(8)

@@ -506,9 +506,9 @@ class Task(ABC):
         ``context.examples()``: the runner's first pass over the data, with
         :meth:`check_example` run on each example before this method returns
         (so ``check_example`` must not need what ``prepare`` is still
-        gathering). ``validate`` hands only the records it checks. What the task
-        keeps travels with it, pickled, to a remote executor's workers. Raise a
-        :class:`ConfigError` for a problem with the options.
+        gathering). What the task keeps travels with it, pickled, to a remote
+        executor's workers. Raise a :class:`ConfigError` for a problem with the
+        options.
         """
 
     def check_example(self, example: Example) -> None:

@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from itertools import islice
 from typing import IO, Iterator
 
 from nlpflow.config.resolve import ResolvedPipeline
@@ -97,7 +96,8 @@ class Runner:
         report = Problems(problems)
         data_ok = model_ok = False
         with report.check():
-            self.prepare_task(records)
+            # the whole data, as the run hands it: a pool cut to the first records would fail a k the data allows
+            self.prepare_task()
             self._check_first_records(records)
             data_ok = True
         with report.check():
@@ -110,16 +110,15 @@ class Runner:
         if data_ok and model_ok:
             self.check_labels()
 
-    def prepare_task(self, records: int | None = None) -> None:
-        """Call the task's ``prepare`` once, before any record is checked; ``records``: the number of records its
-        first pass over the data may read (``validate``'s), None for all of them."""
+    def prepare_task(self) -> None:
+        """Call the task's ``prepare`` once, before any record is checked (by the run, and by ``validate``)."""
         config, pipeline = self.config, self.pipeline
         task = self.task
 
         def examples() -> Iterator[Example]:
             read = self.reader.examples(Counts())  # the first pass counts apart from the run
             try:
-                yield from (read if records is None else islice(read, records))
+                yield from read
             finally:
                 read.close()
                 self.fingerprint.close()
