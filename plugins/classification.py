@@ -386,6 +386,9 @@ class LoglikelihoodClassifier(TaskModel):
 
     def context(self, example: Example) -> str:
         """The text before each label: system message, few-shot examples and prompt."""
+        if "few_shot" not in example.fields:
+            raise ModelError(f"record {example.index} was checked before the task's few-shot pool was read: call Task.prepare "
+                             "before check_example (the runner does)")
         options, prompt, shots = self.options, example.fields["prompt"], example.fields["few_shot"]
         if self.use_chat_template:
             return chat_text(self.loaded, options.system, [tuple(shot) for shot in shots], prompt)

@@ -309,7 +309,8 @@ def require_causal_fit(config: ModelConfig, checkpoint: Any, head: str, table: M
         fitting = [name for name, row in table.items() if row.causal]
         raise ModelError(
             f"model {config.name_or_path!r} is a causal language model ({found}); the {head!r} head needs an encoder checkpoint. "
-            f"Heads that fit it: {', '.join(fitting)} (tasks language-modeling, text-generation)"
+            f"Heads that fit it: {', '.join(fitting)} (tasks language-modeling, text-generation, and sentiment or text-classification "
+            "with mode: loglikelihood)"
         )
     fitting = [name for name, row in table.items() if not row.causal and (row.architecture is None or has_head(checkpoint, row.architecture))]
     raise ModelError(
