@@ -1,4 +1,5 @@
-"""Prompts for causal language models: a Jinja2 template over a record's fields, and the tokenizer's chat template.
+"""Prompts for causal language models: a Jinja2 template over a record's fields, the tokenizer's chat template, and
+the few-shot pool (a file, or the pipeline's own data) with its samplers.
 
 Shared by the tasks that prompt a decoder-only model (text generation, classification by log-likelihood), so
 the ``prompt``, ``system`` and ``chat_template`` options mean the same thing in each.
@@ -105,13 +106,16 @@ class ShotPool(list):
 
 
 def read_few_shot_source(
-    path: str | Path, *, fields: Mapping[str, str] | None = None, required: Sequence[str] = ("text", "label"),
+    path: str | Path | None, *, fields: Mapping[str, str] | None = None, required: Sequence[str] = ("text", "label"),
     folder: str | Path | None = None,
 ) -> ShotPool:
     """The solved examples of ``few_shot.source``: JSON Lines records, each a non-empty value in every ``required``
     field. ``fields`` maps canonical field names to the file's columns (the pipeline's ``fields:`` mapping): each
     record keeps its columns and gets each mapped value under its canonical name. A relative ``path`` is read from
     ``folder`` (the pipelines file's folder) when given."""
+    if path is None:
+        raise ConfigError("options.few_shot.source is not set: a pool from the pipeline's own data is read in the task's "
+                          "prepare, with shots_from_examples(context.examples())")
     fields = dict(fields or {})
     location = Path(path).expanduser()
     if folder is not None and not location.is_absolute():
