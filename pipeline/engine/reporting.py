@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +16,7 @@ from nlpflow.contract.types import RunCollector, RunResult
 from nlpflow.engine.counts import Counts
 from nlpflow.engine.guard import blamed_on, checked_text
 from nlpflow.engine.report import package_versions
-from nlpflow.engine.run_folder import remove_previous_run
+from nlpflow.engine.run_folder import switch
 
 #: every skipped record (line, index, reason), one JSON object a line, in the run folder
 SKIPPED_FILE = "skipped.jsonl"
@@ -120,15 +119,11 @@ def stage_reports(pipeline: ResolvedPipeline, directory: Path, result: RunResult
     return staged, failures
 
 
-def put_in_place(pipeline: ResolvedPipeline, directory: Path, predictions: Path, staged: dict[str, Path]) -> None:
-    """The finished predictions file and the staged reports renamed into the run folder, after the previous run's
-    reports are gone (those of formats no longer configured too): a report next to predictions.jsonl always
-    describes it."""
+def put_in_place(directory: Path, predictions: Path, staged: dict[str, Path]) -> None:
+    """The finished predictions file and the staged reports made the run folder's set in one step (see
+    :func:`nlpflow.engine.run_folder.switch`): a report next to predictions.jsonl always describes it."""
     try:
-        remove_previous_run(directory, [reporter.filename for reporter in pipeline.reporters], keep=staged.values())
-        predictions.replace(directory / "predictions.jsonl")
-        for name, temporary in staged.items():
-            os.replace(temporary, directory / name)
+        switch(directory, {"predictions.jsonl": predictions, **staged})
     finally:
         for temporary in staged.values():
             temporary.unlink(missing_ok=True)

@@ -34,7 +34,6 @@ from nlpflow.engine.model_stage import ModelStage
 from nlpflow.engine.predicting import Predictor, load_model
 from nlpflow.engine.preprocessing import Preprocessing
 from nlpflow.engine.reading import ExampleReader
-from nlpflow.engine.run_folder import record_run_files
 from nlpflow.engine.scoring import Scoring
 from nlpflow.registry import default_registry
 
@@ -156,7 +155,7 @@ class Runner:
             # every report is rendered and written to a temporary file before the previous run's files are touched,
             # so a full disk or a failing write leaves the previous run whole
             staged, failures = reporting.stage_reports(self.pipeline, self.directory, result, self.counts)
-            reporting.put_in_place(self.pipeline, self.directory, partial, staged)
+            reporting.put_in_place(self.directory, partial, staged)
             result.predictions_file = None
         except OSError as error:
             partial.unlink(missing_ok=True)
@@ -171,7 +170,6 @@ class Runner:
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        record_run_files(self.directory, ["predictions.jsonl", *staged])
         if failures:
             raise failures[0]
         return result
