@@ -91,6 +91,7 @@ class ModelStage:
         needed: Iterable[int] | None = None,
         on_batch: Callable[[list[tuple[int, Prediction]]], None] | None = None,
         compute: Compute | None = None,
+        on_plan: Callable[[np.ndarray, list[list[int]]], None] | None = None,
     ) -> list[Prediction | None]:
         """Predict the examples of a chunk; the result is in the same order as ``examples``.
 
@@ -103,7 +104,10 @@ class ModelStage:
         otherwise. Every example whose features all ran is decoded, needed or
         not; the others are None. ``on_batch`` receives, after each batch, the
         ``(position, prediction)`` pairs of the examples that batch completed,
-        so the caller can store them before the next batch starts.
+        so the caller can store them before the next batch starts. ``on_plan``
+        receives, before any batch runs, each feature's example position and
+        the planned batches (of feature indices), every one of them whether it
+        runs or not.
 
         ``compute`` is the executor's: it computes the :class:`ChunkPlan`
         (this stage's own :class:`BatchComputer` when not given); encoding,
@@ -127,6 +131,8 @@ class ModelStage:
         outputs: list[Any] = [None] * len(features)
         predictions: list[Prediction | None] = [None] * len(examples)
         planned = self.plan(features)
+        if on_plan is not None:
+            on_plan(example_of, planned)
         to_run = [indices for indices in planned if wanted[example_of[indices]].any()]
         self.stats.skipped_batches += len(planned) - len(to_run)
         computed = (compute or self.computer.compute)(self.chunk_plan(features, to_run, lengths))

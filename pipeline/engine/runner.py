@@ -166,7 +166,7 @@ class Runner:
             ) from None
         except KeyboardInterrupt as interrupt:
             partial.unlink(missing_ok=True)
-            raise RunInterrupted(self.pipeline.name, self.counts.saved, self.cache is not None) from interrupt
+            raise RunInterrupted(self.pipeline.name, self.counts.reusable, self.cache is not None) from interrupt
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
