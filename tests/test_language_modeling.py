@@ -291,3 +291,86 @@ def test_head_gives_float32_logprobs_from_a_bfloat16_model(gpt2_lm):
     ids = np.array([[0, 5, 9, 12]])
     out = loaded.run({"input_ids": ids[:, :-1], "attention_mask": np.ones((1, 3), dtype=np.int64), "target_ids": ids[:, 1:]})
     assert out["logprobs"].dtype == np.float32 and out["logprobs"].shape == (1, 3) and (out["logprobs"] < 0).all()
+
+
+# --- cache and resume -------------------------------------------------------------
+
+
+def many_documents(count: int = 40) -> list[str]:
+    """Pieces of the held-out text of varied lengths (one to several windows each)."""
+    text = " ".join(json.loads(line)["text"] for line in HELDOUT.read_text(encoding="utf-8").splitlines())
+    pieces, start = [], 0
+    for i in range(count):
+        length = 60 + (i * 97) % 400
+        pieces.append(text[start : start + length].strip())
+        start += length
+    assert all(pieces) and start < len(text)
+    return pieces
+
+
+def lm_config(tmp_path, model_path, texts, chunk_size: int, batch_size: int):
+    data = tmp_path / "lm.jsonl"
+    data.write_text("".join(json.dumps({"id": f"doc-{i}", "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+    pipeline = {"task": "language-modeling", "data": {"path": data.name}, "chunk_size": chunk_size,
+                "model": {"name_or_path": str(model_path), "device": "cpu", "max_length": WINDOW, "batch_size": batch_size}}
+    config = tmp_path / "lm.yaml"
+    config.write_text(json.dumps({"pipelines": {"lm": pipeline}}), encoding="utf-8")
+    return config
+
+
+def test_sigkilled_run_resumes_byte_identical(tmp_path, trained_gpt2_lm):
+    import subprocess
+    import sys
+
+    from tests.test_resume import SLOW_CLI, _env, _kill_part_way
+
+    chunk = 5
+    texts = many_documents()
+    config = lm_config(tmp_path, trained_gpt2_lm, texts, chunk_size=chunk, batch_size=3)
+
+    def cli(out, cache, delay: float = 0.0) -> subprocess.Popen:
+        arguments = ["run", "lm", "--config", str(config), "--output", str(out), "--cache-dir", str(cache)]
+        command = [sys.executable, "-c", SLOW_CLI, str(delay), *arguments] if delay else [sys.executable, "-m", "nlpflow.cli", *arguments]
+        return subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finish(process: subprocess.Popen) -> None:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+
+    finish(cli(tmp_path / "baseline", tmp_path / "baseline-cache"))
+    stored = _kill_part_way(cli(tmp_path / "out", tmp_path / "cache", delay=0.5), tmp_path / "cache", at_least=2 * chunk)
+    assert 0 < stored < len(texts)
+    assert not (tmp_path / "out" / "lm" / "predictions.jsonl").exists()
+    finish(cli(tmp_path / "out", tmp_path / "cache"))
+    resumed = json.loads((tmp_path / "out" / "lm" / "report.json").read_text(encoding="utf-8"))
+    baseline = json.loads((tmp_path / "baseline" / "lm" / "report.json").read_text(encoding="utf-8"))
+    assert resumed["counts"]["from_cache"] >= stored
+    assert resumed["model"]["batches"] < baseline["model"]["batches"]  # the finished windows were not scored again
+    assert (tmp_path / "out" / "lm" / "predictions.jsonl").read_bytes() == (tmp_path / "baseline" / "lm" / "predictions.jsonl").read_bytes()
+    assert resumed["metrics"] == baseline["metrics"]
+
+
+def test_cache_key_holds_the_windows_and_the_weights(tmp_path, gpt2_lm):
+    """A change of stride or window, or new weights in the same folder, is a cache miss; the same run again hits."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(gpt2_lm, model)
+    texts = documents(3)
+    cache = tmp_path / "cache"
+
+    def from_cache(options=None, max_length=WINDOW) -> int:
+        result, _ = run_pipeline(tmp_path, model, texts, options=options, model={"max_length": max_length}, cache=cache)
+        return result.report["counts"]["from_cache"]
+
+    assert from_cache() == 0
+    assert from_cache() == len(texts)
+    assert from_cache(options={"stride": 16}) == 0
+    assert from_cache(options={"stride": 24}) == 0
+    assert from_cache(max_length=WINDOW // 2) == 0
+    weights = AutoModelForCausalLM.from_pretrained(model)
+    with torch.no_grad():
+        weights.get_output_embeddings().weight.mul_(1.5)
+    weights.save_pretrained(model)
+    assert from_cache() == 0
+    assert from_cache() == len(texts)

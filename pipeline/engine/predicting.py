@@ -141,7 +141,7 @@ class Predictor:
                     results[position] = checked_prediction(prediction, self._where(chunk[position]), plugin, task.name, "decode")
                 if self.cache is not None:
                     fresh = {
-                        keys[p]: {"value": json_ready(results[p].value), "details": results[p].details, "notes": chunk[p].notes}
+                        keys[p]: {"value": json_ready(results[p].value, exact=True), "details": results[p].details, "notes": chunk[p].notes}
                         for p, _ in finished
                         if p in missed
                     }
