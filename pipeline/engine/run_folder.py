@@ -115,11 +115,10 @@ def switch(directory: Path, new_files: dict[str, Path]) -> None:
         for name, temporary in new_files.items():
             os.replace(temporary, staging / name)
         for name in _not_ours(directory, previous, new_files):
-            if not (directory / name).is_dir():
-                try:
-                    os.link(directory / name, staging / name, follow_symlinks=False)
-                except OSError:
-                    pass  # moved back after the exchange instead
+            try:
+                os.link(directory / name, staging / name, follow_symlinks=False)
+            except OSError:
+                pass  # a folder, or a file that cannot be linked: moved back just after the exchange instead
         _sync_folder(staging)
         exchanged = _exchange(staging, directory)
     except BaseException:
