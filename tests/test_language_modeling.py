@@ -399,3 +399,35 @@ def test_the_ray_executor_writes_the_local_bytes(tmp_path, trained_gpt2_lm, monk
         ray.shutdown()
     local = (tmp_path / "local" / "lm" / "predictions.jsonl").read_bytes()
     assert (tmp_path / "ray" / "lm" / "predictions.jsonl").read_bytes() == local
+
+
+@pytest.mark.parametrize("stop_at_batch", [4, 9], ids=["first-chunk", "second-chunk"])
+def test_an_interrupted_run_says_how_many_documents_the_rerun_takes_from_the_cache(tmp_path, gpt2_lm, monkeypatch, capsys, stop_at_batch):
+    """Documents of several windows span batches: one is reused only when none of its windows' batches is rerun (in
+    the first chunk, stopped part-way, no document has all its windows in finished batches that a rerun skips)."""
+    import nlpflow.engine.batches as batches
+    from nlpflow.cli import main
+    from tests.test_resume import _cached_rows
+
+    texts = many_documents(16)
+    texts[3] = texts[2]  # a repeat within the first chunk: computed again at each place, so never counted
+    config = lm_config(tmp_path, gpt2_lm, texts, chunk_size=8, batch_size=3)
+    original = batches.ChunkPlan.collate
+    calls = []
+
+    def interrupted(self, indices):
+        calls.append(len(indices))
+        if len(calls) == stop_at_batch:
+            raise KeyboardInterrupt
+        return original(self, indices)
+
+    monkeypatch.setattr(batches.ChunkPlan, "collate", interrupted)
+    arguments = ["run", "lm", "--config", str(config), "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(arguments) == 130
+    said = int(capsys.readouterr().err.split("a rerun will take ")[1].split(" predictions")[0])
+    monkeypatch.setattr(batches.ChunkPlan, "collate", original)
+    assert main(arguments) == 0
+    report = json.loads((tmp_path / "out" / "lm" / "report.json").read_text(encoding="utf-8"))
+    assert said == report["counts"]["from_cache"]
+    assert (said > 0) == (stop_at_batch == 9)
+    assert _cached_rows(tmp_path / "cache") > 0  # what the old count said: predictions stored, though not reused
