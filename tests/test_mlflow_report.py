@@ -15,10 +15,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_metric_name
 
+from nlpflow import Publisher, hookimpl
 from nlpflow.api import run
 from nlpflow.cli import main
-from nlpflow.contract.errors import ConfigError, OutputError
+from nlpflow.contract.errors import ConfigError, OutputError, PluginError
 from nlpflow.plugins.mlflow_report import MAX_KEY_LENGTH, MAX_PARAM_LENGTH, run_metrics, run_params
+from nlpflow.registry import load_registry
 
 PIPELINE = """
 pipelines:
@@ -174,3 +176,45 @@ def test_long_and_nested_options_become_params_that_fit():
     long = params["options.labels.pos"]
     assert len(long) == MAX_PARAM_LENGTH and long.endswith("report.json holds the whole value)")
     assert params["model"] == "none (scored the records' predictions)"
+
+
+def test_without_uri_or_variable_the_run_goes_to_mlflows_default_store(tmp_path, store, write_pipelines):
+    config = write_pipelines(PIPELINE.format(mlflow="mlflow"))
+    run(["reviews"], config=config, output=tmp_path / "out")
+    default = f"sqlite:///{tmp_path / 'mlflow.db'}"  # MLflow's default: mlflow.db in the working folder
+    assert (tmp_path / "mlflow.db").is_file()
+    [logged] = MlflowClient(default).search_runs([MlflowClient(default).get_experiment_by_name("nlpflow").experiment_id])
+    assert logged.data.params["task"] == "sentiment"
+
+
+def test_a_publisher_sees_the_final_files_and_its_crash_names_its_plugin(tmp_path, store, write_pipelines):
+    """The Publisher contract the mlflow reporter relies on, with a third-party publisher."""
+    seen = {}
+
+    class Snapshot(Publisher):
+        name = "snapshot"
+
+        def publish(self, result):
+            folder = result.directory
+            seen.update({path.name: path.read_bytes() for path in folder.iterdir() if not path.name.startswith(".")})
+            if crash:
+                raise RuntimeError("upload refused")
+
+    class Plugin:
+        @hookimpl
+        def register_reporters(self, register):
+            register(Snapshot)
+
+    registry = load_registry(extra_plugins=[("snapshot_plugin", Plugin())])
+    config = write_pipelines(PIPELINE.format(mlflow="snapshot"))
+    crash = False
+    [result] = run(["reviews"], config=config, output=tmp_path / "out", registry=registry)
+    # every file the run wrote, in its final form, and no file of the publisher's own
+    assert set(seen) == {"predictions.jsonl", "report.json", "report.md", "report.html"}
+    assert seen["report.json"] == (result.directory / "report.json").read_bytes()
+    assert seen["predictions.jsonl"] == (result.directory / "predictions.jsonl").read_bytes()
+
+    crash = True
+    with pytest.raises(PluginError, match=r"plugin 'snapshot_plugin': reporter 'snapshot' raised in publish\(\): RuntimeError: upload refused"):
+        run(["reviews"], config=config, output=tmp_path / "out", registry=registry)
+    assert (result.directory / "report.html").is_file()
