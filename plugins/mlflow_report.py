@@ -22,9 +22,11 @@ import importlib.util
 import json
 import logging
 import re
+from datetime import datetime
+from pathlib import Path
 from typing import Any, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nlpflow import ConfigError, OutputError, Publisher, RunResult, hookimpl
 
@@ -50,6 +52,14 @@ class MlflowOptions(BaseModel):
     artifacts: list[str] = Field(
         default_factory=lambda: ["predictions.jsonl", "report.json", "report.md", "report.html", "skipped.jsonl"],
         description="files of the run folder logged as artifacts, those the run wrote (an empty list logs none)")
+
+    @field_validator("artifacts")
+    @classmethod
+    def _plain_names(cls, names: list[str]) -> list[str]:
+        outside = [name for name in names if not name or Path(name).name != name or name in (".", "..")]
+        if outside:
+            raise ValueError(f"artifacts are names of files in the run folder, not paths: {', '.join(map(repr, outside))}")
+        return names
 
 
 class MlflowReporter(Publisher):
@@ -81,9 +91,10 @@ class MlflowReporter(Publisher):
             experiment_id = experiment.experiment_id if experiment else client.create_experiment(options.experiment)
             tags = {"nlpflow.pipeline": report["pipeline"], "nlpflow.run_folder": str(run.directory), **options.tags}
             run_id = client.create_run(
-                experiment_id, run_name=options.run_name or f"{report['pipeline']} {report['timing']['started']}", tags=tags,
+                experiment_id, start_time=_milliseconds(report, "started"), tags=tags,
+                run_name=options.run_name or f"{report['pipeline']} {report['timing']['started']}",
             ).info.run_id
-            timestamp = _milliseconds(report)
+            timestamp = _milliseconds(report, "finished")
             client.log_batch(
                 run_id,
                 metrics=[Metric(key, value, timestamp, 0) for key, value in run_metrics(report).items()],
@@ -187,10 +198,9 @@ class _Names:
         return name
 
 
-def _milliseconds(report: dict[str, Any]) -> int:
-    from datetime import datetime
-
-    return int(datetime.fromisoformat(report["timing"]["finished"]).timestamp() * 1000)
+def _milliseconds(report: dict[str, Any], moment: str) -> int:
+    """report.json's ``timing.started`` or ``timing.finished`` as MLflow's timestamps, milliseconds since the epoch."""
+    return int(datetime.fromisoformat(report["timing"][moment]).timestamp() * 1000)
 
 
 def _mark_failed(client: Any, run_id: str) -> None:

@@ -71,6 +71,7 @@ def test_a_run_is_logged_with_params_metrics_slices_and_files(tmp_path, store, w
     assert row["params.pipeline"] == "reviews"
     assert row["tags.team"] == "nlp" and row["tags.nlpflow.pipeline"] == "reviews"
     assert row["tags.mlflow.runName"].startswith("reviews ")
+    assert row["start_time"].isoformat(timespec="seconds") == report["timing"]["started"]  # the run's, not the upload's
     accuracy = report["metrics"]["accuracy"]
     assert row["metrics.accuracy"] == pytest.approx(accuracy["value"])
     assert row["metrics.accuracy_ci_low"] == pytest.approx(accuracy["ci"]["low"])
@@ -218,3 +219,9 @@ def test_a_publisher_sees_the_final_files_and_its_crash_names_its_plugin(tmp_pat
     with pytest.raises(PluginError, match=r"plugin 'snapshot_plugin': reporter 'snapshot' raised in publish\(\): RuntimeError: upload refused"):
         run(["reviews"], config=config, output=tmp_path / "out", registry=registry)
     assert (result.directory / "report.html").is_file()
+
+
+def test_artifacts_are_names_in_the_run_folder(tmp_path, store, write_pipelines):
+    config = write_pipelines(PIPELINE.format(mlflow="{mlflow: {artifacts: [report.json, ../reviews.jsonl]}}"))
+    with pytest.raises(ConfigError, match=r"pipelines.yaml:8:.*not paths: '\.\./reviews\.jsonl'"):
+        run(["reviews"], config=config, output=tmp_path / "out")
