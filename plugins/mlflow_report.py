@@ -78,6 +78,7 @@ class MlflowReporter(Publisher):
         import mlflow
         from mlflow.entities import Metric, Param
         from mlflow.tracking import MlflowClient
+        from mlflow.tracking.context.registry import resolve_tags
 
         options = self.options
         report = run.report
@@ -89,7 +90,8 @@ class MlflowReporter(Publisher):
             client = MlflowClient(tracking_uri=uri)
             experiment = client.get_experiment_by_name(options.experiment)
             experiment_id = experiment.experiment_id if experiment else client.create_experiment(options.experiment)
-            tags = {"nlpflow.pipeline": report["pipeline"], "nlpflow.run_folder": str(run.directory), **options.tags}
+            # MLflow's own context tags (user, source, git commit), as its fluent start_run sets them
+            tags = resolve_tags({"nlpflow.pipeline": report["pipeline"], "nlpflow.run_folder": str(run.directory), **options.tags})
             run_id = client.create_run(
                 experiment_id, start_time=_milliseconds(report, "started"), tags=tags,
                 run_name=options.run_name or f"{report['pipeline']} {report['timing']['started']}",

@@ -70,6 +70,7 @@ def test_a_run_is_logged_with_params_metrics_slices_and_files(tmp_path, store, w
     assert row["params.data.path"] == report["data"]["path"]
     assert row["params.pipeline"] == "reviews"
     assert row["tags.team"] == "nlp" and row["tags.nlpflow.pipeline"] == "reviews"
+    assert "tags.mlflow.user" in frame.columns  # MLflow's own context tags, as its start_run sets them
     assert row["tags.mlflow.runName"].startswith("reviews ")
     assert row["start_time"].isoformat(timespec="seconds") == report["timing"]["started"]  # the run's, not the upload's
     accuracy = report["metrics"]["accuracy"]
