@@ -13,7 +13,7 @@ from nlpflow import __version__
 from nlpflow.config.resolve import ResolvedPipeline
 from nlpflow.contract.errors import NlpflowError, PluginError
 from nlpflow.contract.files import stage_file
-from nlpflow.contract.types import Publisher, RunCollector, RunResult
+from nlpflow.contract.types import Publisher, Reporter, RunCollector, RunResult
 from nlpflow.engine.counts import Counts
 from nlpflow.engine.guard import blamed_on, checked_text
 from nlpflow.engine.report import package_versions
@@ -149,6 +149,6 @@ def publish(pipeline: ResolvedPipeline, result: RunResult) -> list[NlpflowError]
     return failures
 
 
-def _file_reporters(pipeline: ResolvedPipeline) -> list:
+def _file_reporters(pipeline: ResolvedPipeline) -> list[Reporter]:
     """The reporters that write a file into the run folder (a Publisher writes none)."""
     return [reporter for reporter in pipeline.reporters if not isinstance(reporter, Publisher)]
