@@ -71,6 +71,7 @@ from nlpflow.contract.types import (
     NoOptions,
     Prediction,
     Preprocessor,
+    Publisher,
     RawRecord,
     Reader,
     Reporter,
@@ -92,7 +93,7 @@ __all__ = [
     # hooks
     "hookimpl",
     # what plugins subclass
-    "Task", "TaskModel", "Metric", "Preprocessor", "Reader", "Reporter", "RunCollector", "Backend", "Executor", "NoOptions",
+    "Task", "TaskModel", "Metric", "Preprocessor", "Reader", "Reporter", "Publisher", "RunCollector", "Backend", "Executor", "NoOptions",
     # records passed between stages
     "Example", "Features", "Prediction", "RawRecord", "RunResult", "LoadedModel", "ModelConfig",
     # heads: what a task asks a backend to compute (the built-in ones; plugins declare more with register_heads)

@@ -662,7 +662,8 @@ class Reporter(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    filename: ClassVar[str]
+    #: the file ``render`` writes in the run folder; None only for a :class:`Publisher`, which writes none
+    filename: ClassVar[str | None]
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(self, options: BaseModel | None = None):
@@ -677,6 +678,23 @@ class Reporter(ABC):
     @abstractmethod
     def render(self, run: RunResult) -> str:
         """Return the file's text; the runner writes it atomically to ``run.directory / filename``."""
+
+
+class Publisher(Reporter):
+    """A reporter that sends the finished run elsewhere (a tracking server) instead of writing a file of its own.
+
+    The runner calls ``publish`` once every file of the run is in place in ``run.directory`` (predictions.jsonl and
+    every file reporter's report), so what it sends is the run's final files; a publisher that fails leaves them as
+    they are."""
+
+    filename: ClassVar[None] = None
+
+    def render(self, run: RunResult) -> str:
+        raise TypeError(f"{type(self).__name__} is a Publisher: it writes no file, the runner calls publish() instead")
+
+    @abstractmethod
+    def publish(self, run: RunResult) -> None:
+        """Send the finished run; raise an :class:`~nlpflow.NlpflowError` saying what failed and where."""
 
 
 class RunCollector(ABC):

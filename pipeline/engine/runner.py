@@ -172,6 +172,7 @@ class Runner:
             partial.unlink(missing_ok=True)
             raise
         record_run_files(self.directory, ["predictions.jsonl", *staged])
+        failures += reporting.publish(self.pipeline, result)
         if failures:
             raise failures[0]
         return result
