@@ -228,7 +228,9 @@ def _foreign_label_notes(task, path: Path, predictions: list[Any], run_labels: l
     looking like a result, and note the labels the run does not have, since every prediction with one scores as wrong."""
     if type(task).output_labels is Task.output_labels:
         return []  # open-ended predictions (text, spans): any value is a fair answer
-    flat = lambda values: [str(v) for value in values for v in (value if isinstance(value, list) else [value]) if v is not None]
+    # a label is text or a number; other values (log-likelihood mode's {"label", "label_norm"}) are not compared here
+    flat = lambda values: [str(v) for value in values for v in (value if isinstance(value, list) else [value])
+                           if isinstance(v, (str, int)) and not isinstance(v, bool)]
     known = set(flat(run_labels))
     predicted = Counter(flat(predictions))
     foreign = {label: count for label, count in sorted(predicted.items()) if label not in known}
