@@ -84,6 +84,8 @@ def write_pipelines_file(
     if not data.is_file():
         raise ConfigError(f"data file {data} not found", Location(data))
     default_model, options = TASK_DEFAULTS.get(task, (None, {}))
+    # only a model the user names can be a language model; the offline defaults are an encoder or a rule
+    causal = model is not None and _is_causal_lm(model)
     model = model or default_model
     if model is None and task not in TASK_DEFAULTS:
         raise ConfigError(f"task {task!r} has no offline default model; name one with --model NAME_OR_PATH")
@@ -102,7 +104,6 @@ def write_pipelines_file(
     columns = list(dict.fromkeys(column for record in records for column in record))
 
     fields = _guess_fields(task_cls, columns, records, data)
-    causal = model is not None and _is_causal_lm(model)
     if causal:
         options = {}  # the task's offline default method (a rule, a retriever) is not what a language model runs
     options = dict(options)
