@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="run every pipeline with a model on this model instead")
     run.add_argument(
         "--set", action="append", default=[], metavar="PIPELINE.KEY=VALUE",
-        help="override a setting without editing the YAML (VALUE is YAML: --set reviews-sentiment.options.mode=zero-shot); repeatable",
+        help="override a setting without editing the YAML (VALUE is YAML: --set reviews-sentiment.options.mode=zero-shot; "
+        "null removes the key, so its default applies); repeatable",
     )
     run.add_argument("--json", action="store_true", help="print every pipeline's metrics to stdout as JSON")
     run.add_argument("--keep-going", action="store_true", help="run the other pipelines after one fails; print a summary and exit non-zero")

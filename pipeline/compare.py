@@ -46,6 +46,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,7 +201,7 @@ def _find_record(records: dict[Any, dict], key: Any) -> dict | None:
         return found
     if isinstance(key, int) and not isinstance(key, bool):
         return records.get(str(key))
-    if isinstance(key, str) and key.strip().lstrip("-").isdigit():
+    if isinstance(key, str) and re.fullmatch(r"-?[0-9]+", key):
         return records.get(int(key))
     return None
 
@@ -228,11 +229,8 @@ def _foreign_label_notes(task, path: Path, predictions: list[Any], run_labels: l
     looking like a result, and note the labels the run does not have, since every prediction with one scores as wrong."""
     if type(task).output_labels is Task.output_labels:
         return []  # open-ended predictions (text, spans): any value is a fair answer
-    # a label is text or a number; other values (log-likelihood mode's {"label", "label_norm"}) are not compared here
-    flat = lambda values: [str(v) for value in values for v in (value if isinstance(value, list) else [value])
-                           if isinstance(v, (str, int)) and not isinstance(v, bool)]
-    known = set(flat(run_labels))
-    predicted = Counter(flat(predictions))
+    known = set(_labels_in(run_labels))
+    predicted = Counter(_labels_in(predictions))
     foreign = {label: count for label, count in sorted(predicted.items()) if label not in known}
     if not foreign:
         return []
@@ -244,8 +242,15 @@ def _foreign_label_notes(task, path: Path, predictions: list[Any], run_labels: l
             + ", ".join(f"{label} -> {reference}" for label, reference in pairs.items()) + ")"
         )
     listed = ", ".join(f"{label!r} ({count})" for label, count in foreign.items())
-    return [f"{path.name}: predicted labels that are not labels of the run, so those predictions score as wrong: "
-            f"{listed}; the run's labels are {sorted(known)}"]
+    return [(f"{path.name}: predicted labels that are not labels of the run, so those predictions score as wrong: "
+             f"{listed}; the run's labels are {sorted(known)}")]
+
+
+def _labels_in(values: list[Any]) -> list[str]:
+    """Each label in ``values`` (one label, or a list of them: multi-label), as text. A label is text or a number;
+    other values (log-likelihood mode's ``{"label", "label_norm"}``) are not compared."""
+    return [str(label) for value in values for label in (value if isinstance(value, list) else [value])
+            if isinstance(label, (str, int)) and not isinstance(label, bool)]
 
 
 def _task_for(run: Run, registry):

@@ -17,8 +17,8 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
-from nlpflow.config.schema import PIPELINE_NAME
 from nlpflow.config.resolve import PLACEHOLDER_MARK, reader_for_path
+from nlpflow.config.schema import PIPELINE_NAME
 from nlpflow.contract.errors import ConfigError, Location, NlpflowError, did_you_mean
 from nlpflow.contract.hub import checkpoint_config
 from nlpflow.contract.types import ModelConfig
@@ -252,7 +252,10 @@ def _is_causal_lm(model: str) -> bool:
     """Whether ``model``'s config.json describes a causal language model: an architecture saved as one, or with no
     architecture saved, a model type that transformers loads as a causal LM and not as an encoder. A model whose
     config cannot be read (not downloaded, offline) is taken as not one; ``validate`` says what is wrong with it."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
 
     try:
         checkpoint = checkpoint_config(ModelConfig(name_or_path=model))

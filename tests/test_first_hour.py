@@ -43,7 +43,7 @@ def test_compare_matches_number_ids_to_a_csv_runs_text_ids(tmp_path):
 
 
 def test_compare_says_when_an_unknown_id_is_of_another_type(tmp_path):
-    directory, records = _csv_run(tmp_path)
+    directory, _ = _csv_run(tmp_path)
     other = _write_lines(tmp_path / "other.jsonl", [{"id": 1, "prediction": "pos"}, {"id": 9.5, "prediction": "pos"}])
     with pytest.raises(CompareError, match=r"other\.jsonl:2: id 9\.5 is not a record of the run .*\(this id is a number, "
                                            r"the run's are text, such as '1'\)"):
