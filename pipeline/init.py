@@ -136,19 +136,19 @@ def write_pipelines_file(
         f"    # read as {reader_name}; the fields below come from its first {len(records)} records"
         + (f", the labels from all {labels_read}" if labels_read is not None else ""),
         f"    data: {{path: {json.dumps(relative)}}}",
-        f"    # task field -> data column (columns: {', '.join(columns)})",
+        f"    # task field -> data column (columns: {_one_line(', '.join(columns))})",
         f"    fields: {json.dumps(fields)}",
     ]
     if causal:
-        lines.append(f"    # {model} is a causal language model: "
+        lines.append(f"    # {_one_line(model)} is a causal language model: "
                      + ("each label is scored as the continuation of the prompt (Jinja2 over the task's fields)"
                         if options.get("mode") == "loglikelihood" else "it answers by continuing the prompt (Jinja2 over the task's fields)"))
     if options:
         if "labels" in options and not causal:
             lines.append("    # zero-shot: each label is described by the phrases in its list; write a few that say what it means")
-        lines += [f"    # {comment}" for comment in comments]
+        lines += [f"    # {_one_line(comment)}" for comment in comments]
         lines.append("    options:")
-        lines += [f"      {key}: {json.dumps(value, ensure_ascii=False)}" for key, value in options.items()]
+        lines += [f"      {key}: {_flow(value)}" for key, value in options.items()]
         if options.get("mode") == "generate":
             lines.append("      # few_shot: {k: 3}   # solved examples before each prompt (from the same data unless source: is given)")
     if model:
@@ -165,6 +165,18 @@ def write_pipelines_file(
     except OSError as error:
         raise ConfigError(f"cannot write {output}: {error.strerror or error}", Location(output)) from None
     return output
+
+
+def _one_line(text: str) -> str:
+    """``text`` for a YAML comment: a line break in a data label or column name would end the comment and put the
+    rest into the YAML, so each character YAML reads as one is written escaped."""
+    return re.sub(r"[\r\n\x85\u2028\u2029]", lambda match: json.dumps(match.group())[1:-1], text)
+
+
+def _flow(value: Any) -> str:
+    """``value`` as YAML flow text (JSON), readable in any script; the characters YAML breaks lines at are escaped,
+    since a quoted scalar would be folded there."""
+    return re.sub("[\x85\u2028\u2029]", lambda match: f"\\u{ord(match.group()):04x}", json.dumps(value, ensure_ascii=False))
 
 
 def _as_list(value: Any) -> list:

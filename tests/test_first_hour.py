@@ -221,3 +221,12 @@ def test_label_map_onto_labels_the_model_lacks_says_which_it_has_and_how_to_reac
     assert main(["validate", "-c", str(config), "--set", "p.options.labels=null", "--set", "p.options.label_map={positive: good}"]) == 4
     error = capsys.readouterr().err
     assert "needs options.labels" in error and "options.label_map maps dataset labels onto these labels, so it needs them too" in error
+
+
+def test_init_keeps_a_label_with_line_breaks_inside_its_comments(tmp_path, capsys):
+    hostile = "good\nhacked: true\u2028x"
+    data = _write_lines(tmp_path / "odd.jsonl", [{"text": "a", "label": hostile}, {"text": "b", "label": "bad"}])
+    text, pipeline = _init(tmp_path, "text-classification", data)
+    assert set(pipeline) == {"task", "data", "fields", "options", "model"}  # nothing leaked out of a comment
+    assert list(pipeline["options"]["labels"]) == ["bad", hostile]
+    assert "# labels read from the data: bad, good\\nhacked: true\\u2028x" in text
