@@ -196,7 +196,8 @@ def _apply_flag(data: dict, failed: set[Any], key: tuple[str, str], value: Any) 
 
 
 def _apply_override(data: dict, override: str) -> tuple:
-    """Set ``PIPELINE.KEY.PATH=VALUE`` (VALUE read as YAML) in the parsed file's data; returns the YAML path set."""
+    """Set ``PIPELINE.KEY.PATH=VALUE`` (VALUE read as YAML) in the parsed file's data, or remove the key when VALUE
+    is null, so its default applies; returns the YAML path set."""
     where = Location(f"--set {override}")
     key, equals, text = override.partition("=")
     if not equals or not key:
@@ -225,7 +226,11 @@ def _apply_override(data: dict, override: str) -> tuple:
         node = child
     if not isinstance(node, dict):
         raise ConfigError(f"pipeline {name!r} is not a mapping", where, name)
-    node[parts[-1]] = value
+    if value is None:
+        # null means "not set": the key goes, so the schema's or the plugin's default applies as if never written
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
     return ("pipelines", name, *parts)
 
 

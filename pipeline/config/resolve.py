@@ -21,6 +21,26 @@ from nlpflow.contract.errors import ConfigError, Location, NlpflowError, PluginE
 from nlpflow.contract.types import Backend, Metric, Preprocessor, Reader, Reporter, Task
 from nlpflow.registry import DISABLE_ENV, PluginInfo, Registry
 
+#: what ``nlpflow init`` writes where only the user can say what is meant (a label called ``1`` or ``LABEL_0``): an
+#: option value starting with it is refused, so an unfilled placeholder never runs as if it were a description
+PLACEHOLDER_MARK = "DESCRIBE:"
+
+
+def refuse_placeholders(value: Any, config: PipelineConfig, *where: Any) -> None:
+    """A ConfigError at the first text in ``value`` (a pipeline's options, at YAML path ``where``) that is still an
+    ``init`` placeholder."""
+    if isinstance(value, str) and value.lstrip().startswith(PLACEHOLDER_MARK):
+        raise ConfigError(
+            f"{'.'.join(str(part) for part in where)}: {value!r} is a placeholder written by nlpflow init; replace it "
+            "with what it asks for (a few phrases that say what the label means, or the label's word)", config.location(*where), config.name,
+        )
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        if isinstance(key, str) and key.lstrip().startswith(PLACEHOLDER_MARK):
+            refuse_placeholders(key, config, *where, key)
+        refuse_placeholders(child, config, *where, key)
+
+
 @dataclass
 class ResolvedPipeline:
     """A pipeline with every name turned into a configured plugin object."""
@@ -109,6 +129,7 @@ def resolve(config: PipelineConfig, registry: Registry, *, problems: list[Nlpflo
         task_cls = _lookup(registry, "task", config.task, config.location("task"), name)
     if task_cls is not None:
         with report.check():
+            refuse_placeholders(config.options, config, "options")
             task = _construct(
                 task_cls, (build_options(task_cls, config.options, config, "options", report=report),), config, "options",
                 plugin=registry.provider("task", config.task),
