@@ -254,7 +254,13 @@ class SequenceClassifier(_TextClassifierModel):
 
 
 class ZeroShotClassifier(_TextClassifierModel):
-    """Cosine similarity between mean-pooled sentence embeddings of the text and of each label's description."""
+    """Cosine similarity between mean-pooled sentence embeddings of the text and of each label's description.
+
+    A text's embedding does not depend on the labels, so the engine caches it (``caches_outputs``): a change of
+    descriptions or template embeds only the descriptions and compares them with the cached text embeddings.
+    """
+
+    caches_outputs = True
 
     def __init__(self, loaded: LoadedModel, options: ClassificationOptions):
         super().__init__(loaded, options)

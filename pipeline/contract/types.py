@@ -414,6 +414,11 @@ class TaskModel(ABC):
 
     #: the loaded model and tokenizer, with device, dtype and weights fingerprint
     loaded: LoadedModel
+    #: True when the head's outputs for a feature depend only on the model and the feature's inputs, not on the
+    #: task's options (a zero-shot classifier's text embeddings do not depend on its labels): the cache then also
+    #: stores each feature's outputs, so a run whose options changed computes only :meth:`decode` for texts it has
+    #: seen. Worth it where outputs are small (an embedding, not a vocabulary's logits per token).
+    caches_outputs: ClassVar[bool] = False
 
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
