@@ -83,6 +83,7 @@ class TextClassification(Task):
     reference_fields = ("label",)
     default_metrics = ("accuracy", "macro_f1")
     Options = ClassificationOptions
+    rank_ties_by_confidence = True
 
     def __init__(self, options: BaseModel | None = None):
         super().__init__(options)

@@ -473,6 +473,10 @@ class Task(ABC):
     reference_fields: ClassVar[tuple[str, ...]] = ()
     default_metrics: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[BaseModel]] = NoOptions
+    #: the reports' worst examples: among examples scored alike, the one predicted with the highest confidence (its
+    #: details' ``probability``, ``score`` or ``similarity``) first. For tasks whose per-example score is all or
+    #: nothing (a classifier's accuracy), where a confident mistake says more than a hesitant one.
+    rank_ties_by_confidence: ClassVar[bool] = False
 
     def __init__(self, options: BaseModel | None = None):
         self.options = options if options is not None else self.Options()
