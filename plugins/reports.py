@@ -172,7 +172,8 @@ class MarkdownReporter(Reporter):
             else "- model: none (scored the `prediction` field of each record)",
             f"- records: {counts['read']} read, {counts['scored']} scored, {counts['skipped']} skipped, "
             f"{counts['truncated']} truncated, {counts['from_cache']} from cache",
-            f"- time: {report['timing']['wall_seconds']} s ({report['timing']['records_per_second']} records/s)",
+            f"- time: {report['timing']['wall_seconds']} s for the whole run, model loading included "
+            f"({report['timing']['records_per_second']} records/s)",
             "",
             f"| metric | value | {_confidence_label(report)} | n |",
             "|---|---:|---|---:|",
