@@ -17,9 +17,9 @@ TEXTS = ["great stuff, I loved it", "awful stuff, never again", "fine I guess", 
 TEXTS = [f"{text} (order {number})" for number in range(3) for text in TEXTS]
 
 
-def _pipeline(write_pipelines, tmp_path, descriptions: str, template: str = "{}"):
+def _pipeline(write_pipelines, tmp_path, descriptions: str, template: str = "{}", texts: list[str] = TEXTS):
     (tmp_path / "reviews.csv").write_text(
-        "text,label\n" + "".join(f'"{text}",{"pos" if i % 2 == 0 else "neg"}\n' for i, text in enumerate(TEXTS)), encoding="utf-8")
+        "text,label\n" + "".join(f'"{text}",{"pos" if i % 2 == 0 else "neg"}\n' for i, text in enumerate(texts)), encoding="utf-8")
     return write_pipelines(
         "pipelines:\n"
         "  zs:\n"
@@ -93,3 +93,15 @@ def test_outputs_round_trip_bit_for_bit(tmp_path):
     assert unpacked_outputs(packed_outputs(outputs))["ids"].shape == (2, 3)
     with pytest.raises(ValueError):
         unpacked_outputs(packed_outputs(outputs) + b"\x00")
+
+
+def test_a_text_repeated_in_a_chunk_is_embedded_at_each_place(write_pipelines, tmp_path, cache_dir, forward_rows):
+    """As with cached predictions: its copies sit in different batches, so a cold run may differ in the last digit."""
+    texts = TEXTS[:9] + TEXTS[:1]  # one chunk of 10, the first text twice
+    run(["zs"], _pipeline(write_pipelines, tmp_path, "{pos: [good], neg: [bad]}", texts=texts), tmp_path / "first", interactive=False)
+    forward_rows.clear()
+    changed = _pipeline(write_pipelines, tmp_path, "{pos: [lovely], neg: [awful]}", texts=texts)
+    run(["zs"], changed, tmp_path / "warm", interactive=False)
+    assert forward_rows[:2] == [1, 1] and sum(forward_rows[2:]) >= 2  # the repeated text's batches ran
+    run(["zs"], changed, tmp_path / "cold", use_cache=False, interactive=False)
+    assert (tmp_path / "warm" / "zs" / "predictions.jsonl").read_bytes() == (tmp_path / "cold" / "zs" / "predictions.jsonl").read_bytes()

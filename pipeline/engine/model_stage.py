@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
@@ -140,7 +141,10 @@ class ModelStage:
         if outputs_cache is not None:
             base = outputs_key(self.task_model)
             feature_keys = [feature_output_key(base, feature.inputs) for feature in features]
-            asked = [index for index in range(len(features)) if wanted[example_of[index]]]
+            # a feature repeated within the chunk is computed at each place, as the predictions' cache does (its
+            # copies may sit in batches of different shapes, whose last digits can differ)
+            repeated = {key for key, count in Counter(feature_keys).items() if count > 1}
+            asked = [index for index in range(len(features)) if wanted[example_of[index]] and feature_keys[index] not in repeated]
             stored = outputs_cache.get_outputs(feature_keys[index] for index in asked)
             for index in asked:
                 if feature_keys[index] in stored:
