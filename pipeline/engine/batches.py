@@ -48,8 +48,6 @@ class StageStats:
     largest_batch_rows: int = 0
     #: planned batches not run because every example in them came from the cache
     skipped_batches: int = 0
-    #: examples decoded from features' outputs in the cache (a task model that caches outputs; none computed)
-    decoded_from_cached_outputs: int = 0
 
 
 def padded(length: int, multiple: int) -> int:

@@ -155,7 +155,6 @@ class ModelStage:
             decoded = [(position, self._decode(examples[position], features, outputs, per_example[position])) for position in from_outputs]
             for position, prediction in decoded:
                 predictions[position] = prediction
-            self.stats.decoded_from_cached_outputs += len(decoded)
             if on_batch is not None and decoded:
                 on_batch(decoded)
         planned = self.plan(features)
