@@ -83,6 +83,7 @@ class TextClassification(Task):
     reference_fields = ("label",)
     default_metrics = ("accuracy", "macro_f1")
     Options = ClassificationOptions
+    rank_ties_by_confidence = True
 
     def __init__(self, options: BaseModel | None = None):
         super().__init__(options)
@@ -263,7 +264,13 @@ class SequenceClassifier(_TextClassifierModel):
 
 
 class ZeroShotClassifier(_TextClassifierModel):
-    """Cosine similarity between mean-pooled sentence embeddings of the text and of each label's description."""
+    """Cosine similarity between mean-pooled sentence embeddings of the text and of each label's description.
+
+    A text's embedding does not depend on the labels, so the engine caches it (``caches_outputs``): a change of
+    descriptions or template embeds only the descriptions and compares them with the cached text embeddings.
+    """
+
+    caches_outputs = True
 
     def __init__(self, loaded: LoadedModel, options: ClassificationOptions):
         super().__init__(loaded, options)

@@ -162,6 +162,13 @@ def export_graph(model: ModelConfig, checkpoint: Any, tokenizer: Any, head: Head
             # the tracer warns about Python conditions it freezes (mask padding that is always 0 here: the
             # model stage pads the mask with the ids); they are noise for the user who only asked for a run
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # "If indices include negative values, the exported graph will produce incorrect results": said of every
+            # advanced indexing with two index tensors. In the encoders exported here that is transformers' padding
+            # mask, padding_mask[batch_idx, kv_idx], indexed by torch.arange of the batch and of the keys (offset 0
+            # in an encoder): never negative, so the warning does not apply (the tests compare the graphs' outputs
+            # with torch's)
+            warnings.filterwarnings(
+                "ignore", message="Exporting aten::index operator of advanced indexing", category=UserWarning)
             # the TorchScript exporter (dynamo=False): about 2-4 s on MiniLM against ~11 s for dynamo=True, and it
             # matches torch to ~1.6e-7 there. dynamo=True also needs dynamic_shapes that pass torch.export's
             # shape checks (plain Dim("rows"), Dim("tokens") per input failed validation on MiniLM with torch

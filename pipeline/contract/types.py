@@ -414,6 +414,11 @@ class TaskModel(ABC):
 
     #: the loaded model and tokenizer, with device, dtype and weights fingerprint
     loaded: LoadedModel
+    #: True when the head's outputs for a feature depend only on the model and the feature's inputs, not on the
+    #: task's options (a zero-shot classifier's text embeddings do not depend on its labels): the cache then also
+    #: stores each feature's outputs, so a run whose options changed computes only :meth:`decode` for texts it has
+    #: seen. Worth it where outputs are small (an embedding, not a vocabulary's logits per token).
+    caches_outputs: ClassVar[bool] = False
 
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
@@ -468,6 +473,10 @@ class Task(ABC):
     reference_fields: ClassVar[tuple[str, ...]] = ()
     default_metrics: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[BaseModel]] = NoOptions
+    #: the reports' worst examples: among examples scored alike, the one predicted with the highest confidence (its
+    #: details' ``probability``, ``score`` or ``similarity``) first. For tasks whose per-example score is all or
+    #: nothing (a classifier's accuracy), where a confident mistake says more than a hesitant one.
+    rank_ties_by_confidence: ClassVar[bool] = False
 
     def __init__(self, options: BaseModel | None = None):
         self.options = options if options is not None else self.Options()

@@ -150,7 +150,8 @@ class Predictor:
                         f"{chunk[-1].line} of {config.data_path}) in pipeline {self.pipeline.name!r}")
 
             with blamed_on(plugin, failure):
-                computed = stage.run(chunk, needed=misses, on_batch=store, compute=self.compute)
+                computed = stage.run(chunk, needed=misses, on_batch=store, compute=self.compute,
+                                     outputs_cache=self.cache if stage.task_model.caches_outputs else None)
             checked_count(computed, chunk, plugin, task.name, "the model stage")
         else:
             stage.skip(chunk)
