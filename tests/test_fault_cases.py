@@ -102,3 +102,51 @@ def test_the_column_counts_characters_and_a_cut_sequence_shows_its_bytes(tmp_pat
     code, errors, _ = _cli(["run", "-c", str(config)], capsys)
     assert code == 2
     assert errors[0].startswith(f"error: {config}:3:20: not valid UTF-8: bytes 0xe2 0x82 (invalid continuation byte)")
+
+
+# -- a FIFO among a glob's or a folder's files ---------------------------------------------------------------------
+
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need a POSIX system")
+
+GOOD_RECORD = '{"text": "good", "label": "positive", "prediction": "positive"}\n'
+
+
+def _data_with_a_fifo(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(GOOD_RECORD, encoding="utf-8")
+    os.mkfifo(folder / "b.jsonl")
+    (folder / "c.jsonl").write_text(GOOD_RECORD, encoding="utf-8")
+    return folder
+
+
+@needs_fifo
+@pytest.mark.parametrize("command", ["run", "validate"])
+@pytest.mark.parametrize("pattern, verb", [("data/*.jsonl", "matches"), ("data", "holds")])
+def test_a_fifo_among_the_data_files_is_refused_by_name(command, pattern, verb, tmp_path, capsys):
+    folder = _data_with_a_fifo(tmp_path)
+    config = _given_predictions(tmp_path, pattern)
+    argv = [command, "-c", str(config)] + (["-o", str(tmp_path / "out"), "--no-cache"] if command == "run" else [])
+    code, errors, _ = _cli(argv, capsys)
+    assert code == 2
+    assert errors == [
+        f"error: {config}:4:12: pipeline 't': data.path {tmp_path / pattern} {verb} {folder / 'b.jsonl'}, which is a "
+        "named pipe (FIFO), which can be read only once, not a data file; remove it, or leave it out with a narrower glob"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+@needs_fifo
+def test_a_fifo_put_among_the_files_after_the_check_is_a_bad_record_not_a_hang(tmp_path):
+    """Between validate (or the resolve step) and the read, a named pipe may appear: opening it would wait for a
+    writer, so the reader reports it at line 1 of that file and goes on with the others."""
+    from nlpflow.config.sources import FileSeriesReader
+    from nlpflow.plugins.readers import JsonLinesReader
+
+    folder = _data_with_a_fifo(tmp_path)
+    records = list(FileSeriesReader(JsonLinesReader()).read(folder / "*.jsonl"))
+    assert [(record.source, record.line, record.error) for record in records] == [
+        (str(folder / "a.jsonl"), 1, None),
+        (str(folder / "b.jsonl"), 1, "this is a named pipe (FIFO), which can be read only once, not a data file"),
+        (str(folder / "c.jsonl"), 1, None),
+    ]
