@@ -150,3 +150,129 @@ def test_a_fifo_put_among_the_files_after_the_check_is_a_bad_record_not_a_hang(t
         (str(folder / "b.jsonl"), 1, "this is a named pipe (FIFO), which can be read only once, not a data file"),
         (str(folder / "c.jsonl"), 1, None),
     ]
+
+
+# -- models: pickle-only weights, a config.json that does not parse ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pickle_only(tmp_path_factory, bert_classifier):
+    """The tiny classifier with its weights as pytorch_model.bin only (torch.save: transformers writes safetensors)."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = tmp_path_factory.mktemp("pickle-only")
+    for file in Path(bert_classifier).iterdir():
+        if file.suffix != ".safetensors":
+            shutil.copy(file, path / file.name)
+    torch.save(load_file(Path(bert_classifier) / "model.safetensors"), path / "pytorch_model.bin")
+    return path
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    from nlpflow.plugins.torch_backend import TorchBackend
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("validate loaded a model")
+
+    monkeypatch.setattr(TorchBackend, "load_head", refuse)
+
+
+def _model_pipeline(tmp_path: Path, model: Path, extra: str = "") -> Path:
+    (tmp_path / "d.jsonl").write_text('{"text": "good", "label": "positive"}\n{"text": "bad", "label": "negative"}\n', encoding="utf-8")
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(
+        f"pipelines:\n  t:\n    task: sentiment\n    data: {{path: d.jsonl}}\n"
+        f"    model: {{name_or_path: {json.dumps(str(model))}, device: cpu{extra}}}\n    report: {{formats: [json]}}\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_validate_refuses_pickle_only_weights_as_run_does(pickle_only, tmp_path, capsys, no_model_loads):
+    config = _model_pipeline(tmp_path, pickle_only)
+    refusal = (
+        f"error: {config}:5:5: pipeline 't': model {str(pickle_only)!r} has no safetensors weights in {pickle_only}; "
+        "only safetensors load by default. Convert it, or set model.allow_pickle: true if you trust the files."
+    )
+    code, errors, _ = _cli(["validate", "-c", str(config)], capsys)
+    assert (code, errors) == (4, [refusal])
+
+
+def test_run_refuses_pickle_only_weights_with_the_same_words(pickle_only, tmp_path, capsys):
+    config = _model_pipeline(tmp_path, pickle_only)
+    code, errors, _ = _cli(["run", "-c", str(config), "-o", str(tmp_path / "out"), "--no-cache"], capsys)
+    assert code == 4
+    assert errors == [
+        f"error: {config}:5:5: pipeline 't': model {str(pickle_only)!r} has no safetensors weights in {pickle_only}; "
+        "only safetensors load by default. Convert it, or set model.allow_pickle: true if you trust the files."
+    ]
+
+
+def test_validate_accepts_pickle_weights_with_allow_pickle(pickle_only, tmp_path, capsys, no_model_loads):
+    config = _model_pipeline(tmp_path, pickle_only, ", allow_pickle: true")
+    code, errors, _ = _cli(["validate", "-c", str(config)], capsys)
+    assert (code, errors) == (0, [])
+
+
+def test_the_weight_check_leaves_an_onnx_checkpoint_with_its_own_graph_alone(pickle_only, tmp_path):
+    """onnxruntime runs a shipped model.onnx without loading the torch weights; without one it exports from them."""
+    from nlpflow import ModelConfig, ModelError
+    from nlpflow.plugins.onnx_backend import OnnxRuntimeBackend
+
+    folder = tmp_path / "with-graph"
+    shutil.copytree(pickle_only, folder)
+    model = ModelConfig(name_or_path=str(folder))
+    with pytest.raises(ModelError, match="has no safetensors weights"):
+        OnnxRuntimeBackend().check_model(model)
+    (folder / "onnx").mkdir()
+    (folder / "onnx" / "model.onnx").write_bytes(b"")
+    OnnxRuntimeBackend().check_model(model)
+
+
+def _corrupted_config(tmp_path: Path, bert_classifier: Path) -> Path:
+    folder = tmp_path / "model"
+    shutil.copytree(bert_classifier, folder)
+    text = (folder / "config.json").read_text(encoding="utf-8")
+    (folder / "config.json").write_text(text[: len(text) // 2], encoding="utf-8")  # cut short, as by a full disk
+    return folder
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_a_model_folder_whose_config_json_does_not_parse_says_so(command, bert_classifier, tmp_path, capsys):
+    folder = _corrupted_config(tmp_path, bert_classifier)
+    config = _model_pipeline(tmp_path, folder)
+    argv = [command, "-c", str(config)] + (["-o", str(tmp_path / "out"), "--no-cache"] if command == "run" else [])
+    code, errors, _ = _cli(argv, capsys)
+    assert code == 4
+    [line] = errors
+    with pytest.raises(json.JSONDecodeError) as parser:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    reason = f"{parser.value.msg} at line {parser.value.lineno} column {parser.value.colno}"
+    assert line == (
+        f"error: {config}:5:5: pipeline 't': model {str(folder)!r}: its config.json ({folder / 'config.json'}) could not "
+        f"be parsed: {reason}. The file is damaged or was cut short; replace it with a good copy (save_pretrained writes one)"
+    )
+    assert "not available" not in line and "hf download" not in line
+
+
+def test_a_cached_hub_model_whose_config_json_does_not_parse_says_so(bert_classifier, tmp_path, monkeypatch):
+    """In the Hugging Face cache the way out is fetching the file again, not fetching a model said to be missing."""
+    from huggingface_hub import constants
+
+    from nlpflow import ModelConfig, ModelError
+    from nlpflow.plugins.torch_backend import TorchBackend
+
+    snapshot = tmp_path / "hub" / "models--someone--tiny" / "snapshots" / "0123abcd"
+    snapshot.parent.mkdir(parents=True)
+    shutil.copytree(_corrupted_config(tmp_path, bert_classifier), snapshot)
+    (tmp_path / "hub" / "models--someone--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--tiny" / "refs" / "main").write_text("0123abcd", encoding="utf-8")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError) as caught:
+        TorchBackend().checkpoint_config(ModelConfig(name_or_path="someone/tiny"))
+    message = str(caught.value)
+    assert message.startswith(f"model 'someone/tiny': its config.json ({snapshot / 'config.json'}) could not be parsed: ")
+    assert message.endswith("fetch it again with `hf download someone/tiny --force-download`")
