@@ -276,3 +276,39 @@ def test_a_cached_hub_model_whose_config_json_does_not_parse_says_so(bert_classi
     message = str(caught.value)
     assert message.startswith(f"model 'someone/tiny': its config.json ({snapshot / 'config.json'}) could not be parsed: ")
     assert message.endswith("fetch it again with `hf download someone/tiny --force-download`")
+
+
+@needs_fifo
+@pytest.mark.parametrize("on_error", ["fail", "skip"])
+def test_a_fifo_that_slips_past_the_check_stops_the_run_without_hanging(on_error, tmp_path, capsys, monkeypatch):
+    """As if the pipe appeared after the pipeline was resolved: the reader reports it (a bad record), and a run that
+    skips it still writes no report, since data.sha256 cannot cover it; neither opens the pipe, which would wait."""
+    import signal
+
+    import nlpflow.config.resolve
+
+    folder = _data_with_a_fifo(tmp_path)
+    monkeypatch.setattr(nlpflow.config.resolve, "irregular_kind", lambda path: None)
+    config = _given_predictions(tmp_path, "data/*.jsonl", on_error)
+    out = tmp_path / "out"
+
+    def hung(*_):
+        raise AssertionError("the run opened the named pipe and waited for a writer")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(120)
+    try:
+        code, errors, _ = _cli(["run", "t", "-c", str(config), "-o", str(out), "--no-cache"], capsys)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    fifo = folder / "b.jsonl"
+    assert code == 3
+    assert errors == [
+        f"error: {fifo}:1: pipeline 't': this is a named pipe (FIFO), which can be read only once, not a data file "
+        "(set data.on_error: skip to skip such records)"
+        if on_error == "fail" else
+        f"error: {fifo}: pipeline 't': this file of the data is a named pipe (FIFO), which can be read only once, not a "
+        "data file, so the data cannot be fingerprinted"
+    ]
+    assert not (out / "t" / "report.json").exists()
