@@ -35,11 +35,13 @@ from nlpflow import (
     OpenedModel,
     TransformersBackend,
     TransformersHead,
+    check_weight_format,
     checkpoint_directory,
     default_cache_dir,
     file_sha256,
     hookimpl,
     load_module,
+    resolve_model_path,
 )
 from nlpflow.plugins.torch_backend import mean_pooled
 
@@ -213,6 +215,13 @@ class OnnxRuntimeBackend(TransformersBackend):
     name = "onnxruntime"
     description = "encoder checkpoints exported to ONNX (cached by weights fingerprint) and run with onnxruntime on CPU or CUDA"
     head_table = ONNX_HEADS
+
+    def check_model(self, model: ModelConfig) -> None:
+        self.checkpoint_config(model)
+        # a checkpoint that ships its own graph may run from it without its torch weights ever loading
+        directory = checkpoint_directory(resolve_model_path(model), model)
+        if directory is None or not any((directory / relative).is_file() for relative in SHIPPED_GRAPHS):
+            check_weight_format(model)
 
     def open(self, model: ModelConfig, head: Head, checkpoint: Any, tokenizer: Any, path: str, fingerprint: str | None) -> OpenedModel:
         onnxruntime = import_onnxruntime()

@@ -26,12 +26,31 @@ def load_config(
     registry. ``problems``: as :func:`parse_config`'s."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"pipelines file not found (looked in {path.resolve().parent})", Location(path)) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read pipelines file: {error}", Location(path)) from None
-    return parse_config(text, path, overrides, problems=problems)
+    except OSError as error:
+        raise ConfigError(f"cannot read pipelines file: {error.strerror or error}", Location(path)) from None
+    return parse_config(decode_utf8(data, path), path, overrides, problems=problems)
+
+
+#: what YAML counts as a line break (YAML 1.1, which PyYAML reads), so a line number here is the one its errors give
+_YAML_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
+def decode_utf8(data: bytes, path: Path) -> str:
+    """The file's text, or a ConfigError at the line and column of its first byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        # everything before the first bad byte decodes, so its lines are the ones an editor shows
+        lines = _YAML_LINE_BREAK.split(data[: error.start].decode("utf-8"))
+        bad = data[error.start : error.end]
+        raise ConfigError(
+            f"not valid UTF-8: byte{'s' if len(bad) > 1 else ''} {' '.join(f'0x{byte:02x}' for byte in bad)} ({error.reason}); pipelines files are "
+            "read as UTF-8, so save it in that encoding",
+            Location(path, len(lines), len(lines[-1]) + 1),
+        ) from None
 
 
 #: most YAML nodes a pipelines file may expand to (aliases count each time they are used):

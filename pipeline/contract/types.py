@@ -330,6 +330,12 @@ class Backend(ABC):
         """The checkpoint's transformers config, read without loading weights (for picking a mode)."""
         raise NotImplementedError(f"backend {self.name!r} cannot read checkpoint configs")
 
+    def check_model(self, model: ModelConfig) -> None:
+        """What ``validate`` checks of a model without loading its weights: a ModelError for what would stop
+        :meth:`load`. By default, that :meth:`checkpoint_config` reads; a backend adds its own checks (the
+        transformers base: that the weights are of a format it may load)."""
+        self.checkpoint_config(model)
+
     def prepare(self, loaded: LoadedModel, batch: Mapping[str, np.ndarray]) -> Any:
         """Make a padded numpy batch ready for :meth:`run` (e.g. pinned tensors). May run on a worker thread."""
         return batch
