@@ -221,3 +221,14 @@ def test_a_bare_object_line_is_scanned_without_decode(monkeypatch):
     assert decoded == []
     assert readers._decoded(' {"text": "fine"}') == {"text": "fine"}
     assert decoded == [' {"text": "fine"}']
+
+
+def test_a_key_spelled_like_pydantics_key_marker_is_reported_as_unknown():
+    """Pydantic marks a key's own errors with "[key]" in the location; a key the user spelled "[key]" is still theirs
+    (found by the fuzz test above: it raised IndexError in both modes)."""
+    text = 'pipelines:\n  p: {task: sentiment, data: {path: x.jsonl}}\n"[key]": 1\n'
+    with pytest.raises(NlpflowError, match=r"fuzz.yaml:3:1: unknown key '\[key\]'"):
+        parse_config(text, "fuzz.yaml")
+    problems: list[NlpflowError] = []
+    parse_config(text, "fuzz.yaml", problems=problems)
+    assert "unknown key '[key]'" in str(problems[0])

@@ -417,7 +417,8 @@ def _yaml_path(loc: tuple, data: Any, missing: bool = False, key_input: Any = No
     node = data
     is_key = False
     for position, part in enumerate(loc):
-        if part == "[key]":
+        # a key the user wrote as "[key]" is theirs, not pydantic's marker
+        if part == "[key]" and not (isinstance(node, dict) and part in node):
             is_key = True
             if isinstance(node, dict) and key_input in node:
                 path.append(key_input)
