@@ -160,7 +160,9 @@ class Predictor:
 
             with blamed_on(plugin, failure):
                 computed = stage.run(chunk, needed=misses, on_batch=store, compute=self.compute,
-                                     on_plan=planned if self.cache is not None else None)
+                                     on_plan=planned if self.cache is not None else None,
+
+                                     outputs_cache=self.cache if stage.task_model.caches_outputs else None)
             checked_count(computed, chunk, plugin, task.name, "the model stage")
         else:
             stage.skip(chunk)

@@ -85,8 +85,8 @@ class Runner:
 
     def preflight(self, records: int = PREFLIGHT_RECORDS, *, problems: list[NlpflowError] | None = None) -> None:
         """What ``validate`` checks without running the model: the data file opens with its reader and its first
-        ``records`` records have the mapped fields, the model's config resolves (no weights are read), and the
-        model's labels meet the data's.
+        ``records`` records have the mapped fields, the model's config resolves and its backend's other checks pass
+        (``Backend.check_model``: no weights are read), and the model's labels meet the data's.
 
         Raises the first problem; with a ``problems`` list, appends each to it instead. The data and the model are
         checked either way, each without the other; the labels need both, so they are checked only when both pass."""
@@ -99,7 +99,7 @@ class Runner:
         with report.check():
             if config.model is not None and self.pipeline.backend is not None:
                 try:
-                    self.pipeline.backend.checkpoint_config(config.model)
+                    self.pipeline.backend.check_model(config.model)
                 except ModelError as error:
                     raise ModelError(f"{config.location('model')}: pipeline {self.pipeline.name!r}: {error}") from None
             model_ok = True
@@ -170,6 +170,7 @@ class Runner:
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
+        failures += reporting.publish(self.pipeline, result)
         if failures:
             raise failures[0]
         return result
