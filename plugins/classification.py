@@ -93,6 +93,7 @@ class TextClassification(Task):
     reference_fields = ("label",)
     default_metrics = ("accuracy", "macro_f1")
     Options = ClassificationOptions
+    rank_ties_by_confidence = True
 
     def __init__(self, options: BaseModel | None = None):
         super().__init__(options)
@@ -215,9 +216,12 @@ class TextClassification(Task):
 
 def _check_zero_shot_labels(options: ClassificationOptions, model_name: str) -> None:
     if not options.labels:
+        # label_map points dataset labels at options.labels, so on its own it leaves nothing to point at
+        mapped = (f"; options.label_map maps dataset labels onto these labels, so it needs them too, for instance "
+                  f"`labels: {{{next(iter(options.label_map.values()))}: [\"a description of it\"]}}`") if options.label_map else ""
         raise ModelError(
             f"zero-shot classification with {model_name!r} needs options.labels "
-            "(a list of labels, or a mapping from label to a description)"
+            f"(a list of labels, or a mapping from label to a description){mapped}"
         )
 
 
@@ -236,9 +240,15 @@ def dataset_labels(model_labels: list[str], options: ClassificationOptions, mode
     unknown = [m for m in to_dataset if m not in model_labels]
     if unknown:
         source = "options.labels" if zero_shot else "id2label"
+        dataset_label = next(d for d, m in options.label_map.items() if m == unknown[0])
+        way = (f"map each dataset label onto one of them (for instance `label_map: {{{dataset_label}: {model_labels[0]}}}`)"
+               if model_labels else "give options.labels")
+        if zero_shot:
+            way += (f", or make {unknown} labels of the model by describing them in options.labels "
+                    f"(for instance `labels: {{{unknown[0]}: [\"a description of it\"], ...}}`)")
         raise ModelError(
             f"model {model_name!r}: options.label_map maps to model labels {unknown} it does not have; its labels "
-            f"({source}) are {model_labels}"
+            f"({source}) are {model_labels}: {way}"
         )
     wanted = None if zero_shot or not options.labels else list(options.labels)
     if wanted is None:
@@ -309,7 +319,13 @@ class SequenceClassifier(_TextClassifierModel):
 
 
 class ZeroShotClassifier(_TextClassifierModel):
-    """Cosine similarity between mean-pooled sentence embeddings of the text and of each label's description."""
+    """Cosine similarity between mean-pooled sentence embeddings of the text and of each label's description.
+
+    A text's embedding does not depend on the labels, so the engine caches it (``caches_outputs``): a change of
+    descriptions or template embeds only the descriptions and compares them with the cached text embeddings.
+    """
+
+    caches_outputs = True
 
     def __init__(self, loaded: LoadedModel, options: ClassificationOptions):
         super().__init__(loaded, options)

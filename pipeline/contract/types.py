@@ -330,6 +330,12 @@ class Backend(ABC):
         """The checkpoint's transformers config, read without loading weights (for picking a mode)."""
         raise NotImplementedError(f"backend {self.name!r} cannot read checkpoint configs")
 
+    def check_model(self, model: ModelConfig) -> None:
+        """What ``validate`` checks of a model without loading its weights: a ModelError for what would stop
+        :meth:`load`. By default, that :meth:`checkpoint_config` reads; a backend adds its own checks (the
+        transformers base: that the weights are of a format it may load)."""
+        self.checkpoint_config(model)
+
     def prepare(self, loaded: LoadedModel, batch: Mapping[str, np.ndarray]) -> Any:
         """Make a padded numpy batch ready for :meth:`run` (e.g. pinned tensors). May run on a worker thread."""
         return batch
@@ -414,6 +420,11 @@ class TaskModel(ABC):
 
     #: the loaded model and tokenizer, with device, dtype and weights fingerprint
     loaded: LoadedModel
+    #: True when the head's outputs for a feature depend only on the model and the feature's inputs, not on the
+    #: task's options (a zero-shot classifier's text embeddings do not depend on its labels): the cache then also
+    #: stores each feature's outputs, so a run whose options changed computes only :meth:`decode` for texts it has
+    #: seen. Worth it where outputs are small (an embedding, not a vocabulary's logits per token).
+    caches_outputs: ClassVar[bool] = False
 
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
@@ -493,6 +504,10 @@ class Task(ABC):
     reference_fields: ClassVar[tuple[str, ...]] = ()
     default_metrics: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[BaseModel]] = NoOptions
+    #: the reports' worst examples: among examples scored alike, the one predicted with the highest confidence (its
+    #: details' ``probability``, ``score`` or ``similarity``) first. For tasks whose per-example score is all or
+    #: nothing (a classifier's accuracy), where a confident mistake says more than a hesitant one.
+    rank_ties_by_confidence: ClassVar[bool] = False
 
     def __init__(self, options: BaseModel | None = None):
         self.options = options if options is not None else self.Options()
@@ -707,7 +722,8 @@ class Reporter(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    filename: ClassVar[str]
+    #: the file ``render`` writes in the run folder; None only for a :class:`Publisher`, which writes none
+    filename: ClassVar[str | None]
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(self, options: BaseModel | None = None):
@@ -722,6 +738,23 @@ class Reporter(ABC):
     @abstractmethod
     def render(self, run: RunResult) -> str:
         """Return the file's text; the runner writes it atomically to ``run.directory / filename``."""
+
+
+class Publisher(Reporter):
+    """A reporter that sends the finished run elsewhere (a tracking server) instead of writing a file of its own.
+
+    The runner calls ``publish`` once every file of the run is in place in ``run.directory`` (predictions.jsonl and
+    every file reporter's report), so what it sends is the run's final files; a publisher that fails leaves them as
+    they are."""
+
+    filename: ClassVar[None] = None
+
+    def render(self, run: RunResult) -> str:
+        raise TypeError(f"{type(self).__name__} is a Publisher: it writes no file, the runner calls publish() instead")
+
+    @abstractmethod
+    def publish(self, run: RunResult) -> None:
+        """Send the finished run; raise an :class:`~nlpflow.NlpflowError` saying what failed and where."""
 
 
 class RunCollector(ABC):

@@ -35,7 +35,6 @@ from nlpflow.engine.model_stage import ModelStage
 from nlpflow.engine.predicting import Predictor, load_model
 from nlpflow.engine.preprocessing import Preprocessing
 from nlpflow.engine.reading import ExampleReader
-from nlpflow.engine.run_folder import record_run_files
 from nlpflow.engine.scoring import Scoring
 from nlpflow.registry import default_registry
 
@@ -87,8 +86,8 @@ class Runner:
 
     def preflight(self, records: int = PREFLIGHT_RECORDS, *, problems: list[NlpflowError] | None = None) -> None:
         """What ``validate`` checks without running the model: the data file opens with its reader and its first
-        ``records`` records have the mapped fields, the model's config resolves (no weights are read), and the
-        model's labels meet the data's.
+        ``records`` records have the mapped fields, the model's config resolves and its backend's other checks pass
+        (``Backend.check_model``: no weights are read), and the model's labels meet the data's.
 
         Raises the first problem; with a ``problems`` list, appends each to it instead. The data and the model are
         checked either way, each without the other; the labels need both, so they are checked only when both pass."""
@@ -103,7 +102,7 @@ class Runner:
         with report.check():
             if config.model is not None and self.pipeline.backend is not None:
                 try:
-                    self.pipeline.backend.checkpoint_config(config.model)
+                    self.pipeline.backend.check_model(config.model)
                 except ModelError as error:
                     raise ModelError(f"{config.location('model')}: pipeline {self.pipeline.name!r}: {error}") from None
             model_ok = True
@@ -183,7 +182,7 @@ class Runner:
             # every report is rendered and written to a temporary file before the previous run's files are touched,
             # so a full disk or a failing write leaves the previous run whole
             staged, failures = reporting.stage_reports(self.pipeline, self.directory, result, self.counts)
-            reporting.put_in_place(self.pipeline, self.directory, partial, staged)
+            reporting.put_in_place(self.directory, partial, staged)
             result.predictions_file = None
         except OSError as error:
             partial.unlink(missing_ok=True)
@@ -194,11 +193,11 @@ class Runner:
             ) from None
         except KeyboardInterrupt as interrupt:
             partial.unlink(missing_ok=True)
-            raise RunInterrupted(self.pipeline.name, self.counts.saved, self.cache is not None) from interrupt
+            raise RunInterrupted(self.pipeline.name, self.counts.reusable, self.cache is not None) from interrupt
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        record_run_files(self.directory, ["predictions.jsonl", *staged])
+        failures += reporting.publish(self.pipeline, result)
         if failures:
             raise failures[0]
         return result
