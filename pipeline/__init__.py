@@ -32,6 +32,7 @@ from nlpflow.contract.errors import (
 from nlpflow.contract.files import default_cache_dir, file_sha256, handle_sha256, stage_file, write_atomic
 from nlpflow.contract.hub import (
     CHARACTERS_PER_TOKEN,
+    check_weight_format,
     checkpoint_config,
     checkpoint_directory,
     files_fingerprint,
@@ -71,12 +72,14 @@ from nlpflow.contract.types import (
     NoOptions,
     Prediction,
     Preprocessor,
+    Publisher,
     RawRecord,
     Reader,
     Reporter,
     RunCollector,
     RunResult,
     Task,
+    TaskContext,
     TaskModel,
     json_type,
 )
@@ -92,9 +95,9 @@ __all__ = [
     # hooks
     "hookimpl",
     # what plugins subclass
-    "Task", "TaskModel", "Metric", "Preprocessor", "Reader", "Reporter", "RunCollector", "Backend", "Executor", "NoOptions",
+    "Task", "TaskModel", "Metric", "Preprocessor", "Reader", "Reporter", "Publisher", "RunCollector", "Backend", "Executor", "NoOptions",
     # records passed between stages
-    "Example", "Features", "Prediction", "RawRecord", "RunResult", "LoadedModel", "ModelConfig",
+    "Example", "Features", "Prediction", "RawRecord", "RunResult", "LoadedModel", "ModelConfig", "TaskContext",
     # heads: what a task asks a backend to compute (the built-in ones; plugins declare more with register_heads)
     "Head", "HEADS", "OUTPUT_SHAPES",
     # errors a plugin may raise, and those nlpflow.run and nlpflow.validate raise
@@ -104,7 +107,7 @@ __all__ = [
     "tokenize", "input_limit", "has_head", "json_type", "CHARACTERS_PER_TOKEN",
     # helpers for backends that load transformers checkpoints
     "resolve_model_path", "hub_arguments", "hub_offline", "checkpoint_config", "checkpoint_directory", "load_tokenizer",
-    "require_head", "not_found_message", "files_fingerprint",
+    "require_head", "not_found_message", "files_fingerprint", "check_weight_format",
     # the toolkit for transformers-based backends: subclass TransformersBackend, write open() and run()
     "TransformersBackend", "TransformersHead", "OpenedModel", "resolve_device", "resolve_dtype", "load_module",
     "parameters_fingerprint",

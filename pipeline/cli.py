@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="run every pipeline with a model on this model instead")
     run.add_argument(
         "--set", action="append", default=[], metavar="PIPELINE.KEY=VALUE",
-        help="override a setting without editing the YAML (VALUE is YAML: --set reviews-sentiment.options.mode=zero-shot); repeatable",
+        help="override a setting without editing the YAML (VALUE is YAML: --set reviews-sentiment.options.mode=zero-shot; "
+        "null removes the key, so its default applies); repeatable",
     )
     run.add_argument("--json", action="store_true", help="print every pipeline's metrics to stdout as JSON")
     run.add_argument("--keep-going", action="store_true", help="run the other pipelines after one fails; print a summary and exit non-zero")
@@ -61,12 +62,19 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("-c", "--config", type=Path, default=Path("pipelines.yaml"))
     validate.add_argument("--set", action="append", default=[], metavar="PIPELINE.KEY=VALUE", help="check with this override, as run --set")
 
-    init = commands.add_parser("init", help="write a commented pipelines.yaml for a task and a data file (never overwrites)")
+    init = commands.add_parser("init", help="write a commented pipelines.yaml for a task and a data file (never overwrites)",
+                               description="Write a commented pipelines.yaml for TASK over DATA_FILE: fields from its first "
+                               "records' columns, labels from all its records (pos/neg-style names mapped onto the built-in "
+                               "sentiment labels; names such as 1 or LABEL_0 get a DESCRIBE: placeholder that validate refuses "
+                               "until it is filled in). Never overwrites a file.")
     init.add_argument("task", metavar="TASK", help="task name (see `nlpflow tasks`)")
     init.add_argument("data", type=Path, metavar="DATA_FILE", help="data file; its columns and labels pre-fill the pipeline")
     init.add_argument("-o", "--output", type=Path, default=Path("pipelines.yaml"), help="file to write (default: pipelines.yaml)")
     init.add_argument("--name", default=None, help="pipeline name (default: DATA-TASK)")
-    init.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="model (default: the embedded MiniLM, or a rule, where the task has one)")
+    init.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="model (default: the embedded MiniLM, or a rule, where the task has one); "
+                      "a causal language model (GPT-2, Llama, Qwen2, ...; told from its config.json) gets the task's prompted mode: "
+                      "loglikelihood with a prompt for sentiment and text-classification, generate with a prompt for question-answering, "
+                      "translation and summarization")
     init.add_argument("--backend", default=None, metavar="NAME", help="backend that runs the model, written as model.backend (default: torch; `nlpflow tasks` lists them)")
 
     tasks = commands.add_parser("tasks", help="list tasks, metrics, preprocessors, readers and reporters, with their plugins")

@@ -43,8 +43,11 @@ as Markdown or a self-contained HTML page.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -53,7 +56,7 @@ import numpy as np
 
 from nlpflow.contract.errors import NlpflowError
 from nlpflow.engine.report import bootstrap_indices
-from nlpflow.contract.types import ExampleError, Metric
+from nlpflow.contract.types import ExampleError, Metric, Task
 
 #: the significance level the disagreement between the two tests is judged at
 ALPHA = 0.05
@@ -63,9 +66,10 @@ STATS_CHUNK = 1024
 
 
 class CompareError(NlpflowError):
-    """Runs that cannot be compared: missing files, different data, different tasks."""
+    """Runs that cannot be compared: missing files, different data, different tasks, a predictions file that does not
+    fit the baseline. A mistake in the command's inputs, so it exits as the other input errors do."""
 
-    exit_code = 6
+    exit_code = 2
 
 
 @dataclass
@@ -109,6 +113,8 @@ class PredictionsFile(Run):
     """Another system's predictions joined to a run's records: scored as a run with the run's references and metrics."""
 
     lines: list[dict[str, Any]] | None = None
+    #: what joining the file found worth saying (labels the run does not know)
+    notes: list[str] | None = None
 
     def iter_predictions(self) -> Iterator[dict[str, Any]]:
         return iter(self.lines or [])
@@ -151,9 +157,10 @@ def load_predictions_file(path: Path, base: Run, registry) -> PredictionsFile:
                     )
             elif kind != join_by:
                 raise CompareError(f"{where}: this line has {kind!r} but the file's first line is joined by {join_by!r}; use one")
-            target = by_key[kind].get(_hashable(record[kind]))
+            target = _find_record(by_key[kind], record[kind])
             if target is None:
-                raise CompareError(f"{where}: {kind} {record[kind]!r} is not a record of the run {base.directory}")
+                raise CompareError(f"{where}: {kind} {record[kind]!r} is not a record of the run {base.directory}"
+                                   f"{_key_types_note(by_key[kind], record[kind], kind)}")
             if target["index"] in joined:
                 raise CompareError(f"{where}: a second prediction for {kind} {record[kind]!r}")
             try:
@@ -168,6 +175,8 @@ def load_predictions_file(path: Path, base: Run, registry) -> PredictionsFile:
             f"{path}: no prediction for {len(missing)} of the {len(scored)} records the run {base.directory} scored "
             f"(the first: {join_by or 'index'} {first!r}); a paired comparison needs every one"
         )
+    run_labels = [line["reference"] for line in scored] + [line.get("prediction") for line in base_lines]
+    notes = _foreign_label_notes(task, path, [joined[line["index"]] for line in scored], run_labels)
     report = {
         **base.report,
         "pipeline": path.name,
@@ -177,11 +186,71 @@ def load_predictions_file(path: Path, base: Run, registry) -> PredictionsFile:
         "counts": {"scored": len(scored)},
     }
     lines = [{"index": line["index"], "prediction": joined[line["index"]], "reference": line["reference"]} for line in scored]
-    return PredictionsFile(path, report, lines=lines)
+    return PredictionsFile(path, report, lines=lines, notes=notes)
 
 
 def _hashable(value: Any) -> Any:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+
+
+def _find_record(records: dict[Any, dict], key: Any) -> dict | None:
+    """The run's record with ``key``; a number and its decimal text name the same record (a CSV run reads every id as
+    text, a JSON writer often writes it as a number), unless the run has both spellings, when only the exact one does."""
+    found = records.get(_hashable(key))
+    if found is not None:
+        return found
+    if isinstance(key, int) and not isinstance(key, bool):
+        return records.get(str(key))
+    if isinstance(key, str) and re.fullmatch(r"-?[0-9]+", key):
+        return records.get(int(key))
+    return None
+
+
+def _key_types_note(records: dict[Any, dict], key: Any, kind: str) -> str:
+    """Why an id may not have matched: the run's ids are of another JSON type than this one."""
+    run_types = {_json_type_name(value) for value in records}
+    if not run_types or _json_type_name(_hashable(key)) in run_types:
+        return ""
+    example = next(iter(records))
+    return f" (this {kind} is {_json_type_name(_hashable(key))}, the run's are {' or '.join(sorted(run_types))}, such as {example!r})"
+
+
+def _json_type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "text" if isinstance(value, str) else "a JSON value"
+
+
+def _foreign_label_notes(task, path: Path, predictions: list[Any], run_labels: list[Any]) -> list[str]:
+    """``run``'s label check, for a predictions file of a task that predicts from a fixed label set: refuse a file
+    none of whose labels is a label of the run (its references and its own predictions), as it would score 0 while
+    looking like a result, and note the labels the run does not have, since every prediction with one scores as wrong."""
+    if type(task).output_labels is Task.output_labels:
+        return []  # open-ended predictions (text, spans): any value is a fair answer
+    known = set(_labels_in(run_labels))
+    predicted = Counter(_labels_in(predictions))
+    foreign = {label: count for label, count in sorted(predicted.items()) if label not in known}
+    if not foreign:
+        return []
+    if predicted and len(foreign) == len(predicted):
+        pairs = {label: (difflib.get_close_matches(label, sorted(known), n=1, cutoff=0) or sorted(known) or ["?"])[0] for label in foreign}
+        raise CompareError(
+            f"{path}: none of its predicted labels {sorted(foreign)} is a label of the run {sorted(known)}, so every "
+            f"prediction would score 0; write the predictions in the run's labels (for instance "
+            + ", ".join(f"{label} -> {reference}" for label, reference in pairs.items()) + ")"
+        )
+    listed = ", ".join(f"{label!r} ({count})" for label, count in foreign.items())
+    return [(f"{path.name}: predicted labels that are not labels of the run, so those predictions score as wrong: "
+             f"{listed}; the run's labels are {sorted(known)}")]
+
+
+def _labels_in(values: list[Any]) -> list[str]:
+    """Each label in ``values`` (one label, or a list of them: multi-label), as text. A label is text or a number;
+    other values (log-likelihood mode's ``{"label", "label_norm"}``) are not compared."""
+    return [str(label) for value in values for label in (value if isinstance(value, list) else [value])
+            if isinstance(label, (str, int)) and not isinstance(label, bool)]
 
 
 def _task_for(run: Run, registry):
@@ -380,6 +449,7 @@ def compare_runs(
 
     scored = [_scored(run) for run in runs]
     result["notes"] += check_comparable(runs, scored)
+    result["notes"] += [note for run in runs if isinstance(run, PredictionsFile) for note in run.notes or []]
     base_indices = scored[0][0]
 
     for name in metric_names:

@@ -18,8 +18,8 @@ class Overrides:
 
     ``limit`` sets ``data.limit`` in every pipeline; ``device``, ``batch_size`` and ``model`` set ``model.device``,
     ``model.batch_size`` and ``model.name_or_path`` in every pipeline that has a ``model:`` block. ``set`` holds
-    ``PIPELINE.KEY.PATH=VALUE`` texts (``--set``), VALUE read as YAML, applied after the others. Each value is
-    checked by the pipelines schema once, and an error in it names its flag (``--device``, ``--set ...``)."""
+    ``PIPELINE.KEY.PATH=VALUE`` texts (``--set``), VALUE read as YAML (null removes the key, so its default applies),
+    applied after the others. Each value is checked by the pipelines schema once, and an error in it names its flag (``--device``, ``--set ...``)."""
 
     limit: int | None = None
     device: str | None = None

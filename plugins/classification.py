@@ -25,9 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nlpflow import (
     Backend, Example, ExampleError, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, Task, TaskModel,
-    ConfigError, has_head, hookimpl, input_limit, json_type, tokenize,
+    ConfigError, TaskContext, has_head, hookimpl, input_limit, json_type, tokenize,
 )
-from nlpflow.plugins.prompting import FewShotOptions, PromptBuilder, chat_text, read_few_shot_source, sample_shots, uses_chat_template
+from nlpflow.plugins.prompting import (
+    FewShotOptions, PromptBuilder, chat_text, check_pool_size, read_few_shot_source, sample_shots, shots_from_examples, uses_chat_template,
+)
 
 #: Zero-shot descriptions: each label's embedding is the mean of its descriptions' embeddings
 #: (a prototype), which is steadier than any single phrasing.
@@ -39,13 +41,21 @@ SENTIMENT_LABELS = {
 }
 
 
+#: the keys of a log-likelihood prediction's value: the argmax of the log-likelihood and of it per character
+LOGLIKELIHOOD_PREDICTION_KEYS = frozenset({"label", "label_norm"})
+
+#: architecture suffixes of causal language models (GPT2LMHeadModel, LlamaForCausalLM, ...), as the torch backend
+#: tells them from encoders
+CAUSAL_LM_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+
+
 class ClassificationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     labels: dict[str, str | list[str]] | list[str] | None = Field(None, description="dataset labels; for zero-shot, a mapping label -> description or list of descriptions (a plain list uses each label as its own description)")
     label_map: dict[str, str] = Field(default_factory=dict, description="dataset label -> model label (id2label name), when the names differ")
     mode: Literal["auto", "sequence-classification", "zero-shot", "loglikelihood"] = Field(
-        "auto", description="auto: sequence-classification when the checkpoint has a classification head, else zero-shot; "
-        "loglikelihood: a causal LM scores each label after the prompt"
+        "auto", description="auto: sequence-classification when the checkpoint has a classification head, loglikelihood when it "
+        "is a causal LM, else zero-shot; loglikelihood: a causal LM scores each label after the prompt"
     )
     multi_label: bool = Field(False, description="each text has a set of labels (a list, or a comma-separated string)")
     threshold: float = Field(0.5, ge=0, le=1, description="multi-label: a label is predicted when its probability reaches this")
@@ -83,14 +93,39 @@ class TextClassification(Task):
     reference_fields = ("label",)
     default_metrics = ("accuracy", "macro_f1")
     Options = ClassificationOptions
+    rank_ties_by_confidence = True
 
     def __init__(self, options: BaseModel | None = None):
         super().__init__(options)
         self.prompt = PromptBuilder(self.options.prompt)
+        #: the method, once :meth:`prepare` has read the checkpoint's config under ``mode: auto``
+        self.mode = self.options.mode
+        #: the few-shot pool; None until :meth:`prepare` has read it (no few-shot examples are rendered before)
+        self.shots: list[dict[str, Any]] | None = None if self._few_shot else []
+
+    @property
+    def _few_shot(self) -> bool:
+        return bool(self.options.few_shot.k) and self.mode == "loglikelihood"
+
+    def prepare(self, context: TaskContext) -> None:
+        """Picks the method under ``mode: auto`` (prompts are rendered in :meth:`check_example` for loglikelihood), then
+        reads the few-shot pool: ``few_shot.source`` relative to the pipelines file, with the pipeline's field names,
+        or, without a source, the pipeline's own examples (a first pass over the data; a record is never its own shot)."""
+        if self.options.mode == "auto" and context.model is not None and context.backend is not None:
+            try:
+                self.mode = self._mode(context.model, context.backend)
+            except ModelError:
+                pass  # a checkpoint that cannot be read is reported where the model loads (and by validate's model check)
+        self.shots = None if self._few_shot else []
+        if not self._few_shot:
+            return
         few_shot = self.options.few_shot
-        self.shots = read_few_shot_source(few_shot.source) if few_shot.k and self.options.mode == "loglikelihood" else []
-        if self.shots and few_shot.k > len(self.shots):
-            raise ConfigError(f"options.few_shot: k is {few_shot.k} but {few_shot.source} has only {len(self.shots)} examples")
+        if few_shot.source is not None:
+            shots = read_few_shot_source(few_shot.source, fields=context.fields, folder=context.folder)
+        else:
+            shots = shots_from_examples(context.examples())
+        check_pool_size(shots, few_shot)
+        self.shots = shots
 
     def check_example(self, example: Example) -> None:
         text = example.fields.get("text")
@@ -103,11 +138,25 @@ class TextClassification(Task):
         if label is not None:
             fields["label"] = self._normalise_label(label, "label")
         if "prediction" in fields:
-            fields["prediction"] = self._normalise_label(fields["prediction"], "prediction")
-        if self.options.mode == "loglikelihood":
+            prediction = fields["prediction"]
+            if isinstance(prediction, dict) and set(prediction) == LOGLIKELIHOOD_PREDICTION_KEYS:
+                # a log-likelihood run's predictions.jsonl, scored again (or compared) as given predictions
+                fields["prediction"] = {key: self._normalise_label(value, f"prediction.{key}") for key, value in sorted(prediction.items())}
+            else:
+                fields["prediction"] = self._normalise_label(prediction, "prediction")
+        if self.mode == "loglikelihood":
             # rendered here, like text-generation's prompt, so the prediction cache keys on the text the model reads
             fields["prompt"] = self.prompt.render({**example.columns, **fields})
-            fields["few_shot"] = [[self.prompt.render(shot), self._answer(shot["label"])] for shot in sample_shots(self.shots, self.options.few_shot, example.index)]
+            if self.shots is not None:
+                fields["few_shot"] = [[self.prompt.render(shot), self._answer(shot["label"])]
+                                      for shot in sample_shots(self.shots, self.options.few_shot, example.index)]
+
+    def cache_inputs(self, example: Example) -> Mapping[str, Any]:
+        if self.mode != "loglikelihood":
+            return super().cache_inputs(example)
+        # the context the model reads: the rendered prompt and few-shot examples (which depend on the record's index
+        # and, drawn from the data itself, on the other records)
+        return {name: example.fields.get(name) for name in ("prompt", "few_shot")}
 
     def _answer(self, label: Any) -> str:
         """The text scored for a dataset label: its model label through ``options.label_map``."""
@@ -131,16 +180,23 @@ class TextClassification(Task):
         return value
 
     def _mode(self, model: ModelConfig, backend: Backend) -> str:
+        """``options.mode``, or under ``auto`` the one the checkpoint's config (its ``architectures``) fits: a
+        classification head, a causal language model (by log-likelihood), else a sentence encoder (zero-shot)."""
         if self.options.mode != "auto":
             return self.options.mode
-        return "sequence-classification" if has_head(backend.checkpoint_config(model), "ForSequenceClassification") else "zero-shot"
+        checkpoint = backend.checkpoint_config(model)
+        if has_head(checkpoint, "ForSequenceClassification"):
+            return "sequence-classification"
+        if any(has_head(checkpoint, suffix) for suffix in CAUSAL_LM_ARCHITECTURES):
+            return "loglikelihood"
+        return "zero-shot"
 
     def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         options = self.options
         if self._mode(model, backend) == "loglikelihood":
             _check_loglikelihood_options(options, model.name_or_path)
             # the backend refuses an encoder checkpoint here, naming the heads it fits
-            return LoglikelihoodClassifier(backend.load(model, "token-logprobs"), options)
+            return LoglikelihoodClassifier(backend.load(model, "choice-logprobs"), options)
         if self._mode(model, backend) == "zero-shot":
             _check_zero_shot_labels(options, model.name_or_path)
             return ZeroShotClassifier(backend.load(model, "embedding"), options)
@@ -160,9 +216,12 @@ class TextClassification(Task):
 
 def _check_zero_shot_labels(options: ClassificationOptions, model_name: str) -> None:
     if not options.labels:
+        # label_map points dataset labels at options.labels, so on its own it leaves nothing to point at
+        mapped = (f"; options.label_map maps dataset labels onto these labels, so it needs them too, for instance "
+                  f"`labels: {{{next(iter(options.label_map.values()))}: [\"a description of it\"]}}`") if options.label_map else ""
         raise ModelError(
             f"zero-shot classification with {model_name!r} needs options.labels "
-            "(a list of labels, or a mapping from label to a description)"
+            f"(a list of labels, or a mapping from label to a description){mapped}"
         )
 
 
@@ -181,9 +240,15 @@ def dataset_labels(model_labels: list[str], options: ClassificationOptions, mode
     unknown = [m for m in to_dataset if m not in model_labels]
     if unknown:
         source = "options.labels" if zero_shot else "id2label"
+        dataset_label = next(d for d, m in options.label_map.items() if m == unknown[0])
+        way = (f"map each dataset label onto one of them (for instance `label_map: {{{dataset_label}: {model_labels[0]}}}`)"
+               if model_labels else "give options.labels")
+        if zero_shot:
+            way += (f", or make {unknown} labels of the model by describing them in options.labels "
+                    f"(for instance `labels: {{{unknown[0]}: [\"a description of it\"], ...}}`)")
         raise ModelError(
             f"model {model_name!r}: options.label_map maps to model labels {unknown} it does not have; its labels "
-            f"({source}) are {model_labels}"
+            f"({source}) are {model_labels}: {way}"
         )
     wanted = None if zero_shot or not options.labels else list(options.labels)
     if wanted is None:
@@ -254,7 +319,13 @@ class SequenceClassifier(_TextClassifierModel):
 
 
 class ZeroShotClassifier(_TextClassifierModel):
-    """Cosine similarity between mean-pooled sentence embeddings of the text and of each label's description."""
+    """Cosine similarity between mean-pooled sentence embeddings of the text and of each label's description.
+
+    A text's embedding does not depend on the labels, so the engine caches it (``caches_outputs``): a change of
+    descriptions or template embeds only the descriptions and compares them with the cached text embeddings.
+    """
+
+    caches_outputs = True
 
     def __init__(self, loaded: LoadedModel, options: ClassificationOptions):
         super().__init__(loaded, options)
@@ -289,10 +360,6 @@ class ZeroShotClassifier(_TextClassifierModel):
         return prediction
 
 
-#: the ``token-logprobs`` head's "not scored" target: the context before a label's tokens
-UNSCORED_TARGET = -100
-
-
 class LoglikelihoodClassifier(TaskModel):
     """Each label scored as the continuation of the prompt by a causal LM (lm-evaluation-harness's ``multiple_choice``).
 
@@ -300,12 +367,17 @@ class LoglikelihoodClassifier(TaskModel):
     example a user and an assistant turn, the label following the assistant's opening directly), or joined by
     ``fewshot_delimiter`` with ``target_delimiter`` before each label. Context and label are tokenized as
     lm-evaluation-harness does: whitespace at the end of the context moves to the label, context and label are
-    encoded together and split at the context's length. One feature per (record, label), batched by the model
-    stage; the prompt's forward is computed once per label (no shared-prefix cache).
+    encoded together and split at the context's length. One feature per record, through the ``choice-logprobs``
+    head: the context's forward runs once and every label is scored against its KV cache.
+
+    A context too long for the window is cut from the left, as lm-evaluation-harness does, so that the longest
+    label fits after it; every label is then scored after the same context (lm-evaluation-harness cuts per label,
+    so its labels may see contexts of different lengths).
 
     The prediction's value holds two argmaxes, ``label`` (of the summed log-likelihood) and ``label_norm`` (of the
     log-likelihood per character of the label text), which ``accuracy`` and ``accuracy_norm`` score; its details
-    hold each label's ``loglikelihood`` and ``probability`` (softmax over the labels' log-likelihoods).
+    hold each label's ``loglikelihood``, ``probability`` (softmax over the labels' log-likelihoods) and ``greedy``
+    (every token of the label was the model's greedy choice).
     """
 
     def __init__(self, loaded: LoadedModel, options: ClassificationOptions):
@@ -330,6 +402,9 @@ class LoglikelihoodClassifier(TaskModel):
 
     def context(self, example: Example) -> str:
         """The text before each label: system message, few-shot examples and prompt."""
+        if "few_shot" not in example.fields:
+            raise ModelError(f"record {example.index} was checked before the task's few-shot pool was read: call Task.prepare "
+                             "before check_example (the runner does)")
         options, prompt, shots = self.options, example.fields["prompt"], example.fields["few_shot"]
         if self.use_chat_template:
             return chat_text(self.loaded, options.system, [tuple(shot) for shot in shots], prompt)
@@ -352,25 +427,33 @@ class LoglikelihoodClassifier(TaskModel):
         features = []
         for position, example in enumerate(examples):
             context = self.context(example)
-            for label in self.model_labels:
-                context_ids, label_ids = self.split_tokens(context, self.delimiter + label)
+            pairs = [self.split_tokens(context, self.delimiter + label) for label in self.model_labels]
+            for label, (_, label_ids) in zip(self.model_labels, pairs):
                 if not label_ids:
                     raise ModelError(f"model {self.loaded.name_or_path!r}: label {label!r} tokenizes to nothing after the prompt of record {example.index}")
-                if not context_ids:
-                    raise ModelError(f"record {example.index}: the prompt tokenizes to nothing, so no label can be scored after it")
-                # lm-evaluation-harness keeps the last window + 1 tokens, cutting the context from the left
-                sequence = (context_ids + label_ids)[-(self.window + 1):]
-                if len(sequence) < len(context_ids) + len(label_ids):
-                    example.notes["truncated"] = True
-                unscored = len(sequence) - len(label_ids) - 1
-                inputs = {"input_ids": sequence[:-1], "attention_mask": [1] * (len(sequence) - 1),
-                          "target_ids": [UNSCORED_TARGET] * unscored + label_ids}
-                features.append(Features(position, inputs, extra=unscored))
+            # every label's context tokens are the same unless the context's last token merged with a label's first
+            # (never with a delimiter that starts with whitespace); then the labels share the common part and the
+            # tokens after it are scored with the label
+            shared = _common_prefix([context_ids for context_ids, _ in pairs])
+            choices = [context_ids[len(shared):] + label_ids for context_ids, label_ids in pairs]
+            # a label's last token is never fed, so context + longest label may be one token longer than the window
+            room = self.window + 1 - max(map(len, choices))
+            if room < 1:
+                raise ModelError(f"record {example.index}: a label is {max(map(len, choices))} tokens long, which leaves no room "
+                                 f"for the prompt in the model's window of {self.window} tokens")
+            if len(shared) > room:
+                shared = shared[-room:]
+                example.notes["truncated"] = True
+            if not shared:
+                raise ModelError(f"record {example.index}: the prompt tokenizes to nothing, so no label can be scored after it")
+            input_ids = shared + [token for choice in choices for token in choice]
+            choice_index = [0] * len(shared) + [k for k, choice in enumerate(choices, 1) for _ in choice]
+            features.append(Features(position, {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "choice_index": choice_index}))
         return features
 
     def decode(self, example: Example, features: Sequence[Features], outputs: Sequence[Mapping[str, Any]]) -> Prediction:
-        loglikelihoods = np.array([np.asarray(output["logprobs"], dtype=np.float64)[feature.extra:].sum()
-                                   for feature, output in zip(features, outputs)])
+        loglikelihoods = np.asarray(outputs[0]["loglikelihood"], dtype=np.float64)
+        greedy = [bool(value) for value in outputs[0]["greedy"]]
         lengths = np.array([len(self.delimiter + label) for label in self.model_labels], dtype=np.float64)
         exponentials = np.exp(loglikelihoods - loglikelihoods.max())
         probabilities = exponentials / exponentials.sum()
@@ -378,8 +461,17 @@ class LoglikelihoodClassifier(TaskModel):
         details = {
             "loglikelihood": {label: float(value) for label, value in zip(self.labels, loglikelihoods)},
             "probability": {label: round(float(p), 6) for label, p in zip(self.labels, probabilities)},
+            "greedy": dict(zip(self.labels, greedy)),
         }
         return Prediction({"label": self.labels[best], "label_norm": self.labels[best_norm]}, details)
+
+
+def _common_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
+    first = sequences[0]
+    length = min(map(len, sequences))
+    for other in sequences[1:]:
+        length = next((i for i in range(length) if other[i] != first[i]), length)
+    return list(first[:length])
 
 
 # --- metrics -----------------------------------------------------------------

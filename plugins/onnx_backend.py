@@ -35,11 +35,13 @@ from nlpflow import (
     OpenedModel,
     TransformersBackend,
     TransformersHead,
+    check_weight_format,
     checkpoint_directory,
     default_cache_dir,
     file_sha256,
     hookimpl,
     load_module,
+    resolve_model_path,
 )
 from nlpflow.plugins.torch_backend import mean_pooled
 
@@ -162,6 +164,13 @@ def export_graph(model: ModelConfig, checkpoint: Any, tokenizer: Any, head: Head
             # the tracer warns about Python conditions it freezes (mask padding that is always 0 here: the
             # model stage pads the mask with the ids); they are noise for the user who only asked for a run
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # "If indices include negative values, the exported graph will produce incorrect results": said of every
+            # advanced indexing with two index tensors. In the encoders exported here that is transformers' padding
+            # mask, padding_mask[batch_idx, kv_idx], indexed by torch.arange of the batch and of the keys (offset 0
+            # in an encoder): never negative, so the warning does not apply (the tests compare the graphs' outputs
+            # with torch's)
+            warnings.filterwarnings(
+                "ignore", message="Exporting aten::index operator of advanced indexing", category=UserWarning)
             # the TorchScript exporter (dynamo=False): about 2-4 s on MiniLM against ~11 s for dynamo=True, and it
             # matches torch to ~1.6e-7 there. dynamo=True also needs dynamic_shapes that pass torch.export's
             # shape checks (plain Dim("rows"), Dim("tokens") per input failed validation on MiniLM with torch
@@ -206,6 +215,13 @@ class OnnxRuntimeBackend(TransformersBackend):
     name = "onnxruntime"
     description = "encoder checkpoints exported to ONNX (cached by weights fingerprint) and run with onnxruntime on CPU or CUDA"
     head_table = ONNX_HEADS
+
+    def check_model(self, model: ModelConfig) -> None:
+        self.checkpoint_config(model)
+        # a checkpoint that ships its own graph may run from it without its torch weights ever loading
+        directory = checkpoint_directory(resolve_model_path(model), model)
+        if directory is None or not any((directory / relative).is_file() for relative in SHIPPED_GRAPHS):
+            check_weight_format(model)
 
     def open(self, model: ModelConfig, head: Head, checkpoint: Any, tokenizer: Any, path: str, fingerprint: str | None) -> OpenedModel:
         onnxruntime = import_onnxruntime()

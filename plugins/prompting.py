@@ -1,4 +1,5 @@
-"""Prompts for causal language models: a Jinja2 template over a record's fields, and the tokenizer's chat template.
+"""Prompts for causal language models: a Jinja2 template over a record's fields, the tokenizer's chat template, and
+the few-shot pool (a file, or the pipeline's own data) with its samplers.
 
 Shared by the tasks that prompt a decoder-only model (text generation, classification by log-likelihood, and
 question answering, translation and summarization by generation), so the ``prompt``, ``system`` and
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Literal, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator
 
-from nlpflow import ConfigError, LoadedModel, ModelError
+from nlpflow import ConfigError, Example, LoadedModel, ModelError
 
 
 class PromptBuilder:
@@ -111,57 +113,123 @@ class FewShotOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     k: NonNegativeInt = Field(0, description="how many solved examples go before each prompt")
-    source: str | None = Field(None, description="JSON Lines file of solved examples with the data's field names (text, label); needed when k > 0")
+    source: str | None = Field(
+        None, description="JSON Lines file of solved examples with the data's field names, relative to the pipelines file; "
+        "none: the pipeline's own data, without the record itself")
     sampler: Literal["first", "random", "balanced"] = Field(
-        "first", description="first: the file's first k; random: k drawn per record; balanced: drawn per record, labels taking turns")
+        "first", description="first: the pool's first k; random: k drawn per record; balanced: drawn per record, labels taking turns")
     seed: int = Field(0, description="with the record's index, seeds the random and balanced samplers")
 
-    @model_validator(mode="after")
-    def _source_when_k(self) -> "FewShotOptions":
-        if self.k and not self.source:
-            raise ValueError("few_shot.k > 0 needs few_shot.source, a JSON Lines file of solved examples")
-        return self
+
+class ShotPool(list):
+    """Solved examples to draw few-shot examples from, each a dict of fields (a list, as a file's records are).
+
+    ``record_indices``, for a pool drawn from the pipeline's own data, holds
+    each shot's record index: :func:`sample_shots` then never gives a record
+    itself as one of its shots. Shots are grouped by label once, for the
+    balanced sampler.
+    """
+
+    def __init__(self, shots: Sequence[dict[str, Any]] = (), record_indices: Sequence[int] | None = None, label_field: str = "label"):
+        super().__init__(shots)
+        self.record_indices = list(record_indices) if record_indices is not None else None
+        self.position_of = {index: position for position, index in enumerate(self.record_indices or ())}
+        self.by_label: dict[str, list[int]] = {}
+        for position, shot in enumerate(self):
+            self.by_label.setdefault(str(shot.get(label_field)), []).append(position)
 
 
-def read_few_shot_source(path: str) -> list[dict[str, Any]]:
-    """The solved examples of ``few_shot.source``: JSON Lines records with a non-empty ``text`` and a ``label``."""
+def read_few_shot_source(
+    path: str | Path | None, *, fields: Mapping[str, str] | None = None, required: Sequence[str] = ("text", "label"),
+    folder: str | Path | None = None,
+) -> ShotPool:
+    """The solved examples of ``few_shot.source``: JSON Lines records, each a non-empty value in every ``required``
+    field. ``fields`` maps canonical field names to the file's columns (the pipeline's ``fields:`` mapping): each
+    record keeps its columns and gets each mapped value under its canonical name. A relative ``path`` is read from
+    ``folder`` (the pipelines file's folder) when given."""
+    if path is None:
+        raise ConfigError("options.few_shot.source is not set: a pool from the pipeline's own data is read in the task's "
+                          "prepare, with shots_from_examples(context.examples())")
+    fields = dict(fields or {})
+    location = Path(path).expanduser()
+    if folder is not None and not location.is_absolute():
+        location = Path(folder) / location
     records = []
     try:
-        lines = open(path, encoding="utf-8").read().splitlines()
+        lines = location.read_text(encoding="utf-8").splitlines()
     except OSError as error:
-        raise ConfigError(f"options.few_shot.source: cannot read {path}: {error.strerror}") from None
+        raise ConfigError(f"options.few_shot.source: cannot read {location}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"options.few_shot.source: {location} is not UTF-8 text ({error.reason})") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ConfigError(f"options.few_shot.source {path}:{number}: not JSON ({error.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or record.get("label") in (None, ""):
-            raise ConfigError(f"options.few_shot.source {path}:{number}: a record needs a string 'text' and a 'label'")
-        records.append(record)
-    return records
+            raise ConfigError(f"options.few_shot.source {location}:{number}: not JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise ConfigError(f"options.few_shot.source {location}:{number}: a record must be a JSON object")
+        shot = {**record, **{name: record[column] for name, column in fields.items() if column in record}}
+        missing = [name for name in required if not _present(shot.get(name))]
+        if missing:
+            named = ", ".join(repr(fields.get(name, name)) for name in missing)
+            raise ConfigError(f"options.few_shot.source {location}:{number}: a record needs a non-empty {named}")
+        records.append(shot)
+    return ShotPool(records)
+
+
+def shots_from_examples(examples: Iterable[Example], required: Sequence[str] = ("text", "label")) -> ShotPool:
+    """The pipeline's own examples as a pool (``few_shot.source`` absent): each example's columns and fields, the
+    examples lacking a ``required`` field left out (a record without a label cannot show the answer)."""
+    shots, indices = [], []
+    for example in examples:
+        if all(_present(example.fields.get(name)) for name in required):
+            shots.append({**example.columns, **example.fields})
+            indices.append(example.index)
+    return ShotPool(shots, indices)
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
+def check_pool_size(shots: Sequence[dict[str, Any]], few_shot: FewShotOptions) -> None:
+    """A ConfigError when the pool cannot give ``few_shot.k`` shots to every record (one fewer where the pool is
+    the data itself: a record is never its own shot)."""
+    own = isinstance(shots, ShotPool) and shots.record_indices is not None
+    available = len(shots) - own
+    if few_shot.k > available:
+        where = "the data has" if own else f"{few_shot.source} has"
+        usable = f"{len(shots)} examples with a label, so {available} for each record" if own else f"only {len(shots)} examples"
+        raise ConfigError(f"options.few_shot: k is {few_shot.k} but {where} {usable}")
 
 
 def sample_shots(shots: Sequence[dict[str, Any]], few_shot: FewShotOptions, index: int) -> list[dict[str, Any]]:
-    """``few_shot.k`` solved examples for record ``index``; seeded by (seed, index), so the same whatever the batching."""
+    """``few_shot.k`` solved examples for record ``index``; seeded by (seed, index), so the same whatever the
+    batching. From a :class:`ShotPool` of the data itself, record ``index`` is never among them."""
     if not few_shot.k:
         return []
+    pool = shots if isinstance(shots, ShotPool) else ShotPool(shots)
+    own = pool.position_of.get(index)
     if few_shot.sampler == "first":
-        return shots[: few_shot.k]
+        return [shot for position, shot in enumerate(pool[: few_shot.k + 1]) if position != own][: few_shot.k]
     generator = random.Random(f"{few_shot.seed}:{index}")
     if few_shot.sampler == "random":
-        return generator.sample(shots, few_shot.k)
-    by_label: dict[str, list[dict[str, Any]]] = {}
-    for shot in shots:
-        by_label.setdefault(str(shot["label"]), []).append(shot)
-    pools = [generator.sample(pool, len(pool)) for _, pool in sorted(by_label.items())]
-    generator.shuffle(pools)
+        # drawn among the positions without the record's own; those after it move up by one
+        drawn = generator.sample(range(len(pool) - (own is not None)), few_shot.k)
+        return [pool[position + (own is not None and position >= own)] for position in drawn]
+    # balanced: each label's pool in a random order, the labels in a random order, taking turns
+    queues = []
+    for _, positions in sorted(pool.by_label.items()):
+        drawn = generator.sample(positions, min(len(positions), few_shot.k + 1))
+        queues.append([position for position in drawn if position != own][: few_shot.k])
+    generator.shuffle(queues)
     chosen: list[dict[str, Any]] = []
-    while len(chosen) < few_shot.k:
-        for pool in pools:
-            if pool and len(chosen) < few_shot.k:
-                chosen.append(pool.pop())
+    while len(chosen) < few_shot.k and any(queues):
+        for queue in queues:
+            if queue and len(chosen) < few_shot.k:
+                chosen.append(pool[queue.pop(0)])
     return chosen
 
 

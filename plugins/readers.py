@@ -253,6 +253,11 @@ class DelimitedOptions(BaseModel):
 MAX_FIELD_CHARS = 2**31 - 1
 
 
+#: why a NUL byte in delimited text is refused rather than kept: text never holds one (JSON Lines refuses it as an
+#: invalid control character), so it marks a UTF-16 file or a damaged one, and a tokenizer would read it as text
+NUL_HINT = "text never holds one, so the file is damaged or not UTF-8 (UTF-16 has a NUL in every other byte)"
+
+
 class CsvReader(Reader):
     name = "csv"
     description = "Comma-separated values with a header row"
@@ -297,6 +302,9 @@ class CsvReader(Reader):
             if any(_has_bad_bytes(cell) for cell in header):
                 yield RawRecord(header_line, None, "header row is not valid UTF-8")
                 return
+            if any("\x00" in cell for cell in header):
+                yield RawRecord(header_line, None, f"header row holds a NUL byte (\\x00); {NUL_HINT}")
+                return
             duplicates = sorted({name for name in header if header.count(name) > 1})
             if duplicates:
                 yield RawRecord(header_line, None, f"header row names column(s) {', '.join(map(repr, duplicates))} more than once")
@@ -322,6 +330,10 @@ class CsvReader(Reader):
                     continue
                 if any(_has_bad_bytes(cell) for cell in row):
                     yield RawRecord(start, None, "not valid UTF-8")
+                    continue
+                if "\x00" in "".join(row):  # joined: one search per row, not one per field
+                    column = next(name for name, cell in zip(header, row) if "\x00" in cell)
+                    yield RawRecord(start, None, f"column {column!r} holds a NUL byte (\\x00); {NUL_HINT}")
                     continue
                 yield RawRecord(start, dict(zip(header, row)))
 

@@ -111,7 +111,9 @@ def _analysis_lines(report: dict) -> list[str]:
         if table.get("not_reported"):
             lines.append(f"| … | {table['not_reported']} smaller slices not shown | " + " | " * len(names))
     rank = analysis.get("rank_by")
-    if analysis.get("worst"):
+    if analysis.get("worst") and analysis.get("ties_ranked_by") == "confidence":
+        lines += _surest_mistakes_lines(rank, analysis["worst"])
+    elif analysis.get("worst"):
         lines += ["", f"## Worst examples by {_inline(rank)}", "", f"| index | id | {_cell(rank)} | prediction | reference |", "|---:|---|---:|---|---|"]
         for item in analysis["worst"]:
             lines.append(
@@ -121,6 +123,33 @@ def _analysis_lines(report: dict) -> list[str]:
     elif rank is not None and analysis.get("rank_by_varies") is False:
         lines += ["", f"Every example scored the same {_inline(rank)}, so no example is worse than another by it."]
     return lines
+
+
+#: characters of an input text shown in report.md's table of worst examples
+TABLE_TEXT_CHARS = 120
+
+
+def _surest_mistakes_lines(rank: str, worst: list[dict]) -> list[str]:
+    """The worst examples of a task whose equally scored examples rank by confidence (classification): the surest
+    wrong predictions first, each with its text, reference, prediction and the model's confidence in it."""
+    lines = ["", f"## Worst examples by {_inline(rank)}, the most confident first", "",
+             f"| index | id | text | reference | prediction | confidence | {_cell(rank)} |", "|---:|---|---|---|---|---:|---:|"]
+    for item in worst:
+        text = " ".join(str(value) for value in (item.get("inputs") or {}).values() if value is not None)
+        if len(text) > TABLE_TEXT_CHARS:
+            text = text[:TABLE_TEXT_CHARS].rstrip("…") + "…"
+        sure = item.get("confidence")
+        shown_confidence = f"{sure:.4f} ({_inline(item['confidence_of'])})" if sure is not None else "n/a"
+        lines.append(
+            f"| {item['index']} | {_cell(item.get('id', ''))} | {_cell(text)} | {_cell(_label(item['reference']))} | "
+            f"{_cell(_label(item['prediction']))} | {shown_confidence} | {item['scores'][rank]} |"
+        )
+    return lines
+
+
+def _label(value: object) -> str:
+    """A label as written; a multi-label set (or anything else that is not a string) as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 class MarkdownReporter(Reporter):
@@ -143,7 +172,8 @@ class MarkdownReporter(Reporter):
             else "- model: none (scored the `prediction` field of each record)",
             f"- records: {counts['read']} read, {counts['scored']} scored, {counts['skipped']} skipped, "
             f"{counts['truncated']} truncated, {counts['from_cache']} from cache",
-            f"- time: {report['timing']['wall_seconds']} s ({report['timing']['records_per_second']} records/s)",
+            f"- time: {report['timing']['wall_seconds']} s for the whole run, model loading included "
+            f"({report['timing']['records_per_second']} records/s)",
             "",
             f"| metric | value | {_confidence_label(report)} | n |",
             "|---|---:|---|---:|",

@@ -2,7 +2,8 @@
 
 Heads map to Auto classes through one table, :data:`TORCH_HEADS` (sequence
 classification, a plain encoder with mean pooling, question answering, seq2seq
-generation, a causal LM's token log-probabilities and decoder-only generation);
+generation, a causal LM's token log-probabilities, choices scored after one shared context, and
+decoder-only generation);
 a subclass adds a head with one row. Loading is safe by
 default: remote code only when the pipeline sets ``trust_remote_code``, and
 safetensors weights only unless ``allow_pickle: true``. On CUDA, batches are
@@ -131,6 +132,88 @@ def token_logprobs(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) 
     return logprobs.cpu().numpy()
 
 
+#: the ``choice-logprobs`` head's declaration: a plugin-declared head, computed by this backend only
+CHOICE_LOGPROBS = Head(
+    "choice-logprobs", {"loglikelihood": "row", "greedy": "row"},
+    "a causal language model (AutoModelForCausalLM) scoring several continuations of one context: a row's input_ids "
+    "are the context's tokens then each choice's, and choice_index marks them (0: context, k: the k-th choice, each "
+    "with at least one token, in order). The context runs once and every choice runs against its KV cache; per row, "
+    "each choice's summed log-probability (float64, from a float32 log-softmax) and whether every one of its tokens "
+    "was the greedy one (lm-evaluation-harness's is_greedy)",
+)
+
+
+def _cache_argument(module: torch.nn.Module) -> str:
+    """The forward's name for a KV cache to continue: ``cache`` in recent transformers, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def choice_logprobs(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The ``choice-logprobs`` head: per row, each choice's log-likelihood after the context, and its greediness.
+
+    The contexts run once, right-padded, with the KV cache kept and the vocabulary projected only at each row's last
+    context position (which predicts every choice's first token). The cache's rows are then repeated per choice and
+    all choices run in one forward against it, fed all but their last token, with position ids continuing each row's
+    own context and an attention mask that hides the context padding left inside the cache. A batch whose choices
+    are all one token long needs no second forward.
+    """
+    import torch
+
+    input_ids, segments = inputs["input_ids"], inputs["choice_index"]
+    real = inputs["attention_mask"].bool()
+    rows, device = len(input_ids), input_ids.device
+    # tokens per segment and row: column 0 the context, column k the k-th choice (padding counts nowhere)
+    counts = torch.zeros((rows, int(segments.max()) + 1), dtype=torch.long, device=device)
+    counts.scatter_add_(1, segments * real, real.long())
+    context_lengths, choice_lengths = counts[:, 0], counts[:, 1:]
+    choices_per_row = (segments * real).amax(1)
+    if bool((context_lengths < 1).any()) or bool(((choice_lengths > 0).sum(1) != choices_per_row).any()):
+        raise ValueError("choice-logprobs: every row needs a context and choices 1..k of at least one token each")
+    choice_row, choice_number = (choice_lengths > 0).nonzero(as_tuple=True)
+    lengths = choice_lengths[choice_row, choice_number]
+    starts = (context_lengths[:, None] + choice_lengths.cumsum(1) - choice_lengths)[choice_row, choice_number]
+    longest = int(lengths.max())
+    steps = torch.arange(longest, device=device)
+    valid = steps[None, :] < lengths[:, None]
+    targets = torch.where(valid, input_ids[choice_row[:, None], (starts[:, None] + steps).clamp(max=input_ids.shape[1] - 1)], 0)
+
+    context_width = int(context_lengths.max())
+    context_mask = (torch.arange(context_width, device=device)[None, :] < context_lengths[:, None]).long()
+    last_positions, last_column = torch.unique(context_lengths - 1, return_inverse=True)
+    context_inputs = {"input_ids": input_ids[:, :context_width], "attention_mask": context_mask, "use_cache": True}
+    if accepts_logits_to_keep(module):
+        context_output = module(**context_inputs, logits_to_keep=last_positions)
+        next_logits = context_output.logits[torch.arange(rows, device=device), last_column]
+    else:
+        context_output = module(**context_inputs)
+        next_logits = context_output.logits[torch.arange(rows, device=device), context_lengths - 1]
+    # logits[i, j] predicts targets[i, j]: the context's last position for j = 0, the choice's own position j - 1 after
+    logits = [next_logits[choice_row]]
+    if longest > 1:
+        cache = context_output.past_key_values
+        cache.batch_select_indices(choice_row)
+        fed = longest - 1
+        choice_inputs = {
+            "input_ids": targets[:, :fed], _cache_argument(module): cache,
+            "attention_mask": torch.cat([context_mask[choice_row], valid[:, :fed].long()], dim=1),
+            "position_ids": context_lengths[choice_row][:, None] + steps[None, :fed],
+        }
+        logits.append(module(**choice_inputs).logits)
+    del context_output
+    logits = torch.cat([logits[0][:, None], *logits[1:]], dim=1) if len(logits) > 1 else logits[0][:, None]
+    loglikelihoods = torch.zeros(len(choice_row), dtype=torch.float64, device=device)
+    greedy = torch.zeros(len(choice_row), dtype=torch.bool, device=device)
+    for choice in range(len(choice_row)):
+        # one choice at a time in float32: a large vocabulary never needs a float32 copy of the whole batch's logits
+        scored = torch.log_softmax(logits[choice, : int(lengths[choice])].float(), dim=-1)
+        wanted = targets[choice, : int(lengths[choice])]
+        loglikelihoods[choice] = scored.gather(-1, wanted[:, None]).double().sum()
+        greedy[choice] = bool((scored.argmax(-1) == wanted).all())
+    per_row = choices_per_row.cpu().tolist()
+    return ([values.numpy() for values in loglikelihoods.cpu().split(per_row)],
+            [values.numpy() for values in greedy.cpu().split(per_row)])
+
+
 def causal_generate(
     module: torch.nn.Module, tokenizer: Any, inputs: Mapping[str, torch.Tensor], *,
     eos_token_id: list[int], pad_token_id: int, stop_strings: list[str] | None = None, seed: int | None = None,
@@ -185,6 +268,11 @@ def _token_logprobs(loaded: LoadedModel, inputs: Mapping[str, Any], options: Map
     return {"logprobs": token_logprobs(loaded.handle, inputs)}
 
 
+def _choice_logprobs(loaded: LoadedModel, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    loglikelihood, greedy = choice_logprobs(loaded.handle, inputs)
+    return {"loglikelihood": loglikelihood, "greedy": greedy}
+
+
 def _causal_generated_ids(loaded: LoadedModel, inputs: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
     return {"sequences": causal_generate(loaded.handle, loaded.tokenizer, inputs, **options)}
 
@@ -201,6 +289,7 @@ TORCH_HEADS: dict[str, TorchHead] = {
     "generation": TorchHead(architecture=None, auto_class="AutoModelForSeq2SeqLM", compute=_generated_ids),
     "token-logprobs": TorchHead(architecture=None, auto_class="AutoModelForCausalLM", compute=_token_logprobs, causal=True),
     "causal-generation": TorchHead(architecture=None, auto_class="AutoModelForCausalLM", compute=_causal_generated_ids, causal=True),
+    "choice-logprobs": TorchHead(architecture=None, auto_class="AutoModelForCausalLM", compute=_choice_logprobs, causal=True),
 }
 
 #: architecture suffixes of causal language models (GPT2LMHeadModel, LlamaForCausalLM, ...)
@@ -220,7 +309,8 @@ def require_causal_fit(config: ModelConfig, checkpoint: Any, head: str, table: M
         fitting = [name for name, row in table.items() if row.causal]
         raise ModelError(
             f"model {config.name_or_path!r} is a causal language model ({found}); the {head!r} head needs an encoder checkpoint. "
-            f"Heads that fit it: {', '.join(fitting)} (tasks language-modeling, text-generation)"
+            f"Heads that fit it: {', '.join(fitting)} (tasks language-modeling, text-generation, and sentiment or text-classification "
+            "with mode: loglikelihood)"
         )
     fitting = [name for name, row in table.items() if not row.causal and (row.architecture is None or has_head(checkpoint, row.architecture))]
     raise ModelError(
@@ -279,3 +369,8 @@ class TorchBackend(TransformersBackend):
 @hookimpl
 def register_backends(register):
     register(TorchBackend)
+
+
+@hookimpl
+def register_heads(register):
+    register(CHOICE_LOGPROBS)

@@ -95,9 +95,9 @@ def test_ranked_keeps_extremes_earliest_first(monkeypatch):
     ranked = analysis._Ranked()
     kept = []
     for index, score in enumerate([0.5, 0.1, 0.9, 0.1, 0.3, 1.0, 0.9, 0.1, 0.2, 0.9]):
-        if ranked.note(score):
+        if ranked.note(score, 0.0, index):
             kept.append(index)
-            ranked.offer(score, index, {"index": index, "score": score})
+            ranked.offer(score, 0.0, index, {"index": index, "score": score})
     assert [item["index"] for item in ranked.worst()] == [1, 3, 7]
     assert [item["index"] for item in ranked.best()] == [5, 2, 6]
     # after the heaps fill, only strictly better scores are offered: not 0.2 (index 8) nor a third 0.9

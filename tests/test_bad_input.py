@@ -220,7 +220,7 @@ def test_pipelines_file_not_utf8(tmp_path, capsys):
     path.write_bytes(b"pipelines:\n  t: {task: caf\xe9}\n")
     code, stderr, errors = _run_cli(["run", "--config", str(path)], capsys)
     assert code == 2
-    assert _assert_one_clear_line(stderr, errors).startswith(f"error: {path}: cannot read pipelines file:")
+    assert _assert_one_clear_line(stderr, errors).startswith(f"error: {path}:2:16: not valid UTF-8: byte 0xe9")
 
 
 def test_many_pipelines_without_aliases_are_not_an_alias_bomb(tmp_path):

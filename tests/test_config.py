@@ -120,8 +120,9 @@ def test_nesting_up_to_the_limit_is_read(tmp_path):
 def test_load_config_reads_only_utf8(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_bytes(b"pipelines: {}\n\xff\n")
-    with pytest.raises(ConfigError, match="cannot read pipelines file"):
+    with pytest.raises(ConfigError, match="not valid UTF-8: byte 0xff") as caught:
         load_config(path)
+    assert str(caught.value).startswith(f"{path}:2:1: ")
     with pytest.raises(ConfigError, match="pipelines file not found"):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="cannot read pipelines file"):

@@ -1,5 +1,6 @@
 """Language modeling: perplexity equal to the transformers docs' strided loop and to lm-evaluation-harness's rolling
-windows, the same log-likelihoods at every batch size, on GPT-2, Llama and Qwen2; intervals over documents."""
+windows, the same log-likelihoods at every batch size, on GPT-2, Llama and Qwen2; intervals over documents; the cache
+key, a SIGKILLed run's byte-identical resume and the Ray executor's bytes."""
 
 from __future__ import annotations
 
@@ -291,3 +292,142 @@ def test_head_gives_float32_logprobs_from_a_bfloat16_model(gpt2_lm):
     ids = np.array([[0, 5, 9, 12]])
     out = loaded.run({"input_ids": ids[:, :-1], "attention_mask": np.ones((1, 3), dtype=np.int64), "target_ids": ids[:, 1:]})
     assert out["logprobs"].dtype == np.float32 and out["logprobs"].shape == (1, 3) and (out["logprobs"] < 0).all()
+
+
+# --- cache and resume -------------------------------------------------------------
+
+
+def many_documents(count: int = 40) -> list[str]:
+    """Pieces of the held-out text of varied lengths (one to several windows each)."""
+    text = " ".join(json.loads(line)["text"] for line in HELDOUT.read_text(encoding="utf-8").splitlines())
+    pieces, start = [], 0
+    for i in range(count):
+        length = 60 + (i * 97) % 400
+        pieces.append(text[start : start + length].strip())
+        start += length
+    assert all(pieces) and start < len(text)
+    return pieces
+
+
+def lm_config(tmp_path, model_path, texts, chunk_size: int, batch_size: int):
+    data = tmp_path / "lm.jsonl"
+    data.write_text("".join(json.dumps({"id": f"doc-{i}", "text": t}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+    pipeline = {"task": "language-modeling", "data": {"path": data.name}, "chunk_size": chunk_size,
+                "model": {"name_or_path": str(model_path), "device": "cpu", "max_length": WINDOW, "batch_size": batch_size}}
+    config = tmp_path / "lm.yaml"
+    config.write_text(json.dumps({"pipelines": {"lm": pipeline}}), encoding="utf-8")
+    return config
+
+
+def test_sigkilled_run_resumes_byte_identical(tmp_path, trained_gpt2_lm):
+    import subprocess
+    import sys
+
+    from tests.test_resume import SLOW_CLI, _env, _kill_part_way
+
+    chunk = 5
+    texts = many_documents()
+    config = lm_config(tmp_path, trained_gpt2_lm, texts, chunk_size=chunk, batch_size=3)
+
+    def cli(out, cache, delay: float = 0.0) -> subprocess.Popen:
+        arguments = ["run", "lm", "--config", str(config), "--output", str(out), "--cache-dir", str(cache)]
+        command = [sys.executable, "-c", SLOW_CLI, str(delay), *arguments] if delay else [sys.executable, "-m", "nlpflow.cli", *arguments]
+        return subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def finish(process: subprocess.Popen) -> None:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+
+    finish(cli(tmp_path / "baseline", tmp_path / "baseline-cache"))
+    stored = _kill_part_way(cli(tmp_path / "out", tmp_path / "cache", delay=0.5), tmp_path / "cache", at_least=2 * chunk)
+    assert 0 < stored < len(texts)
+    assert not (tmp_path / "out" / "lm" / "predictions.jsonl").exists()
+    finish(cli(tmp_path / "out", tmp_path / "cache"))
+    resumed = json.loads((tmp_path / "out" / "lm" / "report.json").read_text(encoding="utf-8"))
+    baseline = json.loads((tmp_path / "baseline" / "lm" / "report.json").read_text(encoding="utf-8"))
+    assert resumed["counts"]["from_cache"] >= stored
+    assert resumed["model"]["batches"] < baseline["model"]["batches"]  # the finished windows were not scored again
+    assert (tmp_path / "out" / "lm" / "predictions.jsonl").read_bytes() == (tmp_path / "baseline" / "lm" / "predictions.jsonl").read_bytes()
+    assert resumed["metrics"] == baseline["metrics"]
+
+
+def test_cache_key_holds_the_windows_and_the_weights(tmp_path, gpt2_lm):
+    """A change of stride or window, or new weights in the same folder, is a cache miss; the same run again hits."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(gpt2_lm, model)
+    texts = documents(3)
+    cache = tmp_path / "cache"
+
+    def from_cache(options=None, max_length=WINDOW) -> int:
+        result, _ = run_pipeline(tmp_path, model, texts, options=options, model={"max_length": max_length}, cache=cache)
+        return result.report["counts"]["from_cache"]
+
+    assert from_cache() == 0
+    assert from_cache() == len(texts)
+    assert from_cache(options={"stride": 16}) == 0
+    assert from_cache(options={"stride": 24}) == 0
+    assert from_cache(max_length=WINDOW // 2) == 0
+    weights = AutoModelForCausalLM.from_pretrained(model)
+    with torch.no_grad():
+        weights.get_output_embeddings().weight.mul_(1.5)
+    weights.save_pretrained(model)
+    assert from_cache() == 0
+    assert from_cache() == len(texts)
+
+
+def test_the_ray_executor_writes_the_local_bytes(tmp_path, trained_gpt2_lm, monkeypatch):
+    ray = pytest.importorskip("ray")
+    import tempfile
+
+    from nlpflow.api import validate
+    from nlpflow.cli import main
+    from nlpflow.engine.runner import Runner
+    from nlpflow.plugins.executors import RayExecutor
+
+    config = lm_config(tmp_path, trained_gpt2_lm, many_documents(12), chunk_size=5, batch_size=3)
+    assert main(["run", "lm", "--config", str(config), "--output", str(tmp_path / "local"), "--no-cache"]) == 0
+    # a short path: Ray's unix sockets live under it and their names are limited to about 100 characters
+    scratch = tempfile.mkdtemp(prefix="nlpflow-ray-", dir="/tmp")
+    monkeypatch.setenv("HOME", scratch)
+    monkeypatch.setenv("RAY_TMPDIR", scratch)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="warning", _temp_dir=scratch)
+    try:
+        Runner(validate(config, ["lm"])[0], tmp_path / "ray", None, interactive=False, executor=RayExecutor(RayExecutor.Options(workers=1))).run()
+    finally:
+        ray.shutdown()
+    local = (tmp_path / "local" / "lm" / "predictions.jsonl").read_bytes()
+    assert (tmp_path / "ray" / "lm" / "predictions.jsonl").read_bytes() == local
+
+
+@pytest.mark.parametrize("stop_at_batch", [4, 9], ids=["first-chunk", "second-chunk"])
+def test_an_interrupted_run_says_how_many_documents_the_rerun_takes_from_the_cache(tmp_path, gpt2_lm, monkeypatch, capsys, stop_at_batch):
+    """Documents of several windows span batches: one is reused only when none of its windows' batches is rerun (in
+    the first chunk, stopped part-way, no document has all its windows in finished batches that a rerun skips)."""
+    import nlpflow.engine.batches as batches
+    from nlpflow.cli import main
+    from tests.test_resume import _cached_rows
+
+    texts = many_documents(16)
+    texts[3] = texts[2]  # a repeat within the first chunk: computed again at each place, so never counted
+    config = lm_config(tmp_path, gpt2_lm, texts, chunk_size=8, batch_size=3)
+    original = batches.ChunkPlan.collate
+    calls = []
+
+    def interrupted(self, indices):
+        calls.append(len(indices))
+        if len(calls) == stop_at_batch:
+            raise KeyboardInterrupt
+        return original(self, indices)
+
+    monkeypatch.setattr(batches.ChunkPlan, "collate", interrupted)
+    arguments = ["run", "lm", "--config", str(config), "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(arguments) == 130
+    said = int(capsys.readouterr().err.split("a rerun will take ")[1].split(" predictions")[0])
+    monkeypatch.setattr(batches.ChunkPlan, "collate", original)
+    assert main(arguments) == 0
+    report = json.loads((tmp_path / "out" / "lm" / "report.json").read_text(encoding="utf-8"))
+    assert said == report["counts"]["from_cache"]
+    assert (said > 0) == (stop_at_batch == 9)
+    assert _cached_rows(tmp_path / "cache") > 0  # what the old count said: predictions stored, though not reused

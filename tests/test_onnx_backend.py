@@ -210,3 +210,16 @@ def test_allocation_failures_count_as_out_of_memory_and_other_onnxruntime_errors
     arena = RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : onnxruntime::BFCArena::AllocateRawInternal "
                          "Failed to allocate memory for requested buffer of size 4294967296")
     assert backend.is_out_of_memory(arena)
+
+
+def test_export_does_not_warn_about_negative_indices(bert_classifier, tmp_path, monkeypatch):
+    """torch's exporter warns that advanced indexing with negative indices exports wrongly; the only such indexing in
+    these encoders is transformers' padding mask, indexed by aranges (never negative), so the warning is silenced."""
+    import warnings
+
+    monkeypatch.setenv("NLPFLOW_CACHE_DIR", str(tmp_path / "fresh"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = OnnxRuntimeBackend().load(ModelConfig(name_or_path=str(bert_classifier), device="cpu"), "sequence-classification")
+    assert cached_graph_path(loaded.fingerprint, "sequence-classification").is_file()  # exported here, not reused
+    assert not [w for w in caught if "negative" in str(w.message)], [str(w.message) for w in caught]

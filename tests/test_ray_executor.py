@@ -308,3 +308,20 @@ def test_a_causal_lm_run_on_ray_writes_the_bytes_of_a_local_run(cluster, gpt2_lm
     pipeline = validate(config, ["lm"])[0]
     Runner(pipeline, tmp_path / "ray", None, interactive=False, executor=RayExecutor()).run()
     assert (tmp_path / "ray/lm/predictions.jsonl").read_bytes() == (tmp_path / "local/lm/predictions.jsonl").read_bytes()
+
+
+def test_a_loglikelihood_run_with_few_shot_from_its_own_data_on_ray_writes_the_bytes_of_a_local_run(cluster, gpt2_lm, tmp_path):
+    # the task's few-shot pool is read on the driver (Task.prepare) and travels to the workers with the pickled task
+    records = [{"text": f"Review {index}: {'fine' if index % 2 else 'poor'} value.", "label": ["positive", "negative"][index % 2]}
+               for index in range(10)]
+    (tmp_path / "reviews.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    config = tmp_path / "pipelines.yaml"
+    config.write_text(json.dumps({"pipelines": {"ll": {
+        "task": "sentiment", "data": {"path": "reviews.jsonl"}, "metrics": ["accuracy", "accuracy_norm"],
+        "options": {"mode": "loglikelihood", "labels": ["positive", "negative"], "few_shot": {"k": 2, "sampler": "random"}},
+        "model": {"name_or_path": str(gpt2_lm), "device": "cpu", "batch_size": 2}, "chunk_size": 4,
+    }}}), encoding="utf-8")
+    assert main(["run", "ll", "--config", str(config), "--output", str(tmp_path / "local"), "--no-cache"]) == 0
+    pipeline = validate(config, ["ll"])[0]
+    Runner(pipeline, tmp_path / "ray", None, interactive=False, executor=RayExecutor()).run()
+    assert (tmp_path / "ray/ll/predictions.jsonl").read_bytes() == (tmp_path / "local/ll/predictions.jsonl").read_bytes()

@@ -162,7 +162,7 @@ def test_sigterm_is_handled_like_ctrl_c(workload, baseline, tmp_path):
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM, stderr
-    assert "terminated (SIGTERM): pipeline 'reviews': " in stderr and "predictions made by this run are saved in the cache" in stderr
+    assert "terminated (SIGTERM): pipeline 'reviews': " in stderr and "predictions from the cache; run the same command again to resume" in stderr
     assert "Traceback" not in stderr
     assert {path.name: path.read_bytes() for path in (out / "reviews").iterdir()} == earlier  # no partial file either
 
@@ -184,7 +184,7 @@ def test_interrupted_first_run_leaves_no_report_files(workload, tmp_path, monkey
     out = tmp_path / "out"
     cache = tmp_path / "cache"
     assert main(["run", "reviews", "--config", str(workload), "--output", str(out), "--cache-dir", str(cache)]) == 130
-    assert f"interrupted: pipeline 'reviews': {2 * CHUNK} predictions made by this run are saved in the cache" in capsys.readouterr().err
+    assert f"interrupted: pipeline 'reviews': a rerun will take {2 * CHUNK} predictions from the cache" in capsys.readouterr().err
     run_dir = out / "reviews"
     assert sorted(p.name for p in run_dir.iterdir()) == []
     assert _cached_rows(cache) == 2 * CHUNK
@@ -291,8 +291,45 @@ def test_interrupt_in_a_chunk_keeps_its_finished_batches_and_says_how_many(small
     monkeypatch.setattr(model.ChunkPlan, "collate", interrupted)
     cache = tmp_path / "cache"
     assert main(["run", "reviews", "--config", str(small_batches), "--output", str(tmp_path / "out"), "--cache-dir", str(cache)]) == 130
-    assert "interrupted: pipeline 'reviews': 24 predictions made by this run are saved in the cache" in capsys.readouterr().err
+    assert "interrupted: pipeline 'reviews': a rerun will take 24 predictions from the cache" in capsys.readouterr().err
     assert _cached_rows(cache) == 24
+
+
+@pytest.mark.parametrize("stop_at_batch", [7, 22, 31])
+def test_the_interrupted_run_counts_what_the_rerun_takes_from_the_cache(small_batches, tmp_path, monkeypatch, capsys, stop_at_batch):
+    """With texts repeated within chunks (computed again at each place on a rerun, so not reused), the number an
+    interrupted run gives is the rerun's from_cache count, not the number of predictions it stored."""
+    import nlpflow.engine.batches as model
+
+    lines = (small_batches.parent / "reviews.jsonl").read_text(encoding="utf-8").splitlines()
+    for start in range(0, RECORDS - CHUNK + 1, 2 * CHUNK):
+        for offset in range(0, CHUNK, 4):
+            lines[start + offset + 1] = lines[start + offset]  # every other chunk: pairs of the same text
+    (tmp_path / "reviews.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    shutil.copy(small_batches, tmp_path / "pipelines.yaml")
+    config = tmp_path / "pipelines.yaml"
+
+    original = model.ChunkPlan.collate
+    calls = []
+
+    def interrupted(self, indices):
+        calls.append(len(indices))
+        if len(calls) == stop_at_batch:
+            raise KeyboardInterrupt  # what SIGTERM and Ctrl-C become
+        return original(self, indices)
+
+    monkeypatch.setattr(model.ChunkPlan, "collate", interrupted)
+    cache = tmp_path / "cache"
+    arguments = ["run", "reviews", "--config", str(config), "--output", str(tmp_path / "out"), "--cache-dir", str(cache)]
+    assert main(arguments) == 130
+    message = capsys.readouterr().err
+    said = int(message.split("a rerun will take ")[1].split(" predictions from the cache")[0])
+    stored = _cached_rows(cache)
+    monkeypatch.setattr(model.ChunkPlan, "collate", original)
+    assert main(arguments) == 0
+    from_cache = json.loads((tmp_path / "out" / "reviews" / "report.json").read_text(encoding="utf-8"))["counts"]["from_cache"]
+    assert said == from_cache
+    assert 0 < from_cache < stored  # stored repeats are computed again, so they are not counted
 
 
 def test_text_repeated_within_a_chunk_is_computed_at_each_place(small_batches, tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -181,3 +182,112 @@ def test_a_full_disk_while_writing_a_report_names_it_and_keeps_the_previous_run(
     assert "Traceback" not in err
     assert f"error: cannot write {out / 'p' / 'report.md'} (" in err and "bytes): No space left on device; free some space" in err
     assert {path.name: path.read_bytes() for path in (out / "p").iterdir()} == earlier
+
+
+#: runs the CLI and, at the run folder's switch, announces it (a marker file) and waits to be killed there
+PAUSED_AT_SWITCH_CLI = """
+import sys, time
+from pathlib import Path
+import nlpflow.engine.run_folder as run_folder
+marker, when = Path(sys.argv[1]), sys.argv[2]
+original = run_folder._exchange
+def paused(first, second):
+    if when == "before":
+        marker.write_text("staged")
+        time.sleep(120)
+    exchanged = original(first, second)
+    if when == "after":
+        marker.write_text("exchanged")
+        time.sleep(120)
+    return exchanged
+run_folder._exchange = paused
+from nlpflow.cli import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def _records(path: Path, count: int) -> None:
+    path.write_text(
+        "".join(json.dumps({"text": f"t{i}", "label": "pos" if i % 3 else "neg", "prediction": "pos"}) + "\n" for i in range(count)),
+        encoding="utf-8",
+    )
+
+
+def _consistent_set(folder: Path) -> tuple[str, int]:
+    """The description and record count the folder's files agree on (each report describes predictions.jsonl)."""
+    report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+    predictions = (folder / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert report["counts"]["predicted"] == len(predictions)
+    markdown = (folder / "report.md").read_text(encoding="utf-8")
+    assert report["description"] in markdown
+    assert json.loads((folder / ".nlpflow-files.json").read_text(encoding="utf-8"))["files"] == ["predictions.jsonl", "report.json", "report.md"]
+    return report["description"], len(predictions)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_run_killed_at_the_switch_leaves_one_whole_set(tmp_path, when):
+    """SIGKILL just before and just after the atomic exchange: the folder holds the previous run's set whole or the
+    new one whole, the user's files stay, and the next run finishes and clears the staging folder."""
+    out = tmp_path / "out"
+    folder = out / "p"
+    first = _pipeline(tmp_path, "json, markdown", description="first")
+    _records(tmp_path / "data.jsonl", 20)
+    assert _run(first, out) == 0
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    (folder / "plots").mkdir()
+    (folder / "plots" / "a.txt").write_text("also mine", encoding="utf-8")
+    assert _consistent_set(folder) == ("first", 20)
+
+    second_root = tmp_path / "second"
+    second_root.mkdir()
+    _records(second_root / "data.jsonl", 35)
+    second = _pipeline(second_root, "json, markdown", description="second")
+    marker = tmp_path / "marker"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_AT_SWITCH_CLI, str(marker), when, "run", "p", "--config", str(second), "--output", str(out), "--no-cache"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the run ended or stalled before its switch: {process.communicate()}")
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+
+    assert _consistent_set(folder) == (("first", 20) if when == "before" else ("second", 35))
+    assert (folder / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert run_folder.staging_path(folder).is_dir()  # what the killed run was switching
+
+    assert _run(second, out) == 0
+    assert _consistent_set(folder) == ("second", 35)
+    assert not run_folder.staging_path(folder).exists()
+    assert (folder / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert (folder / "plots" / "a.txt").read_text(encoding="utf-8") == "also mine"
+    assert sorted(path.name for path in out.iterdir()) == [".p.lock", "p"]
+
+
+def test_where_folders_cannot_be_exchanged_files_are_replaced_and_the_old_removed_last(tmp_path, monkeypatch):
+    monkeypatch.setattr(run_folder, "_exchange", lambda first, second: False)
+    out = tmp_path / "out"
+    folder = out / "p"
+    assert _run(_pipeline(tmp_path, "json, markdown", description="first"), out) == 0
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    assert _run(_pipeline(tmp_path, "json", description="second"), out) == 0
+    assert sorted(path.name for path in folder.iterdir()) == [".nlpflow-files.json", "notes.txt", "predictions.jsonl", "report.json"]
+    assert json.loads((folder / "report.json").read_text(encoding="utf-8"))["description"] == "second"
+    assert sorted(path.name for path in out.iterdir()) == [".p.lock", "p"]
+
+
+def test_the_switch_exchanges_the_folder_itself(tmp_path):
+    """On Linux the new set arrives by one rename of the folder: the old folder's inode is gone, not rewritten."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("renameat2 is Linux's")
+    out = tmp_path / "out"
+    config = _pipeline(tmp_path, "json")
+    assert _run(config, out) == 0
+    before = os.stat(out / "p").st_ino
+    assert _run(config, out) == 0
+    assert os.stat(out / "p").st_ino != before

@@ -26,12 +26,31 @@ def load_config(
     registry. ``problems``: as :func:`parse_config`'s."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"pipelines file not found (looked in {path.resolve().parent})", Location(path)) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read pipelines file: {error}", Location(path)) from None
-    return parse_config(text, path, overrides, problems=problems)
+    except OSError as error:
+        raise ConfigError(f"cannot read pipelines file: {error.strerror or error}", Location(path)) from None
+    return parse_config(decode_utf8(data, path), path, overrides, problems=problems)
+
+
+#: what YAML counts as a line break (YAML 1.1, which PyYAML reads), so a line number here is the one its errors give
+_YAML_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
+def decode_utf8(data: bytes, path: Path) -> str:
+    """The file's text, or a ConfigError at the line and column of its first byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        # everything before the first bad byte decodes, so its lines are the ones an editor shows
+        lines = _YAML_LINE_BREAK.split(data[: error.start].decode("utf-8"))
+        bad = data[error.start : error.end]
+        raise ConfigError(
+            f"not valid UTF-8: byte{'s' if len(bad) > 1 else ''} {' '.join(f'0x{byte:02x}' for byte in bad)} ({error.reason}); pipelines files are "
+            "read as UTF-8, so save it in that encoding",
+            Location(path, len(lines), len(lines[-1]) + 1),
+        ) from None
 
 
 #: most YAML nodes a pipelines file may expand to (aliases count each time they are used):
@@ -196,7 +215,8 @@ def _apply_flag(data: dict, failed: set[Any], key: tuple[str, str], value: Any) 
 
 
 def _apply_override(data: dict, override: str) -> tuple:
-    """Set ``PIPELINE.KEY.PATH=VALUE`` (VALUE read as YAML) in the parsed file's data; returns the YAML path set."""
+    """Set ``PIPELINE.KEY.PATH=VALUE`` (VALUE read as YAML) in the parsed file's data, or remove the key when VALUE
+    is null, so its default applies; returns the YAML path set."""
     where = Location(f"--set {override}")
     key, equals, text = override.partition("=")
     if not equals or not key:
@@ -225,7 +245,11 @@ def _apply_override(data: dict, override: str) -> tuple:
         node = child
     if not isinstance(node, dict):
         raise ConfigError(f"pipeline {name!r} is not a mapping", where, name)
-    node[parts[-1]] = value
+    if value is None:
+        # null means "not set": the key goes, so the schema's or the plugin's default applies as if never written
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
     return ("pipelines", name, *parts)
 
 
@@ -393,7 +417,8 @@ def _yaml_path(loc: tuple, data: Any, missing: bool = False, key_input: Any = No
     node = data
     is_key = False
     for position, part in enumerate(loc):
-        if part == "[key]":
+        # a key the user wrote as "[key]" is theirs, not pydantic's marker
+        if part == "[key]" and not (isinstance(node, dict) and part in node):
             is_key = True
             if isinstance(node, dict) and key_input in node:
                 path.append(key_input)

@@ -7,7 +7,6 @@ valid name.
 
 from __future__ import annotations
 
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -16,10 +15,30 @@ from pydantic import BaseModel, ValidationError
 
 from nlpflow.config.loader import clean_message, short_value
 from nlpflow.config.schema import DataConfig, PipelineConfig, StepConfig
-from nlpflow.config.sources import FileSeriesReader, expand, is_glob
+from nlpflow.config.sources import FileSeriesReader, expand, irregular_kind, is_glob
 from nlpflow.contract.errors import ConfigError, Location, NlpflowError, PluginError, Problems, did_you_mean
 from nlpflow.contract.types import Backend, Metric, Preprocessor, Reader, Reporter, Task
 from nlpflow.registry import DISABLE_ENV, PluginInfo, Registry
+
+#: what ``nlpflow init`` writes where only the user can say what is meant (a label called ``1`` or ``LABEL_0``): an
+#: option value starting with it is refused, so an unfilled placeholder never runs as if it were a description
+PLACEHOLDER_MARK = "DESCRIBE:"
+
+
+def refuse_placeholders(value: Any, config: PipelineConfig, *where: Any) -> None:
+    """A ConfigError at the first text in ``value`` (a pipeline's options, at YAML path ``where``) that is still an
+    ``init`` placeholder."""
+    if isinstance(value, str) and value.lstrip().startswith(PLACEHOLDER_MARK):
+        raise ConfigError(
+            f"{'.'.join(str(part) for part in where)}: {value!r} is a placeholder written by nlpflow init; replace it "
+            "with what it asks for (a few phrases that say what the label means, or the label's word)", config.location(*where), config.name,
+        )
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        if isinstance(key, str) and key.lstrip().startswith(PLACEHOLDER_MARK):
+            refuse_placeholders(key, config, *where, key)
+        refuse_placeholders(child, config, *where, key)
+
 
 @dataclass
 class ResolvedPipeline:
@@ -109,6 +128,7 @@ def resolve(config: PipelineConfig, registry: Registry, *, problems: list[Nlpflo
         task_cls = _lookup(registry, "task", config.task, config.location("task"), name)
     if task_cls is not None:
         with report.check():
+            refuse_placeholders(config.options, config, "options")
             task = _construct(
                 task_cls, (build_options(task_cls, config.options, config, "options", report=report),), config, "options",
                 plugin=registry.provider("task", config.task),
@@ -241,7 +261,7 @@ def _resolve_reader(config: PipelineConfig, registry: Registry, report: Problems
     elif folder_reader is not None:
         reader_name = config.data.format or folder_reader
     elif not data_path.is_file():
-        kind = _file_kind(data_path)
+        kind = irregular_kind(data_path) if data_path.exists() else None
         if kind is None:
             raise ConfigError(f"data file not found: {data_path}", config.location("data", "path"), name)
         raise ConfigError(f"data.path {data_path} is {kind}, not a data file", config.location("data", "path"), name)
@@ -320,24 +340,6 @@ def _lookup(registry: Registry, kind: str, name: str, location: Location, pipeli
         raise ConfigError(f"{error.message} ({'; '.join(notes)})", location, pipeline) from None
 
 
-def _file_kind(path: Path) -> str | None:
-    """What a path that is not a regular file is, in words; None if nothing is there."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        return f"unreadable ({error.strerror or error})"
-    kinds = [
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a named pipe (FIFO), which can be read only once"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    ]
-    return next((words for test, words in kinds if test(mode)), "not a regular file")
-
-
 def _folder_reader(path: Path, registry: Registry) -> str | None:
     """The reader that reads this folder whole (a saved dataset, by the files it holds), or None."""
     for reader_name in registry.names("reader"):
@@ -358,6 +360,15 @@ def _reader_for_files(config: PipelineConfig, path: Path, registry: Registry) ->
     if not files:
         what = "matches no files" if is_glob(path) else "is an empty folder"
         raise ConfigError(f"data.path {path} {what}", where, name)
+    for file in files:
+        kind = irregular_kind(file)
+        if kind is not None:
+            # left out, it would leave the run and data.sha256 short of a file the user meant to be read
+            raise ConfigError(
+                f"data.path {path} {'matches' if is_glob(path) else 'holds'} {file}, which is {kind}, not a data file; "
+                f"remove it, or leave it out with a narrower glob",
+                where, name,
+            )
     if config.data.format:
         return config.data.format
     by_reader: dict[str | None, list[Path]] = {}

@@ -174,22 +174,23 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run, with how many predictions that run had already stored in the cache.
+    """Ctrl-C during a run, with how many predictions a rerun will take from the cache.
 
     A KeyboardInterrupt still (so code that stops on Ctrl-C keeps stopping), so the
     CLI can say how much a rerun will find in the cache.
     """
 
-    def __init__(self, pipeline: str, saved: int, cached: bool):
+    def __init__(self, pipeline: str, reusable: int, cached: bool):
         self.pipeline = pipeline
-        self.saved = saved
+        #: of the records read so far, those whose cached prediction a rerun uses (not those it computes again)
+        self.reusable = reusable
         self.cached = cached
-        super().__init__(pipeline, saved)
+        super().__init__(pipeline, reusable)
 
     def __str__(self) -> str:
         if not self.cached:
             return f"pipeline {self.pipeline!r} ran without a cache (--no-cache), so its predictions were not kept"
         return (
-            f"pipeline {self.pipeline!r}: {self.saved} predictions made by this run are saved in the cache; "
+            f"pipeline {self.pipeline!r}: a rerun will take {self.reusable} predictions from the cache; "
             "run the same command again to resume"
         )

@@ -8,6 +8,7 @@ message are the same whichever backend runs the model.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ def checkpoint_config(config: ModelConfig) -> Any:
 
     path = resolve_model_path(config)
     _fail_fast_when_the_hub_is_unreachable(config, path)
+    _check_config_parses(config, path)
     try:
         return AutoConfig.from_pretrained(path, **hub_arguments(config))
     except (OSError, ValueError) as error:
@@ -53,6 +55,61 @@ def checkpoint_config(config: ModelConfig) -> Any:
                 "by default. Set model.trust_remote_code: true only if you have read and trust that code."
             ) from None
         raise ModelError(not_found_message(config.name_or_path, path, hub_offline(), error)) from None
+
+
+def _check_config_parses(config: ModelConfig, path: str) -> None:
+    """A ``config.json`` that is there (in the local folder or the cache) but is not JSON is a ModelError with the
+    parser's message: transformers says only "not a valid JSON file", which reads as a model that is not available."""
+    directory = checkpoint_directory(path, config)
+    file = directory / "config.json" if directory is not None else None
+    if file is None or not file.is_file():
+        return  # transformers says what is missing, and where it looked
+    try:
+        json.loads(file.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        if isinstance(error, json.JSONDecodeError):
+            # some messages end in "at" themselves ("Invalid control character at")
+            reason = f"{error.msg.removesuffix(' at')} at line {error.lineno} column {error.colno}"
+        else:
+            reason = "not valid UTF-8" if isinstance(error, UnicodeDecodeError) else "nested too deeply"
+        refetch = (
+            "replace it with a good copy (save_pretrained writes one)" if Path(path).is_dir()
+            else f"fetch it again with `hf download {config.name_or_path} --force-download`"
+        )
+        raise ModelError(
+            f"model {config.name_or_path!r}: its config.json ({file.resolve()}) could not be parsed: {reason}. The file "
+            f"is damaged or was cut short; {refetch}"
+        ) from None
+    except OSError as error:
+        raise ModelError(f"model {config.name_or_path!r}: cannot read its config.json ({file}): {error.strerror or error}") from None
+
+
+#: pickle weight files as transformers names them (one file, or its shards): loading one can run code
+PICKLE_WEIGHTS = "pytorch_model*.bin"
+
+
+def pickle_weights_refused(name: str, where: str | Path) -> ModelError:
+    """The refusal of a checkpoint with no safetensors weights, said alike by ``run`` and ``validate``."""
+    return ModelError(
+        f"model {name!r} has no safetensors weights in {where}; only safetensors load by default. "
+        "Convert it, or set model.allow_pickle: true if you trust the files."
+    )
+
+
+def check_weight_format(config: ModelConfig) -> None:
+    """A ModelError when the checkpoint's only weights are pickles and ``allow_pickle`` is off, found from the file
+    names alone (nothing is loaded). Checked where the files are all there are: a local folder, or the cache with
+    ``HF_HUB_OFFLINE`` (online, the hub may hold safetensors weights not fetched yet)."""
+    if config.allow_pickle:
+        return
+    path = resolve_model_path(config)
+    if not (Path(path).is_dir() or hub_offline()):
+        return
+    directory = checkpoint_directory(path, config)
+    if directory is None or any(directory.glob("*.safetensors")):
+        return
+    if any(directory.glob(PICKLE_WEIGHTS)):
+        raise pickle_weights_refused(config.name_or_path, path)
 
 
 #: seconds the hub gets to accept a connection before a model missing from the cache is reported as unavailable

@@ -13,6 +13,8 @@ log = logging.getLogger("nlpflow")
 
 #: seconds between plain progress lines when stderr is not a terminal
 LOG_EVERY_SECONDS = 5.0
+#: what the progress time covers, said on the last line: report.md's time is the whole run's
+TIMED_FROM = "timed from the first record read, model loading not included (report.md's time includes it)"
 
 
 class Progress:
@@ -54,7 +56,7 @@ class Progress:
                 yield self
         else:
             yield self
-            log.info("%s: done, %s", self.pipeline, self._summary())
+            log.info("%s: done, %s; %s", self.pipeline, self._summary(), TIMED_FROM)
 
     def advance(self, stage: str, count: int) -> None:
         self._counts[stage] = self._counts.get(stage, 0) + count

@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from nlpflow.contract.errors import ModelError
 from nlpflow.contract.hub import (
+    check_weight_format,
     checkpoint_config,
     files_fingerprint,
     hub_arguments,
     hub_offline,
     load_tokenizer,
     not_found_message,
+    pickle_weights_refused,
     require_head,
     resolve_model_path,
 )
@@ -82,6 +84,11 @@ class TransformersBackend(Backend):
 
     def checkpoint_config(self, model: ModelConfig) -> Any:
         return checkpoint_config(model)
+
+    def check_model(self, model: ModelConfig) -> None:
+        """The config reads, and the weights are of a format that may load (safetensors unless ``allow_pickle``)."""
+        self.checkpoint_config(model)
+        check_weight_format(model)
 
     def load_head(self, model: ModelConfig, head: Head, *, require_fast_tokenizer: bool = True) -> LoadedModel:
         row = self.head_table[head.name]
@@ -166,10 +173,7 @@ def load_module(auto_class_name: str, config: ModelConfig, checkpoint: Any, dtyp
     except OSError as error:
         text = str(error)
         if "safetensors" in text.lower() and not config.allow_pickle:
-            raise ModelError(
-                f"model {name!r} has no safetensors weights in {path}; only safetensors load by default. "
-                "Convert it, or set model.allow_pickle: true if you trust the files."
-            ) from None
+            raise pickle_weights_refused(name, path) from None
         raise ModelError(not_found_message(name, path, hub_offline(), error)) from None
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import re
 from types import MappingProxyType
-from typing import Any, ClassVar, Iterator, Literal, Mapping, Sequence, Union
+from typing import Any, Callable, ClassVar, Iterator, Literal, Mapping, Sequence, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, field_validator
@@ -330,6 +330,12 @@ class Backend(ABC):
         """The checkpoint's transformers config, read without loading weights (for picking a mode)."""
         raise NotImplementedError(f"backend {self.name!r} cannot read checkpoint configs")
 
+    def check_model(self, model: ModelConfig) -> None:
+        """What ``validate`` checks of a model without loading its weights: a ModelError for what would stop
+        :meth:`load`. By default, that :meth:`checkpoint_config` reads; a backend adds its own checks (the
+        transformers base: that the weights are of a format it may load)."""
+        self.checkpoint_config(model)
+
     def prepare(self, loaded: LoadedModel, batch: Mapping[str, np.ndarray]) -> Any:
         """Make a padded numpy batch ready for :meth:`run` (e.g. pinned tensors). May run on a worker thread."""
         return batch
@@ -414,6 +420,11 @@ class TaskModel(ABC):
 
     #: the loaded model and tokenizer, with device, dtype and weights fingerprint
     loaded: LoadedModel
+    #: True when the head's outputs for a feature depend only on the model and the feature's inputs, not on the
+    #: task's options (a zero-shot classifier's text embeddings do not depend on its labels): the cache then also
+    #: stores each feature's outputs, so a run whose options changed computes only :meth:`decode` for texts it has
+    #: seen. Worth it where outputs are small (an embedding, not a vocabulary's logits per token).
+    caches_outputs: ClassVar[bool] = False
 
     def __init__(self, loaded: LoadedModel):
         self.loaded = loaded
@@ -445,6 +456,31 @@ class TaskModel(ABC):
         return {}
 
 
+@dataclass(frozen=True)
+class TaskContext:
+    """What :meth:`Task.prepare` learns about the pipeline a task runs in.
+
+    ``folder`` is the pipelines file's folder: a path in the task's options is
+    read relative to it, as ``data.path`` and a local ``model.name_or_path``
+    are. ``fields`` maps each of the task's canonical fields to the data's
+    column (the pipeline's ``fields:`` mapping, identity where it has none).
+    ``examples()`` reads the pipeline's data once more, through the same
+    reader, ``data.limit``, field mapping and :meth:`Task.check_example`, and
+    yields the examples the run will predict, in file order (records that fail
+    or are skipped as in the run); nothing is read unless it is called.
+    ``model`` and ``backend`` are the pipeline's (None without a model): a
+    task that picks a method by the checkpoint reads
+    ``backend.checkpoint_config(model)`` (no weights are loaded).
+    """
+
+    pipeline: str
+    folder: Path
+    fields: Mapping[str, str]
+    examples: Callable[[], Iterator[Example]]
+    model: ModelConfig | None = None
+    backend: Backend | None = None
+
+
 class Task(ABC):
     """A kind of NLP work: which fields it reads, how it predicts, what it is scored against.
 
@@ -468,9 +504,27 @@ class Task(ABC):
     reference_fields: ClassVar[tuple[str, ...]] = ()
     default_metrics: ClassVar[tuple[str, ...]] = ()
     Options: ClassVar[type[BaseModel]] = NoOptions
+    #: the reports' worst examples: among examples scored alike, the one predicted with the highest confidence (its
+    #: details' ``probability``, ``score`` or ``similarity``) first. For tasks whose per-example score is all or
+    #: nothing (a classifier's accuracy), where a confident mistake says more than a hesitant one.
+    rank_ties_by_confidence: ClassVar[bool] = False
 
     def __init__(self, options: BaseModel | None = None):
         self.options = options if options is not None else self.Options()
+
+    def prepare(self, context: TaskContext) -> None:
+        """Called once before any record is checked for the run, and by ``validate``; the default does nothing.
+
+        A task reads here what its options name relative to the pipelines file
+        (``context.folder``) and, only if it needs the whole data before the
+        first prediction (few-shot examples drawn from the data itself), calls
+        ``context.examples()``: the runner's first pass over the data, with
+        :meth:`check_example` run on each example before this method returns
+        (so ``check_example`` must not need what ``prepare`` is still
+        gathering). What the task keeps travels with it, pickled, to a remote
+        executor's workers. Raise a :class:`ConfigError` for a problem with the
+        options.
+        """
 
     def check_example(self, example: Example) -> None:
         """Validate and normalise ``example.fields`` in place.
@@ -482,6 +536,12 @@ class Task(ABC):
             value = example.fields.get(name)
             if not isinstance(value, str):
                 raise ExampleError(f"field {name!r} must be a string, got {json_type(value)}")
+
+    def cache_inputs(self, example: Example) -> Mapping[str, Any]:
+        """What of a checked example the model reads, for the prediction cache's key (with the run's task options
+        and model): by default its :attr:`input_fields`. A task whose ``check_example`` derives the model's input
+        from more than those fields (a rendered prompt with few-shot examples) returns that input too."""
+        return {name: example.fields.get(name) for name in self.input_fields}
 
     def reference(self, example: Example) -> Any:
         """The gold answer metrics compare with; ``None`` when the record has none."""
@@ -662,7 +722,8 @@ class Reporter(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
-    filename: ClassVar[str]
+    #: the file ``render`` writes in the run folder; None only for a :class:`Publisher`, which writes none
+    filename: ClassVar[str | None]
     Options: ClassVar[type[BaseModel]] = NoOptions
 
     def __init__(self, options: BaseModel | None = None):
@@ -677,6 +738,23 @@ class Reporter(ABC):
     @abstractmethod
     def render(self, run: RunResult) -> str:
         """Return the file's text; the runner writes it atomically to ``run.directory / filename``."""
+
+
+class Publisher(Reporter):
+    """A reporter that sends the finished run elsewhere (a tracking server) instead of writing a file of its own.
+
+    The runner calls ``publish`` once every file of the run is in place in ``run.directory`` (predictions.jsonl and
+    every file reporter's report), so what it sends is the run's final files; a publisher that fails leaves them as
+    they are."""
+
+    filename: ClassVar[None] = None
+
+    def render(self, run: RunResult) -> str:
+        raise TypeError(f"{type(self).__name__} is a Publisher: it writes no file, the runner calls publish() instead")
+
+    @abstractmethod
+    def publish(self, run: RunResult) -> None:
+        """Send the finished run; raise an :class:`~nlpflow.NlpflowError` saying what failed and where."""
 
 
 class RunCollector(ABC):

@@ -4,7 +4,8 @@ Two views users ask for after the headline numbers:
 
 - **ranked examples**: the worst and best scored examples by one per-example metric. By default the first
   metric whose per-example scores vary (a QA run's exact match is often all 0 or 1 on the hardest examples,
-  while F1 separates them); ``report.rank_by`` picks one.
+  while F1 separates them); ``report.rank_by`` picks one. For a task that ranks ties by confidence
+  (classification: every mistake scores 0), the surest wrong prediction comes first.
 - **slices**: each metric recomputed, with its bootstrap interval, on the examples of each input-length bucket
   and of each value of the ``report.slice_by`` columns. A slice's value is the metric on that slice's rows
   (macro-F1 or BLEU of the slice), not a mean of per-example scores.
@@ -49,30 +50,32 @@ def _shown(value: Any) -> Any:
 
 
 class _Ranked:
-    """The k lowest and k highest scored examples of one metric, earliest first among ties, in O(k) memory."""
+    """The k lowest and k highest scored examples of one metric, in O(k) memory. Among equal scores, the example with
+    the higher ``tie`` value is the more extreme (a confident mistake is worse than a hesitant one), then the earlier."""
 
     def __init__(self) -> None:
-        self.low: list[tuple[float, int, dict]] = []  # max-heap of the k lowest, by (-score, -index)
-        self.high: list[tuple[float, int, dict]] = []  # min-heap of the k highest, by (score, -index)
+        self.low: list[tuple[float, float, int, dict]] = []  # min-heap of the k lowest, by badness (-score, tie, -index)
+        self.high: list[tuple[float, float, int, dict]] = []  # min-heap of the k highest, by (score, tie, -index)
         self.minimum = math.inf
         self.maximum = -math.inf
 
-    def note(self, score: float) -> bool:
+    def note(self, score: float, tie: float, index: int) -> bool:
         """Count ``score`` in the range; True if :meth:`offer` would keep its example in either heap. Scores repeat
-        (0/1 matches), and a later example enters a full heap only with a strictly better score."""
+        (0/1 matches), and a later example enters a full heap only with a strictly more extreme key."""
         if score < self.minimum:
             self.minimum = score
         if score > self.maximum:
             self.maximum = score
         low, high = self.low, self.high
-        return len(low) < RANKED_EXAMPLES or len(high) < RANKED_EXAMPLES or score < -low[0][0] or score > high[0][0]
+        return (len(low) < RANKED_EXAMPLES or len(high) < RANKED_EXAMPLES
+                or (-score, tie, -index) > low[0][:3] or (score, tie, -index) > high[0][:3])
 
-    def offer(self, score: float, index: int, item: dict) -> None:
+    def offer(self, score: float, tie: float, index: int, item: dict) -> None:
         """Keep the example's ``item`` if it is among the k lowest or k highest so far (after :meth:`note`)."""
-        for heap, key in ((self.low, (-score, -index)), (self.high, (score, -index))):
+        for heap, key in ((self.low, (-score, tie, -index)), (self.high, (score, tie, -index))):
             if len(heap) < RANKED_EXAMPLES:
                 heapq.heappush(heap, (*key, item))
-            elif key > heap[0][:2]:
+            elif key > heap[0][:3]:
                 heapq.heapreplace(heap, (*key, item))
 
     @property
@@ -82,17 +85,20 @@ class _Ranked:
     # an example is among the worst only if some example scored higher, among the best only if some scored lower
 
     def worst(self) -> list[dict]:
-        return [item for score, _, item in sorted(self.low, key=lambda entry: (-entry[0], -entry[1])) if -score < self.maximum]
+        return [entry[3] for entry in sorted(self.low, key=lambda entry: entry[:3], reverse=True) if -entry[0] < self.maximum]
 
     def best(self) -> list[dict]:
-        return [item for score, _, item in sorted(self.high, key=lambda entry: (-entry[0], -entry[1])) if score > self.minimum]
+        return [entry[3] for entry in sorted(self.high, key=lambda entry: entry[:3], reverse=True) if entry[0] > self.minimum]
 
 
 class ErrorAnalysis:
     """Fed each chunk's scored examples by the runner; summarised once for report.json."""
 
-    def __init__(self, metric_names: Sequence[str], length_column: str | None, slice_by: Sequence[str], rank_by: str | None):
+    def __init__(self, metric_names: Sequence[str], length_column: str | None, slice_by: Sequence[str], rank_by: str | None,
+                 ties_by_confidence: bool = False):
         self.metric_names = list(metric_names)
+        #: among equally scored examples, rank the surest prediction first (the task's ``rank_ties_by_confidence``)
+        self.ties_by_confidence = ties_by_confidence
         self.length_column = length_column
         self.slice_by = list(slice_by)
         self.rank_by = rank_by
@@ -127,15 +133,19 @@ class ErrorAnalysis:
             value = columns.get(column)
             codes[column].append(self._code(column, MISSING if value is None else str(value)[:60]))
         item = None
+        tie = 0.0
+        if self.ties_by_confidence:
+            # a prediction without a confidence ranks after every one with it
+            tie = confidence(details).get("confidence", -math.inf)
         for name, score in scores.items():
             ranked = self.ranked.get(name)
-            if score is None or ranked is None or not ranked.note(score):
+            if score is None or ranked is None or not ranked.note(score, tie, example.index):
                 continue
             if item is None:  # one entry per example, shared by the metrics that keep it
                 item = {"index": example.index, "line": example.line, **identity, "scores": scores,
                         "inputs": {name: _shown(value) for name, value in inputs().items()},
                         "prediction": _shown(prediction), "reference": _shown(reference), **confidence(details)}
-            ranked.offer(score, example.index, item)
+            ranked.offer(score, tie, example.index, item)
 
     def _code(self, column: str, key: str) -> int:
         """The code of slice ``key`` of ``column``; a new key past MAX_SLICE_VALUES is pooled as "(other)"."""
@@ -196,6 +206,8 @@ class ErrorAnalysis:
             "rank_by_varies": bool(ranked.varies) if ranked else None,
             # the lowest and highest per-example score of that metric (equal: nothing to rank)
             "rank_by_range": [ranked.minimum, ranked.maximum] if ranked and math.isfinite(ranked.minimum) else None,
+            # only where it applies, so other tasks' report.json is unchanged
+            **({"ties_ranked_by": "confidence"} if self.ties_by_confidence else {}),
             "worst": ranked.worst() if ranked and ranked.varies else [],
             "best": ranked.best() if ranked and ranked.varies else [],
             "slices": slices,

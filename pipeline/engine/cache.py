@@ -2,8 +2,11 @@
 
 Each prediction is stored as soon as its model batch is done, keyed by a hash of
 the model's fingerprint, the task and its options, and the example's
-(preprocessed) inputs. WAL mode and a busy timeout let two runs share a cache
-file at the same time.
+(preprocessed) inputs. A task model whose forward outputs do not depend on its
+options (zero-shot text embeddings: not on the labels) also has those outputs
+stored, keyed by the model and the feature's token ids alone, so a change of
+options recomputes only the decoding. WAL mode and a busy timeout let two runs
+share a cache file at the same time.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import json
 import logging
 import random
 import sqlite3
+import struct
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
 
 from nlpflow.contract.errors import CacheError
 
@@ -25,15 +31,41 @@ CREATE TABLE IF NOT EXISTS predictions (
     value TEXT NOT NULL,
     checksum TEXT
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outputs (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    checksum TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 logger = logging.getLogger("nlpflow.engine.cache")
 
 
-def value_checksum(value: str) -> str:
+def value_checksum(value: str | bytes) -> str:
     """What a stored value must hash to: SQLite checks its pages, not our bytes, so a flipped byte inside a
     value (LABEL_0 -> LABEL_9) passes ``PRAGMA integrity_check`` and would be served without this."""
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+    return hashlib.sha256(value.encode("utf-8") if isinstance(value, str) else value).hexdigest()
+
+
+def packed_outputs(outputs: Mapping[str, Any]) -> bytes:
+    """One feature's outputs (name -> array) as bytes that :func:`unpacked_outputs` reads back bit for bit: a JSON
+    header of each array's name, dtype and shape, then the arrays' raw bytes."""
+    arrays = {name: np.ascontiguousarray(value) for name, value in outputs.items()}
+    header = json.dumps([[name, array.dtype.str, list(array.shape)] for name, array in arrays.items()]).encode("utf-8")
+    return struct.pack("<I", len(header)) + header + b"".join(array.tobytes() for array in arrays.values())
+
+
+def unpacked_outputs(blob: bytes) -> dict[str, np.ndarray]:
+    (size,) = struct.unpack_from("<I", blob)
+    offset = 4 + size
+    outputs = {}
+    for name, dtype, shape in json.loads(blob[4:offset]):
+        array = np.frombuffer(blob, dtype=np.dtype(dtype), count=int(np.prod(shape)), offset=offset).reshape(shape)
+        outputs[name] = array
+        offset += array.nbytes
+    if offset != len(blob):
+        raise ValueError(f"{len(blob) - offset} bytes left after the outputs")
+    return outputs
 
 
 def example_key(run_key: str, inputs: Mapping[str, Any]) -> str:
@@ -81,7 +113,7 @@ class PredictionCache:
                 self._connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
                 self._connection.execute("PRAGMA journal_mode=WAL")
                 self._connection.execute("PRAGMA synchronous=NORMAL")
-                self._connection.execute(SCHEMA)
+                self._connection.executescript(SCHEMA)
                 self._add_checksum_column()
                 self._connection.execute("SELECT key, value, checksum FROM predictions LIMIT 1").fetchall()
                 return
@@ -118,25 +150,33 @@ class PredictionCache:
         return failure
 
     def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Stored predictions by key; a key that is absent, damaged or unreadable is left out (recomputed)."""
+        return self._read("predictions", keys, str, json.loads)
+
+    def get_outputs(self, keys: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:
+        """Stored model outputs of features by key (see :func:`packed_outputs`), as :meth:`get_many` reads predictions."""
+        return self._read("outputs", keys, bytes, unpacked_outputs)
+
+    def _read(self, table: str, keys: Iterable[str], stored_type: type, parse: Callable[[Any], Any]) -> dict[str, Any]:
         if self._connection is None:
             return {}
         keys = list(dict.fromkeys(keys))
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, Any] = {}
         damaged = 0
         try:
             for start in range(0, len(keys), 500):
                 part = keys[start : start + 500]
                 marks = ",".join("?" * len(part))
-                rows = self._connection.execute(f"SELECT key, value, checksum FROM predictions WHERE key IN ({marks})", part).fetchall()
+                rows = self._connection.execute(f"SELECT key, value, checksum FROM {table} WHERE key IN ({marks})", part).fetchall()
                 for key, value, checksum in rows:
                     if checksum is None:
                         continue  # written before checksums: recompute it
-                    if not isinstance(value, str) or value_checksum(value) != checksum:
+                    if not isinstance(value, stored_type) or value_checksum(value) != checksum:
                         damaged += 1
                         continue
                     try:
-                        found[key] = json.loads(value)
-                    except (TypeError, ValueError):
+                        found[key] = parse(value)
+                    except (TypeError, ValueError, struct.error):
                         continue  # unreadable entry: recompute it
         except sqlite3.Error as error:
             if self.optional:
@@ -146,26 +186,30 @@ class PredictionCache:
         if damaged and not self._warned_checksum:
             self._warned_checksum = True
             logger.warning(
-                "warning: the prediction cache %s holds predictions that do not match their checksum (the file was altered "
+                "warning: the prediction cache %s holds %s that do not match their checksum (the file was altered "
                 "or damaged); they are recomputed and stored again",
-                self.path,
+                self.path, "predictions" if table == "predictions" else "model outputs",
             )
         return found
 
     def put_many(self, items: Mapping[str, Mapping[str, Any]]) -> None:
-        if not items or self._connection is None:
-            return
         # key order kept: a prediction read back must serialise to the same bytes as when it was made
-        rows = []
-        for key, value in items.items():
-            text = json.dumps(value, ensure_ascii=False)
-            rows.append((key, text, value_checksum(text)))
+        self._write("predictions", {key: json.dumps(value, ensure_ascii=False) for key, value in items.items()})
+
+    def put_outputs(self, items: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store features' model outputs (name -> array) by key."""
+        self._write("outputs", {key: packed_outputs(outputs) for key, outputs in items.items()})
+
+    def _write(self, table: str, values: Mapping[str, str | bytes]) -> None:
+        if not values or self._connection is None:
+            return
+        rows = [(key, value, value_checksum(value)) for key, value in values.items()]
         connection = self._connection
         try:
             # one transaction: a chunk is stored whole or not at all
             connection.execute("BEGIN IMMEDIATE")
             try:
-                connection.executemany("INSERT OR REPLACE INTO predictions (key, value, checksum) VALUES (?, ?, ?)", rows)
+                connection.executemany(f"INSERT OR REPLACE INTO {table} (key, value, checksum) VALUES (?, ?, ?)", rows)
                 connection.execute("COMMIT")
             except BaseException:
                 if connection.in_transaction:

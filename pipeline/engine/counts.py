@@ -12,7 +12,8 @@ class Counts:
     predicted: int = 0
     scored: int = 0
     from_cache: int = 0
-    #: predictions stored in the cache by this run (each model batch's, as soon as it finishes)
-    saved: int = 0
+    #: of the records predicted so far, how many a rerun over the same data would take from the cache (each model
+    #: batch's predictions are stored as soon as it finishes; a text repeated within a chunk is computed again)
+    reusable: int = 0
     truncated: int = 0
     skipped: list[dict[str, Any]] = field(default_factory=list)

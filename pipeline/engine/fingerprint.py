@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO
 
 from nlpflow.config.resolve import ResolvedPipeline
+from nlpflow.config.sources import irregular_kind
 from nlpflow.contract.errors import DataError
 from nlpflow.contract.files import handle_sha256
 
@@ -89,6 +90,9 @@ class DataFingerprint:
         checking each is the version that was there as reading started."""
         digest = hashlib.sha256()
         for source in self.pipeline.reader.sources(self.pipeline.config.data_path):
+            kind = irregular_kind(source)
+            if kind is not None:  # opening a named pipe would wait for a writer
+                raise DataError(f"this file of the data is {kind}, not a data file, so the data cannot be fingerprinted", source, None, self.pipeline.name)
             try:
                 with open(source, "rb") as handle:
                     if file_identity(os.fstat(handle.fileno())) != self.source_identities.get(source):

@@ -38,19 +38,21 @@ def each_json_ready(values: Sequence[Any]) -> list[Any]:
     return [value if type(value) in JSON_AS_IS else json_ready(value) for value in values]
 
 
-def json_ready(value: Any) -> Any:
+def json_ready(value: Any, exact: bool = False) -> Any:
+    """``value`` as plain JSON types, floats :func:`rounded` for writing; ``exact`` keeps floats as computed (the
+    cache's copy, so a prediction taken from it is scored exactly as a fresh one)."""
     if type(value) in JSON_AS_IS:  # most values (labels, texts, ids): no walk
         return value
     if isinstance(value, float):
-        return rounded(value)
+        return value if exact else rounded(value)
     if isinstance(value, (np.floating,)):
-        return rounded(float(value))
+        return float(value) if exact else rounded(float(value))
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, np.ndarray):
-        return json_ready(value.tolist())
+        return json_ready(value.tolist(), exact)
     if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v, exact) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
+        return [json_ready(v, exact) for v in value]
     return value

@@ -11,8 +11,10 @@ state never changes what shares a batch (see ``run``).
 
 from __future__ import annotations
 
+import hashlib
 import json
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -91,6 +93,8 @@ class ModelStage:
         needed: Iterable[int] | None = None,
         on_batch: Callable[[list[tuple[int, Prediction]]], None] | None = None,
         compute: Compute | None = None,
+        on_plan: Callable[[np.ndarray, list[list[int]]], None] | None = None,
+        outputs_cache: OutputsCache | None = None,
     ) -> list[Prediction | None]:
         """Predict the examples of a chunk; the result is in the same order as ``examples``.
 
@@ -103,12 +107,21 @@ class ModelStage:
         otherwise. Every example whose features all ran is decoded, needed or
         not; the others are None. ``on_batch`` receives, after each batch, the
         ``(position, prediction)`` pairs of the examples that batch completed,
-        so the caller can store them before the next batch starts.
+        so the caller can store them before the next batch starts. ``on_plan``
+        receives, before any batch runs, each feature's example position and
+        the planned batches (of feature indices), every one of them whether it
+        runs or not.
 
         ``compute`` is the executor's: it computes the :class:`ChunkPlan`
         (this stage's own :class:`BatchComputer` when not given); encoding,
         planning and decoding stay here, so every executor decodes the same
         outputs in the same order.
+
+        ``outputs_cache`` (for a task model that :attr:`~TaskModel.caches_outputs`)
+        holds features' outputs by :func:`outputs_key` and their token ids: a
+        needed example whose every feature is there is decoded from them at
+        once, and a planned batch runs only for features not there; the
+        outputs of every batch run are stored in it.
         """
         if not examples:
             return []
@@ -126,8 +139,32 @@ class ModelStage:
             per_example[owner].append(index)
         outputs: list[Any] = [None] * len(features)
         predictions: list[Prediction | None] = [None] * len(examples)
+        # features whose outputs came from the outputs cache: not counted again when a batch that runs holds them
+        known = np.zeros(len(features), dtype=bool)
+        feature_keys: list[str] = []
+        if outputs_cache is not None:
+            base = outputs_key(self.task_model)
+            feature_keys = [feature_output_key(base, feature.inputs) for feature in features]
+            # a feature repeated within the chunk is computed at each place, as the predictions' cache does (its
+            # copies may sit in batches of different shapes, whose last digits can differ)
+            repeated = {key for key, count in Counter(feature_keys).items() if count > 1}
+            asked = [index for index in range(len(features)) if wanted[example_of[index]] and feature_keys[index] not in repeated]
+            stored = outputs_cache.get_outputs(feature_keys[index] for index in asked)
+            for index in asked:
+                if feature_keys[index] in stored:
+                    outputs[index] = stored[feature_keys[index]]
+                    known[index] = True
+            np.subtract.at(remaining, example_of[known], 1)
+            from_outputs = [position for position in np.flatnonzero(wanted & (remaining == 0)).tolist() if per_example[position]]
+            decoded = [(position, self._decode(examples[position], features, outputs, per_example[position])) for position in from_outputs]
+            for position, prediction in decoded:
+                predictions[position] = prediction
+            if on_batch is not None and decoded:
+                on_batch(decoded)
         planned = self.plan(features)
-        to_run = [indices for indices in planned if wanted[example_of[indices]].any()]
+        if on_plan is not None:
+            on_plan(example_of, planned)
+        to_run = [indices for indices in planned if (wanted[example_of[indices]] & ~known[indices]).any()]
         self.stats.skipped_batches += len(planned) - len(to_run)
         computed = (compute or self.computer.compute)(self.chunk_plan(features, to_run, lengths))
         pad_multiple = self.computer.pad_multiple
@@ -141,7 +178,10 @@ class ModelStage:
             stats.padded_tokens += rows * padded(int(lengths[indices[0]]), pad_multiple)
             stats.real_tokens += int(lengths[indices].sum())
 
-            owners = example_of[indices]
+            fresh = [index for index in indices if not known[index]]
+            if outputs_cache is not None:
+                outputs_cache.put_outputs({feature_keys[index]: outputs[index] for index in fresh})
+            owners = example_of[fresh]
             np.subtract.at(remaining, owners, 1)
             finished = []
             for position in sorted(set(owners[remaining[owners] == 0].tolist())):
@@ -203,6 +243,36 @@ class ModelStage:
             "forward_seconds": round(stats.forward_seconds, 4),
             "parameters": self.task_model.parameters(),
         }
+
+
+class OutputsCache(Protocol):
+    """Where :meth:`ModelStage.run` keeps features' model outputs (the prediction cache's ``outputs`` table)."""
+
+    def get_outputs(self, keys: Iterable[str]) -> dict[str, dict[str, np.ndarray]]: ...
+
+    def put_outputs(self, items: Mapping[str, Mapping[str, Any]]) -> None: ...
+
+
+def outputs_key(task_model: TaskModel) -> str:
+    """The part of a feature's outputs key shared by a run: the weights, the backend (with dtype and kind of device)
+    and the head with its options; not the task's options, which only :meth:`TaskModel.decode` reads."""
+    loaded = task_model.loaded
+    return json.dumps(
+        {"fingerprint": loaded.fingerprint, "backend": loaded.backend.cache_identity(loaded), "head": loaded.head.name,
+         "head_options": task_model.head_options()},
+        sort_keys=True,
+        default=str,
+    )
+
+
+def feature_output_key(base: str, inputs: Mapping[str, Any]) -> str:
+    """One feature's outputs key: ``base`` and the token ids (and any other inputs) the model reads."""
+    digest = hashlib.sha256(base.encode("utf-8"))
+    for name in sorted(inputs):
+        array = np.asarray(inputs[name])
+        digest.update(f"\x00{name}:{array.dtype.str}:{array.shape}\x00".encode("utf-8"))
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def cache_key_parameters(task_model: TaskModel) -> str:

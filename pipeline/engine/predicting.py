@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from typing import Callable
+from typing import Callable, Iterable
+
+import numpy as np
 
 from nlpflow.config.resolve import ResolvedPipeline
 from nlpflow.contract.errors import ConfigError, DataError, ModelError, NlpflowError
@@ -116,7 +118,7 @@ class Predictor:
 
     def _by_model(self, chunk: list[Example], batch_done: Callable[[int], None]) -> list[Prediction]:
         task, plugin, config, stage = self.task, self.pipeline.task_plugin, self.pipeline.config, self.stage
-        keys = [example_key(self.run_key, {name: example.fields.get(name) for name in task.input_fields}) for example in chunk]
+        keys = [example_key(self.run_key, task.cache_inputs(example)) for example in chunk]
         cached = self.cache.get_many(keys) if self.cache is not None else {}
         cached = {key: value for key, value in cached.items() if isinstance(value, dict) and "value" in value}
         # A text that repeats within the chunk is computed at each place, as a run without a cache does
@@ -124,8 +126,14 @@ class Predictor:
         repeated = {key for key, count in Counter(keys).items() if count > 1}
         misses = [position for position, key in enumerate(keys) if key not in cached or key in repeated]
         results: list[Prediction | None] = [None] * len(chunk)
+        reused_before = self.counts.reusable
         if misses:
             missed = set(misses)
+            rerun = RerunReuse(len(chunk), misses)
+
+            def planned(example_of: np.ndarray, batches: list[list[int]]) -> None:
+                rerun.planned(example_of, batches)
+                self.counts.reusable = reused_before + rerun.count()
 
             def store(finished: list[tuple[int, Prediction]]) -> None:
                 """Check one model batch's finished predictions and store the cache misses among them at once."""
@@ -133,12 +141,13 @@ class Predictor:
                     results[position] = checked_prediction(prediction, self._where(chunk[position]), plugin, task.name, "decode")
                 if self.cache is not None:
                     fresh = {
-                        keys[p]: {"value": json_ready(results[p].value), "details": results[p].details, "notes": chunk[p].notes}
+                        keys[p]: {"value": json_ready(results[p].value, exact=True), "details": results[p].details, "notes": chunk[p].notes}
                         for p, _ in finished
                         if p in missed
                     }
                     self.cache.put_many(fresh)
-                    self.counts.saved += len(fresh)
+                    rerun.stored(p for p, _ in finished if p in missed and keys[p] not in repeated)
+                    self.counts.reusable = reused_before + rerun.count()
                 batch_done(len(finished))
 
             def failure(error: BaseException) -> str:
@@ -150,10 +159,14 @@ class Predictor:
                         f"{chunk[-1].line} of {config.data_path}) in pipeline {self.pipeline.name!r}")
 
             with blamed_on(plugin, failure):
-                computed = stage.run(chunk, needed=misses, on_batch=store, compute=self.compute)
+                computed = stage.run(chunk, needed=misses, on_batch=store, compute=self.compute,
+                                     on_plan=planned if self.cache is not None else None,
+
+                                     outputs_cache=self.cache if stage.task_model.caches_outputs else None)
             checked_count(computed, chunk, plugin, task.name, "the model stage")
         else:
             stage.skip(chunk)
+            self.counts.reusable = reused_before + len(chunk)
         # what was not computed (its planned batches held cache hits only) comes from the cache
         for position, key in enumerate(keys):
             if results[position] is None:
@@ -162,3 +175,36 @@ class Predictor:
                 chunk[position].notes.update(stored.get("notes") or {})
                 self.counts.from_cache += 1
         return results  # type: ignore[return-value]
+
+
+class RerunReuse:
+    """How many of a chunk's records a rerun over the same data takes from the cache, kept current as each model
+    batch is stored, for the message of an interrupted run.
+
+    A rerun plans the chunk's batches as this run did and computes every batch that holds a feature of a record it
+    needs (not cached, or a text repeated within the chunk); a record any of whose features sits in a batch it
+    skips comes from the cache. So stored predictions a rerun computes again anyway are not counted.
+    """
+
+    def __init__(self, records: int, needed: Iterable[int]):
+        self.needed = np.zeros(records, dtype=bool)
+        self.needed[list(needed)] = True
+        self.example_of: np.ndarray | None = None
+        self.batches: list[list[int]] = []
+
+    def planned(self, example_of: np.ndarray, batches: list[list[int]]) -> None:
+        self.example_of = example_of
+        self.batches = batches
+
+    def stored(self, positions: Iterable[int]) -> None:
+        """Records whose prediction is now in the cache under a key no other record of the chunk has."""
+        self.needed[list(positions)] = False
+
+    def count(self) -> int:
+        if self.example_of is None:
+            return 0
+        computed = np.zeros(len(self.example_of), dtype=bool)
+        for batch in self.batches:
+            if self.needed[self.example_of[batch]].any():
+                computed[batch] = True
+        return len(np.unique(self.example_of[~computed]))

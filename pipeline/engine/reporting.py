@@ -1,9 +1,8 @@
-"""The run's reports: report.json's dict, the reporters' collectors, and every report file staged, then put in place."""
+"""The run's reports: report.json's dict, the reporters' collectors, every report file staged, then put in place, then published."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -13,11 +12,11 @@ from nlpflow import __version__
 from nlpflow.config.resolve import ResolvedPipeline
 from nlpflow.contract.errors import NlpflowError, PluginError
 from nlpflow.contract.files import stage_file
-from nlpflow.contract.types import RunCollector, RunResult
+from nlpflow.contract.types import Publisher, Reporter, RunCollector, RunResult
 from nlpflow.engine.counts import Counts
 from nlpflow.engine.guard import blamed_on, checked_text
 from nlpflow.engine.report import package_versions
-from nlpflow.engine.run_folder import remove_previous_run
+from nlpflow.engine.run_folder import switch
 
 #: every skipped record (line, index, reason), one JSON object a line, in the run folder
 SKIPPED_FILE = "skipped.jsonl"
@@ -96,7 +95,7 @@ def stage_reports(pipeline: ResolvedPipeline, directory: Path, result: RunResult
     failures = []
     staged: dict[str, Path] = {}
     try:
-        for reporter in pipeline.reporters:
+        for reporter in _file_reporters(pipeline):
             provider = pipeline.providers[("reporter", reporter.name)]
             try:
                 with blamed_on(provider, f"reporter {reporter.name!r} raised"):
@@ -120,15 +119,31 @@ def stage_reports(pipeline: ResolvedPipeline, directory: Path, result: RunResult
     return staged, failures
 
 
-def put_in_place(pipeline: ResolvedPipeline, directory: Path, predictions: Path, staged: dict[str, Path]) -> None:
-    """The finished predictions file and the staged reports renamed into the run folder, after the previous run's
-    reports are gone (those of formats no longer configured too): a report next to predictions.jsonl always
-    describes it."""
+def put_in_place(directory: Path, predictions: Path, staged: dict[str, Path]) -> None:
+    """The finished predictions file and the staged reports made the run folder's set in one step (see
+    :func:`nlpflow.engine.run_folder.switch`): a report next to predictions.jsonl always describes it."""
     try:
-        remove_previous_run(directory, [reporter.filename for reporter in pipeline.reporters], keep=staged.values())
-        predictions.replace(directory / "predictions.jsonl")
-        for name, temporary in staged.items():
-            os.replace(temporary, directory / name)
+        switch(directory, {"predictions.jsonl": predictions, **staged})
     finally:
         for temporary in staged.values():
             temporary.unlink(missing_ok=True)
+
+
+def publish(pipeline: ResolvedPipeline, result: RunResult) -> list[NlpflowError]:
+    """Each :class:`Publisher` of the pipeline handed the finished run, whose files are all in place, and the
+    publishers that failed: one failing (a tracking server down) must not stop the others, nor touch the files."""
+    failures: list[NlpflowError] = []
+    for reporter in pipeline.reporters:
+        if not isinstance(reporter, Publisher):
+            continue
+        try:
+            with blamed_on(pipeline.providers[("reporter", reporter.name)], f"reporter {reporter.name!r} raised in publish()"):
+                reporter.publish(result)
+        except NlpflowError as error:
+            failures.append(error)
+    return failures
+
+
+def _file_reporters(pipeline: ResolvedPipeline) -> list[Reporter]:
+    """The reporters that write a file into the run folder (a Publisher writes none)."""
+    return [reporter for reporter in pipeline.reporters if not isinstance(reporter, Publisher)]

@@ -6,23 +6,30 @@ Two guarantees, kept here so the runner only calls them:
   folder itself holds run files only) from before it reads the data until its last report is written. A second
   run of a pipeline with the same name into the same output folder waits for it, saying so once, and gives up
   with an :class:`OutputError` after :data:`LOCK_WAIT_SECONDS`.
-- no stale files: ``.nlpflow-files.json`` lists the files the last run wrote. The next run removes those it does
-  not write again (a report format no longer configured) and the temporary files a killed run left behind. Files
-  nlpflow did not write are never touched.
+- one set at a time: a finished run's files (predictions, reports and ``.nlpflow-files.json``, which lists them)
+  are gathered in a staging folder and swapped with the run folder in one atomic rename (:func:`switch`), so at
+  every instant the folder holds the previous run's set whole or the new one whole, whenever the process is
+  killed. The previous set's files this run does not write (a report format no longer configured) go with it;
+  files nlpflow did not write stay.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import json
 import logging
 import os
+import shutil
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from nlpflow.contract.errors import OutputError
+from nlpflow.contract.files import write_atomic
 
 logger = logging.getLogger("nlpflow.engine.run_folder")
 
@@ -84,18 +91,137 @@ def previous_files(directory: Path) -> list[str]:
     return [name for name in names if isinstance(name, str) and name and Path(name).name == name and not name.startswith(".")]
 
 
-def remove_previous_run(directory: Path, names: Iterable[str], keep: Iterable[Path] = ()) -> None:
-    """Remove the last run's files and ``names`` (what this run is about to write), and temporary files left by a
-    killed run that was writing any of them (but not this run's own, in ``keep``)."""
-    keep = {Path(path).name for path in keep}
-    for name in {*previous_files(directory), *names}:
+def switch(directory: Path, new_files: dict[str, Path]) -> None:
+    """Make ``new_files`` (final name -> a finished temporary file in ``directory``) the run folder's set in one step.
+
+    The new set, its manifest first, and a hard link to each file nlpflow did not write are gathered in a staging
+    folder next to the run folder, which then trades places with the run folder in one rename
+    (``renameat2(RENAME_EXCHANGE)``): a reader, or a run killed at any instant, finds the previous run's set whole
+    or the new one whole. Where the system cannot exchange (not Linux, a file system without it, a run folder that
+    is a mount point), each new file replaces its old one, and old files this run does not write are removed only
+    after every new one is in place.
+    """
+    discard_staging(directory)
+    previous = previous_files(directory)
+    staging = staging_path(directory)
+    if os.stat(directory).st_dev != os.stat(directory.parent).st_dev:
+        _replace_one_by_one(directory, new_files, previous)
+        return
+    try:
+        staging.mkdir()
+        os.chmod(staging, stat.S_IMODE(os.stat(directory).st_mode))
+        # the manifest first, so a staging folder a killed run leaves always says which of its files are nlpflow's
+        write_atomic(staging / MANIFEST, _manifest_text(new_files))
+        for name, temporary in new_files.items():
+            os.replace(temporary, staging / name)
+        for name in _not_ours(directory, previous, new_files):
+            try:
+                os.link(directory / name, staging / name, follow_symlinks=False)
+            except OSError:
+                pass  # a folder, or a file that cannot be linked: moved back just after the exchange instead
+        _sync_folder(staging)
+        exchanged = _exchange(staging, directory)
+    except BaseException:
+        _return_new_files(staging, new_files)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if exchanged:
+        _sync_folder(directory.parent)
+        discard_staging(directory)  # now the previous run's set
+    else:
+        _replace_one_by_one(directory, {name: staging / name for name in new_files}, previous)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def staging_path(directory: Path) -> Path:
+    return directory.parent / f".{directory.name}.next"
+
+
+def discard_staging(directory: Path) -> None:
+    """Remove the staging folder next to ``directory`` (a killed run's, or the previous set after an exchange),
+    first moving back into the run folder whatever nlpflow did not write and the run folder lacks."""
+    staging = staging_path(directory)
+    if staging.is_symlink() or not staging.is_dir():
+        return
+    for name in _not_ours(staging, previous_files(staging), {}):
+        if not os.path.lexists(directory / name):
+            try:
+                os.replace(staging / name, directory / name)
+            except OSError as error:
+                raise OutputError(
+                    f"cannot move {staging / name}, which nlpflow did not write, back into the run folder {directory}: "
+                    f"{error.strerror or error}; move it yourself and remove {staging}"
+                ) from None
+    shutil.rmtree(staging)
+
+
+def _not_ours(folder: Path, ours: Iterable[str], new: Iterable[str]) -> list[str]:
+    """The entries of ``folder`` that are neither nlpflow's (``ours``, ``new``, the manifest) nor its temporary files."""
+    skip = {*ours, *new, MANIFEST}
+    return [
+        entry.name for entry in os.scandir(folder)
+        if entry.name not in skip and not (entry.name.startswith(".") and entry.name.endswith((".tmp", ".partial")))
+    ]
+
+
+def _replace_one_by_one(directory: Path, new_files: dict[str, Path], previous: Iterable[str]) -> None:
+    for name, temporary in new_files.items():
+        os.replace(temporary, directory / name)
+    for name in {*previous} - set(new_files):
         (directory / name).unlink(missing_ok=True)
-        for leftover in directory.glob(f".{name}.*.tmp"):
-            if leftover.name not in keep:
-                leftover.unlink(missing_ok=True)
+    for name in {*previous, *new_files}:
+        for leftover in directory.glob(f".{name}.*.tmp"):  # of a killed run
+            leftover.unlink(missing_ok=True)
+    write_atomic(directory / MANIFEST, _manifest_text(new_files))
+    _sync_folder(directory)
 
 
-def record_run_files(directory: Path, names: Iterable[str]) -> None:
-    from nlpflow.contract.files import write_atomic
+def _return_new_files(staging: Path, new_files: dict[str, Path]) -> None:
+    """Put the new files back where the caller expects them (to remove them), after a failed staging."""
+    for name, temporary in new_files.items():
+        if (staging / name).is_file() and not temporary.exists():
+            try:
+                os.replace(staging / name, temporary)
+            except OSError:
+                pass
 
-    write_atomic(directory / MANIFEST, json.dumps({"files": sorted(set(names))}, indent=1) + "\n")
+
+def _manifest_text(names: Iterable[str]) -> str:
+    return json.dumps({"files": sorted(set(names))}, indent=1) + "\n"
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so the renames in it survive a power cut (best effort: not every system allows it)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+#: renameat2's flag that swaps two paths atomically (Linux 3.15, glibc 2.28)
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+#: errors that mean "cannot exchange here", not "the folder is broken"
+_CANNOT_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two folders in one atomic rename; False where the system cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _CANNOT_EXCHANGE:
+        return False
+    raise OSError(code, os.strerror(code), str(second))

@@ -17,24 +17,24 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO
+from typing import IO, Iterator
 
 from nlpflow.config.resolve import ResolvedPipeline
-from nlpflow.contract.errors import DataError, ModelError, NlpflowError, OutputError, Problems, RunInterrupted
+from nlpflow.contract.errors import ConfigError, DataError, ModelError, NlpflowError, OutputError, Problems, RunInterrupted
 from nlpflow.contract.progress import Progress
-from nlpflow.contract.types import Example, Executor, Prediction, RunResult
+from nlpflow.contract.types import Example, Executor, Prediction, RunResult, TaskContext
 from nlpflow.engine import overlap as chunk_loop
 from nlpflow.engine import reporting
 from nlpflow.engine.cache import PredictionCache
 from nlpflow.engine.counts import Counts
 from nlpflow.engine.executing import StageSpec, make_executor
 from nlpflow.engine.fingerprint import DataFingerprint
+from nlpflow.engine.guard import blamed_on
 from nlpflow.engine.labels import LabelCheck
 from nlpflow.engine.model_stage import ModelStage
 from nlpflow.engine.predicting import Predictor, load_model
 from nlpflow.engine.preprocessing import Preprocessing
 from nlpflow.engine.reading import ExampleReader
-from nlpflow.engine.run_folder import record_run_files
 from nlpflow.engine.scoring import Scoring
 from nlpflow.registry import default_registry
 
@@ -86,8 +86,8 @@ class Runner:
 
     def preflight(self, records: int = PREFLIGHT_RECORDS, *, problems: list[NlpflowError] | None = None) -> None:
         """What ``validate`` checks without running the model: the data file opens with its reader and its first
-        ``records`` records have the mapped fields, the model's config resolves (no weights are read), and the
-        model's labels meet the data's.
+        ``records`` records have the mapped fields, the model's config resolves and its backend's other checks pass
+        (``Backend.check_model``: no weights are read), and the model's labels meet the data's.
 
         Raises the first problem; with a ``problems`` list, appends each to it instead. The data and the model are
         checked either way, each without the other; the labels need both, so they are checked only when both pass."""
@@ -95,17 +95,42 @@ class Runner:
         report = Problems(problems)
         data_ok = model_ok = False
         with report.check():
+            # the whole data, as the run hands it: a pool cut to the first records would fail a k the data allows
+            self.prepare_task()
             self._check_first_records(records)
             data_ok = True
         with report.check():
             if config.model is not None and self.pipeline.backend is not None:
                 try:
-                    self.pipeline.backend.checkpoint_config(config.model)
+                    self.pipeline.backend.check_model(config.model)
                 except ModelError as error:
                     raise ModelError(f"{config.location('model')}: pipeline {self.pipeline.name!r}: {error}") from None
             model_ok = True
         if data_ok and model_ok:
             self.check_labels()
+
+    def prepare_task(self) -> None:
+        """Call the task's ``prepare`` once, before any record is checked (by the run, and by ``validate``)."""
+        config, pipeline = self.config, self.pipeline
+        task = self.task
+
+        def examples() -> Iterator[Example]:
+            read = self.reader.examples(Counts())  # the first pass counts apart from the run
+            try:
+                yield from read
+            finally:
+                read.close()
+                self.fingerprint.close()
+
+        fields = {name: config.fields.get(name, name) for name in (*task.input_fields, *task.reference_fields)}
+        context = TaskContext(pipeline.name, config.source.parent, fields, examples, config.model, pipeline.backend)
+        with blamed_on(pipeline.task_plugin, f"task {task.name!r} raised in prepare for pipeline {pipeline.name!r}"):
+            try:
+                task.prepare(context)
+            except ConfigError as error:
+                if error.location is not None:
+                    raise
+                raise ConfigError(error.message, config.location("options"), pipeline.name) from None
 
     def _check_first_records(self, records: int) -> None:
         """The data's first ``records`` records are read and mapped, as the run will (a DataError if none can be)."""
@@ -134,6 +159,7 @@ class Runner:
         started_at = datetime.now(timezone.utc)
         started = time.perf_counter()
         self._make_folder()
+        self.prepare_task()
         self.check_labels()
         stage, run_key = self._load_model() if self.config.model is not None else (None, None)
         try:
@@ -156,7 +182,7 @@ class Runner:
             # every report is rendered and written to a temporary file before the previous run's files are touched,
             # so a full disk or a failing write leaves the previous run whole
             staged, failures = reporting.stage_reports(self.pipeline, self.directory, result, self.counts)
-            reporting.put_in_place(self.pipeline, self.directory, partial, staged)
+            reporting.put_in_place(self.directory, partial, staged)
             result.predictions_file = None
         except OSError as error:
             partial.unlink(missing_ok=True)
@@ -167,11 +193,11 @@ class Runner:
             ) from None
         except KeyboardInterrupt as interrupt:
             partial.unlink(missing_ok=True)
-            raise RunInterrupted(self.pipeline.name, self.counts.saved, self.cache is not None) from interrupt
+            raise RunInterrupted(self.pipeline.name, self.counts.reusable, self.cache is not None) from interrupt
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        record_run_files(self.directory, ["predictions.jsonl", *staged])
+        failures += reporting.publish(self.pipeline, result)
         if failures:
             raise failures[0]
         return result

@@ -37,6 +37,7 @@ class Scoring:
             self.config.fields.get(inputs[0], inputs[0]) if inputs else None,
             pipeline.slice_by,
             self.config.report.rank_by,
+            ties_by_confidence=pipeline.task.rank_ties_by_confidence,
         )
         #: reporters' collectors by reporter name, fed every written chunk (see ``reporting.start_collectors``)
         self.collectors: dict[str, RunCollector] = {}
