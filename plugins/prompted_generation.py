@@ -9,19 +9,17 @@ stage with lm-evaluation-harness's few-shot layout, its default stop strings and
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nlpflow import Backend, ConfigError, Example, ExampleError, LoadedModel, ModelConfig, ModelError, Prediction, TaskModel, file_sha256
-from nlpflow.plugins.prompting import FewShotPromptOptions, PromptBuilder, chat_text, is_causal_lm, sample_shots
+from nlpflow import Backend, ConfigError, Example, ExampleError, ModelConfig, ModelError, Prediction, TaskContext, TaskModel
+from nlpflow.plugins.prompting import (
+    OPTION, FewShotPromptOptions, PromptBuilder, ShotPool, chat_text, check_pool_size, is_causal_lm, read_few_shot_source, sample_shots,
+    shots_from_examples,
+)
 from nlpflow.plugins.text_generation import CausalGenerator, GenerationSettings
-
-#: where the prompting options sit in a task's options, for error messages
-OPTION = "options.prompting"
 
 
 class AnswerOptions(BaseModel):
@@ -87,66 +85,84 @@ class PromptedGeneration:
     ``answer_field`` names the record field whose first text answers a few-shot example (QA: ``answers``,
     translation: ``reference``, summarization: ``summary``); ``normalise`` turns a shot's value of it into the
     task's form (a string or list of strings), raising ExampleError for one it cannot take. ``constants`` are
-    extra template variables every record has (translation's language names)."""
+    extra template variables every record has (translation's language names).
+
+    ``active`` says whether the task prompts at all: :meth:`prepare` sets it from the pipeline's model (a causal
+    LM, or the task's method saying so); None until then, when records are rendered anyway so a template naming
+    a missing field is reported."""
 
     def __init__(self, options: PromptedGenerationOptions, default_prompt: str, answer_field: str,
                  normalise: Callable[[Any], Any], constants: Mapping[str, Any] | None = None):
         self.options = options
         self.builder = PromptBuilder(options.prompt or default_prompt, option=f"{OPTION}.prompt")
         self.answer_field = answer_field
+        self.normalise = normalise
         self.constants = dict(constants or {})
-        few_shot = options.few_shot
-        self.shots = self._read_shots(few_shot.source, normalise) if few_shot.k else []
-        # the cache keys on the record's input fields and the options: the file's bytes join them through the model stage
-        self.shots_sha256 = file_sha256(Path(few_shot.source)) if few_shot.k else None
-        if few_shot.k > len(self.shots):
-            raise ConfigError(f"{OPTION}.few_shot: k is {few_shot.k} but {few_shot.source} has only {len(self.shots)} examples")
+        self.active: bool | None = None
+        #: the few-shot pool; None until :meth:`prepare` has read it (no few-shot examples are rendered before)
+        self.shots: list[dict[str, Any]] | None = None if options.few_shot.k else []
 
-    def _read_shots(self, path: str, normalise: Callable[[Any], Any]) -> list[dict[str, Any]]:
-        """The solved examples of ``few_shot.source``: JSON Lines records with the template's fields and an answer."""
-        where = f"{OPTION}.few_shot.source"
-        try:
-            lines = open(path, encoding="utf-8").read().splitlines()
-        except OSError as error:
-            raise ConfigError(f"{where}: cannot read {path}: {error.strerror}") from None
-        needed = [name for name in self.builder.variables if name not in self.constants]
-        shots = []
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
+    def prepare(self, context: TaskContext, *, method_prompts: bool = False) -> None:
+        """Decides :attr:`active` (``method_prompts``: the task's method prompts whatever the checkpoint), then
+        reads the few-shot pool: ``few_shot.source`` relative to the pipelines file, with the pipeline's field
+        names, or without a source the pipeline's own examples (a record is never its own shot)."""
+        if context.model is None:
+            self.active = False  # no model: the data's own predictions are scored, nothing is prompted
+        elif method_prompts:
+            self.active = True
+        elif context.backend is not None:
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ConfigError(f"{where} {path}:{number}: not JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise ConfigError(f"{where} {path}:{number}: a record must be a JSON object")
-            missing = [name for name in (*needed, self.answer_field) if record.get(name) is None]
-            if missing:
-                raise ConfigError(f"{where} {path}:{number}: the record lacks {', '.join(map(repr, missing))}, which the prompt "
-                                  f"template or the answer needs; it has {', '.join(map(repr, sorted(record))) or 'no fields'}")
-            try:
-                answer = normalise(record[self.answer_field])
-            except ExampleError as error:
-                raise ConfigError(f"{where} {path}:{number}: {error}") from None
-            if not answer:
-                raise ConfigError(f"{where} {path}:{number}: field {self.answer_field!r} has no answer to show")
-            shots.append({**record, self.answer_field: answer})
-        return shots
+                self.active = is_causal_lm(context.backend.checkpoint_config(context.model))
+            except ModelError:
+                self.active = None  # a checkpoint that cannot be read is reported where the model loads
+        few_shot = self.options.few_shot
+        if self.active is False or not few_shot.k:
+            return
+        self.shots = None
+        if few_shot.source is not None:
+            needed = [name for name in self.builder.variables if name not in self.constants]
+            pool = read_few_shot_source(few_shot.source, fields=context.fields, required=(*needed, self.answer_field), folder=context.folder)
+            for number, shot in enumerate(pool, 1):
+                try:
+                    shot[self.answer_field] = self.normalise(shot[self.answer_field])
+                except ExampleError as error:
+                    raise ConfigError(f"{OPTION}.few_shot.source {few_shot.source}: record {number}: {error}") from None
+                if not shot[self.answer_field]:
+                    raise ConfigError(f"{OPTION}.few_shot.source {few_shot.source}: record {number}: "
+                                      f"field {self.answer_field!r} has no answer to show")
+        else:
+            # check_example has normalised each answer; a record answered by nothing (SQuAD 2.0) shows no answer
+            own = shots_from_examples(context.examples(), required=(self.answer_field,))
+            kept = [position for position, shot in enumerate(own) if shot[self.answer_field]]
+            pool = ShotPool([own[position] for position in kept], [own.record_indices[position] for position in kept])
+        check_pool_size(pool, few_shot)
+        self.shots = pool
 
     def render(self, example: Example) -> None:
         """The record's prompt and its few-shot examples (each a rendered prompt and its answer), stored in its
-        fields for :class:`PromptedAnswerer`."""
+        fields for :class:`PromptedAnswerer`; nothing when the task does not prompt."""
+        if self.active is False:
+            return
         fields = {**self.constants, **example.columns, **example.fields}
         example.fields["prompt"] = self.builder.render(fields)
-        example.fields["few_shot"] = [
-            [self.builder.render({**self.constants, **shot}), first_text(shot[self.answer_field])]
-            for shot in sample_shots(self.shots, self.options.few_shot, example.index)
-        ]
+        if self.shots is not None:
+            example.fields["few_shot"] = [
+                [self.builder.render({**self.constants, **shot}), first_text(shot[self.answer_field])]
+                for shot in sample_shots(self.shots, self.options.few_shot, example.index)
+            ]
+
+    def cache_inputs(self, example: Example) -> Mapping[str, Any] | None:
+        """What the model reads of a prompted record, for the prediction cache's key: the rendered prompt and
+        few-shot examples (which depend on the record's index and, drawn from the data itself, on the other
+        records); None when the task does not prompt."""
+        if not self.active:
+            return None
+        return {name: example.fields.get(name) for name in ("prompt", "few_shot")}
 
     def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         # the backend refuses a checkpoint that is not a causal LM, naming the heads it fits
         loaded = backend.load(model, "causal-generation", require_fast_tokenizer=False)
-        return PromptedAnswerer(loaded, self.options, shots_sha256=self.shots_sha256)
+        return PromptedAnswerer(loaded, self.options)
 
 
 def refuse_causal_lm(model: ModelConfig, backend: Backend, task: str, method: str) -> None:
@@ -171,10 +187,7 @@ class PromptedAnswerer(CausalGenerator):
     short: lm-evaluation-harness issue #1837)."""
 
     options: PromptedGenerationOptions
-
-    def __init__(self, loaded: LoadedModel, options: PromptedGenerationOptions, shots_sha256: str | None = None):
-        super().__init__(loaded, options)
-        self.shots_sha256 = shots_sha256
+    options_at = OPTION
 
     def stop_strings(self) -> list[str]:
         if self.options.stop is not None:
@@ -182,9 +195,12 @@ class PromptedAnswerer(CausalGenerator):
         return [] if self.use_chat_template else [self.options.fewshot_delimiter]
 
     def parameters(self) -> dict[str, Any]:
-        return {**super().parameters(), "stop": self.stop, "few_shot_source_sha256": self.shots_sha256}
+        return {**super().parameters(), "stop": self.stop}
 
     def model_text(self, example: Example) -> str:
+        if "few_shot" not in example.fields:
+            raise ModelError(f"record {example.index} was checked before the task's few-shot pool was read: call Task.prepare "
+                             "before check_example (the runner does)")
         options, prompt = self.options, example.fields["prompt"]
         shots = [(question, answer) for question, answer in example.fields["few_shot"]]
         if self.use_chat_template:

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validat
 
 from nlpflow import ConfigError, Example, LoadedModel, ModelError
 
+#: where the prompting options sit in every prompting task's options, for error messages
+OPTION = "options.prompting"
+
 
 class PromptBuilder:
     """A Jinja2 prompt template over a record's fields, checked when it is built and when each record is rendered.
@@ -86,13 +89,13 @@ class PromptOptions(BaseModel):
         return template
 
 
-def uses_chat_template(loaded: LoadedModel, chat_template: Literal["auto", True, False]) -> bool:
+def uses_chat_template(loaded: LoadedModel, chat_template: Literal["auto", True, False], option: str = f"{OPTION}.chat_template") -> bool:
     """Whether prompts go through the tokenizer's chat template: ``auto`` when it has one, ``True`` when it must
-    (a ModelError if it has none), ``False`` never."""
+    (a ModelError naming ``option`` if it has none), ``False`` never."""
     has_template = bool(getattr(loaded.tokenizer, "chat_template", None))
     if chat_template is True and not has_template:
         raise ModelError(
-            f"model {loaded.name_or_path!r}: options.chat_template is true but its tokenizer has no chat template; "
+            f"model {loaded.name_or_path!r}: {option} is true but its tokenizer has no chat template; "
             "set chat_template: auto or false"
         )
     return has_template and chat_template is not False
@@ -148,7 +151,7 @@ def read_few_shot_source(
     record keeps its columns and gets each mapped value under its canonical name. A relative ``path`` is read from
     ``folder`` (the pipelines file's folder) when given."""
     if path is None:
-        raise ConfigError("options.few_shot.source is not set: a pool from the pipeline's own data is read in the task's "
+        raise ConfigError(f"{OPTION}.few_shot.source is not set: a pool from the pipeline's own data is read in the task's "
                           "prepare, with shots_from_examples(context.examples())")
     fields = dict(fields or {})
     location = Path(path).expanduser()
@@ -158,23 +161,23 @@ def read_few_shot_source(
     try:
         lines = location.read_text(encoding="utf-8").splitlines()
     except OSError as error:
-        raise ConfigError(f"options.few_shot.source: cannot read {location}: {error.strerror}") from None
+        raise ConfigError(f"{OPTION}.few_shot.source: cannot read {location}: {error.strerror}") from None
     except UnicodeDecodeError as error:
-        raise ConfigError(f"options.few_shot.source: {location} is not UTF-8 text ({error.reason})") from None
+        raise ConfigError(f"{OPTION}.few_shot.source: {location} is not UTF-8 text ({error.reason})") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise ConfigError(f"options.few_shot.source {location}:{number}: not JSON ({error.msg})") from None
+            raise ConfigError(f"{OPTION}.few_shot.source {location}:{number}: not JSON ({error.msg})") from None
         if not isinstance(record, dict):
-            raise ConfigError(f"options.few_shot.source {location}:{number}: a record must be a JSON object")
+            raise ConfigError(f"{OPTION}.few_shot.source {location}:{number}: a record must be a JSON object")
         shot = {**record, **{name: record[column] for name, column in fields.items() if column in record}}
         missing = [name for name in required if not _present(shot.get(name))]
         if missing:
             named = ", ".join(repr(fields.get(name, name)) for name in missing)
-            raise ConfigError(f"options.few_shot.source {location}:{number}: a record needs a non-empty {named}")
+            raise ConfigError(f"{OPTION}.few_shot.source {location}:{number}: a record needs a non-empty {named}")
         records.append(shot)
     return ShotPool(records)
 
@@ -202,7 +205,7 @@ def check_pool_size(shots: Sequence[dict[str, Any]], few_shot: FewShotOptions) -
     if few_shot.k > available:
         where = "the data has" if own else f"{few_shot.source} has"
         usable = f"{len(shots)} examples with a label, so {available} for each record" if own else f"only {len(shots)} examples"
-        raise ConfigError(f"options.few_shot: k is {few_shot.k} but {where} {usable}")
+        raise ConfigError(f"{OPTION}.few_shot: k is {few_shot.k} but {where} {usable}")
 
 
 def sample_shots(shots: Sequence[dict[str, Any]], few_shot: FewShotOptions, index: int) -> list[dict[str, Any]]:

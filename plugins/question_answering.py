@@ -42,7 +42,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from nlpflow import (
-    Backend, Example, ExampleError, Features, LoadedModel, Metric, ModelConfig, Prediction, Task, TaskModel,
+    Backend, Example, ExampleError, Features, LoadedModel, Metric, ModelConfig, Prediction, Task, TaskContext, TaskModel,
     has_head, hookimpl, input_limit, json_type, tokenize,
 )
 from nlpflow.plugins.prompted_generation import PromptedGeneration, PromptedGenerationOptions, refuse_causal_lm
@@ -99,6 +99,14 @@ class QuestionAnswering(Task):
             example.fields["prediction"] = _prediction_text(example.fields["prediction"])
         if self.prompting is not None:
             self.prompting.render(example)
+
+    def prepare(self, context: TaskContext) -> None:
+        if self.prompting is not None:
+            self.prompting.prepare(context, method_prompts=self.options.method == "generate")
+
+    def cache_inputs(self, example: Example) -> Mapping[str, Any]:
+        prompted = self.prompting.cache_inputs(example) if self.prompting is not None else None
+        return super().cache_inputs(example) if prompted is None else prompted
 
     def _normalise_answers(self, value: Any) -> list[str]:
         if isinstance(value, str):

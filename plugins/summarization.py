@@ -36,7 +36,7 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from nlpflow import Backend, Example, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, TaskModel, hookimpl, input_limit, tokenize
+from nlpflow import Backend, Example, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, TaskContext, TaskModel, hookimpl, input_limit, tokenize
 from nlpflow.plugins.prompted_generation import PromptedGeneration, PromptedGenerationOptions, refuse_causal_lm
 from nlpflow.plugins.prompting import is_causal_lm
 from nlpflow.plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, check_references, load_seq2seq
@@ -87,6 +87,14 @@ class Summarization(TextToTextTask):
         super().check_example(example)
         if self.prompting is not None:
             self.prompting.render(example)
+
+    def prepare(self, context: TaskContext) -> None:
+        if self.prompting is not None:
+            self.prompting.prepare(context)
+
+    def cache_inputs(self, example: Example) -> Mapping[str, Any]:
+        prompted = self.prompting.cache_inputs(example) if self.prompting is not None else None
+        return super().cache_inputs(example) if prompted is None else prompted
 
     @property
     def rule_based(self) -> bool:

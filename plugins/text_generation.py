@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
@@ -108,11 +108,14 @@ class CausalGenerator(TaskModel):
     Subclasses change what the model reads (:meth:`model_text`), which strings end a row (:meth:`stop_strings`)
     and what is made of the continuation (:meth:`decode`)."""
 
+    #: where the options sit in the task's options, for error messages
+    options_at: ClassVar[str] = "options"
+
     def __init__(self, loaded: LoadedModel, options: GenerationSettings | TextGenerationOptions):
         super().__init__(loaded)
         self.options = options
         tokenizer = loaded.tokenizer
-        self.use_chat_template = uses_chat_template(loaded, options.chat_template)
+        self.use_chat_template = uses_chat_template(loaded, options.chat_template, f"{self.options_at}.chat_template")
         # the window holds the prompt and the tokens generated after it
         self.prompt_limit = max(1, input_limit(loaded) - options.max_new_tokens)
         self.end_ids = end_token_ids(loaded)

@@ -20,12 +20,12 @@ references (sacreBLEU's ``None`` padding).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from nlpflow import Backend, Example, LoadedModel, Metric, ModelConfig, ModelError, TaskModel, hookimpl
+from nlpflow import Backend, Example, LoadedModel, Metric, ModelConfig, ModelError, TaskContext, TaskModel, hookimpl
 from nlpflow.plugins.prompted_generation import PromptedGeneration, PromptedGenerationOptions
 from nlpflow.plugins.prompting import is_causal_lm
 from nlpflow.plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, check_references, load_seq2seq
@@ -62,6 +62,13 @@ class Translation(TextToTextTask):
     def check_example(self, example: Example) -> None:
         super().check_example(example)
         self.prompting.render(example)
+
+    def prepare(self, context: TaskContext) -> None:
+        self.prompting.prepare(context)
+
+    def cache_inputs(self, example: Example) -> Mapping[str, Any]:
+        prompted = self.prompting.cache_inputs(example)
+        return super().cache_inputs(example) if prompted is None else prompted
 
     def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         if is_causal_lm(backend.checkpoint_config(model)):

@@ -19,7 +19,7 @@ from rouge_score import rouge_scorer
 import nlpflow
 from nlpflow.cli import main
 from nlpflow.contract.errors import ConfigError, ModelError
-from nlpflow.contract.types import Example, ModelConfig
+from nlpflow.contract.types import Example, ModelConfig, TaskContext
 from nlpflow.engine.model_stage import ModelStage
 from nlpflow.plugins.prompted_generation import AnswerOptions, PromptedAnswerer, extract_answer
 from nlpflow.plugins.question_answering import QuestionAnswering, QuestionAnsweringOptions
@@ -58,11 +58,15 @@ TASKS = {
 }
 
 
-def prompted(task_name: str, path, prompting: dict | None = None, **options):
+def prompted(task_name: str, path, prompting: dict | None = None, records: list[dict] = (), **options):
+    """The task, prepared as the runner prepares it (``records`` as the pipeline's data), and its loaded model."""
     task_cls, options_cls, _, defaults, _ = TASKS[task_name]
     prompting = {"max_new_tokens": NEW_TOKENS, **(prompting or {})}
     task = task_cls(options_cls(**{**defaults, **options, "prompting": prompting}))
-    return task, task.load(ModelConfig(name_or_path=str(path), device="cpu"), TorchBackend())
+    model, backend = ModelConfig(name_or_path=str(path), device="cpu"), TorchBackend()
+    fields = {name: name for name in (*task.input_fields, *task.reference_fields)}
+    task.prepare(TaskContext("test", Path("."), fields, lambda: iter(checked(task, records)), model, backend))
+    return task, task.load(model, backend)
 
 
 def checked(task, records: list[dict]) -> list[Example]:
@@ -295,7 +299,7 @@ def test_random_few_shot_is_seeded_per_record_and_a_record_keeps_its_shots(gpt2_
     assert all(answer in {"Das Haus ist klein.", "Guten Morgen, mein Freund.", "Wir gingen zum Markt."} for shots in first for _, answer in shots)
 
 
-def test_the_cache_keys_on_the_few_shot_file(gpt2_lm, tmp_path):
+def test_the_cache_keys_on_the_shots_a_record_reads_from_the_few_shot_file(gpt2_lm, tmp_path):
     source = Path(write_shots(tmp_path, "shots.jsonl", TRANSLATION_RECORDS[:1]))
     options = {"source_lang": "English", "target_lang": "German", "prompting": {"max_new_tokens": 4, "few_shot": {"k": 1, "source": str(source)}}}
     config = write_pipeline(tmp_path, "translation", gpt2_lm, TRANSLATION_RECORDS, options)
@@ -308,6 +312,33 @@ def test_the_cache_keys_on_the_few_shot_file(gpt2_lm, tmp_path):
     assert from_cache() == len(TRANSLATION_RECORDS)
     write_shots(tmp_path, "shots.jsonl", TRANSLATION_RECORDS[1:2])
     assert from_cache() == 0
+
+
+@pytest.mark.parametrize("sampler", ["first", "random"])
+def test_few_shot_from_the_same_data_never_shows_a_record_itself(gpt2_lm, sampler):
+    render = TASKS["question-answering"][4]
+    task, _ = prompted("question-answering", gpt2_lm, {"few_shot": {"k": 3, "sampler": sampler}}, records=QA_RECORDS)
+    for record, example in zip(QA_RECORDS, checked(task, QA_RECORDS)):
+        shown = [question for question, _ in example.fields["few_shot"]]
+        assert len(shown) == 3 and render(record) not in shown
+        assert set(shown) == {render(other) for other in QA_RECORDS if other is not record}
+
+
+def test_same_data_few_shot_keys_the_cache_on_the_other_records_answers(gpt2_lm, tmp_path):
+    options = {"prompting": {"max_new_tokens": 4, "few_shot": {"k": 1}}}
+    # one record a batch: a hit batched with a miss is computed again (batch shapes change the last digits)
+    config = write_pipeline(tmp_path, "question-answering", gpt2_lm, QA_RECORDS, options, batch_size=1)
+
+    def from_cache() -> int:
+        [result] = nlpflow.run(["prompted"], config, tmp_path / "out", cache_dir=tmp_path / "cache", interactive=False)
+        return result.report["counts"]["from_cache"]
+
+    assert from_cache() == 0
+    assert from_cache() == len(QA_RECORDS)
+    # with k 1 and the first sampler, record 0 shows record 1 and every other record shows record 0
+    changed = [QA_RECORDS[0], {**QA_RECORDS[1], "answers": ["under the table"]}, *QA_RECORDS[2:]]
+    write_pipeline(tmp_path, "question-answering", gpt2_lm, changed, options, batch_size=1)
+    assert from_cache() == len(QA_RECORDS) - 1
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -355,10 +386,10 @@ def test_translation_without_language_names_or_prompt_is_refused(gpt2_lm):
 
 def test_few_shot_source_records_are_checked_with_their_file_and_line(tmp_path, gpt2_lm):
     source = write_shots(tmp_path, "shots.jsonl", [QA_RECORDS[0], {"context": "c", "answers": ["a"]}])
-    with pytest.raises(ConfigError, match=r"shots.jsonl:2: the record lacks 'question'"):
+    with pytest.raises(ConfigError, match=r"options.prompting.few_shot.source .*shots.jsonl:2: a record needs a non-empty 'question'"):
         prompted("question-answering", gpt2_lm, {"few_shot": {"k": 1, "source": source}})
     bad = write_shots(tmp_path, "bad.jsonl", [{**QA_RECORDS[0], "answers": []}])
-    with pytest.raises(ConfigError, match=r"bad.jsonl:1: field 'answers' is empty"):
+    with pytest.raises(ConfigError, match=r"bad.jsonl: record 1: field 'answers' is empty"):
         prompted("question-answering", gpt2_lm, {"few_shot": {"k": 1, "source": bad}})
     with pytest.raises(ValidationError, match="balanced"):
         QuestionAnsweringOptions(prompting={"few_shot": {"k": 1, "source": source, "sampler": "balanced"}})
