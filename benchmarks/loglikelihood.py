@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         folder = Path(workdir)
         (folder / "shots.jsonl").write_text("".join(json.dumps(shot) + "\n" for shot in shots), encoding="utf-8")
         path = build_gpt2(folder / "gpt2", seed=args.seed, hidden=256, layers=4, heads=4, context=1024, vocab_size=4000)
-        options = ClassificationOptions(mode="loglikelihood", labels=LABELS, prompt="Passage: {{ text }}\nGenre:",
-                                        few_shot={"k": args.shots, "source": "shots.jsonl"})
+        options = ClassificationOptions(mode="loglikelihood", labels=LABELS, prompting={
+            "prompt": "Passage: {{ text }}\nGenre:", "few_shot": {"k": args.shots, "source": "shots.jsonl"}})
         task = TextClassification(options)
         task.prepare(TaskContext("benchmark", folder, {"text": "text", "label": "label"}, lambda: iter(())))
         config = ModelConfig(name_or_path=str(path), device="cpu", dtype="float32", batch_size=batch_size)

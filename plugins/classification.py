@@ -21,14 +21,15 @@ import math
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from nlpflow import (
     Backend, Example, ExampleError, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, Task, TaskModel,
     ConfigError, TaskContext, has_head, hookimpl, input_limit, json_type, tokenize,
 )
 from nlpflow.plugins.prompting import (
-    FewShotOptions, PromptBuilder, chat_text, check_pool_size, read_few_shot_source, sample_shots, shots_from_examples, uses_chat_template,
+    OPTION, FewShotPromptOptions, PromptBuilder, chat_text, check_pool_size, is_causal_lm, read_few_shot_source, sample_shots, shots_from_examples,
+    uses_chat_template,
 )
 
 #: Zero-shot descriptions: each label's embedding is the mean of its descriptions' embeddings
@@ -44,9 +45,17 @@ SENTIMENT_LABELS = {
 #: the keys of a log-likelihood prediction's value: the argmax of the log-likelihood and of it per character
 LOGLIKELIHOOD_PREDICTION_KEYS = frozenset({"label", "label_norm"})
 
-#: architecture suffixes of causal language models (GPT2LMHeadModel, LlamaForCausalLM, ...), as the torch backend
-#: tells them from encoders
-CAUSAL_LM_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+
+class ClassificationPromptOptions(FewShotPromptOptions):
+    """``options.prompting`` of classification by log-likelihood: the block every prompting task shares, where
+    ``target_delimiter`` goes between the prompt and each label scored."""
+
+    prompt: str = Field("{{ text }}\nLabel:", description="Jinja2 template over the record's fields; each label is scored as its continuation")
+
+
+class SentimentPromptOptions(ClassificationPromptOptions):
+    prompt: str = Field("{{ text }}\nQuestion: Is this text positive or negative?\nAnswer:",
+                        description=ClassificationPromptOptions.model_fields["prompt"].description)
 
 
 class ClassificationOptions(BaseModel):
@@ -60,19 +69,9 @@ class ClassificationOptions(BaseModel):
     multi_label: bool = Field(False, description="each text has a set of labels (a list, or a comma-separated string)")
     threshold: float = Field(0.5, ge=0, le=1, description="multi-label: a label is predicted when its probability reaches this")
     template: str = Field("{}", description="zero-shot: the label description is put in this template")
-    prompt: str = Field("{{ text }}\nLabel:", description="loglikelihood: Jinja2 template over the record's fields; each label is scored as its continuation")
-    system: str | None = Field(None, description="loglikelihood: system message, in the chat template or else before the prompt with a blank line")
-    chat_template: Literal["auto", True, False] = Field(
-        "auto", description="loglikelihood: wrap the prompt in the tokenizer's chat template: auto (when it has one), true (it must), false")
-    target_delimiter: str = Field(" ", description="loglikelihood: between the prompt and the label (not used with a chat template)")
-    fewshot_delimiter: str = Field("\n\n", description="loglikelihood: between few-shot examples and before the prompt (not used with a chat template)")
-    few_shot: FewShotOptions = Field(default_factory=lambda: FewShotOptions(), description="loglikelihood: solved examples put before each prompt")
-
-    @field_validator("prompt")
-    @classmethod
-    def _template_parses(cls, template: str) -> str:
-        PromptBuilder(template)
-        return template
+    prompting: ClassificationPromptOptions = Field(
+        default_factory=lambda: ClassificationPromptOptions(),
+        description="loglikelihood: the prompt each label is scored after, the system message, the chat template and few-shot examples")
 
 
 class SentimentOptions(ClassificationOptions):
@@ -80,10 +79,8 @@ class SentimentOptions(ClassificationOptions):
         default_factory=lambda: dict(SENTIMENT_LABELS),
         description=ClassificationOptions.model_fields["labels"].description + "; default: positive and negative with zero-shot descriptions",
     )
-    prompt: str = Field(
-        "{{ text }}\nQuestion: Is this text positive or negative?\nAnswer:",
-        description=ClassificationOptions.model_fields["prompt"].description,
-    )
+    prompting: SentimentPromptOptions = Field(
+        default_factory=lambda: SentimentPromptOptions(), description=ClassificationOptions.model_fields["prompting"].description)
 
 
 class TextClassification(Task):
@@ -97,7 +94,7 @@ class TextClassification(Task):
 
     def __init__(self, options: BaseModel | None = None):
         super().__init__(options)
-        self.prompt = PromptBuilder(self.options.prompt)
+        self.prompt = PromptBuilder(self.options.prompting.prompt, option=f"{OPTION}.prompt")
         #: the method, once :meth:`prepare` has read the checkpoint's config under ``mode: auto``
         self.mode = self.options.mode
         #: the few-shot pool; None until :meth:`prepare` has read it (no few-shot examples are rendered before)
@@ -105,7 +102,7 @@ class TextClassification(Task):
 
     @property
     def _few_shot(self) -> bool:
-        return bool(self.options.few_shot.k) and self.mode == "loglikelihood"
+        return bool(self.options.prompting.few_shot.k) and self.mode == "loglikelihood"
 
     def prepare(self, context: TaskContext) -> None:
         """Picks the method under ``mode: auto`` (prompts are rendered in :meth:`check_example` for loglikelihood), then
@@ -119,7 +116,7 @@ class TextClassification(Task):
         self.shots = None if self._few_shot else []
         if not self._few_shot:
             return
-        few_shot = self.options.few_shot
+        few_shot = self.options.prompting.few_shot
         if few_shot.source is not None:
             shots = read_few_shot_source(few_shot.source, fields=context.fields, folder=context.folder)
         else:
@@ -149,7 +146,7 @@ class TextClassification(Task):
             fields["prompt"] = self.prompt.render({**example.columns, **fields})
             if self.shots is not None:
                 fields["few_shot"] = [[self.prompt.render(shot), self._answer(shot["label"])]
-                                      for shot in sample_shots(self.shots, self.options.few_shot, example.index)]
+                                      for shot in sample_shots(self.shots, self.options.prompting.few_shot, example.index)]
 
     def cache_inputs(self, example: Example) -> Mapping[str, Any]:
         if self.mode != "loglikelihood":
@@ -187,7 +184,7 @@ class TextClassification(Task):
         checkpoint = backend.checkpoint_config(model)
         if has_head(checkpoint, "ForSequenceClassification"):
             return "sequence-classification"
-        if any(has_head(checkpoint, suffix) for suffix in CAUSAL_LM_ARCHITECTURES):
+        if is_causal_lm(checkpoint):
             return "loglikelihood"
         return "zero-shot"
 
@@ -383,10 +380,11 @@ class LoglikelihoodClassifier(TaskModel):
     def __init__(self, loaded: LoadedModel, options: ClassificationOptions):
         super().__init__(loaded)
         self.options = options
+        self.prompting = options.prompting
         self.model_labels = list(options.labels)
         self.labels = dataset_labels(self.model_labels, options, loaded.name_or_path, zero_shot=True)
-        self.use_chat_template = uses_chat_template(loaded, options.chat_template)
-        self.delimiter = "" if self.use_chat_template else options.target_delimiter
+        self.use_chat_template = uses_chat_template(loaded, self.prompting.chat_template)
+        self.delimiter = "" if self.use_chat_template else self.prompting.target_delimiter
         self.window = input_limit(loaded)
         for label in self.model_labels:
             if not loaded.tokenizer(self.delimiter + label, add_special_tokens=False)["input_ids"]:
@@ -397,7 +395,7 @@ class LoglikelihoodClassifier(TaskModel):
         return {
             "window": self.window, "labels": self.labels, "model_labels": self.model_labels, "loglikelihood": True,
             "chat_template": hashlib.sha256(template.encode()).hexdigest() if template else None,
-            **self.options.model_dump(include={"system", "target_delimiter", "fewshot_delimiter"}),
+            **self.prompting.model_dump(include={"system", "target_delimiter", "fewshot_delimiter"}),
         }
 
     def context(self, example: Example) -> str:
@@ -405,7 +403,7 @@ class LoglikelihoodClassifier(TaskModel):
         if "few_shot" not in example.fields:
             raise ModelError(f"record {example.index} was checked before the task's few-shot pool was read: call Task.prepare "
                              "before check_example (the runner does)")
-        options, prompt, shots = self.options, example.fields["prompt"], example.fields["few_shot"]
+        options, prompt, shots = self.prompting, example.fields["prompt"], example.fields["few_shot"]
         if self.use_chat_template:
             return chat_text(self.loaded, options.system, [tuple(shot) for shot in shots], prompt)
         parts = [f"{question}{options.target_delimiter}{answer}" for question, answer in shots] + [prompt]

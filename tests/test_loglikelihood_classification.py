@@ -62,7 +62,7 @@ def loop_loglikelihood(model, tokenizer, context: str, continuation: str) -> flo
 @pytest.mark.parametrize("fixture", ["gpt2_lm", "llama_lm", "qwen2_lm"])
 def test_equal_to_one_forward_per_label_loop(tmp_path, request, fixture):
     path = request.getfixturevalue(fixture)
-    options = {"prompt": "Review: {{ text }}\nSentiment:", "system": "Classify reviews.", "chat_template": False}
+    options = {"prompting": {"prompt": "Review: {{ text }}\nSentiment:", "system": "Classify reviews.", "chat_template": False}}
     _, rows = run_pipeline(tmp_path, path, options=options)
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -93,7 +93,7 @@ def test_batch_size_does_not_change_predictions(tmp_path, gpt2_lm):
 def test_chat_template_with_few_shot_turns_equals_the_loop(tmp_path, qwen2_lm):
     source = tmp_path / "shots.jsonl"
     source.write_text("".join(json.dumps(shot) + "\n" for shot in SHOTS), encoding="utf-8")
-    options = {"chat_template": True, "system": "Answer with one word.", "few_shot": {"k": 2, "source": str(source)}}
+    options = {"prompting": {"chat_template": True, "system": "Answer with one word.", "few_shot": {"k": 2, "source": str(source)}}}
     _, rows = run_pipeline(tmp_path, qwen2_lm, options=options)
     model = AutoModelForCausalLM.from_pretrained(qwen2_lm).eval()
     tokenizer = AutoTokenizer.from_pretrained(qwen2_lm)
@@ -120,11 +120,11 @@ def _render(task: TextClassification, index: int) -> dict:
 def test_prompt_renders_over_the_record_and_its_columns(tmp_path):
     source = tmp_path / "shots.jsonl"
     source.write_text("".join(json.dumps(shot) + "\n" for shot in SHOTS), encoding="utf-8")
-    task = TextClassification(ClassificationOptions(mode="loglikelihood", labels=LABELS, prompt="Q: {{ text }} ({{ source }})"))
+    task = TextClassification(ClassificationOptions(mode="loglikelihood", labels=LABELS, prompting={"prompt": "Q: {{ text }} ({{ source }})"}))
     assert _render(task, 0)["prompt"] == "Q: Fine. (web)"
     # few-shot examples render with the same template over their own fields: a column they lack is named
-    task = TextClassification(ClassificationOptions(mode="loglikelihood", labels=LABELS, prompt="Q: {{ text }} ({{ source }})",
-                                                    few_shot={"k": 2, "source": str(source)}))
+    task = TextClassification(ClassificationOptions(mode="loglikelihood", labels=LABELS,
+                                                    prompting={"prompt": "Q: {{ text }} ({{ source }})", "few_shot": {"k": 2, "source": str(source)}}))
     with pytest.raises(nlpflow.ConfigError, match="'source'"):
         _render(task, 0)
 
@@ -135,7 +135,7 @@ def test_few_shot_samplers_are_seeded_per_record(tmp_path):
         source.write_text("".join(json.dumps(shot) + "\n" for shot in SHOTS), encoding="utf-8")
         task = TextClassification(ClassificationOptions(
             mode="loglikelihood", labels=LABELS, label_map={"neutral": "so-so"},
-            few_shot={"k": k, "source": str(source), "sampler": sampler, "seed": seed}))
+            prompting={"few_shot": {"k": k, "source": str(source), "sampler": sampler, "seed": seed}}))
         return _render(task, index)["few_shot"]
 
     assert shots("first", 3) == [[f"{shot['text']}\nLabel:", shot["label"].replace("neutral", "so-so")] for shot in SHOTS[:4]]
@@ -154,7 +154,7 @@ def test_few_shot_samplers_are_seeded_per_record(tmp_path):
 def test_context_without_chat_template_joins_shots_with_the_delimiters(tmp_path, gpt2_lm):
     source = tmp_path / "shots.jsonl"
     source.write_text("".join(json.dumps(shot) + "\n" for shot in SHOTS), encoding="utf-8")
-    options = {"few_shot": {"k": 2, "source": str(source)}, "target_delimiter": " => ", "fewshot_delimiter": "\n###\n"}
+    options = {"prompting": {"few_shot": {"k": 2, "source": str(source)}, "target_delimiter": " => ", "fewshot_delimiter": "\n###\n"}}
     _, rows = run_pipeline(tmp_path, gpt2_lm, options=options)
     model = AutoModelForCausalLM.from_pretrained(gpt2_lm).eval()
     tokenizer = AutoTokenizer.from_pretrained(gpt2_lm)
@@ -194,7 +194,7 @@ def _metric_values(report: dict) -> dict[str, float]:
 
 def test_a_label_that_tokenizes_to_nothing_is_named(tmp_path, gpt2_lm):
     with pytest.raises(ModelError, match="label '' tokenizes to nothing"):
-        run_pipeline(tmp_path, gpt2_lm, options={"labels": ["positive", ""], "target_delimiter": ""})
+        run_pipeline(tmp_path, gpt2_lm, options={"labels": ["positive", ""], "prompting": {"target_delimiter": ""}})
 
 
 def test_an_encoder_checkpoint_is_refused_naming_the_model(tmp_path, bert_classifier):
@@ -277,7 +277,7 @@ def _plain_context(shots: list[dict], record: dict) -> str:
 
 
 def test_few_shot_from_the_same_data_never_shows_a_record_itself(tmp_path, gpt2_lm):
-    result, rows = run_pipeline(tmp_path, gpt2_lm, options={"few_shot": {"k": 2}})
+    result, rows = run_pipeline(tmp_path, gpt2_lm, options={"prompting": {"few_shot": {"k": 2}}})
     model = AutoModelForCausalLM.from_pretrained(gpt2_lm).eval()
     tokenizer = AutoTokenizer.from_pretrained(gpt2_lm)
     for position, (record, row) in enumerate(zip(RECORDS, rows)):
@@ -294,7 +294,7 @@ def test_a_same_data_pool_gives_every_sampler_other_records_only(sampler):
     records = [{"text": f"text {index}", "label": LABELS[index % 3]} for index in range(9)]
     examples = [Example(index=index, line=index + 1, fields=dict(record)) for index, record in enumerate(records)]
     task = TextClassification(ClassificationOptions(mode="loglikelihood", labels=LABELS,
-                                                    few_shot={"k": 4, "sampler": sampler}))
+                                                    prompting={"few_shot": {"k": 4, "sampler": sampler}}))
     task.prepare(TaskContext("test", Path("."), {"text": "text", "label": "label"}, lambda: iter(examples)))
     for index, record in enumerate(records):
         example = Example(index=index, line=index + 1, fields=dict(record))
@@ -303,7 +303,7 @@ def test_a_same_data_pool_gives_every_sampler_other_records_only(sampler):
         assert len(shown) == 4 and len(set(shown)) == 4
         assert f"{record['text']}\nLabel:" not in shown
     # k must leave one record out for each: 9 labelled records give 8
-    task = TextClassification(ClassificationOptions(mode="loglikelihood", labels=LABELS, few_shot={"k": 9}))
+    task = TextClassification(ClassificationOptions(mode="loglikelihood", labels=LABELS, prompting={"few_shot": {"k": 9}}))
     with pytest.raises(nlpflow.ConfigError, match="k is 9 but the data has 9 examples with a label, so 8 for each record"):
         task.prepare(TaskContext("test", Path("."), {"text": "text", "label": "label"}, lambda: iter(examples)))
 
@@ -316,8 +316,8 @@ def test_few_shot_source_is_read_beside_the_pipelines_file_with_its_field_names(
     (folder / "data.jsonl").write_text("".join(json.dumps({"review": r["text"], "sentiment": r["label"]}) + "\n" for r in RECORDS),
                                        encoding="utf-8")
     pipeline = {"task": "text-classification", "data": {"path": "data.jsonl"}, "fields": {"text": "review", "label": "sentiment"},
-                "options": {"mode": "loglikelihood", "labels": LABELS, "prompt": "{{ review }}\nLabel:",
-                            "few_shot": {"k": 2, "source": "shots.jsonl"}},
+                "options": {"mode": "loglikelihood", "labels": LABELS, "prompting": {"prompt": "{{ review }}\nLabel:",
+                                                                                "few_shot": {"k": 2, "source": "shots.jsonl"}}},
                 "model": {"name_or_path": str(gpt2_lm), "device": "cpu"}}
     config = folder / "pipelines.yaml"
     config.write_text(json.dumps({"pipelines": {"fields": pipeline}}), encoding="utf-8")
@@ -340,7 +340,7 @@ def test_few_shot_source_is_read_beside_the_pipelines_file_with_its_field_names(
 def test_same_data_few_shot_validates_pickles_and_keys_the_cache_on_the_shots(tmp_path, gpt2_lm):
     import pickle
 
-    options = {"few_shot": {"k": 2, "sampler": "random", "seed": 3}}
+    options = {"prompting": {"few_shot": {"k": 2, "sampler": "random", "seed": 3}}}
     data = tmp_path / "cached.jsonl"
     data.write_text("".join(json.dumps(record) + "\n" for record in RECORDS), encoding="utf-8")
     pipeline = {"task": "text-classification", "data": {"path": data.name}, "metrics": ["accuracy"],
@@ -379,8 +379,8 @@ def test_same_data_few_shot_validates_pickles_and_keys_the_cache_on_the_shots(tm
 
 
 def test_mode_auto_scores_a_causal_lm_by_loglikelihood(tmp_path, gpt2_lm):
-    _, auto = run_pipeline(tmp_path, gpt2_lm, name="auto", options={"mode": "auto", "chat_template": False})
-    _, explicit = run_pipeline(tmp_path, gpt2_lm, name="explicit", options={"chat_template": False})
+    _, auto = run_pipeline(tmp_path, gpt2_lm, name="auto", options={"mode": "auto", "prompting": {"chat_template": False}})
+    _, explicit = run_pipeline(tmp_path, gpt2_lm, name="explicit", options={"prompting": {"chat_template": False}})
     assert [row["details"] for row in auto] == [row["details"] for row in explicit]
     assert "loglikelihood" in auto[0]["details"]
 
@@ -394,7 +394,7 @@ def test_a_loglikelihood_run_reads_downstream_as_any_classification_run(tmp_path
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
     metrics = ["accuracy", "accuracy_norm", "macro_f1"]
     run = {"task": "text-classification", "data": {"path": "data.jsonl", "id_field": "id"}, "metrics": metrics,
-           "options": {"mode": "loglikelihood", "labels": LABELS, "few_shot": {"k": 1}},
+           "options": {"mode": "loglikelihood", "labels": LABELS, "prompting": {"few_shot": {"k": 1}}},
            "model": {"name_or_path": str(gpt2_lm), "device": "cpu"},
            "report": {"formats": ["json", "markdown", "html"], "slice_by": ["domain"]}}
     rescored = {"task": "text-classification", "data": {"path": "rescored.jsonl"}, "metrics": metrics,
@@ -441,7 +441,7 @@ def test_validate_checks_a_same_data_pool_against_the_whole_data(tmp_path, gpt2_
 
     def validate(k: int):
         pipeline = {"task": "text-classification", "data": {"path": "eight.jsonl"},
-                    "options": {"mode": "loglikelihood", "labels": LABELS, "few_shot": {"k": k}},
+                    "options": {"mode": "loglikelihood", "labels": LABELS, "prompting": {"few_shot": {"k": k}}},
                     "model": {"name_or_path": str(gpt2_lm), "device": "cpu"}}
         config = tmp_path / "eight.yaml"
         config.write_text(json.dumps({"pipelines": {"eight": pipeline}}), encoding="utf-8")

@@ -318,7 +318,7 @@ def test_a_loglikelihood_run_with_few_shot_from_its_own_data_on_ray_writes_the_b
     config = tmp_path / "pipelines.yaml"
     config.write_text(json.dumps({"pipelines": {"ll": {
         "task": "sentiment", "data": {"path": "reviews.jsonl"}, "metrics": ["accuracy", "accuracy_norm"],
-        "options": {"mode": "loglikelihood", "labels": ["positive", "negative"], "few_shot": {"k": 2, "sampler": "random"}},
+        "options": {"mode": "loglikelihood", "labels": ["positive", "negative"], "prompting": {"few_shot": {"k": 2, "sampler": "random"}}},
         "model": {"name_or_path": str(gpt2_lm), "device": "cpu", "batch_size": 2}, "chunk_size": 4,
     }}}), encoding="utf-8")
     assert main(["run", "ll", "--config", str(config), "--output", str(tmp_path / "local"), "--no-cache"]) == 0
