@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -113,12 +114,16 @@ def write_pipelines_file(
     if "labels" in getattr(task_cls.Options, "model_fields", {}) and label_column:
         labels, labels_read = _all_labels(records, stream, label_column, data)
         label_options, comments = _label_options(task_cls, labels, registry, loglikelihood=causal)
+        prompt = label_options.pop("prompt", None)
         if causal:
             options["mode"] = "loglikelihood"
-            options["prompt"] = label_options.pop("prompt")
         options.update(label_options)
+        if causal:
+            options["prompting"] = {"prompt": prompt}
     elif causal and task in GENERATE_PROMPTS:
-        options = {"mode": "generate", "prompt": GENERATE_PROMPTS[task]}
+        # a task whose default method already prompts a causal LM (summarization, translation has none) gets none written
+        options = {"method": "generate"} if _names_generate_apart(task_cls) else {}
+        options["prompting"] = {"prompt": GENERATE_PROMPTS[task]}
 
     # relative to the file when the data is under its folder, so the two can move together
     folder = output.resolve().parent
@@ -148,9 +153,14 @@ def write_pipelines_file(
             lines.append("    # zero-shot: each label is described by the phrases in its list; write a few that say what it means")
         lines += [f"    # {_one_line(comment)}" for comment in comments]
         lines.append("    options:")
-        lines += [f"      {key}: {_flow(value)}" for key, value in options.items()]
-        if options.get("mode") == "generate":
-            lines.append("      # few_shot: {k: 3}   # solved examples before each prompt (from the same data unless source: is given)")
+        for key, value in options.items():
+            if key != "prompting":
+                lines.append(f"      {key}: {_flow(value)}")
+                continue
+            lines.append("      prompting:")
+            lines += [f"        {name}: {_flow(setting)}" for name, setting in value.items()]
+            if options.get("mode") != "loglikelihood":
+                lines.append("        # few_shot: {k: 3}   # solved examples before each prompt (from the same data unless source: is given)")
     if model:
         chosen_backend = f"backend: {json.dumps(backend)}, " if backend is not None else ""
         lines.append(f"    model: {{name_or_path: {json.dumps(model)}, {chosen_backend}device: auto, batch_size: auto}}")
@@ -177,6 +187,12 @@ def _flow(value: Any) -> str:
     """``value`` as YAML flow text (JSON), readable in any script; the characters YAML breaks lines at are escaped,
     since a quoted scalar would be folded there."""
     return re.sub("[\x85\u2028\u2029]", lambda match: f"\\u{ord(match.group()):04x}", json.dumps(value, ensure_ascii=False))
+
+
+def _names_generate_apart(task_cls: type) -> bool:
+    """Whether a task's ``method`` option takes ``generate`` without defaulting to it (question answering's auto)."""
+    field = getattr(task_cls.Options, "model_fields", {}).get("method")
+    return field is not None and field.default != "generate" and "generate" in typing.get_args(field.annotation)
 
 
 def _as_list(value: Any) -> list:
@@ -242,7 +258,7 @@ def _label_options(task_cls: type, labels: list[str], registry: Registry, loglik
                            else "a few phrases saying what it means")
                         + "; validate and run refuse the file until then")
     if loglikelihood:
-        default_prompt = task_cls.Options().prompt
+        default_prompt = task_cls.Options().prompting.prompt
         words = [word for word in own if not word.startswith(PLACEHOLDER_MARK)]
         if isinstance(task_default, dict) or unclear or any("{" in word or "}" in word for word in words):
             options["prompt"] = default_prompt

@@ -135,7 +135,7 @@ class PromptedGeneration:
             own = shots_from_examples(context.examples(), required=(self.answer_field,))
             kept = [position for position, shot in enumerate(own) if shot[self.answer_field]]
             pool = ShotPool([own[position] for position in kept], [own.record_indices[position] for position in kept])
-        check_pool_size(pool, few_shot)
+        check_pool_size(pool, few_shot, answer=f"a non-empty {self.answer_field!r}")
         self.shots = pool
 
     def render(self, example: Example) -> None:

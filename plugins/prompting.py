@@ -197,14 +197,14 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, str) and not value.strip())
 
 
-def check_pool_size(shots: Sequence[dict[str, Any]], few_shot: FewShotOptions) -> None:
+def check_pool_size(shots: Sequence[dict[str, Any]], few_shot: FewShotOptions, answer: str = "a label") -> None:
     """A ConfigError when the pool cannot give ``few_shot.k`` shots to every record (one fewer where the pool is
-    the data itself: a record is never its own shot)."""
+    the data itself: a record is never its own shot); ``answer`` names what a record of the data needs to be one."""
     own = isinstance(shots, ShotPool) and shots.record_indices is not None
-    available = len(shots) - own
+    available = max(0, len(shots) - own)
     if few_shot.k > available:
         where = "the data has" if own else f"{few_shot.source} has"
-        usable = f"{len(shots)} examples with a label, so {available} for each record" if own else f"only {len(shots)} examples"
+        usable = f"{len(shots)} examples with {answer}, so {available} for each record" if own else f"only {len(shots)} examples"
         raise ConfigError(f"{OPTION}.few_shot: k is {few_shot.k} but {where} {usable}")
 
 

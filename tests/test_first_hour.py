@@ -156,7 +156,7 @@ def test_init_with_a_causal_lm_writes_loglikelihood_classification_that_runs(tmp
     text, pipeline = _init(tmp_path, "sentiment", data, "--model", str(gpt2_lm))
     options = pipeline["options"]
     assert options["mode"] == "loglikelihood" and options["label_map"] == {"neg": "negative", "pos": "positive"}
-    assert options["prompt"] == "{{ text }}\nQuestion: Is this text positive or negative?\nAnswer:"
+    assert options["prompting"] == {"prompt": "{{ text }}\nQuestion: Is this text positive or negative?\nAnswer:"}
     assert "is a causal language model: each label is scored as the continuation of the prompt" in text
     [result] = run(None, tmp_path / "sentiment-reviews.yaml", tmp_path / "out", use_cache=False)
     predictions = [json.loads(line)["prediction"]["label"] for line in (result.directory / "predictions.jsonl").read_text().splitlines()]
@@ -165,21 +165,38 @@ def test_init_with_a_causal_lm_writes_loglikelihood_classification_that_runs(tmp
     data = _write_lines(tmp_path / "tickets.jsonl", [{"text": f"ticket {i}", "label": ["billing", "bug"][i % 2]} for i in range(4)])
     _, pipeline = _init(tmp_path, "text-classification", data, "--model", str(gpt2_lm))
     assert pipeline["options"]["labels"] == ["billing", "bug"]
-    assert pipeline["options"]["prompt"] == "{{ text }}\nQuestion: Which of these labels fits this text: billing, bug?\nAnswer:"
+    assert pipeline["options"]["prompting"] == {"prompt": "{{ text }}\nQuestion: Which of these labels fits this text: billing, bug?\nAnswer:"}
     assert main(["validate", "-c", str(tmp_path / "text-classification-tickets.yaml")]) == 0
 
 
-@pytest.mark.parametrize(("task", "record", "field"), [
-    ("question-answering", {"context": "Paris is in France.", "question": "Where is Paris?", "answers": ["France"]}, "{{ question }}"),
-    ("translation", {"source": "Good morning", "target": "Guten Morgen"}, "{{ source }}"),
-    ("summarization", {"document": "A long text. With sentences.", "summary": "A text."}, "{{ document }}"),
+@pytest.mark.parametrize(("task", "record", "field", "method"), [
+    ("question-answering", {"context": "Paris is in France.", "question": "Where is Paris?", "answers": ["France"]}, "{{ question }}", "generate"),
+    ("translation", {"source": "Good morning", "reference": "Guten Morgen"}, "{{ source }}", None),
+    ("summarization", {"document": "A long text. With sentences.", "summary": "A text."}, "{{ document }}", None),
 ])
-def test_init_with_a_causal_lm_writes_generate_mode_for_the_generation_tasks(tmp_path, gpt2_lm, task, record, field):
+def test_init_with_a_causal_lm_writes_a_prompting_block_that_validates(tmp_path, gpt2_lm, capsys, task, record, field, method):
     data = _write_lines(tmp_path / "data.jsonl", [record] * 3)
     text, pipeline = _init(tmp_path, task, data, "--model", str(gpt2_lm))
-    assert pipeline["options"]["mode"] == "generate" and field in pipeline["options"]["prompt"]
-    assert "method" not in pipeline["options"]  # the offline baseline's option is not the language model's
-    assert "      # few_shot: {k: 3}" in text
+    assert set(pipeline["options"]) == ({"method", "prompting"} if method else {"prompting"})
+    assert pipeline["options"].get("method") == method and field in pipeline["options"]["prompting"]["prompt"]
+    assert "        # few_shot: {k: 3}" in text  # under prompting:, where few_shot goes
+    capsys.readouterr()
+    assert main(["validate", "-c", str(tmp_path / f"{task}-data.yaml")]) == 0, capsys.readouterr().err
+    # the hint, uncommented, is a few-shot pool drawn from the same data
+    (tmp_path / f"{task}-data.yaml").write_text(text.replace("# few_shot: {k: 3}", "few_shot: {k: 2}"), encoding="utf-8")
+    assert main(["validate", "-c", str(tmp_path / f"{task}-data.yaml")]) == 0, capsys.readouterr().err
+
+
+def test_init_with_a_causal_lm_writes_question_answering_that_runs(tmp_path, gpt2_lm):
+    records = [{"context": f"Paris is in France {i}.", "question": "Where is Paris?", "answers": ["France"]} for i in range(3)]
+    data = _write_lines(tmp_path / "qa.jsonl", records)
+    text, _ = _init(tmp_path, "question-answering", data, "--model", str(gpt2_lm))
+    config = tmp_path / "question-answering-qa.yaml"
+    config.write_text(text.replace("# few_shot: {k: 3}", "few_shot: {k: 1}").replace("device: auto", "device: cpu"), encoding="utf-8")
+    [result] = run(None, config, tmp_path / "out", use_cache=False)
+    rows = [json.loads(line) for line in (result.directory / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(isinstance(row["prediction"], str) and "continuation" in row["details"] for row in rows)
+    assert set(result.report["metrics"]) >= {"exact_match", "f1"}
 
 
 def test_init_with_an_encoder_keeps_the_zero_shot_pipeline(tmp_path, minilm_path):

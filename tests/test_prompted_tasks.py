@@ -324,6 +324,17 @@ def test_few_shot_from_the_same_data_never_shows_a_record_itself(gpt2_lm, sample
         assert set(shown) == {render(other) for other in QA_RECORDS if other is not record}
 
 
+def test_same_data_few_shot_counts_only_records_with_an_answer(gpt2_lm):
+    unanswered = [{"source": record["source"]} for record in TRANSLATION_RECORDS]
+    with pytest.raises(ConfigError, match=r"options.prompting.few_shot: k is 1 but the data has 0 examples with a non-empty 'reference', so 0"):
+        prompted("translation", gpt2_lm, {"few_shot": {"k": 1}}, records=unanswered)
+    # a record without a reference is predicted, never shown: record 0 is shown record 1's first reference
+    records = [unanswered[0], *TRANSLATION_RECORDS[1:]]
+    task, _ = prompted("translation", gpt2_lm, {"few_shot": {"k": 1}}, records=records)
+    assert [shots[0][1] for shots in (example.fields["few_shot"] for example in checked(task, records))] == [
+        "Guten Morgen, mein Freund.", "Wir gingen zum Markt.", "Guten Morgen, mein Freund."]
+
+
 def test_same_data_few_shot_keys_the_cache_on_the_other_records_answers(gpt2_lm, tmp_path):
     options = {"prompting": {"max_new_tokens": 4, "few_shot": {"k": 1}}}
     # one record a batch: a hit batched with a miss is computed again (batch shapes change the last digits)
