@@ -377,30 +377,6 @@ def test_cache_key_holds_the_windows_and_the_weights(tmp_path, gpt2_lm):
     assert from_cache() == len(texts)
 
 
-def test_the_ray_executor_writes_the_local_bytes(tmp_path, trained_gpt2_lm, monkeypatch):
-    ray = pytest.importorskip("ray")
-    import tempfile
-
-    from nlpflow.api import validate
-    from nlpflow.cli import main
-    from nlpflow.engine.runner import Runner
-    from nlpflow.plugins.executors import RayExecutor
-
-    config = lm_config(tmp_path, trained_gpt2_lm, many_documents(12), chunk_size=5, batch_size=3)
-    assert main(["run", "lm", "--config", str(config), "--output", str(tmp_path / "local"), "--no-cache"]) == 0
-    # a short path: Ray's unix sockets live under it and their names are limited to about 100 characters
-    scratch = tempfile.mkdtemp(prefix="nlpflow-ray-", dir="/tmp")
-    monkeypatch.setenv("HOME", scratch)
-    monkeypatch.setenv("RAY_TMPDIR", scratch)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="warning", _temp_dir=scratch)
-    try:
-        Runner(validate(config, ["lm"])[0], tmp_path / "ray", None, interactive=False, executor=RayExecutor(RayExecutor.Options(workers=1))).run()
-    finally:
-        ray.shutdown()
-    local = (tmp_path / "local" / "lm" / "predictions.jsonl").read_bytes()
-    assert (tmp_path / "ray" / "lm" / "predictions.jsonl").read_bytes() == local
-
-
 @pytest.mark.parametrize("stop_at_batch", [4, 9], ids=["first-chunk", "second-chunk"])
 def test_an_interrupted_run_says_how_many_documents_the_rerun_takes_from_the_cache(tmp_path, gpt2_lm, monkeypatch, capsys, stop_at_batch):
     """Documents of several windows span batches: one is reused only when none of its windows' batches is rerun (in

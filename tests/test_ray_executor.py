@@ -325,3 +325,14 @@ def test_a_loglikelihood_run_with_few_shot_from_its_own_data_on_ray_writes_the_b
     pipeline = validate(config, ["ll"])[0]
     Runner(pipeline, tmp_path / "ray", None, interactive=False, executor=RayExecutor()).run()
     assert (tmp_path / "ray/ll/predictions.jsonl").read_bytes() == (tmp_path / "local/ll/predictions.jsonl").read_bytes()
+
+
+def test_sampled_generation_on_ray_writes_the_bytes_of_a_local_run(cluster, gpt2_lm, tmp_path):
+    # sampling is seeded per batch from the seed and the batch's own tokens, so a worker samples what the driver would
+    from tests.test_text_generation import PROMPTS, write_pipeline
+
+    records = [{"prompt": f"{PROMPTS[i % len(PROMPTS)]} {i}"} for i in range(24)]
+    config = write_pipeline(tmp_path, gpt2_lm, records, "      do_sample: true\n      seed: 5\n", chunk_size=8)
+    assert main(["run", "gen", "--config", str(config), "--output", str(tmp_path / "local"), "--no-cache"]) == 0
+    Runner(validate(config, ["gen"])[0], tmp_path / "ray", None, interactive=False, executor=RayExecutor()).run()
+    assert (tmp_path / "ray/gen/predictions.jsonl").read_bytes() == (tmp_path / "local/gen/predictions.jsonl").read_bytes()

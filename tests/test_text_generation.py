@@ -281,27 +281,3 @@ def test_sigkilled_sampling_run_resumes_byte_identical(gpt2_lm, tmp_path):
     assert resumed["counts"]["from_cache"] >= stored
     baseline = (tmp_path / "baseline" / "gen" / "predictions.jsonl").read_bytes()
     assert (tmp_path / "out" / "gen" / "predictions.jsonl").read_bytes() == baseline
-
-
-def test_sampled_generation_on_the_ray_executor_writes_the_local_bytes(gpt2_lm, tmp_path, monkeypatch):
-    ray = pytest.importorskip("ray")
-    import tempfile
-
-    from nlpflow.api import validate
-    from nlpflow.engine.runner import Runner
-    from nlpflow.plugins.executors import RayExecutor
-
-    records = [{"prompt": f"{PROMPTS[i % len(PROMPTS)]} {i}"} for i in range(24)]
-    config = write_pipeline(tmp_path, gpt2_lm, records, "      do_sample: true\n      seed: 5\n", chunk_size=8)
-    assert main(["run", "gen", "--config", str(config), "--output", str(tmp_path / "local"), "--no-cache"]) == 0
-    # a short path: Ray's unix sockets live under it and their names are limited to about 100 characters
-    scratch = tempfile.mkdtemp(prefix="nlpflow-ray-", dir="/tmp")
-    monkeypatch.setenv("HOME", scratch)
-    monkeypatch.setenv("RAY_TMPDIR", scratch)
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="warning", _temp_dir=scratch)
-    try:
-        Runner(validate(config, ["gen"])[0], tmp_path / "ray", None, interactive=False, executor=RayExecutor(RayExecutor.Options(workers=1))).run()
-    finally:
-        ray.shutdown()
-    local = (tmp_path / "local" / "gen" / "predictions.jsonl").read_bytes()
-    assert (tmp_path / "ray" / "gen" / "predictions.jsonl").read_bytes() == local
