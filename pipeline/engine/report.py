@@ -35,9 +35,17 @@ def bootstrap_indices(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]
 
     Drawn one resample at a time so memory stays O(n), not O(n x resamples).
     """
+    for block in bootstrap_index_blocks(n, resamples, seed):
+        yield from block
+
+
+def bootstrap_index_blocks(n: int, resamples: int, seed: int, block_cells: int = 1 << 22) -> Iterator[np.ndarray]:
+    """The draws of :func:`bootstrap_indices` (the same numbers: numpy's generator fills a (k, n) array in the order
+    k draws of n would), a block of at most ``block_cells`` indices at a time: one call per block, not per resample."""
     rng = np.random.default_rng(seed)
-    for _ in range(resamples):
-        yield rng.integers(0, n, size=n)
+    per_block = max(1, min(resamples, block_cells // max(n, 1)))
+    for start in range(0, resamples, per_block):
+        yield rng.integers(0, n, size=(min(per_block, resamples - start), n))
 
 
 def bootstrap_counts(rows: MetricRows, resamples: int, seed: int, block_cells: int = 1 << 22) -> Iterator[np.ndarray]:
@@ -62,14 +70,11 @@ def bootstrap_counts(rows: MetricRows, resamples: int, seed: int, block_cells: i
         for start in range(0, resamples, per_block):
             yield rng.multinomial(n, shares, size=min(per_block, resamples - start))
         return
-    block: list[np.ndarray] = []
-    for drawn in bootstrap_indices(n, resamples, seed):
-        block.append(np.bincount(drawn if rows.ids is None else rows.ids[drawn], minlength=width))
-        if len(block) == per_block:
-            yield np.stack(block)
-            block = []
-    if block:
-        yield np.stack(block)
+    for drawn in bootstrap_index_blocks(n, resamples, seed, block_cells):
+        distinct = drawn if rows.ids is None else rows.ids[drawn]
+        # one bincount for the whole block: resample j's rows are counted in cells j * width ... (j + 1) * width - 1
+        offsets = np.arange(len(drawn))[:, None] * width
+        yield np.bincount((distinct + offsets).ravel(), minlength=len(drawn) * width).reshape(len(drawn), width)
 
 
 def bootstrap_interval(metric: Metric, rows: MetricRows, resamples: int, seed: int, confidence: float) -> dict[str, Any] | None:
