@@ -320,29 +320,13 @@ def lm_config(tmp_path, model_path, texts, chunk_size: int, batch_size: int):
 
 
 def test_sigkilled_run_resumes_byte_identical(tmp_path, trained_gpt2_lm):
-    import subprocess
-    import sys
-
-    from tests.test_resume import SLOW_CLI, _env, _kill_part_way
+    from tests.test_resume import killed_and_resumed
 
     chunk = 5
     texts = many_documents()
     config = lm_config(tmp_path, trained_gpt2_lm, texts, chunk_size=chunk, batch_size=3)
-
-    def cli(out, cache, delay: float = 0.0) -> subprocess.Popen:
-        arguments = ["run", "lm", "--config", str(config), "--output", str(out), "--cache-dir", str(cache)]
-        command = [sys.executable, "-c", SLOW_CLI, str(delay), *arguments] if delay else [sys.executable, "-m", "nlpflow.cli", *arguments]
-        return subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def finish(process: subprocess.Popen) -> None:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr
-
-    finish(cli(tmp_path / "baseline", tmp_path / "baseline-cache"))
-    stored = _kill_part_way(cli(tmp_path / "out", tmp_path / "cache", delay=0.5), tmp_path / "cache", at_least=2 * chunk)
+    stored = killed_and_resumed(config, "lm", tmp_path, at_least=2 * chunk)
     assert 0 < stored < len(texts)
-    assert not (tmp_path / "out" / "lm" / "predictions.jsonl").exists()
-    finish(cli(tmp_path / "out", tmp_path / "cache"))
     resumed = json.loads((tmp_path / "out" / "lm" / "report.json").read_text(encoding="utf-8"))
     baseline = json.loads((tmp_path / "baseline" / "lm" / "report.json").read_text(encoding="utf-8"))
     assert resumed["counts"]["from_cache"] >= stored

@@ -118,6 +118,23 @@ def _finish(process: subprocess.Popen) -> None:
     assert "Traceback" not in stderr
 
 
+def killed_and_resumed(config: Path, name: str, root: Path, at_least: int) -> int:
+    """Run pipeline ``name`` of ``config`` whole into ``root/baseline``; then again into ``root/out``, slowed and
+    SIGKILLed once its cache (``root/cache``) holds ``at_least`` predictions, and rerun there to the end. Returns how
+    many predictions the cache held after the kill; the caller compares ``out`` with ``baseline``."""
+
+    def cli(out: Path, cache: Path, delay: float = 0.0) -> subprocess.Popen:
+        arguments = ["run", name, "--config", str(config), "--output", str(out), "--cache-dir", str(cache)]
+        command = [sys.executable, "-c", SLOW_CLI, str(delay), *arguments] if delay else [sys.executable, "-m", "nlpflow.cli", *arguments]
+        return subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    _finish(cli(root / "baseline", root / "baseline-cache"))
+    stored = _kill_part_way(cli(root / "out", root / "cache", delay=0.5), root / "cache", at_least=at_least)
+    assert not (root / "out" / name / "predictions.jsonl").exists()
+    _finish(cli(root / "out", root / "cache"))
+    return stored
+
+
 def test_killed_run_resumes_from_the_cache_with_identical_output(workload, baseline, tmp_path):
     out = tmp_path / "out"
     cache = tmp_path / "cache"

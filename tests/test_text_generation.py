@@ -255,28 +255,13 @@ def test_validate_reports_a_template_field_the_data_lacks_at_the_options_line_be
 
 
 def test_sigkilled_sampling_run_resumes_byte_identical(gpt2_lm, tmp_path):
-    import subprocess
-    import sys
-
-    from tests.test_resume import REPO, SLOW_CLI, _env, _kill_part_way
+    from tests.test_resume import killed_and_resumed
 
     chunk = 8
     records = [{"prompt": f"{PROMPTS[i % len(PROMPTS)]} {i}"} for i in range(48)]
     config = write_pipeline(tmp_path, gpt2_lm, records, "      do_sample: true\n      seed: 3\n", chunk_size=chunk)
-
-    def cli(out: Path, cache: Path, delay: float = 0.0) -> subprocess.Popen:
-        arguments = ["run", "gen", "--config", str(config), "--output", str(out), "--cache-dir", str(cache)]
-        command = [sys.executable, "-c", SLOW_CLI, str(delay), *arguments] if delay else [sys.executable, "-m", "nlpflow.cli", *arguments]
-        return subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def finish(process: subprocess.Popen) -> None:
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == 0, stderr
-
-    finish(cli(tmp_path / "baseline", tmp_path / "baseline-cache"))
-    stored = _kill_part_way(cli(tmp_path / "out", tmp_path / "cache", delay=0.5), tmp_path / "cache", at_least=2 * chunk)
+    stored = killed_and_resumed(config, "gen", tmp_path, at_least=2 * chunk)
     assert 0 < stored < len(records)
-    finish(cli(tmp_path / "out", tmp_path / "cache"))
     resumed = json.loads((tmp_path / "out" / "gen" / "report.json").read_text(encoding="utf-8"))
     assert resumed["counts"]["from_cache"] >= stored
     baseline = (tmp_path / "baseline" / "gen" / "predictions.jsonl").read_bytes()
