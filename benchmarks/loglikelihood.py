@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             task.check_example(example)
             examples.append(example)
         contexts = [classifier.context(example) for example in examples]
-        context_tokens = [len(classifier.split_tokens(context, " " + LABELS[0])[0]) for context in contexts]
+        context_tokens = [len(classifier.split_tokens(context, [" " + LABELS[0]])[0][0]) for context in contexts]
 
         def run_nlpflow() -> list[dict[str, float]]:
             return [prediction.details["loglikelihood"] for prediction in stage.run(examples)]

@@ -410,22 +410,26 @@ class LoglikelihoodClassifier(TaskModel):
         text = options.fewshot_delimiter.join(parts)
         return f"{options.system}\n\n{text}" if options.system else text
 
-    def split_tokens(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """lm-evaluation-harness's ``_encode_pair``: trailing whitespace of the context moves to the continuation;
-        the pair is encoded whole and split at the context's token count."""
+    def split_tokens(self, context: str, continuations: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+        """lm-evaluation-harness's ``_encode_pair`` for each continuation: trailing whitespace of the context moves to
+        the continuation; the pair is encoded whole and split at the context's token count (the context is encoded
+        once for all of them)."""
         spaces = len(context) - len(context.rstrip())
-        if spaces:
-            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        moved = context[len(context) - spaces:] if spaces else ""
+        context = context[: len(context) - spaces]
         tokenizer = self.loaded.tokenizer
-        whole = tokenizer(context + continuation, add_special_tokens=False, verbose=False)["input_ids"]
-        context_ids = tokenizer(context, add_special_tokens=False, verbose=False)["input_ids"]
-        return list(whole[: len(context_ids)]), list(whole[len(context_ids):])
+        context_length = len(tokenizer(context, add_special_tokens=False, verbose=False)["input_ids"])
+        pairs = []
+        for continuation in continuations:
+            whole = tokenizer(context + moved + continuation, add_special_tokens=False, verbose=False)["input_ids"]
+            pairs.append((list(whole[:context_length]), list(whole[context_length:])))
+        return pairs
 
     def encode(self, examples: Sequence[Example]) -> list[Features]:
         features = []
         for position, example in enumerate(examples):
             context = self.context(example)
-            pairs = [self.split_tokens(context, self.delimiter + label) for label in self.model_labels]
+            pairs = self.split_tokens(context, [self.delimiter + label for label in self.model_labels])
             for label, (_, label_ids) in zip(self.model_labels, pairs):
                 if not label_ids:
                     raise ModelError(f"model {self.loaded.name_or_path!r}: label {label!r} tokenizes to nothing after the prompt of record {example.index}")
