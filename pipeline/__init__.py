@@ -38,6 +38,7 @@ from nlpflow.contract.hub import (
     files_fingerprint,
     has_head,
     hub_arguments,
+    is_causal_lm,
     hub_offline,
     input_limit,
     load_tokenizer,
@@ -104,7 +105,7 @@ __all__ = [
     "NlpflowError", "ConfigError", "DataError", "ModelError", "PluginError", "OutputError", "CacheError", "ExampleError",
     "Location", "PipelinesFailed", "ValidationFailed",
     # helpers for task models
-    "tokenize", "input_limit", "has_head", "json_type", "CHARACTERS_PER_TOKEN",
+    "tokenize", "input_limit", "has_head", "is_causal_lm", "json_type", "CHARACTERS_PER_TOKEN",
     # helpers for backends that load transformers checkpoints
     "resolve_model_path", "hub_arguments", "hub_offline", "checkpoint_config", "checkpoint_directory", "load_tokenizer",
     "require_head", "not_found_message", "files_fingerprint", "check_weight_format",

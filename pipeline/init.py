@@ -21,7 +21,7 @@ from typing import Any
 from nlpflow.config.resolve import PLACEHOLDER_MARK, reader_for_path
 from nlpflow.config.schema import PIPELINE_NAME
 from nlpflow.contract.errors import ConfigError, Location, NlpflowError, did_you_mean
-from nlpflow.contract.hub import checkpoint_config
+from nlpflow.contract.hub import checkpoint_config, is_causal_lm
 from nlpflow.contract.types import ModelConfig
 from nlpflow.registry import Registry
 
@@ -34,9 +34,6 @@ SENTIMENT_NAMES = {"pos": "positive", "positive": "positive", "neg": "negative",
 
 #: a label that reads as words (``billing``, ``sci/tech``, ``not spam``) describes itself well enough to start with
 WORDS = re.compile(r"[^\W\d_]{2,}(?:(?:\s*[/&]\s*|[ '-])[^\W\d_]+)*")
-
-#: architecture suffixes of causal language models (GPT2LMHeadModel, LlamaForCausalLM, ...)
-CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
 
 #: the prompt ``init`` writes for each task answered by generation with a causal LM (over the task's field names)
 GENERATE_PROMPTS = {
@@ -277,23 +274,13 @@ def _sentiment_descriptions(registry: Registry) -> dict[str, Any]:
 
 
 def _is_causal_lm(model: str) -> bool:
-    """Whether ``model``'s config.json describes a causal language model: an architecture saved as one, or with no
-    architecture saved, a model type that transformers loads as a causal LM and not as an encoder. A model whose
-    config cannot be read (not downloaded, offline) is taken as not one; ``validate`` says what is wrong with it."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
+    """Whether ``model``'s config.json describes a causal language model (:func:`nlpflow.contract.hub.is_causal_lm`).
+    A model whose config cannot be read (not downloaded, offline) is taken as not one; ``validate`` says what is
+    wrong with it."""
     try:
-        checkpoint = checkpoint_config(ModelConfig(name_or_path=model))
+        return is_causal_lm(checkpoint_config(ModelConfig(name_or_path=model)))
     except NlpflowError:
         return False
-    architectures = getattr(checkpoint, "architectures", None) or []
-    if architectures:
-        return any(architecture.endswith(CAUSAL_ARCHITECTURES) for architecture in architectures)
-    model_type = getattr(checkpoint, "model_type", None)
-    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def _guess_fields(task_cls: type, columns: list[str], records: list[dict], data: Path) -> dict[str, str]:

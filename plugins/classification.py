@@ -25,10 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from nlpflow import (
     Backend, Example, ExampleError, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, Task, TaskModel,
-    TaskContext, has_head, hookimpl, input_limit, json_type, tokenize,
+    TaskContext, has_head, hookimpl, input_limit, is_causal_lm, json_type, tokenize,
 )
 from nlpflow.plugins.prompting import (
-    OPTION, FewShotPromptOptions, PromptBuilder, chat_text, check_pool_size, is_causal_lm, read_few_shot_source, sample_shots, shots_from_examples,
+    OPTION, FewShotPromptOptions, PromptBuilder, chat_text, check_pool_size, read_few_shot_source, sample_shots, shots_from_examples,
     uses_chat_template,
 )
 

@@ -14,9 +14,9 @@ from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from nlpflow import Backend, ConfigError, Example, ExampleError, ModelConfig, ModelError, Prediction, TaskContext, TaskModel
+from nlpflow import Backend, ConfigError, Example, ExampleError, ModelConfig, ModelError, Prediction, TaskContext, TaskModel, is_causal_lm
 from nlpflow.plugins.prompting import (
-    OPTION, FewShotPromptOptions, PromptBuilder, ShotPool, chat_text, check_pool_size, is_causal_lm, read_few_shot_source, sample_shots,
+    OPTION, FewShotPromptOptions, PromptBuilder, ShotPool, chat_text, check_pool_size, read_few_shot_source, sample_shots,
     shots_from_examples,
 )
 from nlpflow.plugins.text_generation import CausalGenerator, GenerationSettings

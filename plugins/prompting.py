@@ -58,20 +58,6 @@ class PromptBuilder:
         return self.template.render(**fields)
 
 
-def is_causal_lm(checkpoint: Any) -> bool:
-    """Whether a checkpoint's config describes a decoder-only language model: an architecture transformers maps to
-    ``AutoModelForCausalLM`` or named ``*ForCausalLM`` / ``*LMHeadModel``, and no encoder-decoder."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    if getattr(checkpoint, "is_encoder_decoder", False):
-        return False
-    causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-    return any(
-        architecture in causal_classes or architecture.endswith(("ForCausalLM", "LMHeadModel"))
-        for architecture in getattr(checkpoint, "architectures", None) or []
-    )
-
-
 class PromptOptions(BaseModel):
     """The options of every task that prompts a causal LM: the template, the system message, the chat template."""
 

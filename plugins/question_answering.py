@@ -43,10 +43,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from nlpflow import (
     Backend, Example, ExampleError, Features, LoadedModel, Metric, ModelConfig, Prediction, Task, TaskContext, TaskModel,
-    has_head, hookimpl, input_limit, json_type, tokenize,
+    has_head, hookimpl, input_limit, is_causal_lm, json_type, tokenize,
 )
 from nlpflow.plugins.prompted_generation import PromptedGeneration, PromptedGenerationOptions, refuse_causal_lm
-from nlpflow.plugins.prompting import is_causal_lm
 
 #: the prompt of method generate (lm-evaluation-harness's SQuAD layout)
 DEFAULT_PROMPT = "Context: {{ context }}\nQuestion: {{ question }}\nAnswer:"

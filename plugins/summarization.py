@@ -36,9 +36,8 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from nlpflow import Backend, Example, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, TaskContext, TaskModel, hookimpl, input_limit, tokenize
+from nlpflow import Backend, Example, Features, LoadedModel, Metric, ModelConfig, ModelError, Prediction, TaskContext, TaskModel, hookimpl, input_limit, is_causal_lm, tokenize
 from nlpflow.plugins.prompted_generation import PromptedGeneration, PromptedGenerationOptions, refuse_causal_lm
-from nlpflow.plugins.prompting import is_causal_lm
 from nlpflow.plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, check_references, load_seq2seq
 
 #: the prompt of method generate with a causal LM (the "TL;DR:" cue of the GPT-2 paper)

@@ -36,6 +36,7 @@ from nlpflow import (
     TransformersHead,
     has_head,
     hookimpl,
+    is_causal_lm,
     load_module,
     parameters_fingerprint,
     resolve_device,
@@ -292,16 +293,12 @@ TORCH_HEADS: dict[str, TorchHead] = {
     "choice-logprobs": TorchHead(architecture=None, auto_class="AutoModelForCausalLM", compute=_choice_logprobs, causal=True),
 }
 
-#: architecture suffixes of causal language models (GPT2LMHeadModel, LlamaForCausalLM, ...)
-CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
-
-
 def require_causal_fit(config: ModelConfig, checkpoint: Any, head: str, table: Mapping[str, TorchHead]) -> None:
     """A causal LM only for the causal heads, and those only for a causal LM (AutoModelForCausalLM would put a
     random LM head on an encoder, and AutoModel would silently drop a causal LM's): one ModelError naming the model,
     what it is, and the heads of ``table`` that fit it."""
     architectures = list(getattr(checkpoint, "architectures", None) or [])
-    causal = any(architecture.endswith(CAUSAL_ARCHITECTURES) for architecture in architectures)
+    causal = is_causal_lm(checkpoint)
     if causal == table[head].causal:
         return
     found = ", ".join(architectures) or f"no trained head (model_type {checkpoint.model_type!r})"
@@ -315,7 +312,7 @@ def require_causal_fit(config: ModelConfig, checkpoint: Any, head: str, table: M
     fitting = [name for name, row in table.items() if not row.causal and (row.architecture is None or has_head(checkpoint, row.architecture))]
     raise ModelError(
         f"model {config.name_or_path!r} is not a causal language model (found {found}); the {head!r} head needs a "
-        f"*{' or *'.join(CAUSAL_ARCHITECTURES)} checkpoint. Heads that fit it: {', '.join(fitting)}"
+        f"*ForCausalLM or *LMHeadModel checkpoint. Heads that fit it: {', '.join(fitting)}"
     )
 
 

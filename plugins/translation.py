@@ -25,9 +25,8 @@ from typing import Any, ClassVar, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from nlpflow import Backend, Example, LoadedModel, Metric, ModelConfig, ModelError, TaskContext, TaskModel, hookimpl
+from nlpflow import Backend, Example, LoadedModel, Metric, ModelConfig, ModelError, TaskContext, TaskModel, hookimpl, is_causal_lm
 from nlpflow.plugins.prompted_generation import PromptedGeneration, PromptedGenerationOptions
-from nlpflow.plugins.prompting import is_causal_lm
 from nlpflow.plugins.seq2seq import GenerationOptions, Seq2SeqModel, TextToTextTask, check_references, load_seq2seq
 
 

@@ -149,6 +149,26 @@ def has_head(checkpoint: Any, head: str) -> bool:
     return any(architecture.endswith(head) for architecture in getattr(checkpoint, "architectures", None) or [])
 
 
+#: architecture suffixes of causal language models (GPT2LMHeadModel, LlamaForCausalLM, ...)
+CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+
+
+def is_causal_lm(checkpoint: Any) -> bool:
+    """Whether a checkpoint's config describes a decoder-only language model: an architecture transformers maps to
+    ``AutoModelForCausalLM`` or named ``*ForCausalLM`` / ``*LMHeadModel``; with no architecture saved, a model type
+    transformers loads as a causal LM and not as a masked-LM encoder (so not BERT); never an encoder-decoder."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(checkpoint, "is_encoder_decoder", False):
+        return False
+    architectures = getattr(checkpoint, "architectures", None) or []
+    if architectures:
+        causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+        return any(name in causal_classes or name.endswith(CAUSAL_ARCHITECTURES) for name in architectures)
+    model_type = getattr(checkpoint, "model_type", None)
+    return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 def require_head(config: ModelConfig, checkpoint: Any, head: str | None) -> None:
     """Refuse a checkpoint trained with another head (transformers would load it with a random one)."""
     if head and not has_head(checkpoint, head):
