@@ -122,14 +122,13 @@ class PromptedGeneration:
         if few_shot.source is not None:
             needed = [name for name in self.builder.variables if name not in self.constants]
             pool = read_few_shot_source(few_shot.source, fields=context.fields, required=(*needed, self.answer_field), folder=context.folder)
-            for number, shot in enumerate(pool, 1):
+            for shot, place in zip(pool, pool.places):
                 try:
                     shot[self.answer_field] = self.normalise(shot[self.answer_field])
                 except ExampleError as error:
-                    raise ConfigError(f"{OPTION}.few_shot.source {few_shot.source}: record {number}: {error}") from None
+                    raise ConfigError(f"{OPTION}.few_shot.source {place}: {error}") from None
                 if not shot[self.answer_field]:
-                    raise ConfigError(f"{OPTION}.few_shot.source {few_shot.source}: record {number}: "
-                                      f"field {self.answer_field!r} has no answer to show")
+                    raise ConfigError(f"{OPTION}.few_shot.source {place}: field {self.answer_field!r} has no answer to show")
         else:
             # check_example has normalised each answer; a record answered by nothing (SQuAD 2.0) shows no answer
             own = shots_from_examples(context.examples(), required=(self.answer_field,))

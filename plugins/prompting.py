@@ -115,13 +115,18 @@ class ShotPool(list):
 
     ``record_indices``, for a pool drawn from the pipeline's own data, holds
     each shot's record index: :func:`sample_shots` then never gives a record
-    itself as one of its shots. Shots are grouped by label once, for the
-    balanced sampler.
+    itself as one of its shots. ``places``, for a pool read from a file, holds
+    each shot's ``file:line``, for errors a task finds in a shot later. Shots
+    are grouped by label once, for the balanced sampler.
     """
 
-    def __init__(self, shots: Sequence[dict[str, Any]] = (), record_indices: Sequence[int] | None = None, label_field: str = "label"):
+    def __init__(
+        self, shots: Sequence[dict[str, Any]] = (), record_indices: Sequence[int] | None = None, label_field: str = "label",
+        places: Sequence[str] | None = None,
+    ):
         super().__init__(shots)
         self.record_indices = list(record_indices) if record_indices is not None else None
+        self.places = list(places) if places is not None else None
         self.position_of = {index: position for position, index in enumerate(self.record_indices or ())}
         self.by_label: dict[str, list[int]] = {}
         for position, shot in enumerate(self):
@@ -143,7 +148,7 @@ def read_few_shot_source(
     location = Path(path).expanduser()
     if folder is not None and not location.is_absolute():
         location = Path(folder) / location
-    records = []
+    records, places = [], []
     try:
         lines = location.read_text(encoding="utf-8").splitlines()
     except OSError as error:
@@ -165,7 +170,8 @@ def read_few_shot_source(
             named = ", ".join(repr(fields.get(name, name)) for name in missing)
             raise ConfigError(f"{OPTION}.few_shot.source {location}:{number}: a record needs a non-empty {named}")
         records.append(shot)
-    return ShotPool(records)
+        places.append(f"{location}:{number}")
+    return ShotPool(records, places=places)
 
 
 def shots_from_examples(examples: Iterable[Example], required: Sequence[str] = ("text", "label")) -> ShotPool:

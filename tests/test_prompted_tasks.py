@@ -400,7 +400,7 @@ def test_few_shot_source_records_are_checked_with_their_file_and_line(tmp_path, 
     with pytest.raises(ConfigError, match=r"options.prompting.few_shot.source .*shots.jsonl:2: a record needs a non-empty 'question'"):
         prompted("question-answering", gpt2_lm, {"few_shot": {"k": 1, "source": source}})
     bad = write_shots(tmp_path, "bad.jsonl", [{**QA_RECORDS[0], "answers": []}])
-    with pytest.raises(ConfigError, match=r"bad.jsonl: record 1: field 'answers' is empty"):
+    with pytest.raises(ConfigError, match=r"bad.jsonl:1: field 'answers' is empty"):
         prompted("question-answering", gpt2_lm, {"few_shot": {"k": 1, "source": bad}})
     with pytest.raises(ValidationError, match="balanced"):
         QuestionAnsweringOptions(prompting={"few_shot": {"k": 1, "source": source, "sampler": "balanced"}})
