@@ -210,10 +210,11 @@ def test_auto_batch_size_backs_off_on_out_of_memory_and_predicts_every_example(
     assert described["batch_size"] == "auto"
     assert described["largest_batch_rows"] <= 5
     assert described["batches"] >= len(TEXTS) / 5
-    # once it has backed off it never tries a bigger batch again (the second chunk starts small)
-    first_success = next(i for i, rows in enumerate(wrapper.attempts) if rows <= 5)
-    assert all(rows <= 5 for rows in wrapper.attempts[first_success:])
-    assert max(wrapper.attempts) > 5
+    # once it has backed off it never tries a bigger batch again (the second chunk starts small); the first batches,
+    # of the longest texts, may fit the limit before a batch of shorter ones runs out of memory
+    first_failure = next(i for i, rows in enumerate(wrapper.attempts) if rows > 5)
+    recovered = next(i for i in range(first_failure, len(wrapper.attempts)) if wrapper.attempts[i] <= 5)
+    assert all(rows <= 5 for rows in wrapper.attempts[recovered:])
 
 
 def test_fixed_batch_size_out_of_memory_raises_a_helpful_model_error(bert_classifier, classifier, monkeypatch):

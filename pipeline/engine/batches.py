@@ -24,15 +24,32 @@ import numpy as np
 
 from nlpflow.contract.errors import ModelError
 from nlpflow.contract.hub import input_limit
-from nlpflow.contract.types import LoadedModel, ModelConfig, TaskModel
+from nlpflow.contract.types import Head, LoadedModel, ModelConfig, TaskModel
 
 log = logging.getLogger("nlpflow.engine.model_stage")
 
-#: default padded-token budget per batch (rows x longest row) and row cap, for ``batch_size: auto``.
-#: CPU: measured with all-MiniLM-L6-v2 on heavy-tailed texts (BENCHMARKS.md): 8-16 rows were
-#: fastest with 1 and 2 threads, 64 rows 20-30% slower (more padding inside a batch, worse cache use).
-DEFAULT_MAX_TOKENS = {"cpu": 4_096, "cuda": 262_144, "mps": 65_536}
-DEFAULT_MAX_ROWS = {"cpu": 16, "cuda": 1024, "mps": 256}
+#: ``batch_size: auto``'s row cap and padded-token budget per batch (rows x longest row), by device kind and by
+#: whether the head generates (its outputs are token ids, one decoding step per new token) or runs one forward.
+#: CPU, one forward: what a batch holds must stay in cache, so the token budget binds, not the rows: 1,024 tokens
+#: measured fastest for a GPT-2 (4 x 256) scoring heavy-tailed documents, 15-20% faster than 16 rows x 4,096, and
+#: level with it for all-MiniLM-L6-v2 (BENCHMARKS.md). CPU, generating: every step costs per batch as well as per
+#: row, so rows matter more than cache; 16 rows x 4,096 input tokens (an earlier MiniLM measurement found 64 rows x
+#: 16,384 tokens 20-30% slower than 8-16 rows).
+AUTO_LIMITS: dict[tuple[str, bool], tuple[int, int]] = {
+    ("cpu", False): (64, 1_024),
+    ("cpu", True): (16, 4_096),
+    ("cuda", False): (1024, 262_144),
+    ("cuda", True): (1024, 262_144),
+    ("mps", False): (256, 65_536),
+    ("mps", True): (256, 65_536),
+}
+#: for a device kind missing from AUTO_LIMITS
+OTHER_DEVICE_LIMITS = (64, 16_384)
+
+
+def generates(head: Head) -> bool:
+    """Whether ``head`` decodes token by token (an ``ids`` output) rather than running one forward per batch."""
+    return "ids" in head.outputs.values()
 
 
 @dataclass
@@ -131,8 +148,8 @@ class BatchComputer:
         self.backend = loaded.backend
         kind = loaded.device.split(":")[0]
         self.auto = config.batch_size == "auto"
-        self.max_rows = DEFAULT_MAX_ROWS.get(kind, 64) if self.auto else int(config.batch_size)
-        default_tokens = DEFAULT_MAX_TOKENS.get(kind, 16_384)
+        auto_rows, default_tokens = AUTO_LIMITS.get((kind, generates(loaded.head)), OTHER_DEVICE_LIMITS)
+        self.max_rows = auto_rows if self.auto else int(config.batch_size)
         if not self.auto:
             # a fixed batch_size means that many rows, even of the longest inputs, unless max_tokens says otherwise
             default_tokens = max(default_tokens, self.max_rows * input_limit(loaded))
