@@ -128,8 +128,11 @@ def token_logprobs(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) 
         positions = kept_scored[row]
         if not positions.any():
             continue
-        row_logprobs = torch.log_softmax(logits[row][positions].float(), dim=-1)
-        logprobs[row, columns[positions]] = row_logprobs.gather(-1, kept_targets[row][positions].unsqueeze(-1)).squeeze(-1)
+        every = bool(positions.all())  # the usual case once the plan batches rows scored alike: no copy to select them
+        row_logits = logits[row] if every else logits[row][positions]
+        row_targets = kept_targets[row] if every else kept_targets[row][positions]
+        row_logprobs = torch.log_softmax(row_logits.float(), dim=-1)
+        logprobs[row, columns[positions]] = row_logprobs.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)
     return logprobs.cpu().numpy()
 
 

@@ -284,6 +284,47 @@ def test_cached_rerun_writes_identical_predictions(tmp_path, gpt2_lm):
     assert (first.directory / "predictions.jsonl").read_bytes() == (second.directory / "predictions.jsonl").read_bytes()
 
 
+def test_plan_batches_windows_scored_alike_together(gpt2_lm):
+    """Overlapping windows of one width score either all their positions (a document's first window) or only the
+    new ones: the plan keeps the two kinds apart, so the head's vocabulary projection runs where rows need it."""
+    from nlpflow import Example, ModelConfig
+    from nlpflow.engine.model_stage import ModelStage
+    from nlpflow.plugins.language_modeling import LanguageModeling, LanguageModelingOptions
+    from nlpflow.plugins.torch_backend import TorchBackend
+
+    config = ModelConfig(name_or_path=str(gpt2_lm), device="cpu", max_length=WINDOW, batch_size=3)
+    task = LanguageModeling(LanguageModelingOptions(stride=WINDOW // 2))
+    stage = ModelStage(task.load(config, TorchBackend()), config)
+    examples = [Example(i, i + 1, {"text": text}, {"text": text}) for i, text in enumerate(many_documents(12))]
+    features = stage.task_model.encode(examples)
+    batches = stage.plan(features)
+
+    def kind(index):
+        inputs = features[index].inputs
+        return len(inputs["input_ids"]), inputs["target_ids"].count(-100)
+
+    kinds = [kind(index) for batch in batches for index in batch]
+    assert kinds == sorted(kinds, key=lambda pair: (-pair[0], pair[1]))  # longest first, then by unscored context
+    mixed = sum(len({kind(index) for index in batch}) > 1 for batch in batches)
+    assert len(set(kinds)) > 2 and mixed <= len(set(kinds)) - 1  # only where one kind ends and the next begins
+    kept = []
+    module = stage.loaded.handle
+    original = module.forward
+
+    def recording(*args, logits_to_keep=0, **kwargs):
+        kept.append(len(logits_to_keep))
+        return original(*args, logits_to_keep=logits_to_keep, **kwargs)
+
+    module.forward = recording
+    predictions = list(stage.run(examples))
+    assert len(kept) == len(batches)  # one forward per planned batch, in plan order
+    for batch, columns in zip(batches, kept):
+        if len({kind(index) for index in batch}) == 1:  # a batch of one kind projects exactly what its rows score
+            width, unscored = kind(batch[0])
+            assert columns == width - unscored
+    assert len(predictions) == len(examples)
+
+
 def test_head_gives_float32_logprobs_from_a_bfloat16_model(gpt2_lm):
     from nlpflow import ModelConfig
     from nlpflow.plugins.torch_backend import TorchBackend

@@ -23,6 +23,11 @@ from nlpflow.contract.types import Example, Features, ModelConfig, Prediction, T
 from nlpflow.engine.batches import BatchComputer, ChunkPlan, StageStats, padded
 from nlpflow.engine.guard import Relayed
 
+#: transformers' ignore index: a position of ``labels`` or ``target_ids`` with no target (also their padding)
+IGNORE_INDEX = -100
+#: the inputs whose ignore-index positions carry no target
+TARGET_INPUTS = ("labels", "target_ids")
+
 #: computes a chunk's plan, yielding ``(indices, outputs)`` in plan order: an executor's ``compute``
 Compute = Callable[[ChunkPlan], Iterator[tuple[list[int], Mapping[str, Any]]]]
 
@@ -53,8 +58,8 @@ class ModelStage:
         tokenizer = loaded.tokenizer
         self.pad_values = {
             "input_ids": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-            "labels": -100,
-            "target_ids": -100,  # the token-logprobs head's "not scored"
+            "labels": IGNORE_INDEX,
+            "target_ids": IGNORE_INDEX,  # the token-logprobs head's "not scored"
         }
         self.token_outputs = [name for name, shape in loaded.head.outputs.items() if shape == "token"]
 
@@ -67,11 +72,22 @@ class ModelStage:
     def plan(self, features: Sequence[Features]) -> list[list[int]]:
         """Batches of feature indices: longest first, each under the row cap and the token budget.
 
-        Ties keep input order (a stable sort), so the plan is the same on every run.
+        Among rows of one length, those with as many target-less positions (the ignore index -100 in ``labels`` or
+        ``target_ids``: an overlapping window's context) go together, so a head that computes only where some row
+        of the batch has a target (``token-logprobs``) computes no more than its rows need. Remaining ties keep
+        input order (a stable sort), so the plan is the same on every run.
         """
         lengths = np.fromiter((len(f.inputs["input_ids"]) for f in features), dtype=np.int64, count=len(features))
-        order = np.argsort(-lengths, kind="stable")
+        target_less = np.fromiter((self._target_less(f.inputs) for f in features), dtype=np.int64, count=len(features))
+        order = np.lexsort((target_less, -lengths))  # the last key sorts first; lexsort is stable
         return self.computer.pack(order.tolist(), lengths)
+
+    @staticmethod
+    def _target_less(inputs: Mapping[str, Any]) -> int:
+        """How many positions of a row have no target (the ignore index), over its ``labels`` and ``target_ids``."""
+        return sum(
+            int(np.count_nonzero(np.asarray(inputs[name]) == IGNORE_INDEX)) for name in TARGET_INPUTS if name in inputs
+        )
 
     def chunk_plan(self, features: Sequence[Features], batches: list[list[int]], lengths: np.ndarray | None = None) -> ChunkPlan:
         """What an executor is handed for ``batches`` of ``features``: their token ids and how to pad them."""
