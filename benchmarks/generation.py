@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: both sides run there")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="both sides' weights")
     args = parser.parse_args(argv)
 
     import torch
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         path = build_gpt2(Path(workdir) / "gpt2", seed=args.seed, hidden=256, layers=4, heads=4, context=1024, vocab_size=4000)
         task = TextGeneration(TextGenerationOptions(max_new_tokens=args.max_new_tokens))
-        config = ModelConfig(name_or_path=str(path), device="cpu", dtype="float32", batch_size=args.batch_size)
+        config = ModelConfig(name_or_path=str(path), device=args.device, dtype=args.dtype, batch_size=args.batch_size)
         stage = ModelStage(task.load(config, TorchBackend()), config)
 
         def run_nlpflow() -> list[str]:
@@ -96,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer = AutoTokenizer.from_pretrained(path)
         tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
-        generator = pipeline("text-generation", model=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
-                             tokenizer=tokenizer, device="cpu")
+        generator = pipeline("text-generation", model=AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)),
+                             tokenizer=tokenizer, device=args.device)
 
         def run_pipeline() -> list[str]:
             results = generator(texts, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, do_sample=False,
@@ -107,18 +109,23 @@ def main(argv: list[str] | None = None) -> None:
         runners = {"nlpflow": run_nlpflow, "pipeline()": run_pipeline}
         seconds: dict[str, list[float]] = {name: [] for name in runners}
         outputs: dict[str, list[str]] = {}
+        forward_shares = []
         for round_number in range(args.rounds):
             order = list(runners) if round_number % 2 == 0 else list(reversed(runners))
             for name in order:
+                forward_before = stage.stats.forward_seconds
                 started = time.perf_counter()
                 outputs[name] = runners[name]()
                 seconds[name].append(time.perf_counter() - started)
+                if name == "nlpflow":
+                    forward_shares.append((stage.stats.forward_seconds - forward_before) / seconds[name][-1])
         differing = sum(a != b for a, b in zip(outputs["nlpflow"], outputs["pipeline()"]))
 
     print(f"{args.prompts} prompts of {args.words} words ({args.lengths}), batch size {args.batch_size}, {args.max_new_tokens} new tokens, greedy, "
-          f"{args.threads} thread(s), {args.rounds} interleaved rounds; GPT-2 4x256 (random weights)")
+          f"{args.threads} thread(s), {args.rounds} interleaved rounds; GPT-2 4x256 (random weights), {args.device}, {args.dtype}")
     for name, times in seconds.items():
         print(f"  {name:11s} best {args.prompts / min(times):7.2f} prompts/s   median {args.prompts / statistics.median(times):7.2f} prompts/s")
+    print(f"  nlpflow's generate() calls: median {statistics.median(forward_shares):.0%} of its wall time")
     ratio = statistics.median(seconds["pipeline()"]) / statistics.median(seconds["nlpflow"])
     print(f"  nlpflow / pipeline(): {ratio:.2f}x (median); outputs identical: {differing == 0} ({differing} of {args.prompts} differ)")
 
