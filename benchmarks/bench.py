@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks import data  # noqa: E402
+from benchmarks.common import add_device_arguments, on_device, resolve_device_arguments, torch_dtype  # noqa: E402
 
 TASKS = ("text-classification", "question-answering", "translation")
 MAX_LENGTH = 256  # all-MiniLM-L6-v2 was trained at 256 tokens
@@ -168,20 +169,6 @@ def nlpflow_runner(task, model_config, records: list[dict], fields: dict[str, st
         return predictions
 
     return task_model, run
-
-
-def torch_dtype(args) -> torch.dtype:
-    """The dtype every contender runs in: nlpflow's resolution of ``--dtype`` for ``--device``."""
-    from nlpflow.plugins.torch_backend import resolve_device, resolve_dtype
-
-    return resolve_dtype(args.dtype, resolve_device(args.device))
-
-
-def on_device(model, args):
-    """A baseline or floor model on the benchmark's device and dtype, in eval mode."""
-    from nlpflow.plugins.torch_backend import resolve_device
-
-    return model.to(device=resolve_device(args.device), dtype=torch_dtype(args)).eval()
 
 
 def floor_runner(model, batches: list[dict[str, torch.Tensor]], step: Callable[[Any, dict], Any]):
@@ -619,9 +606,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", type=int, default=None, help="default: 2000 (classification), 500 (QA, seq2seq)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=32, help="translation: tokens generated per record")
-    parser.add_argument("--device", default="cpu", help="device for all three contenders: cpu, cuda, cuda:N, auto")
-    parser.add_argument("--dtype", default="float32", choices=("auto", "float32", "float16", "bfloat16"),
-                        help="dtype for all three (auto: bfloat16 on GPUs that support it)")
+    add_device_arguments(parser, "all three contenders")
     parser.add_argument("--t5-size", default="tiny", choices=("tiny", "small"), help="translation: T5 shape (small = t5-small's)")
     parser.add_argument("--max-tokens", type=int, default=None, help="nlpflow token budget (default: the device default)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="records per ModelStage.run call, as the runner's chunk_size")
@@ -636,9 +621,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--zero-shot", action="store_true", help="--backends text-classification: plain MiniLM zero-shot")
     parser.add_argument("--memory-child", nargs=2, metavar=("CONFIG", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from nlpflow.plugins.torch_backend import resolve_device
-
-    args.device = str(resolve_device(args.device))  # "auto" -> the concrete device every contender uses
+    resolve_device_arguments(args)
     if args.memory_child:
         memory_child(*args.memory_child)
         return

@@ -28,7 +28,6 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,6 +35,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import add_device_arguments, interleaved, on_device, resolve_device_arguments  # noqa: E402
 
 
 def prompts(count: int, seed: int, shortest: int, longest: int, lengths: str = "uniform") -> list[str]:
@@ -64,14 +66,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: both sides run there")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="both sides' weights")
+    add_device_arguments(parser, "both sides")
     args = parser.parse_args(argv)
+    resolve_device_arguments(args)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-    sys.path.insert(0, str(REPO))
     from tests.causal_lm_factory import build_gpt2
     from nlpflow.contract.types import Example, ModelConfig
     from nlpflow.engine.model_stage import ModelStage
@@ -87,18 +88,23 @@ def main(argv: list[str] | None = None) -> None:
         config = ModelConfig(name_or_path=str(path), device=args.device, dtype=args.dtype, batch_size=args.batch_size)
         stage = ModelStage(task.load(config, TorchBackend()), config)
 
+        forward_seconds = []
+
         def run_nlpflow() -> list[str]:
+            forward_before = stage.stats.forward_seconds
             examples = []
             for index, text in enumerate(texts):
                 example = Example(index, index + 1, {"prompt": text}, {"prompt": text})
                 task.check_example(example)
                 examples.append(example)
-            return [prediction.value for prediction in stage.run(examples)]
+            predictions = [prediction.value for prediction in stage.run(examples)]
+            forward_seconds.append(stage.stats.forward_seconds - forward_before)
+            return predictions
 
         tokenizer = AutoTokenizer.from_pretrained(path)
         tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
-        generator = pipeline("text-generation", model=AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)),
+        generator = pipeline("text-generation", model=on_device(AutoModelForCausalLM.from_pretrained(path), args),
                              tokenizer=tokenizer, device=args.device)
 
         def run_pipeline() -> list[str]:
@@ -106,19 +112,8 @@ def main(argv: list[str] | None = None) -> None:
                                 return_full_text=False)
             return [result[0]["generated_text"] for result in results]
 
-        runners = {"nlpflow": run_nlpflow, "pipeline()": run_pipeline}
-        seconds: dict[str, list[float]] = {name: [] for name in runners}
-        outputs: dict[str, list[str]] = {}
-        forward_shares = []
-        for round_number in range(args.rounds):
-            order = list(runners) if round_number % 2 == 0 else list(reversed(runners))
-            for name in order:
-                forward_before = stage.stats.forward_seconds
-                started = time.perf_counter()
-                outputs[name] = runners[name]()
-                seconds[name].append(time.perf_counter() - started)
-                if name == "nlpflow":
-                    forward_shares.append((stage.stats.forward_seconds - forward_before) / seconds[name][-1])
+        seconds, outputs = interleaved({"nlpflow": run_nlpflow, "pipeline()": run_pipeline}, args.rounds)
+        forward_shares = [forward / wall for forward, wall in zip(forward_seconds, seconds["nlpflow"])]
         differing = sum(a != b for a, b in zip(outputs["nlpflow"], outputs["pipeline()"]))
 
     print(f"{args.prompts} prompts of {args.words} words ({args.lengths}), batch size {args.batch_size}, {args.max_new_tokens} new tokens, greedy, "

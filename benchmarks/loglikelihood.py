@@ -32,7 +32,6 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,6 +39,9 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import add_device_arguments, interleaved, on_device, resolve_device_arguments, tolerance  # noqa: E402
 LABELS = ["comedy", "tragedy", "history", "romance"]
 
 
@@ -63,15 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: both sides run there")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="both sides' weights")
+    add_device_arguments(parser, "both sides")
     args = parser.parse_args(argv)
+    resolve_device_arguments(args)
 
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    sys.path.insert(0, str(REPO))
     from tests.causal_lm_factory import build_gpt2
     from nlpflow.contract.types import Example, ModelConfig, TaskContext
     from nlpflow.engine.model_stage import ModelStage
@@ -105,11 +106,16 @@ def main(argv: list[str] | None = None) -> None:
         contexts = [classifier.context(example) for example in examples]
         context_tokens = [len(classifier.split_tokens(context, [" " + LABELS[0]])[0][0]) for context in contexts]
 
+        forward_seconds = []
+
         def run_nlpflow() -> list[dict[str, float]]:
-            return [prediction.details["loglikelihood"] for prediction in stage.run(examples)]
+            forward_before = stage.stats.forward_seconds
+            scores = [prediction.details["loglikelihood"] for prediction in stage.run(examples)]
+            forward_seconds.append(stage.stats.forward_seconds - forward_before)
+            return scores
 
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(args.device).eval()
+        model = on_device(AutoModelForCausalLM.from_pretrained(path), args)
 
         def run_loop() -> list[dict[str, float]]:
             results = []
@@ -129,19 +135,8 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(scores)
             return results
 
-        runners = {"nlpflow": run_nlpflow, "loop": run_loop}
-        seconds: dict[str, list[float]] = {name: [] for name in runners}
-        outputs: dict[str, list[dict[str, float]]] = {}
-        forward_shares = []
-        for round_number in range(args.rounds):
-            order = list(runners) if round_number % 2 == 0 else list(reversed(runners))
-            for name in order:
-                forward_before = stage.stats.forward_seconds
-                started = time.perf_counter()
-                outputs[name] = runners[name]()
-                seconds[name].append(time.perf_counter() - started)
-                if name == "nlpflow":
-                    forward_shares.append((stage.stats.forward_seconds - forward_before) / seconds[name][-1])
+        seconds, outputs = interleaved({"nlpflow": run_nlpflow, "loop": run_loop}, args.rounds)
+        forward_shares = [forward / wall for forward, wall in zip(forward_seconds, seconds["nlpflow"])]
 
     ours = np.array([[scores[label] for label in LABELS] for scores in outputs["nlpflow"]])
     theirs = np.array([[scores[label] for label in LABELS] for scores in outputs["loop"]])
@@ -154,8 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     for name, times in seconds.items():
         print(f"  {name:8s} best {args.examples / min(times):7.2f} examples/s   median {args.examples / statistics.median(times):7.2f} examples/s")
     ratio = statistics.median(seconds["loop"]) / statistics.median(seconds["nlpflow"])
-    tolerance = 1e-4 if args.dtype == "float32" else 2e-2  # half precision: a batch's shape changes the rounding
-    print(f"  nlpflow / loop: {ratio:.2f}x (median); log-likelihoods equal to {tolerance:.0e} relative: {largest <= tolerance} "
+    allowed = tolerance(args, 1e-4)
+    print(f"  nlpflow / loop: {ratio:.2f}x (median); log-likelihoods equal to {allowed:.0e} relative: {largest <= allowed} "
           f"(largest relative difference {largest:.1e}); chosen labels identical: {same_labels}")
     if largest > 1e-4 or not same_labels:
         raise SystemExit("outputs differ")

@@ -37,7 +37,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,6 +44,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from benchmarks.common import add_device_arguments, interleaved, on_device, resolve_device_arguments, tolerance  # noqa: E402
 from tests.causal_lm_factory import SHAKESPEARE, build_gpt2  # noqa: E402
 
 
@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the model's vocabulary size (embedding and LM-head rows); default: the tokenizer's 1,000")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--context", type=int, default=256, help="the model's context: the window (max_length)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: both sides run there")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="both sides' weights")
+    add_device_arguments(parser, "both sides")
     args = parser.parse_args(argv)
+    resolve_device_arguments(args)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -145,31 +145,23 @@ def main(argv: list[str] | None = None) -> int:
         "report": {"formats": ["json"]},
     }}}), encoding="utf-8")
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=getattr(torch, args.dtype)).to(args.device).eval()
-    tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
-    lengths = sorted(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    model = on_device(AutoModelForCausalLM.from_pretrained(checkpoint), args)
+    lengths = sorted(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    tokens = sum(lengths)
     print(f"{args.corpus}: {len(texts)} documents, {tokens} tokens (per document: median {lengths[len(lengths) // 2]}, "
           f"max {lengths[-1]}); GPT-2 4x256, vocabulary {model.config.vocab_size} (tokenizer {len(tokenizer)}), "
           f"window {args.context}, stride {stride}; {args.device}, {args.dtype}, torch threads {torch.get_num_threads()}")
 
-    times: dict[str, list[float]] = {"docs loop": [], "nlpflow": []}
-    outputs = {}
     forward_seconds: list[float] = []
     sides = {"docs loop": lambda: docs_loop(model, tokenizer, texts, args.context, stride),
              "nlpflow": lambda: nlpflow_run(folder, config, forward_seconds)}
-    for round_ in range(args.rounds):
-        order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
-        for side in order:
-            started = time.perf_counter()
-            outputs[side] = sides[side]()
-            times[side].append(time.perf_counter() - started)
-        print(f"round {round_ + 1}: " + ", ".join(f"{side} {times[side][-1]:.2f} s" for side in sides))
+    times, outputs = interleaved(sides, args.rounds, each_round=lambda round_, seconds: print(
+        f"round {round_ + 1}: " + ", ".join(f"{side} {seconds[side][-1]:.2f} s" for side in sides)))
 
     reference, ours = outputs["docs loop"], outputs["nlpflow"]
     assert [n for _, n in reference] == [n for _, n in ours], "scored token counts differ"
     worst = max(abs(a - b) / abs(a) for (a, _), (b, _) in zip(reference, ours) if a)
-    tolerance = 1e-5 if args.dtype == "float32" else 2e-2
-    assert worst < tolerance, f"log-likelihoods differ by {worst:.2e} relative"
+    assert worst < tolerance(args, 1e-5), f"log-likelihoods differ by {worst:.2e} relative"
     ratios = [d / n for d, n in zip(times["docs loop"], times["nlpflow"])]
     for side in sides:
         median = statistics.median(times[side])
