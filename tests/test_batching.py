@@ -215,6 +215,7 @@ def test_auto_batch_size_backs_off_on_out_of_memory_and_predicts_every_example(
     first_failure = next(i for i, rows in enumerate(wrapper.attempts) if rows > 5)
     recovered = next(i for i in range(first_failure, len(wrapper.attempts)) if wrapper.attempts[i] <= 5)
     assert all(rows <= 5 for rows in wrapper.attempts[recovered:])
+    assert max(wrapper.attempts) > 5
 
 
 def test_fixed_batch_size_out_of_memory_raises_a_helpful_model_error(bert_classifier, classifier, monkeypatch):

@@ -83,6 +83,13 @@ def run_with(executor, workload, out: Path, cache: PredictionCache | None = None
     return Runner(pipeline, out, cache, interactive=False, executor=executor).run()
 
 
+def assert_ray_writes_the_local_bytes(config: Path, name: str, tmp_path: Path) -> None:
+    """Pipeline ``name`` run locally through the CLI and on the cluster through the Runner: the same predictions.jsonl."""
+    assert main(["run", name, "--config", str(config), "--output", str(tmp_path / "local"), "--no-cache"]) == 0
+    Runner(validate(config, [name])[0], tmp_path / "ray", None, interactive=False, executor=RayExecutor()).run()
+    assert (tmp_path / "ray" / name / "predictions.jsonl").read_bytes() == (tmp_path / "local" / name / "predictions.jsonl").read_bytes()
+
+
 def same_as_local(run_dir: Path, local_run: Path) -> dict:
     assert (run_dir / "predictions.jsonl").read_bytes() == (local_run / "predictions.jsonl").read_bytes()
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
@@ -304,10 +311,7 @@ def test_a_causal_lm_run_on_ray_writes_the_bytes_of_a_local_run(cluster, gpt2_lm
         "task": "language-modeling", "data": {"path": str(heldout)}, "options": {"stride": 24},
         "model": {"name_or_path": str(gpt2_lm), "device": "cpu", "max_length": 48, "batch_size": 4}, "chunk_size": 5,
     }}}), encoding="utf-8")
-    assert main(["run", "lm", "--config", str(config), "--output", str(tmp_path / "local"), "--no-cache"]) == 0
-    pipeline = validate(config, ["lm"])[0]
-    Runner(pipeline, tmp_path / "ray", None, interactive=False, executor=RayExecutor()).run()
-    assert (tmp_path / "ray/lm/predictions.jsonl").read_bytes() == (tmp_path / "local/lm/predictions.jsonl").read_bytes()
+    assert_ray_writes_the_local_bytes(config, "lm", tmp_path)
 
 
 def test_a_loglikelihood_run_with_few_shot_from_its_own_data_on_ray_writes_the_bytes_of_a_local_run(cluster, gpt2_lm, tmp_path):
@@ -321,10 +325,7 @@ def test_a_loglikelihood_run_with_few_shot_from_its_own_data_on_ray_writes_the_b
         "options": {"mode": "loglikelihood", "labels": ["positive", "negative"], "prompting": {"few_shot": {"k": 2, "sampler": "random"}}},
         "model": {"name_or_path": str(gpt2_lm), "device": "cpu", "batch_size": 2}, "chunk_size": 4,
     }}}), encoding="utf-8")
-    assert main(["run", "ll", "--config", str(config), "--output", str(tmp_path / "local"), "--no-cache"]) == 0
-    pipeline = validate(config, ["ll"])[0]
-    Runner(pipeline, tmp_path / "ray", None, interactive=False, executor=RayExecutor()).run()
-    assert (tmp_path / "ray/ll/predictions.jsonl").read_bytes() == (tmp_path / "local/ll/predictions.jsonl").read_bytes()
+    assert_ray_writes_the_local_bytes(config, "ll", tmp_path)
 
 
 def test_sampled_generation_on_ray_writes_the_bytes_of_a_local_run(cluster, gpt2_lm, tmp_path):
@@ -333,6 +334,4 @@ def test_sampled_generation_on_ray_writes_the_bytes_of_a_local_run(cluster, gpt2
 
     records = [{"prompt": f"{PROMPTS[i % len(PROMPTS)]} {i}"} for i in range(24)]
     config = write_pipeline(tmp_path, gpt2_lm, records, "      do_sample: true\n      seed: 5\n", chunk_size=8)
-    assert main(["run", "gen", "--config", str(config), "--output", str(tmp_path / "local"), "--no-cache"]) == 0
-    Runner(validate(config, ["gen"])[0], tmp_path / "ray", None, interactive=False, executor=RayExecutor()).run()
-    assert (tmp_path / "ray/gen/predictions.jsonl").read_bytes() == (tmp_path / "local/gen/predictions.jsonl").read_bytes()
+    assert_ray_writes_the_local_bytes(config, "gen", tmp_path)
