@@ -207,12 +207,13 @@ def choice_logprobs(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor])
     logits = torch.cat([logits[0][:, None], *logits[1:]], dim=1) if len(logits) > 1 else logits[0][:, None]
     loglikelihoods = torch.zeros(len(choice_row), dtype=torch.float64, device=device)
     greedy = torch.zeros(len(choice_row), dtype=torch.bool, device=device)
-    for choice in range(len(choice_row)):
+    # the lengths are read to the host once: reading each one on its own would wait on the device per choice
+    for choice, length in enumerate(lengths.tolist()):
         # one choice at a time in float32: a large vocabulary never needs a float32 copy of the whole batch's logits
-        scored = torch.log_softmax(logits[choice, : int(lengths[choice])].float(), dim=-1)
-        wanted = targets[choice, : int(lengths[choice])]
+        scored = torch.log_softmax(logits[choice, :length].float(), dim=-1)
+        wanted = targets[choice, :length]
         loglikelihoods[choice] = scored.gather(-1, wanted[:, None]).double().sum()
-        greedy[choice] = bool((scored.argmax(-1) == wanted).all())
+        greedy[choice] = (scored.argmax(-1) == wanted).all()
     per_row = choices_per_row.cpu().tolist()
     return ([values.numpy() for values in loglikelihoods.cpu().split(per_row)],
             [values.numpy() for values in greedy.cpu().split(per_row)])
