@@ -28,8 +28,8 @@ from nlpflow import (
     TaskContext, has_head, hookimpl, input_limit, is_causal_lm, json_type, tokenize,
 )
 from nlpflow.plugins.prompting import (
-    OPTION, FewShotPromptOptions, PromptBuilder, chat_text, check_pool_size, read_few_shot_source, sample_shots, shots_from_examples,
-    uses_chat_template,
+    OPTION, FewShotPromptOptions, PromptBuilder, check_pool_size, few_shot_context, read_few_shot_source, sample_shots,
+    shots_from_examples, uses_chat_template,
 )
 
 #: Zero-shot descriptions: each label's embedding is the mean of its descriptions' embeddings
@@ -400,15 +400,7 @@ class LoglikelihoodClassifier(TaskModel):
 
     def context(self, example: Example) -> str:
         """The text before each label: system message, few-shot examples and prompt."""
-        if "few_shot" not in example.fields:
-            raise ModelError(f"record {example.index} was checked before the task's few-shot pool was read: call Task.prepare "
-                             "before check_example (the runner does)")
-        options, prompt, shots = self.prompting, example.fields["prompt"], example.fields["few_shot"]
-        if self.use_chat_template:
-            return chat_text(self.loaded, options.system, [tuple(shot) for shot in shots], prompt)
-        parts = [f"{question}{options.target_delimiter}{answer}" for question, answer in shots] + [prompt]
-        text = options.fewshot_delimiter.join(parts)
-        return f"{options.system}\n\n{text}" if options.system else text
+        return few_shot_context(self.loaded, self.prompting, self.use_chat_template, example)
 
     def split_tokens(self, context: str, continuations: Sequence[str]) -> list[tuple[list[int], list[int]]]:
         """lm-evaluation-harness's ``_encode_pair`` for each continuation: trailing whitespace of the context moves to

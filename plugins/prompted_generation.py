@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nlpflow import Backend, ConfigError, Example, ExampleError, ModelConfig, ModelError, Prediction, TaskContext, TaskModel, is_causal_lm
 from nlpflow.plugins.prompting import (
-    OPTION, FewShotPromptOptions, PromptBuilder, ShotPool, chat_text, check_pool_size, read_few_shot_source, sample_shots,
+    OPTION, FewShotPromptOptions, PromptBuilder, ShotPool, check_pool_size, few_shot_context, read_few_shot_source, sample_shots,
     shots_from_examples,
 )
 from nlpflow.plugins.text_generation import CausalGenerator, GenerationSettings
@@ -197,15 +197,7 @@ class PromptedAnswerer(CausalGenerator):
         return {**super().parameters(), "stop": self.stop}
 
     def model_text(self, example: Example) -> str:
-        if "few_shot" not in example.fields:
-            raise ModelError(f"record {example.index} was checked before the task's few-shot pool was read: call Task.prepare "
-                             "before check_example (the runner does)")
-        options, prompt = self.options, example.fields["prompt"]
-        shots = [(question, answer) for question, answer in example.fields["few_shot"]]
-        if self.use_chat_template:
-            return chat_text(self.loaded, options.system, shots, prompt)
-        text = options.fewshot_delimiter.join([f"{question}{options.target_delimiter}{answer}" for question, answer in shots] + [prompt])
-        return f"{options.system}\n\n{text}" if options.system else text
+        return few_shot_context(self.loaded, self.options, self.use_chat_template, example)
 
     def decode(self, example: Example, features, outputs) -> Prediction:
         generated = super().decode(example, features, outputs)

@@ -234,3 +234,19 @@ class FewShotPromptOptions(PromptOptions):
     target_delimiter: str = Field(" ", description="between a few-shot example's prompt and its answer (not used with a chat template)")
     fewshot_delimiter: str = Field("\n\n", description="between few-shot examples and before the prompt (not used with a chat template)")
     few_shot: FewShotOptions = Field(default_factory=lambda: FewShotOptions(), description="solved examples put before each prompt")
+
+
+def few_shot_context(loaded: LoadedModel, options: FewShotPromptOptions, use_chat_template: bool, example: Example) -> str:
+    """What the model reads before its answer: the system message, the record's few-shot examples (each a rendered
+    prompt and its answer, as the task's ``check_example`` stored them) and its prompt; as chat turns
+    (:func:`chat_text`), or joined as lm-evaluation-harness joins them: ``target_delimiter`` between an example's
+    prompt and its answer, ``fewshot_delimiter`` between examples and before the prompt, and the system message
+    before all with a blank line."""
+    if "few_shot" not in example.fields:
+        raise ModelError(f"record {example.index} was checked before the task's few-shot pool was read: call Task.prepare "
+                         "before check_example (the runner does)")
+    prompt, shots = example.fields["prompt"], [(question, answer) for question, answer in example.fields["few_shot"]]
+    if use_chat_template:
+        return chat_text(loaded, options.system, shots, prompt)
+    text = options.fewshot_delimiter.join([f"{question}{options.target_delimiter}{answer}" for question, answer in shots] + [prompt])
+    return f"{options.system}\n\n{text}" if options.system else text
