@@ -190,21 +190,23 @@ class TextClassification(Task):
 
     def load(self, model: ModelConfig, backend: Backend) -> TaskModel:
         options = self.options
-        if self._mode(model, backend) == "loglikelihood":
+        mode = self._mode(model, backend)
+        if mode == "loglikelihood":
             _check_loglikelihood_options(options, model.name_or_path)
             # the backend refuses an encoder checkpoint here, naming the heads it fits
             return LoglikelihoodClassifier(backend.load(model, "choice-logprobs"), options)
-        if self._mode(model, backend) == "zero-shot":
+        if mode == "zero-shot":
             _check_zero_shot_labels(options, model.name_or_path)
             return ZeroShotClassifier(backend.load(model, "embedding"), options)
         return SequenceClassifier(backend.load(model, "sequence-classification"), options)
 
     def output_labels(self, model: ModelConfig, backend: Backend) -> list[str]:
         options = self.options
-        if self._mode(model, backend) == "loglikelihood":
+        mode = self._mode(model, backend)
+        if mode == "loglikelihood":
             _check_loglikelihood_options(options, model.name_or_path)
             return dataset_labels(list(options.labels), options, model.name_or_path, zero_shot=True)
-        if self._mode(model, backend) == "zero-shot":
+        if mode == "zero-shot":
             _check_zero_shot_labels(options, model.name_or_path)
             return dataset_labels(list(options.labels), options, model.name_or_path, zero_shot=True)
         id2label = {int(k): str(v) for k, v in backend.checkpoint_config(model).id2label.items()}
