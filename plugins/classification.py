@@ -28,8 +28,8 @@ from nlpflow import (
     TaskContext, has_head, hookimpl, input_limit, is_causal_lm, json_type, tokenize,
 )
 from nlpflow.plugins.prompting import (
-    OPTION, FewShotPromptOptions, PromptBuilder, check_pool_size, few_shot_context, read_few_shot_source, sample_shots,
-    shots_from_examples, uses_chat_template,
+    OPTION, FewShotPromptOptions, PromptBuilder, chat_template_digest, check_pool_size, few_shot_context, read_few_shot_source,
+    sample_shots, shots_from_examples, uses_chat_template,
 )
 
 #: Zero-shot descriptions: each label's embedding is the mean of its descriptions' embeddings
@@ -393,10 +393,9 @@ class LoglikelihoodClassifier(TaskModel):
                 raise ModelError(f"model {loaded.name_or_path!r}: label {label!r} tokenizes to nothing, so it cannot be scored")
 
     def parameters(self) -> dict[str, Any]:
-        template = self.loaded.tokenizer.chat_template if self.use_chat_template else None
         return {
             "window": self.window, "labels": self.labels, "model_labels": self.model_labels, "loglikelihood": True,
-            "chat_template": hashlib.sha256(template.encode()).hexdigest() if template else None,
+            "chat_template": chat_template_digest(self.loaded, self.use_chat_template),
             **self.prompting.model_dump(include={"system", "target_delimiter", "fewshot_delimiter"}),
         }
 

@@ -8,6 +8,7 @@ question answering, translation and summarization by generation), so the ``promp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -85,6 +86,13 @@ def uses_chat_template(loaded: LoadedModel, chat_template: Literal["auto", True,
             "set chat_template: auto or false"
         )
     return has_template and chat_template is not False
+
+
+def chat_template_digest(loaded: LoadedModel, use_chat_template: bool) -> str | None:
+    """The chat template's SHA-256 when prompts go through it, else None: for a task model's ``parameters``, so the
+    prediction cache misses when a tokenizer's template changes."""
+    template = loaded.tokenizer.chat_template if use_chat_template else None
+    return hashlib.sha256(template.encode()).hexdigest() if template else None
 
 
 def chat_text(loaded: LoadedModel, system: str | None, turns: Sequence[tuple[str, str]], prompt: str) -> str:

@@ -18,7 +18,6 @@ the translation and summarization metrics score the continuation.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -28,7 +27,7 @@ from nlpflow import (
     CHARACTERS_PER_TOKEN, Backend, Example, Features, LoadedModel, ModelConfig, ModelError, Prediction,
     TaskModel, hookimpl, input_limit,
 )
-from nlpflow.plugins.prompting import PromptBuilder, PromptOptions, chat_text, uses_chat_template
+from nlpflow.plugins.prompting import PromptBuilder, PromptOptions, chat_template_digest, chat_text, uses_chat_template
 from nlpflow.plugins.seq2seq import TextToTextTask
 
 log = logging.getLogger("nlpflow.plugins.text_generation")
@@ -141,11 +140,10 @@ class CausalGenerator(TaskModel):
         return list(self.options.stop)
 
     def parameters(self) -> dict[str, Any]:
-        template = self.loaded.tokenizer.chat_template if self.use_chat_template else None
         return {
             "prompt_limit": self.prompt_limit,
             "truncate": "left",
-            "chat_template": hashlib.sha256(template.encode()).hexdigest() if template else None,
+            "chat_template": chat_template_digest(self.loaded, self.use_chat_template),
         }
 
     def head_options(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@ scoring, the located template error from ``validate``, the cache key and a SIGKI
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -144,6 +145,9 @@ def test_chat_template_wraps_the_prompt_with_the_system_message(qwen2_lm):
     plain_task, plain = task_and_model(qwen2_lm, chat_template=False, system="You are brief.")
     (plain_features,) = plain.encode(checked_examples(plain_task, [{"prompt": PROMPTS[1]}]))
     assert plain_features.inputs["input_ids"] == tokenizer("You are brief.\n\n" + PROMPTS[1])["input_ids"]
+    # the prediction cache must miss when the template a model reads changes or is turned off
+    assert task_model.parameters()["chat_template"] == hashlib.sha256(tokenizer.chat_template.encode()).hexdigest()
+    assert plain.parameters()["chat_template"] is None
 
 
 def test_chat_template_true_without_one_is_a_model_error(gpt2_lm):
