@@ -124,15 +124,16 @@ def token_logprobs(module: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) 
     else:
         logits = module(**body).logits[:, columns]
     kept_scored, kept_targets = scored[:, columns], targets[:, columns]
-    for row in range(len(logits)):
-        positions = kept_scored[row]
-        if not positions.any():
+    # counted on the host once: a .any() and a .all() per row would each wait on the device
+    for row, count in enumerate(kept_scored.sum(1).tolist()):
+        if not count:
             continue
-        every = bool(positions.all())  # the usual case once the plan batches rows scored alike: no copy to select them
+        positions = kept_scored[row]
+        every = count == len(columns)  # the usual case once the plan batches rows scored alike: no copy to select them
         row_logits = logits[row] if every else logits[row][positions]
         row_targets = kept_targets[row] if every else kept_targets[row][positions]
         row_logprobs = torch.log_softmax(row_logits.float(), dim=-1)
-        logprobs[row, columns[positions]] = row_logprobs.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)
+        logprobs[row, columns if every else columns[positions]] = row_logprobs.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1)
     return logprobs.cpu().numpy()
 
 
