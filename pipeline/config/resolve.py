@@ -35,8 +35,7 @@ def refuse_placeholders(value: Any, config: PipelineConfig, *where: Any) -> None
         )
     children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, child in children:
-        if isinstance(key, str) and key.lstrip().startswith(PLACEHOLDER_MARK):
-            refuse_placeholders(key, config, *where, key)
+        refuse_placeholders(key, config, *where, key)  # a label's name is a key: it may be a placeholder too
         refuse_placeholders(child, config, *where, key)
 
 
