@@ -102,21 +102,17 @@ def write_pipelines_file(
     columns = list(dict.fromkeys(column for record in records for column in record))
 
     fields = _guess_fields(task_cls, columns, records, data)
-    if causal:
-        options = {}  # the task's offline default method (a rule, a retriever) is not what a language model runs
-    options = dict(options)
+    # with a causal LM, the task's offline default method (a rule, a retriever) is not what the model runs
+    options = {} if causal else dict(options)
     comments: list[str] = []
     label_column = fields.get("label")
     labels_read = None
     if "labels" in getattr(task_cls.Options, "model_fields", {}) and label_column:
         labels, labels_read = _all_labels(records, stream, label_column, data)
         label_options, comments = _label_options(task_cls, labels, registry, loglikelihood=causal)
-        prompt = label_options.pop("prompt", None)
         if causal:
             options["mode"] = "loglikelihood"
         options.update(label_options)
-        if causal:
-            options["prompting"] = {"prompt": prompt}
     elif causal and task in GENERATE_PROMPTS:
         # a task whose default method already prompts a causal LM (summarization, translation has none) gets none written
         options = {"method": "generate"} if _names_generate_apart(task_cls) else {}
@@ -255,12 +251,12 @@ def _label_options(task_cls: type, labels: list[str], registry: Registry, loglik
                            else "a few phrases saying what it means")
                         + "; validate and run refuse the file until then")
     if loglikelihood:
-        default_prompt = task_cls.Options().prompting.prompt
         words = [word for word in own if not word.startswith(PLACEHOLDER_MARK)]
         if isinstance(task_default, dict) or unclear or any("{" in word or "}" in word for word in words):
-            options["prompt"] = default_prompt
+            prompt = task_cls.Options().prompting.prompt
         else:  # naming the choices in the question lets the model weigh them against each other
-            options["prompt"] = "{{ text }}\nQuestion: Which of these labels fits this text: " + ", ".join(words) + "?\nAnswer:"
+            prompt = "{{ text }}\nQuestion: Which of these labels fits this text: " + ", ".join(words) + "?\nAnswer:"
+        options["prompting"] = {"prompt": prompt}
     return options, comments
 
 

@@ -136,6 +136,19 @@ def test_a_fifo_among_the_data_files_is_refused_by_name(command, pattern, verb, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_a_data_path_that_is_a_dangling_link_says_so(command, tmp_path, capsys):
+    (tmp_path / "records.jsonl").symlink_to(tmp_path / "moved-away.jsonl")
+    config = _given_predictions(tmp_path, "records.jsonl")
+    argv = [command, "-c", str(config)] + (["-o", str(tmp_path / "out"), "--no-cache"] if command == "run" else [])
+    code, errors, _ = _cli(argv, capsys)
+    assert code == 2
+    assert errors == [
+        f"error: {config}:4:12: pipeline 't': data.path {tmp_path / 'records.jsonl'} is a symbolic link to a missing file, "
+        "not a data file"
+    ]
+
+
 @needs_fifo
 def test_a_fifo_put_among_the_files_after_the_check_is_a_bad_record_not_a_hang(tmp_path):
     """Between validate (or the resolve step) and the read, a named pipe may appear: opening it would wait for a

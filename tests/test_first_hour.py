@@ -169,6 +169,24 @@ def test_init_with_a_causal_lm_writes_loglikelihood_classification_that_runs(tmp
     assert main(["validate", "-c", str(tmp_path / "text-classification-tickets.yaml")]) == 0
 
 
+def test_init_with_a_causal_lm_marks_unclear_labels_in_the_list_and_the_map_and_validate_refuses_them(tmp_path, gpt2_lm, capsys):
+    """Log-likelihood labels are a list and label_map's values, not zero-shot's mapping: the refusal walks both."""
+    data = _write_lines(tmp_path / "stars.jsonl", [{"review": f"review {i}", "stars": str(1 + i % 2)} for i in range(4)])
+    text, pipeline = _init(tmp_path, "sentiment", data, "--model", str(gpt2_lm))
+    options = pipeline["options"]
+    assert options["labels"] == ["DESCRIBE: a word for 1", "DESCRIBE: a word for 2"]
+    assert options["label_map"] == {"1": "DESCRIBE: a word for 1", "2": "DESCRIBE: a word for 2"}
+    config = tmp_path / "sentiment-stars.yaml"
+    capsys.readouterr()
+    assert main(["validate", "-c", str(config)]) == 2
+    error = capsys.readouterr().err
+    line = next(number for number, content in enumerate(text.splitlines(), start=1) if content.strip().startswith("labels:"))
+    assert f"{config}:{line}:" in error and "options.labels.0: 'DESCRIBE: a word for 1' is a placeholder" in error
+    # filled in, in both places, it validates
+    config.write_text(text.replace("DESCRIBE: a word for 1", "bad").replace("DESCRIBE: a word for 2", "good"), encoding="utf-8")
+    assert main(["validate", "-c", str(config)]) == 0, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("task", "record", "field", "method"), [
     ("question-answering", {"context": "Paris is in France.", "question": "Where is Paris?", "answers": ["France"]}, "{{ question }}", "generate"),
     ("translation", {"source": "Good morning", "reference": "Guten Morgen"}, "{{ source }}", None),

@@ -35,8 +35,7 @@ def refuse_placeholders(value: Any, config: PipelineConfig, *where: Any) -> None
         )
     children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for key, child in children:
-        if isinstance(key, str) and key.lstrip().startswith(PLACEHOLDER_MARK):
-            refuse_placeholders(key, config, *where, key)
+        refuse_placeholders(key, config, *where, key)  # a label's name is a key: it may be a placeholder too
         refuse_placeholders(child, config, *where, key)
 
 
@@ -261,7 +260,7 @@ def _resolve_reader(config: PipelineConfig, registry: Registry, report: Problems
     elif folder_reader is not None:
         reader_name = config.data.format or folder_reader
     elif not data_path.is_file():
-        kind = irregular_kind(data_path) if data_path.exists() else None
+        kind = irregular_kind(data_path) if data_path.exists() or data_path.is_symlink() else None
         if kind is None:
             raise ConfigError(f"data file not found: {data_path}", config.location("data", "path"), name)
         raise ConfigError(f"data.path {data_path} is {kind}, not a data file", config.location("data", "path"), name)

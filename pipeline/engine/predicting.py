@@ -161,7 +161,6 @@ class Predictor:
             with blamed_on(plugin, failure):
                 computed = stage.run(chunk, needed=misses, on_batch=store, compute=self.compute,
                                      on_plan=planned if self.cache is not None else None,
-
                                      outputs_cache=self.cache if stage.task_model.caches_outputs else None)
             checked_count(computed, chunk, plugin, task.name, "the model stage")
         else:
@@ -189,22 +188,43 @@ class RerunReuse:
     def __init__(self, records: int, needed: Iterable[int]):
         self.needed = np.zeros(records, dtype=bool)
         self.needed[list(needed)] = True
+        self.reused = 0
         self.example_of: np.ndarray | None = None
         self.batches: list[list[int]] = []
 
     def planned(self, example_of: np.ndarray, batches: list[list[int]]) -> None:
+        # kept up to date batch by batch: recounting every batch after each one costs seconds per chunk at batch_size 1
         self.example_of = example_of
         self.batches = batches
+        self.batch_of = np.empty(len(example_of), dtype=np.int64)
+        for number, batch in enumerate(batches):
+            self.batch_of[batch] = number
+        #: per batch, its features of needed records: the batch is skipped by a rerun once none is left
+        self.pending = np.bincount(self.batch_of[self.needed[example_of]], minlength=len(batches))
+        #: per record, whether a feature of it sits in a batch a rerun skips
+        self.from_cache = np.zeros(len(self.needed), dtype=bool)
+        self.from_cache[example_of[self.pending[self.batch_of] == 0]] = True
+        self.reused = int(np.count_nonzero(self.from_cache))
+        self.features_of: list[list[int]] = [[] for _ in self.needed]
+        for feature, record in enumerate(example_of.tolist()):
+            self.features_of[record].append(feature)
 
     def stored(self, positions: Iterable[int]) -> None:
         """Records whose prediction is now in the cache under a key no other record of the chunk has."""
-        self.needed[list(positions)] = False
+        for position in positions:
+            if not self.needed[position]:
+                continue
+            self.needed[position] = False
+            if self.example_of is None:
+                continue  # stored before the plan (from the outputs cache): planned() counts it
+            for feature in self.features_of[position]:
+                number = self.batch_of[feature]
+                self.pending[number] -= 1
+                if self.pending[number] == 0:
+                    for record in self.example_of[self.batches[number]].tolist():
+                        if not self.from_cache[record]:
+                            self.from_cache[record] = True
+                            self.reused += 1
 
     def count(self) -> int:
-        if self.example_of is None:
-            return 0
-        computed = np.zeros(len(self.example_of), dtype=bool)
-        for batch in self.batches:
-            if self.needed[self.example_of[batch]].any():
-                computed[batch] = True
-        return len(np.unique(self.example_of[~computed]))
+        return self.reused
