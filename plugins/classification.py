@@ -118,7 +118,9 @@ class TextClassification(Task):
             return
         few_shot = self.options.prompting.few_shot
         if few_shot.source is not None:
-            shots = read_few_shot_source(few_shot.source, fields=context.fields, folder=context.folder)
+            # every field the prompt names, so a shot that lacks one is refused at its own line of the file
+            required = tuple(dict.fromkeys(("text", "label", *self.prompt.variables)))
+            shots = read_few_shot_source(few_shot.source, fields=context.fields, required=required, folder=context.folder)
         else:
             shots = shots_from_examples(context.examples())
         check_pool_size(shots, few_shot)

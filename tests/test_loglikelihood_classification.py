@@ -335,6 +335,10 @@ def test_few_shot_source_is_read_beside_the_pipelines_file_with_its_field_names(
     (folder / "shots.jsonl").write_text(json.dumps({"review": "Fine."}) + "\n", encoding="utf-8")
     with pytest.raises(nlpflow.ConfigError, match=r"shots.jsonl:1: a record needs a non-empty 'sentiment'"):
         nlpflow.run(["fields"], config=config, output=tmp_path / "out", use_cache=False)
+    # and one lacking a field the prompt names, at its line of the shots file, before any record is read
+    (folder / "shots.jsonl").write_text(json.dumps({"text": "Fine.", "sentiment": "positive"}) + "\n", encoding="utf-8")
+    with pytest.raises(nlpflow.ValidationFailed, match=r"shots.jsonl:1: a record needs a non-empty 'review'"):
+        nlpflow.validate(config, ["fields"])
 
 
 def test_same_data_few_shot_validates_pickles_and_keys_the_cache_on_the_shots(tmp_path, gpt2_lm):
