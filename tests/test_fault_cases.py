@@ -21,6 +21,11 @@ def _cli(argv: list[str], capsys) -> tuple[int, list[str], str]:
     return code, [line for line in stderr.splitlines() if line.startswith("error:")], stderr
 
 
+def _run_or_validate(command: str, config: Path, tmp_path: Path) -> list[str]:
+    """The CLI arguments of ``run`` (into tmp_path/out, no cache) or ``validate`` of ``config``."""
+    return [command, "-c", str(config)] + (["-o", str(tmp_path / "out"), "--no-cache"] if command == "run" else [])
+
+
 def _given_predictions(tmp_path: Path, data: str, on_error: str = "fail") -> Path:
     """A pipeline that scores the data's own ``prediction`` column: no model, so only the data is checked."""
     config = tmp_path / "pipelines.yaml"
@@ -126,8 +131,7 @@ def _data_with_a_fifo(tmp_path: Path) -> Path:
 def test_a_fifo_among_the_data_files_is_refused_by_name(command, pattern, verb, tmp_path, capsys):
     folder = _data_with_a_fifo(tmp_path)
     config = _given_predictions(tmp_path, pattern)
-    argv = [command, "-c", str(config)] + (["-o", str(tmp_path / "out"), "--no-cache"] if command == "run" else [])
-    code, errors, _ = _cli(argv, capsys)
+    code, errors, _ = _cli(_run_or_validate(command, config, tmp_path), capsys)
     assert code == 2
     assert errors == [
         f"error: {config}:4:12: pipeline 't': data.path {tmp_path / pattern} {verb} {folder / 'b.jsonl'}, which is a "
@@ -140,8 +144,7 @@ def test_a_fifo_among_the_data_files_is_refused_by_name(command, pattern, verb, 
 def test_a_data_path_that_is_a_dangling_link_says_so(command, tmp_path, capsys):
     (tmp_path / "records.jsonl").symlink_to(tmp_path / "moved-away.jsonl")
     config = _given_predictions(tmp_path, "records.jsonl")
-    argv = [command, "-c", str(config)] + (["-o", str(tmp_path / "out"), "--no-cache"] if command == "run" else [])
-    code, errors, _ = _cli(argv, capsys)
+    code, errors, _ = _cli(_run_or_validate(command, config, tmp_path), capsys)
     assert code == 2
     assert errors == [
         f"error: {config}:4:12: pipeline 't': data.path {tmp_path / 'records.jsonl'} is a symbolic link to a missing file, "
@@ -255,8 +258,7 @@ def _corrupted_config(tmp_path: Path, bert_classifier: Path) -> Path:
 def test_a_model_folder_whose_config_json_does_not_parse_says_so(command, bert_classifier, tmp_path, capsys):
     folder = _corrupted_config(tmp_path, bert_classifier)
     config = _model_pipeline(tmp_path, folder)
-    argv = [command, "-c", str(config)] + (["-o", str(tmp_path / "out"), "--no-cache"] if command == "run" else [])
-    code, errors, _ = _cli(argv, capsys)
+    code, errors, _ = _cli(_run_or_validate(command, config, tmp_path), capsys)
     assert code == 4
     [line] = errors
     with pytest.raises(json.JSONDecodeError) as parser:
