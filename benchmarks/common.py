@@ -15,6 +15,13 @@ def add_device_arguments(parser: argparse.ArgumentParser, contenders: str = "eve
                         help=f"dtype for {contenders} (auto: bfloat16 on GPUs that support it)")
 
 
+def add_round_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--rounds`` (interleaved), ``--threads`` (torch's, on a shared machine) and ``--seed`` (the data and model)."""
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def resolve_device_arguments(args: argparse.Namespace) -> None:
     """``--device auto`` becomes the concrete device every contender uses, by nlpflow's own resolution."""
     from nlpflow.plugins.torch_backend import resolve_device

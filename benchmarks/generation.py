@@ -37,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import add_device_arguments, interleaved, on_device, resolve_device_arguments  # noqa: E402
+from benchmarks.common import add_device_arguments, add_round_arguments, interleaved, on_device, resolve_device_arguments  # noqa: E402
 
 
 def prompts(count: int, seed: int, shortest: int, longest: int, lengths: str = "uniform") -> list[str]:
@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--words", default="4-80", help="prompt lengths in words, SHORTEST-LONGEST")
     parser.add_argument("--lengths", choices=("uniform", "heavy"), default="uniform", help="how prompt lengths spread over --words")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_round_arguments(parser)
     add_device_arguments(parser, "both sides")
     args = parser.parse_args(argv)
     resolve_device_arguments(args)

@@ -41,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import add_device_arguments, interleaved, on_device, resolve_device_arguments, tolerance  # noqa: E402
+from benchmarks.common import add_device_arguments, add_round_arguments, interleaved, on_device, resolve_device_arguments, tolerance  # noqa: E402
 LABELS = ["comedy", "tragedy", "history", "romance"]
 
 
@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shots", type=int, default=3, help="few-shot examples before each prompt")
     parser.add_argument("--words", default="8-25", help="words per passage (each shot and the record), SHORTEST-LONGEST")
     parser.add_argument("--batch-size", default="auto", help="nlpflow's model.batch_size (rows are records)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    parser.add_argument("--seed", type=int, default=0)
+    add_round_arguments(parser)
     add_device_arguments(parser, "both sides")
     args = parser.parse_args(argv)
     resolve_device_arguments(args)
